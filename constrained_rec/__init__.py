@@ -1,0 +1,1 @@
+"""constrained-rec: generative recommendation whose decoder can only write catalog titles."""

@@ -1,0 +1,64 @@
+"""The one place where titles and prompts become token ids.
+
+The trie (what decoding may write) and the training targets (what the model learns to write) are
+both built by :func:`title_token_ids`, so they are token-for-token identical.
+
+Prompt and response are tokenized separately and concatenated. Tokenizing ``prompt + response`` as
+one string would let BPE merge across the boundary (``'Response:\\n"'`` can become one token), so the
+ids the model sees after the prompt at training time would differ from the ids it must produce at
+generation time, where the prompt is encoded alone and the title is generated token by token. A title
+whose first tokens only exist merged with the prompt's tail would then be unreachable under the trie.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def response_text(title: str) -> str:
+    """The text the model writes for ``title``: the title in double quotes, as in BIGRec."""
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError(f"a title must be a non-empty string, got {title!r}")
+    return f'"{title}"'
+
+
+def eos_token_id(tokenizer) -> int:
+    """The tokenizer's EOS id, which ends every title; a clear error if it has none."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} has no eos_token_id; set tokenizer.eos_token "
+            "so that generation can stop where a title ends"
+        )
+    return int(eos)
+
+
+def title_token_ids(tokenizer, title: str, add_eos: bool = True) -> list[int]:
+    """Token ids of ``response_text(title)``, without special tokens, followed by EOS."""
+    ids = list(tokenizer(response_text(title), add_special_tokens=False)["input_ids"])
+    if add_eos:
+        ids.append(eos_token_id(tokenizer))
+    return ids
+
+
+def titles_token_ids(tokenizer, titles: Sequence[str], add_eos: bool = False) -> list[list[int]]:
+    """:func:`title_token_ids` for many titles in one batched tokenizer call."""
+    texts = [response_text(t) for t in titles]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    if add_eos:
+        eos = eos_token_id(tokenizer)
+        return [list(ids) + [eos] for ids in encoded]
+    return [list(ids) for ids in encoded]
+
+
+def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt, with the model's own special tokens (BOS where it uses one)."""
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"a prompt must be a non-empty string, got {prompt!r}")
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def example_token_ids(tokenizer, prompt: str, title: str) -> tuple[list[int], int]:
+    """A training example: ``prompt ids + title ids + EOS`` and the number of prompt ids."""
+    prompt_ids = prompt_token_ids(tokenizer, prompt)
+    return prompt_ids + title_token_ids(tokenizer, title), len(prompt_ids)
