@@ -64,6 +64,7 @@ class TitleTrieProcessor(LogitsProcessor):
     True
     >>> [100] in recommended[:2]  # item 100 was excluded for the first prompt
     False
+
     ```
     """
 

@@ -69,6 +69,7 @@ class TitleTrie:
     [10, 12]
     >>> trie.next_tokens([9])
     []
+
     ```
     """
 
