@@ -1,0 +1,191 @@
+"""TitleTrieProcessor: masks equal brute force (both kernels), errors, and real generate() calls."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import LogitsProcessorList
+
+from brute import allowed_next, complete
+from conftest import make_tiny_llama
+from constrained_rec import TitleTrie, TitleTrieProcessor
+
+EOS, PAD = 2, 0
+VOCAB = 12
+TOKENS = st.integers(min_value=3, max_value=VOCAB - 1)
+BACKENDS = ["numba", "torch"]
+
+
+@st.composite
+def batches(draw):
+    """A catalog, a beam layout, per-prompt exclusions and generated rows that are trie paths or finished."""
+    seqs = draw(st.lists(st.lists(TOKENS, min_size=1, max_size=5), min_size=1, max_size=10))
+    item_ids = list(range(100, 100 + len(seqs)))
+    num_prompts = draw(st.integers(1, 3))
+    rows_per_prompt = draw(st.integers(1, 4))
+    exclude = None
+    if draw(st.booleans()):
+        exclude = [set(draw(st.lists(st.sampled_from(item_ids), max_size=len(seqs) - 1))) for _ in range(num_prompts)]
+    steps = draw(st.integers(0, 6))
+    paths = complete(seqs, EOS)
+    rows = []
+    for r in range(num_prompts * rows_per_prompt):
+        excluded = exclude[r // rows_per_prompt] if exclude else set()
+        live = [p for p, item in zip(paths, item_ids) if item not in excluded]
+        path = draw(st.sampled_from(live))
+        # Rows that finished earlier carry padding after EOS; rows still running are a proper prefix.
+        row = (path + [PAD] * steps)[:steps] if len(path) <= steps else path[:steps]
+        rows.append(row)
+    return seqs, item_ids, exclude, rows_per_prompt, rows
+
+
+def expected_allowed(seqs, item_ids, exclude, rows_per_prompt, row_index, row):
+    if EOS in row:
+        return [PAD, EOS]
+    excluded = exclude[row_index // rows_per_prompt] if exclude else frozenset()
+    return allowed_next(seqs, EOS, row, item_ids, excluded)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=150, deadline=None)
+@given(batch=batches(), prompt_length=st.integers(0, 3), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+def test_mask_equals_brute_force(backend, batch, prompt_length, dtype):
+    seqs, item_ids, exclude, rows_per_prompt, rows = batch
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=item_ids)
+    proc = TitleTrieProcessor(trie, prompt_length=prompt_length, exclude=exclude, pad_token_id=PAD, backend=backend)
+    prompt = torch.full((len(rows), prompt_length), 1, dtype=torch.long)
+    input_ids = torch.cat([prompt, torch.tensor(rows, dtype=torch.long).reshape(len(rows), -1)], dim=1)
+    scores = torch.randn(len(rows), VOCAB).to(dtype)
+    original = scores.clone()
+    out = proc(input_ids, scores)
+    for r, row in enumerate(rows):
+        allowed = expected_allowed(seqs, item_ids, exclude, rows_per_prompt, r, row)
+        finite = torch.isfinite(out[r]).nonzero().flatten().tolist()
+        assert finite == allowed, (r, row)
+        assert torch.equal(out[r, allowed], original[r, allowed])
+        assert (out[r][~torch.isfinite(out[r])] == float("-inf")).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_row_off_the_trie_is_an_error_naming_it(backend):
+    trie = TitleTrie.from_token_sequences([[5, 6], [5, 7]], eos_token_id=EOS)
+    proc = TitleTrieProcessor(trie, prompt_length=1, backend=backend)
+    input_ids = torch.tensor([[1, 5, 6], [1, 5, 9]])
+    with pytest.raises(ValueError, match=r"row 1: generated ids \[5, 9\] are not a path .*token 9 at position 1"):
+        proc(input_ids, torch.zeros(2, VOCAB))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exclusion_reaching_a_dead_end_is_an_error(backend):
+    # Row 0 already chose the prefix [5]; both titles below it are excluded for its prompt.
+    trie = TitleTrie.from_token_sequences([[5, 6], [5, 7], [8]], eos_token_id=EOS, item_ids=[1, 2, 3])
+    proc = TitleTrieProcessor(trie, prompt_length=0, exclude=[{1, 2}], backend=backend)
+    with pytest.raises(ValueError, match=r"row 0 \(prompt 0\): every title that continues .* \[5\] is excluded"):
+        proc(torch.tensor([[5]]), torch.zeros(1, VOCAB))
+    # At the root the same exclusion leaves item 3.
+    scores = proc(torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, VOCAB))
+    assert torch.isfinite(scores[0]).nonzero().flatten().tolist() == [8]
+
+
+def test_exclusion_of_every_item_is_refused_up_front():
+    trie = TitleTrie.from_token_sequences([[5], [6]], eos_token_id=EOS, item_ids=[1, 2])
+    with pytest.raises(ValueError, match=r"exclude\[1\]` excludes all 2 catalog items"):
+        TitleTrieProcessor(trie, prompt_length=0, exclude=[{1}, {1, 2}])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"prompt_length": -1}, "prompt_length` has to be a non-negative integer, but is -1"),
+        ({"prompt_length": 2.5}, "but is 2.5"),
+        ({"exclude": [{99}]}, r"item ids \[99\] are not in the trie's catalog"),
+        ({"exclude": "abc"}, "one collection of item ids per prompt"),
+        ({"exclude": [5]}, r"exclude\[0\]` has to be a collection of item ids, but is 5"),
+        ({"backend": "cuda"}, "backend` has to be one of"),
+        ({"pad_token_id": -2}, "pad_token_id"),
+    ],
+)
+def test_init_validates(kwargs, message):
+    trie = TitleTrie.from_token_sequences([[5], [6]], eos_token_id=EOS)
+    kwargs.setdefault("prompt_length", 0)
+    with pytest.raises(ValueError, match=message):
+        TitleTrieProcessor(trie, **kwargs)
+
+
+def test_call_validates_vocab_rows_and_prompt_length():
+    trie = TitleTrie.from_token_sequences([[5], [60]], eos_token_id=EOS)
+    with pytest.raises(ValueError, match="token id 60 but scores have only 12 columns"):
+        TitleTrieProcessor(trie, prompt_length=0)(torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, VOCAB))
+    proc = TitleTrieProcessor(trie, prompt_length=0, exclude=[set(), set()])
+    with pytest.raises(ValueError, match="got 3 rows for 2 prompts"):
+        proc(torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, 64))
+    with pytest.raises(ValueError, match="fewer than prompt_length=4"):
+        TitleTrieProcessor(trie, prompt_length=4)(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 64))
+
+
+# ---------------------------------------------------------------- generate() with a tiny random Llama
+CATALOG = [[5, 6, 7], [5, 6], [5, 9, 10, 11], [12, 13], [12, 14, 15], [20], [21, 22, 23, 24, 25], [5, 6, 7, 8]]
+ITEMS = list(range(1000, 1000 + len(CATALOG)))
+
+
+def left_padded_batch():
+    return {
+        "input_ids": torch.tensor([[1, 30, 31, 32], [0, 0, 1, 33], [0, 1, 34, 35]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1], [0, 1, 1, 1]]),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "mode", [{"do_sample": False}, {"do_sample": True, "top_k": 0}, {"num_beams": 4, "num_return_sequences": 4}]
+)
+def test_generate_yields_complete_catalog_titles(backend, mode):
+    model = make_tiny_llama(vocab_size=40)
+    trie = TitleTrie.from_token_sequences(CATALOG, eos_token_id=EOS, item_ids=ITEMS)
+    inputs = left_padded_batch()
+    exclude = [{1000, 1003}, set(), {1005}]
+    proc = TitleTrieProcessor(trie, prompt_length=inputs["input_ids"].shape[1], exclude=exclude, pad_token_id=PAD,
+                              backend=backend)
+    torch.manual_seed(0)
+    out = model.generate(**inputs, logits_processor=LogitsProcessorList([proc]), max_new_tokens=trie.max_length,
+                         pad_token_id=PAD, eos_token_id=EOS, **mode)
+    per_prompt = out.shape[0] // 3
+    for prompt in range(3):
+        rows = out[prompt * per_prompt : (prompt + 1) * per_prompt, inputs["input_ids"].shape[1] :].tolist()
+        items = [trie.output_item_ids(row) for row in rows]
+        assert all(len(i) == 1 for i in items), rows  # a complete catalog title, every time
+        assert not {i[0] for i in items} & exclude[prompt]
+        titles = [tuple(row[: row.index(EOS) + 1]) for row in rows]
+        assert len(set(titles)) == len(titles)  # beams are distinct titles
+
+
+def test_unconstrained_tiny_model_does_not_write_titles_by_itself():
+    """Guards the test above: without the processor the same model does not produce catalog titles."""
+    model = make_tiny_llama(vocab_size=40)
+    trie = TitleTrie.from_token_sequences(CATALOG, eos_token_id=EOS, item_ids=ITEMS)
+    out = model.generate(**left_padded_batch(), max_new_tokens=trie.max_length, do_sample=False,
+                         pad_token_id=PAD, eos_token_id=EOS)
+    assert not all(trie.output_item_ids(row[4:].tolist()) for row in out)
+
+
+def test_numba_and_torch_kernels_agree_on_a_larger_catalog():
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(3, 500, size=rng.integers(1, 8)).tolist() for _ in range(3000)]
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS)
+    paths = complete(seqs, EOS)
+    exclude = [set(rng.choice(3000, size=200, replace=False).tolist()) for _ in range(8)]
+    rows = []
+    for prompt in range(8):  # 8 prompts x 8 rows, each row on a path of an item its prompt keeps
+        kept = [i for i in range(3000) if i not in exclude[prompt]]
+        for _ in range(8):
+            path = paths[kept[rng.integers(len(kept))]]
+            rows.append((path + [PAD] * 4)[:4])
+    input_ids = torch.tensor(rows)
+    scores = torch.randn(64, 512)
+    a = TitleTrieProcessor(trie, 0, exclude=exclude, pad_token_id=PAD, backend="numba")(input_ids, scores.clone())
+    b = TitleTrieProcessor(trie, 0, exclude=exclude, pad_token_id=PAD, backend="torch")(input_ids, scores.clone())
+    assert torch.equal(a, b)
+    assert torch.isinf(a).any() and torch.isfinite(a).any()

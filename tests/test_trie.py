@@ -1,0 +1,156 @@
+"""TitleTrie against brute force over the list of sequences (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from brute import allowed_next, complete, items_of
+from constrained_rec import TitleTrie
+
+EOS = 2
+TOKENS = st.integers(min_value=0, max_value=9).filter(lambda t: t != EOS)
+
+
+@st.composite
+def catalogs(draw, max_items=12, max_len=6):
+    """Small vocabularies so that shared prefixes, duplicates and prefix titles are common."""
+    seqs = draw(st.lists(st.lists(TOKENS, min_size=1, max_size=max_len), min_size=1, max_size=max_items))
+    if draw(st.booleans()):
+        item_ids = draw(st.lists(st.integers(-1000, 10**12), min_size=len(seqs), max_size=len(seqs), unique=True))
+    else:
+        item_ids = None
+    return seqs, item_ids
+
+
+@settings(max_examples=200, deadline=None)
+@given(catalogs())
+def test_complete_paths_equal_input_set(catalog):
+    seqs, item_ids = catalog
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=item_ids)
+    expected = sorted({tuple(s) for s in complete(seqs, EOS)})
+    assert [tuple(s) for s in trie.sequences()] == expected
+    assert len(trie) == len(expected)
+    assert trie.max_length == max(len(s) for s in seqs) + 1
+    assert trie.num_items == len(seqs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(catalogs(), st.data())
+def test_next_tokens_matches_brute_force(catalog, data):
+    seqs, item_ids = catalog
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=item_ids)
+    paths = complete(seqs, EOS)
+    for _ in range(20):
+        if data.draw(st.booleans()):  # a prefix of a real path (possibly complete)
+            path = data.draw(st.sampled_from(paths))
+            prefix = path[: data.draw(st.integers(0, len(path)))]
+        else:  # arbitrary ids, mostly not trie paths
+            prefix = data.draw(st.lists(st.integers(0, 10), max_size=7))
+        assert trie.next_tokens(prefix) == allowed_next(seqs, EOS, prefix)
+
+
+@settings(max_examples=200, deadline=None)
+@given(catalogs())
+def test_item_ids_of_duplicates_and_prefix_titles(catalog):
+    seqs, item_ids = catalog
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=item_ids)
+    for s in seqs:
+        expected = items_of(seqs, EOS, s, item_ids)
+        assert sorted(trie.item_ids(s)) == expected  # EOS optional ...
+        assert sorted(trie.item_ids(list(s) + [EOS])) == expected  # ... or present
+        assert sorted(trie.output_item_ids(list(s) + [EOS, EOS, 0])) == expected
+        assert trie.item_ids(list(s)[:-1]) == items_of(seqs, EOS, list(s)[:-1], item_ids)
+
+
+def test_prefix_title_stays_generable():
+    heat, heat_1995 = [7, 8], [7, 8, 9, 10]
+    trie = TitleTrie.from_token_sequences([heat_1995, heat], eos_token_id=EOS, item_ids=[1995, 1])
+    assert trie.next_tokens([7, 8]) == [EOS, 9]
+    assert trie.item_ids(heat) == [1]
+    assert trie.item_ids(heat_1995) == [1995]
+
+
+def test_same_title_for_two_items_is_one_path():
+    trie = TitleTrie.from_token_sequences([[5, 6], [5, 6], [5, 7]], eos_token_id=EOS, item_ids=[30, 10, 20])
+    assert len(trie) == 2 and trie.num_items == 3
+    assert sorted(trie.item_ids([5, 6])) == [10, 30]
+
+
+@settings(max_examples=50, deadline=None)
+@given(catalogs())
+def test_save_load_round_trip(tmp_path_factory, catalog):
+    seqs, item_ids = catalog
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=item_ids)
+    folder = tmp_path_factory.mktemp("trie")
+    trie.save(folder)
+    loaded = TitleTrie.load(folder)
+    assert loaded.fingerprint() == trie.fingerprint()
+    assert list(loaded.sequences()) == list(trie.sequences())
+    for s in seqs:
+        assert loaded.item_ids(s) == trie.item_ids(s)
+        for cut in range(len(s) + 1):
+            assert loaded.next_tokens(s[:cut]) == trie.next_tokens(s[:cut])
+    assert isinstance(loaded.seq_tokens, np.memmap)
+
+
+def test_titles_index_round_trip(tmp_path):
+    class CharTokenizer:  # one token per character, EOS = 2
+        eos_token_id = EOS
+
+        def __call__(self, texts, add_special_tokens=False):
+            if isinstance(texts, str):
+                return {"input_ids": [ord(c) for c in texts]}
+            return {"input_ids": [[ord(c) for c in t] for t in texts]}
+
+    titles = ["Heat (1995)", "Heat", "Heat (1995)"]
+    trie = TitleTrie.from_titles(titles, CharTokenizer(), item_ids=[7, 8, 9])
+    trie.save(tmp_path)
+    for t in (trie, TitleTrie.load(tmp_path)):
+        assert sorted(t.titles.items_for_title("Heat (1995)")) == [7, 9]
+        assert t.titles.items_for_title("Heat (199") == []
+        assert t.titles.title(8) == "Heat"
+        with pytest.raises(KeyError, match="item 99"):
+            t.titles.title(99)
+    assert trie.item_ids([ord(c) for c in '"Heat"']) == [8]
+
+
+def test_fingerprint_changes_with_the_catalog():
+    a = TitleTrie.from_token_sequences([[5, 6], [7]], eos_token_id=EOS)
+    b = TitleTrie.from_token_sequences([[5, 6], [8]], eos_token_id=EOS)
+    c = TitleTrie.from_token_sequences([[5, 6], [7]], eos_token_id=EOS, item_ids=[0, 5])
+    assert len({a.fingerprint(), b.fingerprint(), c.fingerprint()}) == 3
+    assert a.fingerprint() == TitleTrie.from_token_sequences([[7], [5, 6]], eos_token_id=EOS, item_ids=[1, 0]).fingerprint()
+
+
+def test_large_token_ids_use_wide_codes():
+    big = 200_000  # beyond uint16 codes
+    trie = TitleTrie.from_token_sequences([[big, 5], [big, 6], [70_000]], eos_token_id=EOS)
+    assert trie.next_tokens([]) == [70_000, big]
+    assert trie.next_tokens([big]) == [5, 6]
+
+
+@pytest.mark.parametrize(
+    "seqs, kwargs, message",
+    [
+        ([], {}, "empty list"),
+        ([[5], []], {}, "sequence 1 .* is empty"),
+        ([[5], [6, EOS, 7]], {}, "sequence 1 .* EOS id 2 at position 1"),
+        ([[5], [-3]], {}, "sequence 1 .* negative token id"),
+        ([[5], [6]], {"item_ids": [1]}, "got 1 item_ids for 2 sequences"),
+        ([[5], [6]], {"item_ids": [4, 4]}, "item id 4 is given for more than one"),
+        ([[5], [6]], {"item_ids": ["a", "b"]}, "item_ids must be integers"),
+        ([[5]], {"eos_token_id": -1}, "eos_token_id must be a non-negative int"),
+    ],
+)
+def test_bad_input_is_named(seqs, kwargs, message):
+    kwargs.setdefault("eos_token_id", EOS)
+    with pytest.raises(ValueError, match=message):
+        TitleTrie.from_token_sequences(seqs, **kwargs)
+
+
+def test_load_of_a_missing_folder_says_what_it_wanted(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a saved TitleTrie"):
+        TitleTrie.load(tmp_path)
