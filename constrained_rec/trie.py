@@ -112,11 +112,8 @@ class TitleTrie:
         if (lengths == 0).any():
             bad = int(np.flatnonzero(lengths == 0)[0])
             raise ValueError(f"sequence {bad} (item {item_ids[bad]}) is empty; every title needs at least one token")
-        flat = _flatten_token_ids(seqs, int(lengths.sum()))
-        starts = np.zeros(num_items + 1, dtype=np.int64)
-        np.cumsum(lengths, out=starts[1:])
-        _check_tokens(flat, starts, eos, item_ids)
-        arrays = _compile(flat, starts, lengths, eos, item_ids)
+        # No reference to the padded codes stays here, so _compile can free them early (peak memory).
+        arrays = _compile(_padded_codes(seqs, lengths, eos, item_ids), lengths, item_ids)
         return cls(arrays, eos)
 
     @classmethod
@@ -336,11 +333,15 @@ def _check_item_ids(item_ids: Sequence[int] | None, num_items: int) -> np.ndarra
 
 
 def _flatten_token_ids(seqs: Sequence[Sequence[int]], total: int) -> np.ndarray:
-    try:
-        flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=total)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"token sequences must hold integer token ids: {err}") from None
-    return flat
+    """All token ids in one array: int32 (half the memory at a million titles) unless an id needs more."""
+    for dtype in (np.int32, np.int64):
+        try:
+            return np.fromiter(chain.from_iterable(seqs), dtype=dtype, count=total)
+        except OverflowError:
+            continue
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"token sequences must hold integer token ids: {err}") from None
+    raise ValueError("token ids must fit in 64 bits")
 
 
 def _check_tokens(flat: np.ndarray, starts: np.ndarray, eos: int, item_ids: np.ndarray) -> None:
@@ -354,24 +355,35 @@ def _check_tokens(flat: np.ndarray, starts: np.ndarray, eos: int, item_ids: np.n
             )
 
 
-def _compile(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, eos: int, item_ids: np.ndarray) -> dict:
-    """Sorts the sequences and derives the flat arrays described in the module docstring."""
+def _padded_codes(seqs: Sequence[Sequence[int]], lengths: np.ndarray, eos: int, item_ids: np.ndarray) -> np.ndarray:
+    """One row per sequence: code = token + 1, then EOS, then 0 (which sorts before every token)."""
     num_rows = len(lengths)
+    flat = _flatten_token_ids(seqs, int(lengths.sum()))
+    starts = np.zeros(num_rows + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    _check_tokens(flat, starts, eos, item_ids)
     width = int(lengths.max()) + 1  # + EOS
-    max_token = max(int(flat.max()), eos)
-    # Codes are token + 1 so that 0 pads a row after its EOS and sorts before every token.
-    code_dtype = np.uint16 if max_token + 1 < np.iinfo(np.uint16).max else np.uint32
+    max_code = max(int(flat.max()), eos) + 1
+    code_dtype = np.uint16 if max_code <= np.iinfo(np.uint16).max else np.uint32 if max_code < 2**32 else np.uint64
     codes = np.zeros((num_rows, width), dtype=code_dtype)
     for length in np.unique(lengths):
         rows = np.flatnonzero(lengths == length)
-        for chunk in np.array_split(rows, max(1, len(rows) * int(length) // 4_000_000 + 1)):
+        for chunk in np.array_split(rows, len(rows) * int(length) // 1_000_000 + 1):
             codes[chunk, :length] = flat[starts[chunk, None] + np.arange(length)] + 1
     codes[np.arange(num_rows), lengths] = eos + 1
-    del flat
+    return codes
 
+
+def _index_dtype(max_value: int):
+    return np.int32 if max_value < 2**31 else np.int64
+
+
+def _compile(codes: np.ndarray, lengths: np.ndarray, item_ids: np.ndarray) -> dict:
+    """Sorts the sequences and derives the flat arrays described in the module docstring."""
+    num_rows, width = codes.shape
     order = np.lexsort(codes.T[::-1])
     codes = codes[order]
-    row_lengths = lengths[order] + 1
+    row_lengths = (lengths[order] + 1).astype(np.int32)
     # first_diff[i]: first column where row i differs from row i - 1 (width: identical rows).
     first_diff = np.full(num_rows, width, dtype=np.int32)
     first_diff[0] = 0
@@ -380,17 +392,19 @@ def _compile(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, eos: int
         first_diff[1:][differs] = col
 
     distinct = first_diff < width
-    seq_rows = np.flatnonzero(distinct)
-    seq_item_offsets = np.append(seq_rows, num_rows).astype(np.int64)
+    index_dtype = _index_dtype(max(num_rows, int(codes.size)))
+    seq_item_offsets = np.append(np.flatnonzero(distinct), num_rows).astype(index_dtype)
     item_ids_by_position = item_ids[order]
-    codes = codes[distinct]
+    del order
+    # Row-major over the distinct rows: each sequence's codes in order, padding dropped.
+    seq_tokens = codes[(codes != 0) & distinct[:, None]]
+    seq_tokens -= 1
+    del codes  # the largest temporary; node tokens are read from seq_tokens below
     first_diff = first_diff[distinct]
     row_lengths = row_lengths[distinct]
     num_seqs = len(row_lengths)
-
-    seq_offsets = np.zeros(num_seqs + 1, dtype=np.int64)
+    seq_offsets = np.zeros(num_seqs + 1, dtype=index_dtype)
     np.cumsum(row_lengths, out=seq_offsets[1:])
-    seq_tokens = (codes[codes != 0].astype(np.int64) - 1).astype(np.int32 if max_token < 2**31 - 1 else np.int64)
 
     # shared[i]: length of the longest prefix sequence i shares with another sequence.
     shared = first_diff.copy()
@@ -402,8 +416,10 @@ def _compile(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, eos: int
     # their predecessor within the first d + 1 tokens, under a parent prefix (length d) that at least
     # two sequences share (otherwise the parent is a tail and needs no children).
     level_starts = []
+    node_index_dtype = _index_dtype(num_seqs)
     for depth in range(width):
         starts_here = np.flatnonzero((first_diff <= depth) & (row_lengths > depth) & (shared >= depth))
+        starts_here = starts_here.astype(node_index_dtype)
         if len(starts_here) == 0:
             break
         level_starts.append(starts_here)
@@ -411,10 +427,10 @@ def _compile(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, eos: int
     num_nodes = int(level_bases[-1])
 
     node_tokens = np.empty(num_nodes, dtype=seq_tokens.dtype)
-    node_seq_lo = np.empty(num_nodes, dtype=np.int64)
-    node_seq_hi = np.empty(num_nodes, dtype=np.int64)
-    child_offsets = np.empty(num_nodes + 1, dtype=np.int64)
-    node_tokens[0] = -1 if node_tokens.dtype.kind == "i" else 0
+    node_seq_lo = np.empty(num_nodes, dtype=_index_dtype(num_seqs))
+    node_seq_hi = np.empty(num_nodes, dtype=node_seq_lo.dtype)
+    child_offsets = np.empty(num_nodes + 1, dtype=_index_dtype(num_nodes + 1))
+    node_tokens[0] = 0  # the root has no entry token; never read
     node_seq_lo[0], node_seq_hi[0] = 0, num_seqs
     child_offsets[0] = 1
     child_offsets[-1] = num_nodes
@@ -426,7 +442,7 @@ def _compile(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, eos: int
         boundaries = np.flatnonzero(first_diff <= depth)
         nxt = np.searchsorted(boundaries, starts_here, side="right")
         his = np.where(nxt < len(boundaries), boundaries[np.minimum(nxt, len(boundaries) - 1)], num_seqs)
-        node_tokens[base : base + len(starts_here)] = codes[starts_here, depth].astype(np.int64) - 1
+        node_tokens[base : base + len(starts_here)] = seq_tokens[seq_offsets[starts_here] + depth]
         node_seq_lo[base : base + len(starts_here)] = starts_here
         node_seq_hi[base : base + len(starts_here)] = his
         # Children of the previous level's nodes are contiguous runs of this level's nodes.

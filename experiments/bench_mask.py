@@ -1,0 +1,124 @@
+"""Benchmark: the cost of one masking step, the trie build, and its memory (not a test).
+
+    python experiments/bench_mask.py                 # 10k, 100k, 1M sequences
+    python experiments/bench_mask.py --sizes 10000   # quicker
+
+Synthetic catalogs: Zipf-distributed token ids, 4-20 tokens a sequence. 80 rows (8 prompts x 10 beams),
+49,152 score columns, rows at depths 0, 2 and 6 along real paths. Per step it times TitleTrieProcessor,
+the floor `scores.clone()` (one pass over the same tensor), and transformers'
+PrefixConstrainedLogitsProcessor over a nested-dict trie (the GENRE / D3 approach; only up to 100k
+sequences and at depth 0 and 2, where it is already slow). Also: build time and peak memory of the build
+(tracemalloc: numpy and Python allocations) and the size of the built arrays, with and without `exclude`
+holding 100 items per prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+import tracemalloc
+
+import numpy as np
+import torch
+from transformers import PrefixConstrainedLogitsProcessor
+
+from constrained_rec import TitleTrie, TitleTrieProcessor
+
+VOCAB = 49_152
+EOS = 2
+PROMPTS, BEAMS = 8, 10
+
+
+def synthetic_catalog(num_seqs: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(4, 21, size=num_seqs)
+    ids = rng.zipf(1.2, size=int(lengths.sum())) % (VOCAB - 3) + 3  # never EOS (2), pad (0) or BOS (1)
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    return [ids[bounds[i] : bounds[i + 1]].tolist() for i in range(num_seqs)]
+
+
+def nested_dict_trie(seqs):
+    root: dict = {}
+    for seq in seqs:
+        node = root
+        for tok in seq + [EOS]:
+            node = node.setdefault(tok, {})
+    return root
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up (and JIT)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def bench_size(num_seqs: int, repeats: int, with_baseline: bool) -> list[dict]:
+    seqs = synthetic_catalog(num_seqs)
+    gc.collect()
+    tracemalloc.start()
+    start = time.perf_counter()
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS)
+    build_s = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    size_mib = sum(getattr(trie, n).nbytes for n in ("seq_tokens", "seq_offsets", "seq_item_offsets",
+                                                      "item_ids_by_position", "child_offsets", "node_tokens",
+                                                      "node_seq_lo", "node_seq_hi")) / 2**20
+    print(f"\n{num_seqs:,} sequences: built in {build_s:.2f} s, peak build memory {peak / 2**20:.0f} MiB, "
+          f"arrays {size_mib:.0f} MiB, {trie.num_nodes:,} branching nodes")
+    rng = np.random.default_rng(1)
+    row_items = rng.integers(0, num_seqs, size=(3, PROMPTS * BEAMS))
+    # 100 excluded items per prompt, none of them an item some row is writing (that row would have no title).
+    candidates = np.setdiff1d(np.arange(num_seqs), row_items)
+    exclude = [set(rng.choice(candidates, size=100, replace=False).tolist()) for _ in range(PROMPTS)]
+    nested = nested_dict_trie(seqs) if with_baseline else None
+    rows = []
+    for depth, items in zip((0, 2, 6), row_items):
+        paths = [seqs[i] for i in items]
+        generated = torch.tensor([(p + [EOS] * depth)[:depth] for p in paths], dtype=torch.long)
+        generated = generated.reshape(PROMPTS * BEAMS, depth)
+        prompt = torch.ones(PROMPTS * BEAMS, 5, dtype=torch.long)
+        input_ids = torch.cat([prompt, generated], dim=1)
+        scores = torch.randn(PROMPTS * BEAMS, VOCAB)
+        floor = timed(lambda: scores.clone(), repeats)
+        row = {"sequences": num_seqs, "depth": depth, "floor_ms": floor}
+        for name, exc in (("ours_ms", None), ("ours_exclude_ms", exclude)):
+            proc = TitleTrieProcessor(trie, prompt_length=5, exclude=exc)
+            row[name] = timed(lambda: proc(input_ids, scores.clone()), repeats) - floor  # clone is the input copy
+        if nested is not None and depth <= 2:
+            def allowed(batch_id, ids, _root=nested):
+                node = _root
+                for tok in ids[5:].tolist():
+                    node = node.get(tok, {})
+                return list(node.keys())
+
+            baseline = PrefixConstrainedLogitsProcessor(allowed, num_beams=BEAMS)
+            row["prefix_constrained_ms"] = timed(lambda: baseline(input_ids, scores.clone()), max(1, repeats // 5)) - floor
+        rows.append(row)
+        ratio = row["ours_ms"] / floor
+        print(f"  depth {depth}: ours {row['ours_ms']:.2f} ms, with exclude {row['ours_exclude_ms']:.2f} ms, "
+              f"floor (clone) {floor:.2f} ms, ours/floor {ratio:.2f}, exclude/floor {row['ours_exclude_ms'] / floor:.2f}"
+              + (f", PrefixConstrained {row['prefix_constrained_ms']:.1f} ms" if "prefix_constrained_ms" in row else ""))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated catalog sizes")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--baseline-max", type=int, default=100_000,
+                        help="largest catalog for the nested-dict baseline (it needs gigabytes at 1M)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, scores ({PROMPTS * BEAMS}, {VOCAB}) float32")
+    for size in (int(s) for s in args.sizes.split(",")):
+        bench_size(size, args.repeats, with_baseline=size <= args.baseline_max)
+
+
+if __name__ == "__main__":
+    main()
