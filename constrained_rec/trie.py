@@ -82,9 +82,7 @@ class TitleTrie:
         self.eos_token_id = int(eos_token_id)
         self.titles = titles
         self._fingerprint: str | None = None
-        # Item id -> position, for exclusion: item ids are unique (checked at build time).
-        self._id_order = np.argsort(self.item_ids_by_position, kind="stable")
-        self._sorted_ids = self.item_ids_by_position[self._id_order]
+        self._id_order: np.ndarray | None = None  # item id -> position, built on first use (load stays fast)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -206,6 +204,9 @@ class TitleTrie:
 
     def positions_of(self, item_ids: Iterable[int]) -> np.ndarray:
         """Sorted positions (in ``item_ids_by_position``) of the given item ids; unknown ids are an error."""
+        if self._id_order is None:
+            self._id_order = np.argsort(self.item_ids_by_position, kind="stable")
+            self._sorted_ids = self.item_ids_by_position[self._id_order]
         ids = np.fromiter((int(i) for i in item_ids), dtype=np.int64)
         where = np.searchsorted(self._sorted_ids, ids)
         where_clipped = np.minimum(where, len(self._sorted_ids) - 1)
