@@ -97,8 +97,9 @@ def bench_size(num_seqs: int, repeats: int, with_baseline: bool) -> list[dict]:
         scores = torch.randn(PROMPTS * BEAMS, VOCAB)
         floor = timed(lambda: scores.clone(), repeats)
         row = {"sequences": num_seqs, "depth": depth, "floor_ms": floor}
-        for name, exc in (("ours_ms", None), ("ours_exclude_ms", exclude)):
-            proc = TitleTrieProcessor(trie, prompt_length=5, exclude=exc)
+        for name, exc, backend in (("ours_ms", None, "numba"), ("ours_exclude_ms", exclude, "numba"),
+                                   ("torch_kernel_ms", None, "torch")):
+            proc = TitleTrieProcessor(trie, prompt_length=5, exclude=exc, backend=backend)
             row[name] = timed(lambda: proc(input_ids, scores.clone()), repeats) - floor  # clone is the input copy
         if nested is not None and depth <= 2:
             def allowed(batch_id, ids, _root=nested):
@@ -112,7 +113,8 @@ def bench_size(num_seqs: int, repeats: int, with_baseline: bool) -> list[dict]:
         rows.append(row)
         ratio = row["ours_ms"] / floor
         print(f"  depth {depth}: ours {row['ours_ms']:.2f} ms, with exclude {row['ours_exclude_ms']:.2f} ms, "
-              f"floor (clone) {floor:.2f} ms, ours/floor {ratio:.2f}, exclude/floor {row['ours_exclude_ms'] / floor:.2f}"
+              f"floor (clone) {floor:.2f} ms, ours/floor {ratio:.2f}, exclude/floor {row['ours_exclude_ms'] / floor:.2f}, "
+              f"torch kernel on CPU {row['torch_kernel_ms']:.2f} ms"
               + (f", PrefixConstrained {row['prefix_constrained_ms']:.1f} ms" if "prefix_constrained_ms" in row else ""))
     return rows
 
