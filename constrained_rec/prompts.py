@@ -1,0 +1,141 @@
+"""BIGRec's instruction prompts: one function renders them for training and evaluation alike.
+
+The default ``"alpaca"`` template is BIGRec's (Bao et al., 2023) Alpaca-style prompt: an instruction
+("Given a list of movies the user has watched before, please recommend a new movie that the user likes to
+the user."), an input listing the user's history titles in double quotes, and an empty response section
+that the model completes with the quoted target title (:func:`constrained_rec.tokenization.response_text`).
+BIGRec's own files carry a few stray spaces ("request. \\n", ``before:"Title"``, an input ending in
+``"\\n "``); they are normalised here, which changes nothing a model learns about the task.
+
+The ``"chat"`` template puts the same instruction and input in one user message and renders it with the
+tokenizer's own ``apply_chat_template``, for instruct models trained on their chat format.
+
+The prompt never contains the response: it ends where the model starts writing.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+ALPACA_HEADER = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+
+# Plural noun -> (singular noun, what the user did with such items), as BIGRec words its data sets.
+ITEM_NOUNS: dict[str, tuple[str, str]] = {
+    "movies": ("movie", "watched"),
+    "video games": ("video game", "played"),
+    "games": ("game", "played"),
+    "books": ("book", "read"),
+    "toys": ("toy", "played with"),
+    "songs": ("song", "listened to"),
+    "albums": ("album", "listened to"),
+    "products": ("product", "bought"),
+    "items": ("item", "interacted with"),
+}
+
+TEMPLATES = ("alpaca", "chat")
+
+
+def _noun_forms(item_noun: str) -> tuple[str, str]:
+    if item_noun not in ITEM_NOUNS:
+        raise ValueError(f"unknown item noun {item_noun!r}; accepted: {sorted(ITEM_NOUNS)}")
+    return ITEM_NOUNS[item_noun]
+
+
+def instruction_text(item_noun: str = "movies") -> str:
+    """BIGRec's task instruction for a data set whose items are ``item_noun``.
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.prompts import instruction_text
+    >>> instruction_text("video games")
+    'Given a list of video games the user has played before, please recommend a new video game that the user likes to the user.'
+
+    ```
+    """
+    singular, verb = _noun_forms(item_noun)
+    return (
+        f"Given a list of {item_noun} the user has {verb} before, please recommend a new {singular} "
+        "that the user likes to the user."
+    )
+
+
+def history_text(history_titles: Sequence[str], item_noun: str = "movies") -> str:
+    """The prompt's input: the history titles, oldest first, each in double quotes.
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.prompts import history_text
+    >>> history_text(["Toy Story (1995)", "Heat (1995)"])
+    'The user has watched the following movies before: "Toy Story (1995)", "Heat (1995)"'
+
+    ```
+    """
+    _, verb = _noun_forms(item_noun)
+    if isinstance(history_titles, str):
+        raise TypeError(f"history_titles must be a sequence of titles, got the single string {history_titles!r}")
+    if len(history_titles) == 0:
+        raise ValueError("a prompt needs at least one history title, got an empty history")
+    for position, title in enumerate(history_titles):
+        if not isinstance(title, str) or not title.strip():
+            raise ValueError(f"history title {position} must be a non-empty string, got {title!r}")
+    quoted = ", ".join(f'"{title}"' for title in history_titles)
+    return f"The user has {verb} the following {item_noun} before: {quoted}"
+
+
+def build_prompt(
+    history_titles: Sequence[str],
+    item_noun: str = "movies",
+    template: str = "alpaca",
+    tokenizer=None,
+) -> str:
+    """The prompt for a user whose recent history is ``history_titles`` (oldest first).
+
+    Args:
+        history_titles: Titles of the items the user interacted with, oldest first; at least one.
+        item_noun: Plural noun for the data set's items, one of :data:`ITEM_NOUNS` ("movies", "video games",
+            "books", ...).
+        template: ``"alpaca"`` (BIGRec's prompt, ending in ``"### Response:\\n"``) or ``"chat"`` (the same
+            instruction and input as one user message through ``tokenizer.apply_chat_template`` with
+            ``add_generation_prompt=True``).
+        tokenizer: Required for ``"chat"``; unused by ``"alpaca"``.
+
+    Returns:
+        The prompt text, without the response; the model's response is ``response_text(target_title)``.
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.prompts import build_prompt
+    >>> print(build_prompt(["Toy Story (1995)", "Heat (1995)"]))
+    Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.
+    <BLANKLINE>
+    ### Instruction:
+    Given a list of movies the user has watched before, please recommend a new movie that the user likes to the user.
+    <BLANKLINE>
+    ### Input:
+    The user has watched the following movies before: "Toy Story (1995)", "Heat (1995)"
+    <BLANKLINE>
+    ### Response:
+    <BLANKLINE>
+
+    ```
+    """
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; accepted: {list(TEMPLATES)}")
+    instruction = instruction_text(item_noun)
+    history = history_text(history_titles, item_noun)
+    if template == "alpaca":
+        return f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}\n\n### Input:\n{history}\n\n### Response:\n"
+    if tokenizer is None:
+        raise ValueError("template 'chat' renders with the tokenizer's chat template; pass tokenizer=")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} has no chat_template; use template='alpaca' for base models"
+        )
+    messages = [{"role": "user", "content": f"{instruction}\n\n{history}"}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
