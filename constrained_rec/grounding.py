@@ -48,6 +48,19 @@ def parse_generated_title(text: str) -> str:
     return text.strip()
 
 
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token-id lists padded on the left to the longest."""
+    if not sequences or any(len(ids) == 0 for ids in sequences):
+        raise ValueError("left_pad needs a non-empty list of non-empty token-id lists")
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
 def _causal_lm_without_adapter(model):
     """``(causal LM, context)``: the model with any peft adapter switched off inside the context."""
     if hasattr(model, "disable_adapter") and hasattr(model, "get_base_model"):  # a peft.PeftModel
@@ -101,12 +114,7 @@ def last_token_hidden_states(model, tokenizer, texts: Sequence[str], batch_size:
     with adapter_off:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in chunk)
-            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                input_ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                attention_mask[row, width - len(encoded[i]) :] = 1
+            input_ids, attention_mask = left_pad([encoded[i] for i in chunk], pad_id)
             position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
             output = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                              position_ids=position_ids.to(device), use_cache=False)
@@ -226,6 +234,12 @@ class TitleGrounder:
     def exact(self, text: str, exclude: Collection[int] = ()) -> list[int]:
         """Items whose title equals the generated ``text`` (quotes stripped), minus ``exclude``."""
         return [i for i in self._items_by_title.get(parse_generated_title(text), []) if i not in exclude]
+
+    def title_of(self, item_id: int) -> str:
+        """The catalog title of ``item_id``."""
+        if item_id not in self._position:
+            raise KeyError(f"item {item_id} is not in the catalog")
+        return self.titles[self._position[item_id]]
 
     def is_valid(self, text: str) -> bool:
         """Whether ``text`` is exactly a catalog title (before any exclusion)."""

@@ -1,0 +1,124 @@
+"""The files a run leaves: ``metrics.json``, ``report.md`` (a table per method) and ``metrics.png``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Mapping
+
+LIBRARIES = ("constrained-rec", "torch", "transformers", "peft", "accelerate", "datasets", "numpy", "numba")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Python and the versions of the libraries a result depends on (``None`` where one is absent)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine_description() -> str:
+    """E.g. ``"Linux x86_64, 2 CPU cores"`` plus the GPU name where torch sees one."""
+    import torch
+
+    text = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def _ks(methods: Mapping[str, dict]) -> list[int]:
+    names = {name for figures in methods.values() for name in figures if name.startswith("hr@")}
+    return sorted(int(name[3:]) for name in names)
+
+
+def _number(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _interval(figure: Mapping) -> str:
+    low, high = figure["ci"]
+    return f"[{_number(low)}, {_number(high)}]"
+
+
+def markdown_report(results: Mapping) -> str:
+    """``report.md``: the run in one paragraph, a summary row per method, then a table per method."""
+    methods = results["methods"]
+    ks = _ks(methods)
+    config = results.get("config", {})
+    lines = [f"# Results: {results.get('dataset', {}).get('name', '?')} with {results.get('model', '?')}", ""]
+    if results.get("command"):
+        lines += [f"Command: `{results['command']}`", ""]
+    facts = [f"machine: {results.get('machine', '?')}",
+             f"evaluation users: {max((m['users'] for m in methods.values()), default=0)}",
+             f"beams: {config.get('num_beams')}", f"length penalty: {config.get('length_penalty')}",
+             f"history excluded: {config.get('exclude_history')}", f"seed: {results.get('seed')}"]
+    if "train" in results:
+        facts.append(f"training samples: {results['train'].get('train_samples')}")
+    lines += ["; ".join(facts) + ".", ""]
+    confidence = int(round(config.get("confidence", 0.95) * 100))
+    header = ["method", "users"] + [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks]
+    header += ["valid", "coverage@10", "popularity pct@10", "users/s"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, figures in methods.items():
+        row = [name, str(figures["users"])]
+        row += [_number(figures[f"hr@{k}"]["value"]) for k in ks] + [_number(figures[f"ndcg@{k}"]["value"]) for k in ks]
+        row += [_number(figures["validity_rate"]), _number(figures["coverage@10"]),
+                _number(figures["popularity_percentile@10"], 1), _number(figures["users_per_s"], 3)]
+        lines.append("| " + " | ".join(row) + " |")
+    for name, figures in methods.items():
+        lines += ["", f"## {name}", "", f"| metric | value | {confidence}% CI |", "|---|---|---|"]
+        for k in ks:
+            for metric in ("hr", "ndcg"):
+                figure = figures[f"{metric}@{k}"]
+                lines.append(f"| {metric.upper()}@{k} | {_number(figure['value'])} | {_interval(figure)} |")
+        valid = figures["validity_rate"]
+        lines.append(f"| valid outputs | {_number(valid)} ({figures['outputs']} outputs) | |" if valid is not None
+                     else "| valid outputs | n/a (no model outputs) | |")
+        lines.append(f"| catalog coverage of the top-10 | {_number(figures['coverage@10'])} | |")
+        lines.append(f"| mean popularity percentile of the top-10 | {_number(figures['popularity_percentile@10'], 1)} | |")
+        lines.append(f"| users/s | {_number(figures['users_per_s'], 3)} | |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_metrics(methods: Mapping[str, dict], path: str | os.PathLike) -> None:
+    """HR@K and NDCG@K per method, with their intervals as error bars, in one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = _ks(methods)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for axis, metric in zip(axes, ("hr", "ndcg")):
+        for name, figures in methods.items():
+            values = [figures[f"{metric}@{k}"]["value"] for k in ks]
+            lows = [v - figures[f"{metric}@{k}"]["ci"][0] for v, k in zip(values, ks)]
+            highs = [figures[f"{metric}@{k}"]["ci"][1] - v for v, k in zip(values, ks)]
+            axis.errorbar(ks, values, yerr=[lows, highs], marker="o", capsize=3, label=name)
+        axis.set_xlabel("K")
+        axis.set_ylabel(f"{metric.upper()}@K")
+        axis.set_xticks(ks)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(output_dir: str | os.PathLike, results: Mapping) -> None:
+    """Write ``metrics.json``, ``report.md`` and ``metrics.png`` for ``results`` (with a ``methods`` entry)."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    (folder / "report.md").write_text(markdown_report(results))
+    plot_metrics(results["methods"], folder / "metrics.png")
