@@ -142,6 +142,125 @@ class InteractionData:
     original_user_ids: dict[int, str] | None = None
     original_item_ids: dict[int, str] | None = None
 
+    def __post_init__(self):
+        frame = self.interactions
+        if list(frame.columns) != COLUMNS or not all(pd.api.types.is_integer_dtype(t) for t in frame.dtypes):
+            raise ValueError(
+                f"interactions must have the integer columns {COLUMNS}, got {dict(frame.dtypes.astype(str))}; "
+                "build InteractionData with from_frame or load_interactions"
+            )
+        users, times = frame["user_id"].to_numpy(), frame["timestamp"].to_numpy()
+        unsorted = (users[1:] < users[:-1]) | ((users[1:] == users[:-1]) & (times[1:] < times[:-1]))
+        if unsorted.any():
+            row = int(np.flatnonzero(unsorted)[0]) + 1
+            raise ValueError(f"interactions must be sorted by (user_id, timestamp); row {row} is out of order")
+        untitled = set(frame["item_id"].unique().tolist()) - set(self.titles)
+        if untitled:
+            raise ValueError(f"{len(untitled)} interacted items have no title, e.g. item {min(untitled)}")
+        if self.item_noun not in ITEM_NOUNS:
+            raise ValueError(f"unknown item noun {self.item_noun!r}; accepted: {sorted(ITEM_NOUNS)}")
+
+    @classmethod
+    def from_frame(
+        cls,
+        frame: pd.DataFrame,
+        titles: dict[int, str],
+        *,
+        name: str = "interactions",
+        item_noun: str = "items",
+        min_user_interactions: int = 3,
+        keep_items_without_interactions: bool = False,
+        source: str = "",
+        extra: dict[str, int] | None = None,
+        original_user_ids: dict[int, str] | None = None,
+        original_item_ids: dict[int, str] | None = None,
+    ) -> "InteractionData":
+        """Filter (counting what goes), sort and wrap interactions already in memory; the loaders end here.
+
+        Args:
+            frame (`pandas.DataFrame`): Integer columns ``user_id``, ``item_id``, ``timestamp``, any order.
+            titles (`dict[int, str]`): item id -> title; interactions with other items are dropped (counted).
+            extra (`dict[str, int]`, *optional*): Counts a loader dropped before, merged into ``dropped``.
+            Other arguments as in :func:`load_interactions`.
+
+        Example:
+
+        ```python
+        >>> import pandas as pd
+        >>> from constrained_rec.data import InteractionData
+        >>> frame = pd.DataFrame({"user_id": [1, 1, 1, 2], "item_id": [7, 8, 9, 7], "timestamp": [3, 1, 2, 1]})
+        >>> titles = {7: "Heat (1995)", 8: "Up (2009)"}
+        >>> data = InteractionData.from_frame(frame, titles, item_noun="movies", min_user_interactions=2)
+        >>> data.interactions["item_id"].tolist()
+        [8, 7]
+        >>> data.dropped["interactions_without_title"], data.dropped["users_below_min_interactions"]
+        (1, 1)
+
+        ```
+        """
+        missing = [c for c in COLUMNS if c not in frame.columns]
+        if missing:
+            raise ValueError(f"the interactions frame lacks the columns {missing}; it has {list(frame.columns)}")
+        frame = frame[COLUMNS]
+        for column in COLUMNS:
+            if not pd.api.types.is_integer_dtype(frame[column].dtype):
+                raise ValueError(f"column {column!r} must hold integers, got dtype {frame[column].dtype}")
+        frame = frame.astype(np.int64)
+        if not isinstance(min_user_interactions, int) or min_user_interactions < 1:
+            raise ValueError(f"min_user_interactions must be an integer >= 1, got {min_user_interactions!r}")
+        blank = [item for item, title in titles.items() if not isinstance(title, str) or not title.strip()]
+        if blank:
+            raise ValueError(f"titles must be non-empty strings; item {blank[0]} has {titles[blank[0]]!r}")
+        catalog = titles
+        raw_counts = {
+            "users": int(frame["user_id"].nunique()),
+            "items": int(frame["item_id"].nunique()),
+            "interactions": len(frame),
+            "catalog_titles": len(catalog),
+        }
+        duplicated = frame.duplicated(COLUMNS).to_numpy()
+        frame = frame[~duplicated]
+        titled = frame["item_id"].isin(list(catalog)).to_numpy()
+        untitled_items = int(frame.loc[~titled, "item_id"].nunique())
+        frame = frame[titled]
+        sizes = frame.groupby("user_id")["item_id"].transform("size").to_numpy()
+        too_short = sizes < min_user_interactions
+        short_users = int(frame.loc[too_short, "user_id"].nunique())
+        frame = frame[~too_short]
+        interacted = set(frame["item_id"].unique().tolist())
+        unused = [item for item in catalog if item not in interacted]
+        if not keep_items_without_interactions:
+            catalog = {item: title for item, title in catalog.items() if item in interacted}
+        dropped = {
+            "duplicate_interactions": int(duplicated.sum()),
+            "items_without_title": untitled_items,
+            "interactions_without_title": int((~titled).sum()),
+            "users_below_min_interactions": short_users,
+            "interactions_of_users_below_min": int(too_short.sum()),
+            "catalog_items_without_interactions": 0 if keep_items_without_interactions else len(unused),
+            **{k: int(v) for k, v in (extra or {}).items()},
+        }
+        # Stable sort: interactions with equal timestamps keep the order of the source file.
+        order = np.lexsort((frame["timestamp"].to_numpy(), frame["user_id"].to_numpy()))
+        frame = frame.iloc[order].reset_index(drop=True)
+        if any(dropped.values()):
+            logger.warning(
+                "%s: dropped %s", name, ", ".join(f"{count} {reason}" for reason, count in dropped.items() if count)
+            )
+        if frame.empty:
+            raise ValueError(f"{source or name}: no interactions left after filtering (dropped: {dropped})")
+        return cls(
+            name=name,
+            interactions=frame,
+            titles=catalog,
+            item_noun=item_noun,
+            dropped=dropped,
+            raw_counts=raw_counts,
+            source=source,
+            original_user_ids=original_user_ids,
+            original_item_ids=original_item_ids,
+        )
+
     @property
     def num_users(self) -> int:
         return int(self.interactions["user_id"].nunique())
@@ -383,26 +502,27 @@ def _decode_dat(path: Path) -> str:
 def _read_recbole(folder: Path, stem: str) -> tuple[pd.DataFrame, dict[int, str], int]:
     """RecBole atomic files ``stem.inter`` + ``stem.item`` (typed headers such as ``item_id:token``)."""
 
-    def read(path: Path, wanted: dict[str, str]) -> pd.DataFrame:
+    def read(path: Path, required: list[str], optional: list[str] = ()) -> pd.DataFrame:
         with open(path, encoding="utf-8") as handle:
             header = handle.readline().rstrip("\n").split("\t")
-        names = {column.split(":")[0]: column for column in header}
-        missing = [w for w in wanted if w not in names and not wanted[w]]
-        if missing:
-            raise ValueError(f"{path}, line 1: no column {missing[0]!r}; the header has {header}")
-        columns = [names[w] for w in wanted if w in names]
+        typed = {column.split(":")[0]: column for column in header}
+        for name in required:
+            if name not in typed:
+                raise ValueError(f"{path}, line 1: no column {name!r}; the header has {header}")
+        names = [n for n in [*required, *optional] if n in typed]
+        columns = [typed[n] for n in names]
         frame = _read_table(path, columns, sep="\t", string_columns=tuple(c for c in columns if "token_seq" in c))
-        return frame.rename(columns={names[w]: w for w in wanted if w in names})
+        return frame.rename(columns=dict(zip(columns, names)))
 
     inter_path, item_path = folder / f"{stem}.inter", folder / f"{stem}.item"
-    inter = read(inter_path, {"user_id": "", "item_id": "", "timestamp": ""})
+    inter = read(inter_path, ["user_id", "item_id", "timestamp"])
     frame = _frame(
         _integers(inter["user_id"], "user id", inter_path, 2),
         _integers(inter["item_id"], "item id", inter_path, 2),
         _timestamps(inter["timestamp"], inter_path, 2),
     )
     # RecBole's MovieLens files keep the year apart (movie_title, release_year); other sets use `title`.
-    items = read(item_path, {"item_id": "", "movie_title": "optional", "title": "optional", "release_year": "optional"})
+    items = read(item_path, ["item_id"], ["movie_title", "title", "release_year"])
     title_column = "movie_title" if "movie_title" in items else "title"
     if title_column not in items:
         raise ValueError(f"{item_path}, line 1: no column 'movie_title' or 'title'")
@@ -648,22 +768,23 @@ def download_grouplens(name: str, cache_dir=None) -> Path:
 
 
 def _find_named(name: str, data_dir, download: bool, cache_dir) -> Path:
-    folder_name = GROUPLENS_FOLDERS[name]
-    roots = [Path(data_dir)] if data_dir is not None else []
-    if data_dir is None and os.environ.get(DATA_ENV_VAR):
-        roots.append(Path(os.environ[DATA_ENV_VAR]))
-    roots.append(_cache_dir(cache_dir))
-    tried = []
-    for root in roots:
-        for candidate in dict.fromkeys([root / folder_name, root / name]):
-            if candidate.is_dir():
-                return candidate
-            tried.append(str(candidate))
+    """The folder of a GroupLens data set: ``data_dir``, then (ml-100k) the RecBole wheel, then
+    ``$CONSTRAINED_REC_DATA``, then the cache; downloaded into the cache only when ``download``."""
+    folder_names = dict.fromkeys([GROUPLENS_FOLDERS[name], name])
+    candidates = [Path(data_dir) / f for f in folder_names] if data_dir is not None else []
+    if name == "ml-100k" and _recbole_ml100k() is not None:
+        candidates.append(_recbole_ml100k())
+    if os.environ.get(DATA_ENV_VAR):
+        candidates += [Path(os.environ[DATA_ENV_VAR]) / f for f in folder_names]
+    candidates += [_cache_dir(cache_dir) / f for f in folder_names]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
     if download:
         return download_grouplens(name, cache_dir)
     hint = "pip install --no-deps recbole==1.2.1 (it ships ml-100k), or " if name == "ml-100k" else ""
     raise FileNotFoundError(
-        f"data set {name!r} not found (looked in {tried}). To get it: {hint}download "
+        f"data set {name!r} not found (looked in {[str(c) for c in candidates]}). To get it: {hint}download "
         f"{GROUPLENS_URL}/{name}.zip and unpack it into data_dir (or ${DATA_ENV_VAR}), "
         f"or pass download=True to fetch it once into {_cache_dir(cache_dir)}"
     )
@@ -742,9 +863,7 @@ def load_interactions(
     extra: dict[str, int] = {}
     user_keys = item_keys = None
     noun = "items"
-    if name == "ml-100k" and data_dir is None and _recbole_ml100k() is not None:
-        path = _recbole_ml100k()
-    elif name in GROUPLENS_FOLDERS:
+    if name in GROUPLENS_FOLDERS:
         path = _find_named(name, data_dir, download, cache_dir)
     else:
         path = Path(source)
@@ -796,10 +915,10 @@ def load_interactions(
         frame, catalog, user_keys, item_keys = _read_csv_pair(path, Path(items), csv_format or CsvFormat())
     if move_articles:
         catalog = {item: move_trailing_article(title) for item, title in catalog.items()}
-    return _filter(
+    return InteractionData.from_frame(
+        frame,
+        catalog,
         name=name,
-        frame=frame,
-        catalog=catalog,
         item_noun=item_noun or noun,
         min_user_interactions=min_user_interactions,
         keep_items_without_interactions=keep_items_without_interactions,
@@ -807,69 +926,6 @@ def load_interactions(
         extra={"placeholder_titles": untitled_placeholders, **extra},
         original_user_ids=user_keys,
         original_item_ids=item_keys,
-    )
-
-
-def _filter(
-    *,
-    name: str,
-    frame: pd.DataFrame,
-    catalog: dict[int, str],
-    item_noun: str,
-    min_user_interactions: int,
-    keep_items_without_interactions: bool,
-    source: str,
-    extra: dict[str, int],
-    original_user_ids,
-    original_item_ids,
-) -> InteractionData:
-    raw_counts = {
-        "users": int(frame["user_id"].nunique()),
-        "items": int(frame["item_id"].nunique()),
-        "interactions": len(frame),
-        "catalog_titles": len(catalog),
-    }
-    duplicated = frame.duplicated(COLUMNS).to_numpy()
-    frame = frame[~duplicated]
-    titled = frame["item_id"].isin(list(catalog)).to_numpy()
-    untitled_items = int(frame.loc[~titled, "item_id"].nunique())
-    frame = frame[titled]
-    sizes = frame.groupby("user_id")["item_id"].transform("size").to_numpy()
-    too_short = sizes < min_user_interactions
-    short_users = int(frame.loc[too_short, "user_id"].nunique())
-    frame = frame[~too_short]
-    interacted = set(frame["item_id"].unique().tolist())
-    unused = [item for item in catalog if item not in interacted]
-    if not keep_items_without_interactions:
-        catalog = {item: title for item, title in catalog.items() if item in interacted}
-    dropped = {
-        "duplicate_interactions": int(duplicated.sum()),
-        "items_without_title": untitled_items,
-        "interactions_without_title": int((~titled).sum()),
-        "users_below_min_interactions": short_users,
-        "interactions_of_users_below_min": int(too_short.sum()),
-        "catalog_items_without_interactions": 0 if keep_items_without_interactions else len(unused),
-        **{k: int(v) for k, v in extra.items()},
-    }
-    # Stable sort: interactions with equal timestamps keep the order of the source file.
-    order = np.lexsort((frame["timestamp"].to_numpy(), frame["user_id"].to_numpy()))
-    frame = frame.iloc[order].reset_index(drop=True)
-    if any(dropped.values()):
-        logger.warning(
-            "%s: dropped %s", name, ", ".join(f"{count} {reason}" for reason, count in dropped.items() if count)
-        )
-    if frame.empty:
-        raise ValueError(f"{source}: no interactions left after filtering (dropped: {dropped})")
-    return InteractionData(
-        name=name,
-        interactions=frame,
-        titles=catalog,
-        item_noun=item_noun,
-        dropped=dropped,
-        raw_counts=raw_counts,
-        source=source,
-        original_user_ids=original_user_ids,
-        original_item_ids=original_item_ids,
     )
 
 
@@ -1037,10 +1093,11 @@ def make_splits(data: InteractionData, config: SplitConfig | None = None, tokeni
     if config.template == "chat" and tokenizer is None:
         raise ValueError("template 'chat' renders prompts with the tokenizer's chat template; pass tokenizer=")
     frame = data.interactions
-    users = frame["user_id"].to_numpy()
-    items = frame["item_id"].to_numpy()
-    starts, ends = _user_bounds(users)
-    user_start = np.repeat(starts, ends - starts)
+    users = frame["user_id"].tolist()
+    items = frame["item_id"].tolist()
+    titles = [data.titles[item] for item in items]
+    starts, ends = _user_bounds(frame["user_id"].to_numpy())
+    user_start = np.repeat(starts, ends - starts).tolist()
     positions = split_positions(data, config)
     features = _features()
     splits = {}
@@ -1049,16 +1106,14 @@ def make_splits(data: InteractionData, config: SplitConfig | None = None, tokeni
         rows = _draw(rows, count, config.seed, split)
         columns = {name: [] for name in features}
         for row in rows.tolist():
-            history_ids = items[max(user_start[row], row - config.max_history):row].tolist()
-            history_titles = [data.titles[i] for i in history_ids]
-            target = int(items[row])
-            columns["user_id"].append(int(users[row]))
-            columns["history_item_ids"].append(history_ids)
-            columns["history_titles"].append(history_titles)
-            columns["target_item_id"].append(target)
-            columns["target_title"].append(data.titles[target])
-            columns["prompt"].append(build_prompt(history_titles, data.item_noun, config.template, tokenizer))
-            columns["response"].append(response_text(data.titles[target]))
+            first = max(user_start[row], row - config.max_history)
+            columns["user_id"].append(users[row])
+            columns["history_item_ids"].append(items[first:row])
+            columns["history_titles"].append(titles[first:row])
+            columns["target_item_id"].append(items[row])
+            columns["target_title"].append(titles[row])
+            columns["prompt"].append(build_prompt(titles[first:row], data.item_noun, config.template, tokenizer))
+            columns["response"].append(response_text(titles[row]))
         # Straight to Arrow: Dataset.from_dict would re-encode and re-hash every row, 3x slower.
         table = pa.Table.from_pydict(columns, schema=features.arrow_schema)
         splits[split] = datasets.Dataset(table, fingerprint=_fingerprint(data, config, tokenizer, split, rows))

