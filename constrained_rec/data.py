@@ -385,7 +385,7 @@ def _read_table(
     *,
     sep: str = ",",
     header: bool = True,
-    encoding: str = "utf-8",
+    encoding: str = "utf-8-sig",  # UTF-8, tolerating the byte-order mark that spreadsheet programs write
     text: str | None = None,
     string_columns: tuple = (),
 ) -> pd.DataFrame:
@@ -597,7 +597,10 @@ def _encode_ids(*columns: np.ndarray) -> tuple[list[np.ndarray], dict[int, str] 
     """Integer ids stay as they are; otherwise the sorted distinct strings get ids 0, 1, 2, ..."""
     texts = [np.asarray(c, dtype=str) for c in columns]
     try:
-        return [np.array([int(v) for v in t], dtype=np.int64) for t in texts], None
+        numbers = [np.array([int(v) for v in t], dtype=np.int64) for t in texts]
+        # "007" and "7" are different ids as text: only canonical integers are taken as numbers.
+        if all(str(n) == v for t, ns in zip(texts, numbers) for n, v in zip(ns.tolist(), t.tolist())):
+            return numbers, None
     except ValueError:
         pass
     keys = np.unique(np.concatenate(texts)) if texts else np.array([], dtype=str)
@@ -615,7 +618,9 @@ def _read_csv_pair(path: Path, items_path: Path, fmt: CsvFormat):
     inter = _read_table(
         path, [fmt.user, fmt.item, fmt.timestamp], sep=sep_for(path), string_columns=(fmt.user, fmt.item)
     )
-    items = _read_table(items_path, [item_column, fmt.title], sep=sep_for(items_path), string_columns=(item_column, fmt.title))
+    items = _read_table(
+        items_path, [item_column, fmt.title], sep=sep_for(items_path), string_columns=(item_column, fmt.title)
+    )
     for frame, p, columns in ((inter, path, (fmt.user, fmt.item)), (items, items_path, (item_column,))):
         for column in columns:
             empty = (frame[column].astype(str).str.strip() == "").to_numpy()

@@ -283,6 +283,8 @@ def test_generic_csv_with_string_ids_and_iso_times(tmp_path):
         (0, 0, int(pd.Timestamp("2020-01-03", tz="UTC").timestamp())),
     ]
     assert data.item_noun == "items" and data.name == "interactions"
+    interactions.write_bytes(b"\xef\xbb\xbf" + interactions.read_bytes())  # a spreadsheet's byte-order mark
+    assert frame_rows(load_interactions(interactions, items=items)) == frame_rows(data)
 
 
 def test_generic_tsv_with_custom_columns(tmp_path):
@@ -297,6 +299,13 @@ def test_generic_tsv_with_custom_columns(tmp_path):
     assert data.dropped["users_below_min_interactions"] == 1
     assert data.dropped["interactions_of_users_below_min"] == 1
     assert data.dropped["catalog_items_without_interactions"] == 1
+
+
+def test_ids_that_only_look_alike_stay_apart(tmp_path):
+    interactions, items = write_csv_pair(tmp_path, [(1, "007", 1), (1, "7", 2)], {"007": "Bond", "7": "Seven"})
+    data = load_interactions(interactions, items=items, min_user_interactions=1)
+    assert sorted(data.titles.values()) == ["Bond", "Seven"]
+    assert {data.original_item_ids[i] for i in data.titles} == {"007", "7"}
 
 
 def test_filtering_is_counted(tmp_path, caplog):
