@@ -524,7 +524,7 @@ def method_metrics(records: Sequence[dict], config: EvalConfig, catalog_size: in
 
     Per method: ``users``; ``hr@K`` / ``ndcg@K`` as ``{"value", "ci"}``; ``validity_rate`` (valid outputs /
     outputs, ``None`` for methods without model outputs); ``coverage@10``; ``popularity_percentile@10``
-    (mean popularity percentile of the top-10 items); ``seconds`` and ``users_per_s`` of the recommender
+    (mean popularity percentile of the top-10 items, ``None`` when nothing was recommended); ``seconds`` and ``users_per_s`` of the recommender
     (per process under sharding).
     """
     by_method: dict[str, list[dict]] = {}
@@ -535,6 +535,7 @@ def method_metrics(records: Sequence[dict], config: EvalConfig, catalog_size: in
         rankings = [r["item_ids"] for r in rows]
         outputs = sum(r["num_outputs"] for r in rows)
         seconds = sum(r["seconds"] for r in rows)
+        popularity_pct = metrics.mean_popularity_percentile(rankings, popularity, k=10)  # nan: nothing recommended
         figures[method] = {
             "users": len(rows),
             **metrics.ranking_metrics(rankings, [r["target_item_id"] for r in rows], config.ks,
@@ -542,7 +543,7 @@ def method_metrics(records: Sequence[dict], config: EvalConfig, catalog_size: in
             "validity_rate": sum(r["num_valid_outputs"] for r in rows) / outputs if outputs else None,
             "outputs": outputs,
             "coverage@10": metrics.catalog_coverage(rankings, catalog_size, k=10),
-            "popularity_percentile@10": metrics.mean_popularity_percentile(rankings, popularity, k=10),
+            "popularity_percentile@10": popularity_pct if math.isfinite(popularity_pct) else None,
             "seconds": seconds,
             "users_per_s": len(rows) / seconds if seconds > 0 else None,
         }

@@ -119,6 +119,6 @@ def write_report(output_dir: str | os.PathLike, results: Mapping) -> None:
     """Write ``metrics.json``, ``report.md`` and ``metrics.png`` for ``results`` (with a ``methods`` entry)."""
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    (folder / "metrics.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
     (folder / "report.md").write_text(markdown_report(results))
     plot_metrics(results["methods"], folder / "metrics.png")

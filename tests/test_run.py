@@ -1,0 +1,160 @@
+"""experiments/run.py end to end: a tiny random Llama with the real tokenizer on real ml-100k, the --quick path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, make_tiny_llama
+from constrained_rec import evaluate as ev
+
+# a real slice of ml-100k: few training samples and users, small K, so the tiny model runs in seconds
+SMALL = ["--quick", "--train-samples", "16", "--eval-users", "6", "--k", "1,3"]
+
+
+def load_run_module():
+    spec = importlib.util.spec_from_file_location("run_experiment", REPO_ROOT / "experiments" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run():
+    return load_run_module()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A random 2-layer Llama with SmolLM2's tokenizer, saved as a local model folder."""
+    from constrained_rec.model import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama(vocab_size=49152, seed=0).save_pretrained(folder)
+    load_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def full_run(run, tiny_model_dir, tmp_path_factory):
+    """One uninterrupted run with every baseline; its folder and results."""
+    folder = tmp_path_factory.mktemp("full")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONSTRAINED_REC_CACHE", str(folder / "cache"))
+        results = run.main(["--constrained", "--baselines", "--model", str(tiny_model_dir), *SMALL,
+                            "--output-dir", str(folder / "out")])
+    return folder / "out", results
+
+
+def read_predictions(folder):
+    return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_every_file_and_every_method(full_run):
+    folder, results = full_run
+    for name in ("metrics.json", "predictions.jsonl", "report.md", "metrics.png", "adapter/adapter_config.json"):
+        assert (folder / name).is_file(), name
+    assert set(results["methods"]) == {"most-popular", "constrained", "unconstrained-exact", "unconstrained-l2",
+                                       "zero-shot-constrained"}
+    saved = json.loads((folder / "metrics.json").read_text())
+    assert saved["methods"] == results["methods"]
+    assert saved["config"]["ks"] == [1, 3] and saved["config"]["length_penalty"] == 0.0 and saved["seed"] == 0
+    assert saved["versions"]["torch"] and saved["dataset"]["name"] == "ml-100k"
+    report = (folder / "report.md").read_text()
+    assert all(f"## {method}" in report for method in results["methods"])
+
+
+def test_metrics_recomputed_from_predictions_match_metrics_json(full_run):
+    folder, results = full_run
+    records = read_predictions(folder)
+    for method, figures in results["methods"].items():
+        rows = [r for r in records if r["method"] == method]
+        assert figures["users"] == len(rows) == 6
+        for k in (1, 3):
+            hits = [r["target_item_id"] in r["item_ids"][:k] for r in rows]
+            gains = [1 / math.log2(r["item_ids"][:k].index(r["target_item_id"]) + 2) if hit else 0.0
+                     for r, hit in zip(rows, hits)]
+            assert figures[f"hr@{k}"]["value"] == pytest.approx(sum(hits) / len(rows))
+            assert figures[f"ndcg@{k}"]["value"] == pytest.approx(sum(gains) / len(rows))
+        distinct = {i for r in rows for i in r["item_ids"][:10]}
+        assert figures["coverage@10"] == pytest.approx(len(distinct) / results["dataset"]["items"])
+
+
+def test_constrained_outputs_are_all_valid_catalog_items_outside_the_history(full_run):
+    from constrained_rec.data import load_interactions
+
+    folder, results = full_run
+    assert results["methods"]["constrained"]["validity_rate"] == 1.0
+    assert results["methods"]["zero-shot-constrained"]["validity_rate"] == 1.0
+    data = load_interactions("ml-100k")
+    consumed = data.interactions.groupby("user_id")["item_id"].apply(list).to_dict()
+    for record in read_predictions(folder):
+        if record["method"] == "constrained":
+            assert len(record["item_ids"]) == 3
+            assert all(data.titles[i] == t for i, t in zip(record["item_ids"], record["titles"]))
+            # the history is every interaction before the test one, which is the user's last
+            assert not set(record["item_ids"]) & set(consumed[record["user_id"]][:-1])
+
+
+def test_interrupted_run_resumes_without_retraining_or_redoing_users(run, tiny_model_dir, full_run, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setenv("CONSTRAINED_REC_CACHE", str(tmp_path / "cache"))
+    args = ["--constrained", "--model", str(tiny_model_dir), *SMALL, "--output-dir", str(tmp_path / "out")]
+    calls = []
+    original = ev.ConstrainedRecommender.__call__
+
+    def interrupted_after_two_users(self, samples):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.extend(s.index for s in samples)
+        return original(self, samples)
+
+    monkeypatch.setattr(ev.ConstrainedRecommender, "__call__", interrupted_after_two_users)
+    with pytest.raises(KeyboardInterrupt):
+        run.main(args)
+    assert calls == [0, 1]
+
+    def must_not_train(*a, **k):
+        raise AssertionError("the finished adapter was trained again")
+
+    import constrained_rec.train
+
+    monkeypatch.setattr(constrained_rec.train, "train", must_not_train)
+    calls.clear()
+    monkeypatch.setattr(ev.ConstrainedRecommender, "__call__", lambda self, samples: (
+        calls.extend(s.index for s in samples), original(self, samples))[1])
+    results = run.main(args)
+    assert calls == [2, 3, 4, 5]
+    resumed = [r for r in read_predictions(tmp_path / "out")]
+    uninterrupted = [r for r in read_predictions(full_run[0]) if r["method"] == "constrained"]
+    assert [r["item_ids"] for r in resumed] == [r["item_ids"] for r in uninterrupted]  # seeded: the same run
+    assert results["methods"]["constrained"]["hr@3"] == full_run[1]["methods"]["constrained"]["hr@3"]
+
+
+def test_adapter_for_another_catalog_is_refused(run, tiny_model_dir, full_run, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(full_run[0] / "adapter", adapter)
+    config = json.loads((adapter / "train_config.json").read_text())
+    config["catalog_fingerprint"] = "0123456789abcdef"
+    (adapter / "train_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="trained for another catalog or tokenizer .catalog fingerprint 0123456789abcdef"):
+        run.main(["--constrained", "--model", str(tiny_model_dir), *SMALL, "--adapter", str(adapter),
+                  "--output-dir", str(tmp_path / "out")])
+
+
+def test_bad_names_and_k_are_clear_errors(run, tiny_model_dir, tmp_path):
+    out = ["--output-dir", str(tmp_path / "out")]
+    with pytest.raises(FileNotFoundError, match="'ml-5k' is neither a known data set name"):
+        run.main(["--constrained", "--dataset", "ml-5k", *SMALL, *out])
+    with pytest.raises(FileNotFoundError, match="cannot load the model 'no-such-model'"):
+        run.main(["--constrained", "--model", "no-such-model", *SMALL, *out])
+    with pytest.raises(ValueError, match="K = 5000 is larger than the catalog of ml-100k"):
+        run.main(["--constrained", "--model", str(tiny_model_dir), "--quick", "--k", "1,5000", *out])
+    with pytest.raises(SystemExit):
+        run.main(["--constrained", "--k", "0,5"])
