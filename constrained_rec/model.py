@@ -122,7 +122,7 @@ def _embedded_model(dtype: torch.dtype):
         _write_atomically(folder, write)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     # peft records this name in adapter_config.json, so load_adapter finds the base model again.
-    model.config._name_or_path = EMBEDDED_MODEL
+    model.name_or_path = model.config._name_or_path = EMBEDDED_MODEL
     return model
 
 

@@ -23,11 +23,13 @@ only, so a run killed mid-epoch and started again with the same arguments contin
 optimizer step of the checkpoint, without repeating or skipping a sample, and ends with the same
 weights as a run that was never interrupted.
 
-Data-parallel on several GPUs, unchanged, through accelerate (each process takes every ``world``-th
-batch of the same global order; gradients are averaged by DDP)::
+Data-parallel, unchanged, through accelerate: each process takes every ``world``-th batch of the same
+global order (the last step of an epoch repeats up to ``world - 1`` batches so that every process has
+one) and DDP averages gradients, normalised so that a step equals a single-process step with ``world``
+times the gradient accumulation (bit for bit, checked with 2 CPU processes)::
 
-    accelerate launch --num_processes 4 experiments/train.py --output-dir runs/ml-100k
     torchrun --nproc_per_node 4 experiments/train.py --output-dir runs/ml-100k
+    accelerate launch --multi_gpu --num_processes 4 experiments/train.py --output-dir runs/ml-100k
 """
 
 from __future__ import annotations
@@ -379,6 +381,12 @@ class TrainResult:
     log: list[dict] = field(default_factory=list)
 
 
+def _base_model_name(model) -> str | None:
+    """The base model's name as peft records it in adapter_config.json (the one load_adapter loads)."""
+    causal_lm = _causal_lm(model)
+    return causal_lm.__dict__.get("name_or_path") or causal_lm.config._name_or_path or None
+
+
 def _data_fingerprint(examples: Sequence[Example]) -> str:
     digest = hashlib.sha256()
     for example in examples:
@@ -489,7 +497,9 @@ def train(model, tokenizer, train_dataset, config: TrainConfig | None = None, ev
 
     config = config or TrainConfig()
     output_dir = Path(output_dir)
-    accelerator = Accelerator()
+    # accelerate detects torchrun on GPUs by itself, but on a CPU-only machine only when told it is on CPU
+    accelerator_present = getattr(torch, "accelerator", None) and torch.accelerator.is_available()
+    accelerator = Accelerator(cpu=not (accelerator_present or torch.cuda.is_available()))
     world, rank = accelerator.num_processes, accelerator.process_index
 
     examples = tokenize_examples(tokenizer, train_dataset)
@@ -666,7 +676,7 @@ def train(model, tokenizer, train_dataset, config: TrainConfig | None = None, ev
     if accelerator.is_main_process:
         model.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
-        summary = {**config.to_dict(), "base_model": _causal_lm(model).config._name_or_path,
+        summary = {**config.to_dict(), "base_model": _base_model_name(model),
                    "train_samples": len(examples), "global_step": state.global_step,
                    "best_eval_loss": state.best_eval_loss, "stopped_early": state.stopped_early}
         (output_dir / "train_config.json").write_text(json.dumps(summary, indent=1))

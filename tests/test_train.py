@@ -300,7 +300,7 @@ def test_bad_input_is_rejected_with_a_clear_error():
 
 @pytest.mark.slow
 def test_one_step_of_the_embedded_model_on_ml100k_prompts(tmp_path):
-    from constrained_rec.model import load_model
+    from constrained_rec.model import load_adapter, load_model
 
     model, tokenizer = load_model("smollm2-135m")
     data = _ml100k_samples(4)
@@ -314,6 +314,10 @@ def test_one_step_of_the_embedded_model_on_ml100k_prompts(tmp_path):
     assert 0 < result.train_loss < 20
     assert any(torch.count_nonzero(w) for n, w in lora_weights(result.model).items() if "lora_B" in n)
     assert json.loads((tmp_path / "train_config.json").read_text())["base_model"] == "smollm2-135m"
+    loaded, _ = load_adapter(tmp_path)  # finds the embedded base model by the name peft recorded
+    inputs = tokenizer([data[0]["prompt"]], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs).logits, result.model(**inputs).logits)
 
 
 def _ml100k_samples(n: int):
