@@ -483,11 +483,13 @@ def train(model, tokenizer, train_dataset, config: TrainConfig | None = None, ev
     Example:
 
     ```python
+    >>> from constrained_rec.data import SplitConfig, load_interactions, make_splits
     >>> from constrained_rec.model import load_model
     >>> from constrained_rec.train import TrainConfig, train
+    >>> splits = make_splits(load_interactions("ml-100k"), SplitConfig(train_samples=1024, eval_samples=200))
     >>> model, tokenizer = load_model()
     >>> result = train(model, tokenizer, splits["train"], TrainConfig(epochs=1),  # doctest: +SKIP
-    ...                eval_dataset=splits["valid"], output_dir="runs/ml-100k")
+    ...                eval_dataset=splits["validation"], output_dir="runs/ml-100k")
 
     ```
     """
@@ -544,13 +546,18 @@ def train(model, tokenizer, train_dataset, config: TrainConfig | None = None, ev
             best_weights = load_file(checkpoint / "best_lora.safetensors")
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-        torch.random.set_rng_state(torch.load(checkpoint / f"rng_{rank}.pt", weights_only=True))
+        rng = torch.load(checkpoint / f"rng_{rank}.pt", weights_only=True)
+        torch.random.set_rng_state(rng["cpu"])
+        if rng["cuda"] is not None:
+            torch.cuda.set_rng_state(rng["cuda"], accelerator.device)
         state = TrainState(**saved["state"])
-        log = [r for r in saved["log"]]
+        log = list(saved["log"])
     else:
         torch.manual_seed(config.seed + 1 + rank)  # dropout: distinct per process, reproducible
 
     def evaluate() -> float:
+        # without DDP's wrapper: its forward may sync buffers, and processes can have unequal eval batches
+        plain_loss = accelerator.unwrap_model(loss_module)
         model.eval()
         order = sorted(range(len(eval_examples)), key=lambda i: len(eval_examples[i].ids))
         chunks = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
@@ -559,7 +566,9 @@ def train(model, tokenizer, train_dataset, config: TrainConfig | None = None, ev
             for chunk in chunks[rank::world]:
                 batch = collate([eval_examples[i] for i in chunk], pad_id, config.train_on_inputs,
                                 config.share_prompt_prefix).to(accelerator.device)
-                loss_sum += torch.stack([loss_module(*batch.tensors()).double(), torch.tensor(float(len(batch.targets)))])
+                loss_sum += torch.stack([plain_loss(*batch.tensors()).double(),
+                                         torch.tensor(float(len(batch.targets)), dtype=torch.float64,
+                                                      device=accelerator.device)])
         loss_sum = accelerator.reduce(loss_sum, "sum") if world > 1 else loss_sum
         model.train()
         return (loss_sum[0] / loss_sum[1]).item()
@@ -582,7 +591,9 @@ def train(model, tokenizer, train_dataset, config: TrainConfig | None = None, ev
                 {**run_identity, "state": dataclasses.asdict(state), "log": log}, indent=1))
         accelerator.wait_for_everyone()
         # each process keeps its own dropout stream; the main process makes the folder current last
-        torch.save(torch.random.get_rng_state(), output_dir / "checkpoint.tmp" / f"rng_{rank}.pt")
+        rng = {"cpu": torch.random.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(accelerator.device) if accelerator.device.type == "cuda" else None}
+        torch.save(rng, output_dir / "checkpoint.tmp" / f"rng_{rank}.pt")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             _replace_folder(output_dir / "checkpoint.tmp", output_dir / "checkpoint")
