@@ -43,6 +43,7 @@ from constrained_rec.trie import TitleTrie
 
 PREDICTIONS = "predictions.jsonl"
 IDENTITY = "evaluation.json"
+DECODERS = ("beam", "generate")
 
 
 @dataclass
@@ -61,6 +62,9 @@ class EvalConfig:
             Keep items the user already consumed out of every ranking.
         batch_size (`int`, defaults to 4):
             Prompts decoded together (and the granularity of resuming).
+        decoder (`str`, defaults to `"beam"`):
+            Constrained decoding by ``"beam"`` (:func:`constrained_rec.decode.recommend`) or ``"generate"``
+            (``generate()`` with :class:`TitleTrieProcessor`), see :func:`recommend_constrained`.
         confidence (`float`, defaults to 0.95):
             Coverage of the bootstrap intervals.
         bootstrap_resamples (`int`, defaults to 1000):
@@ -74,6 +78,7 @@ class EvalConfig:
     length_penalty: float = 0.0
     exclude_history: bool = True
     batch_size: int = 4
+    decoder: str = "beam"
     confidence: float = 0.95
     bootstrap_resamples: int = 1000
     seed: int = 0
@@ -92,6 +97,8 @@ class EvalConfig:
             )
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {self.decoder!r}; accepted: {list(DECODERS)}")
         if not math.isfinite(float(self.length_penalty)):
             raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
 
@@ -228,14 +235,25 @@ def _adapter_context(model, use_adapter: bool):
 
 
 def recommend_constrained(model, tokenizer, prompts: Sequence[str], trie: TitleTrie, k: int, num_beams: int,
-                          length_penalty: float = 0.0, exclude: Sequence[Collection[int]] | None = None
-                          ) -> tuple[list[list[RankedTitle]], list[int]]:
-    """The top-``k`` catalog titles per prompt, by beam search with :class:`TitleTrieProcessor`.
+                          length_penalty: float = 0.0, exclude: Sequence[Collection[int]] | None = None,
+                          decoder: str = "beam") -> tuple[list[list[RankedTitle]], list[int]]:
+    """The top-``k`` catalog titles per prompt, by beam search under the title trie.
+
+    Args:
+        decoder (`str`, defaults to `"beam"`):
+            ``"beam"``: :func:`constrained_rec.decode.recommend` (one prefill per prompt, beams share its KV
+            cache, unique suffixes scored in one forward). ``"generate"``: transformers' ``generate()`` with
+            :class:`TitleTrieProcessor`, the drop-in path (B prefills of each prompt, one step per token).
 
     Returns:
         `(rankings, invalid)`: per prompt its titles, best first, and the number of returned sequences
-        that were not a complete catalog title (always 0 unless the constraint is broken).
+        that were not a complete catalog title (always 0 unless the constraint is broken: it is measured,
+        not assumed).
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; accepted: {list(DECODERS)}")
+    if decoder == "beam":
+        return _recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude)
     config = _generation_config(tokenizer, num_beams, k, length_penalty, trie.max_length)
 
     def processor(prompt_length: int) -> TitleTrieProcessor:
@@ -243,16 +261,33 @@ def recommend_constrained(model, tokenizer, prompts: Sequence[str], trie: TitleT
                                   pad_token_id=tokenizer.pad_token_id)
 
     rows, scores = _generate(model, tokenizer, prompts, config, processor)
-    rankings, invalid = [], []
+    outputs = []
     for p in range(len(prompts)):
+        titles = [parse_generated_title(tokenizer.decode(row, skip_special_tokens=True)) for row in rows[p * k : (p + 1) * k]]
+        outputs.append(list(zip(rows[p * k : (p + 1) * k], titles, scores[p * k : (p + 1) * k])))
+    return _checked_rankings(trie, outputs, exclude)
+
+
+def _recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude):
+    from constrained_rec.decode import recommend
+
+    result = recommend(model, tokenizer, list(prompts), trie, k, num_beams=num_beams, length_penalty=length_penalty,
+                       exclude=exclude, batch_size=len(prompts))
+    outputs = [[(r.token_ids, r.title, r.score) for r in recs] for recs in result.recommendations]
+    return _checked_rankings(trie, outputs, exclude)
+
+
+def _checked_rankings(trie, outputs, exclude) -> tuple[list[list[RankedTitle]], list[int]]:
+    """Per prompt, the outputs ``(token ids, title, score)`` that are complete titles, and how many were not."""
+    rankings, invalid = [], []
+    for p, prompt_outputs in enumerate(outputs):
         ranked, bad = [], 0
         excluded = exclude[p] if exclude is not None else ()
-        for row, score in zip(rows[p * k : (p + 1) * k], scores[p * k : (p + 1) * k]):
-            items = trie.output_item_ids(row)
+        for token_ids, title, score in prompt_outputs:
+            items = trie.output_item_ids(token_ids)
             if not items:
                 bad += 1
                 continue
-            title = parse_generated_title(tokenizer.decode(row, skip_special_tokens=True))
             ranked.append(RankedTitle([i for i in items if i not in excluded], title, score))
         rankings.append(ranked)
         invalid.append(bad)
@@ -310,7 +345,7 @@ class ConstrainedRecommender:
         with _adapter_context(self.model, self.use_adapter):
             rankings, invalid = recommend_constrained(
                 self.model, self.tokenizer, [s.prompt for s in samples], self.trie, self.config.max_k,
-                self.config.num_beams, self.config.length_penalty, exclude)
+                self.config.num_beams, self.config.length_penalty, exclude, self.config.decoder)
         records = []
         for sample, ranked, bad in zip(samples, rankings, invalid):
             items, titles, scores = _expand(ranked, self.config.max_k)

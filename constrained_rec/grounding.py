@@ -122,16 +122,17 @@ def last_token_hidden_states(model, tokenizer, texts: Sequence[str], batch_size:
     return hidden
 
 
-def model_fingerprint(model) -> str:
+def model_fingerprint(model, include_adapter: bool = False) -> str:
     """A hash of the base model's configuration and a strided sample of every base weight.
 
     Enough to tell checkpoints apart (two random initialisations, a fine-tuned copy) without hashing
-    hundreds of megabytes; LoRA weights are left out, since grounding embeds with the adapter off.
+    hundreds of megabytes. LoRA weights are left out unless ``include_adapter``: grounding embeds with
+    the adapter off, so its cache key must not depend on them.
     """
     causal_lm, _ = _causal_lm_without_adapter(model)
     digest = hashlib.sha256(causal_lm.config.to_json_string(use_diff=False).encode())
     for name, parameter in causal_lm.named_parameters():
-        if "lora_" in name:
+        if "lora_" in name and not include_adapter:
             continue
         flat = parameter.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 4096)]

@@ -65,6 +65,9 @@ def markdown_report(results: Mapping) -> str:
     if "train" in results:
         facts.append(f"training samples: {results['train'].get('train_samples')}")
     lines += ["; ".join(facts) + ".", ""]
+    lines += [f"Note: {note}" for note in results.get("notes", [])]
+    if results.get("notes"):
+        lines.append("")
     confidence = int(round(config.get("confidence", 0.95) * 100))
     header = ["method", "users"] + [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks]
     header += ["valid", "coverage@10", "popularity pct@10", "users/s"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -30,7 +31,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import torch
+# Nothing may reach a model hub at run time (models load from the wheel, a folder or the local cache);
+# without this, peft looks the base model's name up online when it saves an adapter.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from constrained_rec.evaluate import DECODERS  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,8 @@ class RunSize:
 
 # Measured on the project's 2-core CPU machine (see the README): the defaults finish in <= 20 minutes,
 # --quick in <= 3 minutes.
-DEFAULTS = RunSize(train_samples=512, epochs=1, eval_users=200, validation_samples=32)
-QUICK = RunSize(train_samples=32, epochs=1, eval_users=10, validation_samples=8)
+DEFAULTS = RunSize(train_samples=128, epochs=1, eval_users=100, validation_samples=32)
+QUICK = RunSize(train_samples=16, epochs=1, eval_users=10, validation_samples=8)
 QUICK_KS = "1,5,10"
 
 
@@ -83,15 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="ml-100k",
                         help="data set name (ml-100k, ml-latest-small, ml-1m, ...) or path, see constrained_rec.data")
     parser.add_argument("--data-dir", default=None, help="folder of GroupLens data sets (default $CONSTRAINED_REC_DATA)")
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="smollm2-135m (embedded), a local model folder, or a Hugging Face id in the local cache")
+    parser.add_argument("--model", default=None,
+                        help="smollm2-135m (embedded), a local model folder, or a Hugging Face id in the local cache "
+                             "[default: the base model of --adapter, else smollm2-135m]")
     parser.add_argument("--train-samples", type=non_negative_int, default=None,
                         help=f"training samples drawn (seeded); 0 evaluates the base model zero-shot "
                              f"[default {DEFAULTS.train_samples}, --quick {QUICK.train_samples}]")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help=f"training epochs [default {DEFAULTS.epochs}]")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="training batch size")
-    parser.add_argument("--learning-rate", type=float, default=3e-4, help="LoRA learning rate")
+    parser.add_argument("--learning-rate", type=float, default=1e-3,
+                        help="LoRA learning rate (high: the CPU default trains for only 16 steps)")
     parser.add_argument("--adapter", default=None, help="evaluate this trained LoRA adapter folder instead of training")
     parser.add_argument("--eval-users", type=positive_int, default=None,
                         help=f"test users, a seeded sample [default {DEFAULTS.eval_users}, --quick {QUICK.eval_users}]")
@@ -105,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baselines", action="store_true",
                         help="also most-popular, the other decoding mode on the same adapter, and zero-shot constrained")
     parser.add_argument("--eval-batch-size", type=positive_int, default=None,
-                        help="prompts decoded together [default 8 on a GPU, 1 on a CPU]")
+                        help="prompts decoded together [default 8 on a GPU, 4 on a CPU]")
+    parser.add_argument("--decoder", choices=DECODERS, default="beam",
+                        help="constrained decoding: beam (constrained_rec.decode, fast) or generate "
+                             "(transformers generate() with TitleTrieProcessor)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads [default half the cores: on a shared 2-core machine two threads "
+                             "run up to 4x slower than one while another process computes]")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few samples and users (<= 3 min here)")
     parser.add_argument("--seed", type=int, default=0, help="seeds sampling, training and the bootstrap")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
@@ -124,15 +139,27 @@ def resolve_size(args) -> RunSize:
     )
 
 
-def check_adapter_catalog(adapter_dir: Path, trie) -> None:
-    """An adapter must have been trained for this catalog, tokenized by this tokenizer."""
+def adapter_train_config(adapter_dir: Path) -> dict:
+    """The ``train_config.json`` that :func:`constrained_rec.train.train` writes beside an adapter."""
     config_path = adapter_dir / "train_config.json"
     if not config_path.is_file():
         raise FileNotFoundError(
             f"{adapter_dir} has no train_config.json: not an adapter written by constrained_rec.train, so its "
-            "catalog and tokenizer cannot be checked"
+            "base model, catalog and tokenizer cannot be checked"
         )
-    stored = json.loads(config_path.read_text()).get("catalog_fingerprint")
+    return json.loads(config_path.read_text())
+
+
+def check_adapter(adapter_dir: Path, base_model: str, trie) -> None:
+    """An adapter must have been trained on this base model, for this catalog tokenized by this tokenizer."""
+    config = adapter_train_config(adapter_dir)
+    config_path = adapter_dir / "train_config.json"
+    if config.get("base_model") != base_model:
+        raise ValueError(
+            f"the adapter {adapter_dir} was trained on the base model {config.get('base_model')!r}, not "
+            f"{base_model!r}; pass --model {config.get('base_model')} (or leave --model out)"
+        )
+    stored = config.get("catalog_fingerprint")
     if stored is None:
         raise ValueError(f"{config_path} records no catalog_fingerprint; retrain with TrainConfig(catalog_fingerprint=...)")
     if stored != trie.fingerprint():
@@ -162,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     from constrained_rec.report import library_versions, machine_description, write_report
     from constrained_rec.train import TrainConfig, train
 
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) // 2))
     state = PartialState()
     size = resolve_size(args)
     ks = args.k or (parse_ks(QUICK_KS) if args.quick else (1, 5, 10, 20))
@@ -170,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         device = state.device
     eval_config = EvalConfig(ks=ks, num_beams=args.num_beams, length_penalty=args.length_penalty,
                              exclude_history=args.exclude_history, seed=args.seed,
-                             batch_size=args.eval_batch_size or (8 if device.type == "cuda" else 1))
+                             decoder=args.decoder, batch_size=args.eval_batch_size or (8 if device.type == "cuda" else 4))
     output_dir = Path(args.output_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}")
     set_seed(args.seed)
 
@@ -182,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
     timings["data_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    model, tokenizer = load_model(args.model)
+    model_name = args.model or (adapter_train_config(Path(args.adapter))["base_model"] if args.adapter else "smollm2-135m")
+    model, tokenizer = load_model(model_name)
     timings["model_load_s"] = time.perf_counter() - tick
     item_ids = list(data.titles)
     trie = TitleTrie.from_titles([data.titles[i] for i in item_ids], tokenizer, item_ids=item_ids)
@@ -193,11 +222,11 @@ def main(argv: list[str] | None = None) -> dict:
     train_summary = None
     adapter_dir = Path(args.adapter) if args.adapter else output_dir / "adapter"
     if args.adapter:
-        check_adapter_catalog(adapter_dir, trie)
+        check_adapter(adapter_dir, model_name, trie)
         model, _ = load_adapter(adapter_dir, base_model=model)
     elif size.train_samples > 0:
         if (adapter_dir / "train_config.json").is_file():  # finished by an earlier, interrupted run
-            check_adapter_catalog(adapter_dir, trie)
+            check_adapter(adapter_dir, model_name, trie)
             model, _ = load_adapter(adapter_dir, base_model=model)
         else:
             tick = time.perf_counter()
@@ -222,6 +251,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     is_peft = hasattr(model, "disable_adapter")
     notes = []
+    repeated = sum(s.target_item_id in s.exclude for s in samples)
+    if repeated:
+        notes.append(f"{repeated} of {len(samples)} users consumed their target item before: with history "
+                     "exclusion no method can recommend it to them")
     recommenders = []
     if args.baselines:
         recommenders.append(MostPopularRecommender(counts, data.titles, eval_config))
@@ -239,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     timings["eval_setup_s"] = time.perf_counter() - tick
 
     identity = {"eval": {k: v for k, v in config_dict(eval_config).items() if k != "batch_size"},
-                "model": model_fingerprint(model), "adapter": str(adapter_dir) if is_peft else None,
+                "model": model_fingerprint(model, include_adapter=True), "adapter": str(adapter_dir) if is_peft else None,
                 "catalog": trie.fingerprint(), "dataset": data.name}
     tick = time.perf_counter()
     records = evaluate(recommenders, samples, output_dir, identity=identity)
@@ -253,12 +286,12 @@ def main(argv: list[str] | None = None) -> dict:
         "dataset": {"name": data.name, "users": data.num_users, "items": len(data.titles),
                     "interactions": len(data.interactions), "eval_users": len(samples),
                     "split": {"protocol": split_config.protocol, "max_history": split_config.max_history}},
-        "model": args.model,
+        "model": model_name,
         "adapter": str(adapter_dir) if is_peft else None,
         "train": train_summary,
         "config": {**config_dict(eval_config), "constrained": args.constrained, "baselines": args.baselines,
                    "train_samples": size.train_samples, "epochs": size.epochs, "device": str(device),
-                   "processes": state.num_processes},
+                   "processes": state.num_processes, "threads": torch.get_num_threads()},
         "seed": args.seed,
         "versions": library_versions(),
         "machine": machine_description(),

@@ -81,8 +81,9 @@ def test_training_item_counts_leave_out_held_out_rows():
     assert training_item_counts(frame, [2, 4]) == {5: 2, 6: 1}
 
 
-def test_constrained_recommender_returns_scored_catalog_items(model, tokenizer, trie):
-    config = EvalConfig(ks=(1, 3), num_beams=4)
+@pytest.mark.parametrize("decoder", ["beam", "generate"])
+def test_constrained_recommender_returns_scored_catalog_items(model, tokenizer, trie, decoder):
+    config = EvalConfig(ks=(1, 3), num_beams=4, decoder=decoder)
     samples = make_samples(3)
     records = ConstrainedRecommender(model, tokenizer, trie, config)(samples)["constrained"]
     for sample, record in zip(samples, records):
@@ -121,7 +122,7 @@ def test_zero_shot_switches_the_adapter_off(tokenizer, trie):
     samples = make_samples(2)
     base = ConstrainedRecommender(make_tiny_llama(vocab_size=49152, seed=1), tokenizer, trie, config)(samples)
     tuned = get_peft_model(make_tiny_llama(vocab_size=49152, seed=1),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
     zero_shot = ConstrainedRecommender(tuned, tokenizer, trie, config, use_adapter=False)(samples)
     def scores(records):
         return [s for r in records for s in r["scores"]]

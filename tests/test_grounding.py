@@ -92,6 +92,7 @@ def test_embedding_switches_the_lora_adapter_off(model, tokenizer):
                                   torch.from_numpy(base[0]))
     np.testing.assert_allclose(last_token_hidden_states(tuned, tokenizer, texts), base, rtol=1e-5, atol=1e-6)
     assert grounding.model_fingerprint(tuned) == grounding.model_fingerprint(model)
+    assert grounding.model_fingerprint(tuned, include_adapter=True) != grounding.model_fingerprint(model)
 
 
 def test_valid_output_grounds_to_its_own_title(model, tokenizer):

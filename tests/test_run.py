@@ -14,7 +14,7 @@ from conftest import REPO_ROOT, make_tiny_llama
 from constrained_rec import evaluate as ev
 
 # a real slice of ml-100k: few training samples and users, small K, so the tiny model runs in seconds
-SMALL = ["--quick", "--train-samples", "16", "--eval-users", "6", "--k", "1,3"]
+SMALL = ["--quick", "--train-samples", "16", "--eval-users", "6", "--k", "1,3", "--eval-batch-size", "2"]
 
 
 def load_run_module():
@@ -109,13 +109,13 @@ def test_interrupted_run_resumes_without_retraining_or_redoing_users(run, tiny_m
     calls = []
     original = ev.ConstrainedRecommender.__call__
 
-    def interrupted_after_two_users(self, samples):
-        if len(calls) == 2:
+    def interrupted_after_one_batch(self, samples):
+        if calls:
             raise KeyboardInterrupt
         calls.extend(s.index for s in samples)
         return original(self, samples)
 
-    monkeypatch.setattr(ev.ConstrainedRecommender, "__call__", interrupted_after_two_users)
+    monkeypatch.setattr(ev.ConstrainedRecommender, "__call__", interrupted_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
         run.main(args)
     assert calls == [0, 1]
