@@ -392,7 +392,25 @@ class UnconstrainedRecommender:
 
 
 class MostPopularRecommender:
-    """The most interacted items of the training split, history excluded alike; ties by item id."""
+    """The most interacted items of the training split, history excluded alike; ties by item id.
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.evaluate import EvalConfig, EvalSample, MostPopularRecommender, method_metrics
+    >>> catalog = {1: "Heat (1995)", 2: "Casino (1995)", 3: "Babe (1995)"}
+    >>> samples = [EvalSample(0, user_id=7, prompt="...", target_item_id=3, target_title="Babe (1995)",
+    ...                       exclude=frozenset({2}))]
+    >>> records = MostPopularRecommender({2: 50, 3: 20, 1: 5}, catalog, EvalConfig(ks=(1, 2)))(samples)
+    >>> records["most-popular"][0]["item_ids"]  # item 2 is in the user's history
+    [3, 1]
+    >>> rows = [{"method": "most-popular", "seconds": 0.0, **r} for r in records["most-popular"]]
+    >>> method_metrics(rows, EvalConfig(ks=(1, 2)), catalog_size=3, popularity={1: 0.0, 2: 100.0, 3: 50.0}
+    ...                )["most-popular"]["hr@1"]["value"]
+    1.0
+
+    ```
+    """
 
     names = ("most-popular",)
 

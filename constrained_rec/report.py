@@ -62,15 +62,18 @@ def markdown_report(results: Mapping) -> str:
              f"evaluation users: {max((m['users'] for m in methods.values()), default=0)}",
              f"beams: {config.get('num_beams')}", f"length penalty: {config.get('length_penalty')}",
              f"history excluded: {config.get('exclude_history')}", f"seed: {results.get('seed')}"]
-    if "train" in results:
+    if results.get("train"):
         facts.append(f"training samples: {results['train'].get('train_samples')}")
+    elif "train" in results:
+        facts.append("zero-shot (no training)")
     lines += ["; ".join(facts) + ".", ""]
     lines += [f"Note: {note}" for note in results.get("notes", [])]
     if results.get("notes"):
         lines.append("")
     confidence = int(round(config.get("confidence", 0.95) * 100))
     header = ["method", "users"] + [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks]
-    header += ["valid", "coverage@10", "popularity pct@10", "users/s"]
+    speed = "users/s per process" if config.get("processes", 1) > 1 else "users/s"
+    header += ["valid", "coverage@10", "popularity pct@10", speed]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, figures in methods.items():
         row = [name, str(figures["users"])]
@@ -89,7 +92,7 @@ def markdown_report(results: Mapping) -> str:
                      else "| valid outputs | n/a (no model outputs) | |")
         lines.append(f"| catalog coverage of the top-10 | {_number(figures['coverage@10'])} | |")
         lines.append(f"| mean popularity percentile of the top-10 | {_number(figures['popularity_percentile@10'], 1)} | |")
-        lines.append(f"| users/s | {_number(figures['users_per_s'], 3)} | |")
+        lines.append(f"| {speed} | {_number(figures['users_per_s'], 3)} | |")
     return "\n".join(lines) + "\n"
 
 

@@ -137,6 +137,15 @@ def test_interrupted_run_resumes_without_retraining_or_redoing_users(run, tiny_m
     assert results["methods"]["constrained"]["hr@3"] == full_run[1]["methods"]["constrained"]["hr@3"]
 
 
+def test_zero_training_samples_evaluate_the_base_model(run, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONSTRAINED_REC_CACHE", str(tmp_path / "cache"))
+    results = run.main(["--constrained", "--model", str(tiny_model_dir), *SMALL, "--train-samples", "0",
+                        "--output-dir", str(tmp_path / "out")])
+    assert results["train"] is None and results["adapter"] is None
+    assert not (tmp_path / "out" / "adapter").exists()
+    assert results["methods"]["constrained"]["validity_rate"] == 1.0
+
+
 def test_adapter_for_another_catalog_is_refused(run, tiny_model_dir, full_run, tmp_path):
     adapter = tmp_path / "adapter"
     shutil.copytree(full_run[0] / "adapter", adapter)
