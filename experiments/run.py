@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.adapter:
         check_adapter(adapter_dir, model_name, trie)
         model, _ = load_adapter(adapter_dir, base_model=model)
+        train_summary = adapter_train_config(adapter_dir)
     elif size.train_samples > 0:
         if (adapter_dir / "train_config.json").is_file():  # finished by an earlier, interrupted run
             check_adapter(adapter_dir, model_name, trie)
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
                            output_dir=adapter_dir)
             model = result.model
             timings["train_s"] = time.perf_counter() - tick
-        train_summary = json.loads((adapter_dir / "train_config.json").read_text())
+        train_summary = adapter_train_config(adapter_dir)
     model.to(device).eval()
 
     tick = time.perf_counter()

@@ -146,6 +146,16 @@ def test_zero_training_samples_evaluate_the_base_model(run, tiny_model_dir, tmp_
     assert results["methods"]["constrained"]["validity_rate"] == 1.0
 
 
+def test_a_trained_adapter_is_evaluated_as_trained(run, full_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONSTRAINED_REC_CACHE", str(tmp_path / "cache"))
+    # --model is left out: the adapter names its base model
+    results = run.main(["--constrained", *SMALL, "--adapter", str(full_run[0] / "adapter"),
+                        "--output-dir", str(tmp_path / "out")])
+    assert results["train"]["train_samples"] == 16
+    again = [r["item_ids"] for r in read_predictions(tmp_path / "out")]
+    assert again == [r["item_ids"] for r in read_predictions(full_run[0]) if r["method"] == "constrained"]
+
+
 def test_adapter_for_another_catalog_is_refused(run, tiny_model_dir, full_run, tmp_path):
     adapter = tmp_path / "adapter"
     shutil.copytree(full_run[0] / "adapter", adapter)
