@@ -14,7 +14,7 @@ from conftest import REPO_ROOT, make_tiny_llama
 from constrained_rec import evaluate as ev
 
 # a real slice of ml-100k: few training samples and users, small K, so the tiny model runs in seconds
-SMALL = ["--quick", "--train-samples", "16", "--eval-users", "6", "--k", "1,3", "--eval-batch-size", "2"]
+SMALL = ["--quick", "--train-samples", "16", "--eval-users", "6", "--k", "1,3", "--eval-batch-size", "2", "--threads", "1"]
 
 
 def load_run_module():
