@@ -15,6 +15,7 @@ import constrained_rec.decode
 from conftest import make_tiny_llama
 from constrained_rec import TitleTrie, TitleTrieProcessor
 from constrained_rec.decode import recommend
+from constrained_rec.tokenization import prompt_token_ids
 
 EOS, PAD = 2, 0
 VOCAB = 48
@@ -295,3 +296,38 @@ def test_model_and_trie_mismatches_are_clear_errors(model):
 def test_docstring_example_runs():
     failures, tried = doctest.testmod(constrained_rec.decode, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
+
+
+@pytest.mark.slow
+def test_embedded_model_beam_equals_generate_and_exact_equals_brute_force():
+    """The real SmolLM2 (a GGUF de-quantised to float32) on real titles: the same equalities as above."""
+    from constrained_rec.model import load_model
+
+    model, tokenizer = load_model()
+    titles = ["Toy Story (1995)", "GoldenEye (1995)", "Four Rooms (1995)", "Get Shorty (1995)", "Copycat (1995)",
+              "Twelve Monkeys (1995)", "Babe (1995)", "Dead Man Walking (1995)", "Richard III (1995)",
+              "Seven (Se7en) (1995)", "Usual Suspects, The (1995)", "Mighty Aphrodite (1995)", "Postino, Il (1994)",
+              "French Twist (Gazon maudit) (1995)", "From Dusk Till Dawn (1996)", "White Balloon, The (1995)",
+              "Antonia's Line (1995)", "Angels and Insects (1995)", "Muppet Treasure Island (1996)", "Braveheart (1995)"]
+    trie = TitleTrie.from_titles(titles, tokenizer)
+    prompt = 'The user has watched "Heat (1995)" and "Casino (1995)". Recommend a movie.\n### Response:\n'
+    ids = torch.tensor([prompt_token_ids(tokenizer, prompt)])
+    proc = TitleTrieProcessor(trie, prompt_length=ids.shape[1], pad_token_id=tokenizer.pad_token_id)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), logits_processor=LogitsProcessorList([proc]),
+                         num_beams=4, num_return_sequences=3, max_new_tokens=trie.max_length, length_penalty=0.0,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         return_dict_in_generate=True, output_scores=True)
+    expected = [trie.titles.title(trie.output_item_ids(row)[0]) for row in out.sequences[:, ids.shape[1] :].tolist()]
+    beam = recommend(model, tokenizer, [prompt], trie, 3, num_beams=4, jump=False).recommendations[0]
+    assert [r.title for r in beam] == expected
+    np.testing.assert_allclose([r.score for r in beam], out.sequences_scores.tolist(), rtol=0, atol=1e-4)
+
+    truth = {}
+    for s in trie.sequences():
+        full = torch.tensor([ids[0].tolist() + s])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(full).logits[0].double(), -1)
+        positions = torch.arange(ids.shape[1] - 1, full.shape[1] - 1)
+        truth[tuple(s)] = log_probs[positions, torch.tensor(s)].sum().item()
+    exact = recommend(model, tokenizer, [prompt], trie, 3, mode="exact").recommendations[0]
+    np.testing.assert_allclose([r.log_prob for r in exact], sorted(truth.values(), reverse=True)[:3], atol=1e-3)
