@@ -9,61 +9,45 @@ Methods, all with 10 beams (`--beams`) and length_penalty 0:
   processor, the drop-in path.
 * ``generate+PrefixConstrained``: the same with transformers' ``PrefixConstrainedLogitsProcessor`` over a
   nested-dict trie, what D3 / BIGRec-style code does.
-* ``recommend beam (no jump)``, ``recommend beam (jump)``, ``recommend exact``: ``constrained_rec.decode``.
+* ``recommend beam, no jump``, ``recommend beam, jump``, ``recommend exact``: ``constrained_rec.decode``
+  (exact mode on the first `--exact-users` users only: an untrained model spreads its probability thinly,
+  so proving its top-10 means scoring most of the catalog).
 
 Per method: users/s (wall clock, and by the process's CPU time, steadier on a shared machine), model
 forwards per user, how many users get the same top-10 (same titles, same order) as
 ``generate+TitleTrieProcessor``, the mean total log-probability of the returned titles (higher is better;
-exact search is the ceiling), and the overlap with the exact top-10 on the users exact mode ran for. Prompts: BIGRec's Alpaca-style prompt over each user's last `--history` ml-100k movies
-(read from the recbole wheel) before a held-out last one.
+exact search is the ceiling), and the overlap with the exact top-10. Forwards are counted per batch of
+`--batch-size` users and divided by the users. Prompts: BIGRec's Alpaca prompt
+(``constrained_rec.prompts.build_prompt``) over each ml-100k user's last `--history` movies before the
+held-out last one (``constrained_rec.data.load_interactions``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import itertools
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import LogitsProcessorList, PrefixConstrainedLogitsProcessor
 
 from constrained_rec import TitleTrie, TitleTrieProcessor
+from constrained_rec.data import load_interactions
 from constrained_rec.decode import recommend
 from constrained_rec.model import load_model
+from constrained_rec.prompts import build_prompt
 from constrained_rec.tokenization import prompt_token_ids
 
-ALPACA_PROMPT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n### Instruction:\nGiven a list of movies the "
-    "user has watched before, please recommend a new movie that the user likes to the user.\n\n### Input:\n"
-    "The user has watched the following movies before: {history}\n\n### Response:\n"
-)
-
-
-def ml100k_folder() -> Path:
-    spec = importlib.util.find_spec("recbole")  # locate the wheel without importing recbole
-    if spec is None:
-        raise SystemExit("ml-100k ships in the recbole wheel: pip install --no-deps recbole==1.2.1")
-    return Path(spec.submodule_search_locations[0]) / "dataset_example" / "ml-100k"
-
-
-def ml100k_users(num_users: int, history: int) -> tuple[dict[int, str], list[list[int]]]:
-    """Item titles ("Title (year)") and, for the first `num_users` users by id, their last `history` items
-    before the held-out last one, oldest first."""
-    folder = ml100k_folder()
-    titles = {}
-    with open(folder / "ml-100k.item", encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            item, title, year, _ = line.rstrip("\n").split("\t")
-            titles[int(item)] = f"{title} ({year})" if year else title
-    inter = np.loadtxt(folder / "ml-100k.inter", skiprows=1, dtype=np.int64, usecols=(0, 1, 3))
-    inter = inter[np.lexsort((inter[:, 2], inter[:, 0]))]  # by user, then time
-    users = np.unique(inter[:, 0])[:num_users]
-    histories = [inter[inter[:, 0] == u, 1][:-1][-history:].tolist() for u in users]
-    return titles, histories
+def ml100k_prompts(num_users: int, history: int) -> tuple[dict[int, str], list[str]]:
+    """The ml-100k catalog and, for the first `num_users` users, BIGRec's prompt over their last `history` items
+    before the held-out last one (the leave-one-out test prompt)."""
+    data = load_interactions("ml-100k")
+    prompts = []
+    for _, items in itertools.islice(data.interactions.groupby("user_id", sort=True)["item_id"], num_users):
+        history_items = items.tolist()[:-1][-history:]
+        prompts.append(build_prompt([data.titles[i] for i in history_items], item_noun=data.item_noun))
+    return data.titles, prompts
 
 
 def nested_dict_trie(seqs: list[list[int]], eos: int) -> dict:
@@ -141,10 +125,9 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     model, tokenizer = load_model()
     model.to(args.device)
-    titles, histories = ml100k_users(args.users, args.history)
+    titles, prompts = ml100k_prompts(args.users, args.history)
     item_ids = sorted(titles)
     trie = TitleTrie.from_titles([titles[i] for i in item_ids], tokenizer, item_ids=item_ids)
-    prompts = [ALPACA_PROMPT.format(history=", ".join(f'"{titles[i]}"' for i in h)) for h in histories]
     prompt_lengths = [len(prompt_token_ids(tokenizer, p)) for p in prompts]
     print(f"setup {time.perf_counter() - start:.1f} s: {trie}; {len(prompts)} users, prompts of "
           f"{min(prompt_lengths)}-{max(prompt_lengths)} tokens; device {args.device}, torch threads "
