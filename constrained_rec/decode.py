@@ -53,7 +53,6 @@ from typing import Collection, Sequence
 import numpy as np
 import torch
 
-from constrained_rec.processor import TitleTrieProcessor
 from constrained_rec.tokenization import eos_token_id, prompt_token_ids
 from constrained_rec.trie import TitleTrie
 
@@ -283,7 +282,7 @@ class _Exclusions:
             if isinstance(exclude, Sequence) and not isinstance(exclude, (str, bytes)) and len(exclude) != num_prompts:
                 raise ValueError(f"`exclude` has {len(exclude)} collections for {num_prompts} prompts; give one per prompt")
             # The processor's validation: unknown ids, wrong types, a prompt with every item excluded.
-            _, excluded, offsets = TitleTrieProcessor._compile_exclusions(trie, exclude)
+            excluded, offsets = trie.excluded_positions(exclude)
             self.positions = [excluded[offsets[p] : offsets[p + 1]] for p in range(num_prompts)]
             available = [len(trie) - self._fully_excluded_titles(pos) for pos in self.positions]
         for p, count in enumerate(available):

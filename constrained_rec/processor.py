@@ -88,35 +88,14 @@ class TitleTrieProcessor(LogitsProcessor):
         self.prompt_length = int(prompt_length)
         self.pad_token_id = -1 if pad_token_id is None else int(pad_token_id)
         self.backend = backend
-        self.num_prompts, self.excluded, self.excluded_offsets = self._compile_exclusions(trie, exclude)
+        if exclude is None:
+            self.num_prompts, self.excluded, self.excluded_offsets = None, np.zeros(0, dtype=np.int64), np.zeros(2, dtype=np.int64)
+        else:
+            self.excluded, self.excluded_offsets = trie.excluded_positions(exclude)
+            self.num_prompts = len(self.excluded_offsets) - 1
         self._checked_vocab: int | None = None
         self._device_tries: dict[torch.device, torch_mask.DeviceTrie] = {}
         self._device_excluded: dict[torch.device, torch.Tensor] = {}
-
-    @staticmethod
-    def _compile_exclusions(trie: TitleTrie, exclude):
-        """Per prompt, the sorted positions of its excluded items, concatenated; prompt p owns offsets[p]:offsets[p+1]."""
-        if exclude is None:
-            return None, np.zeros(0, dtype=np.int64), np.zeros(2, dtype=np.int64)
-        if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Sequence) or len(exclude) == 0:
-            raise ValueError(
-                f"`exclude` has to be None or a non-empty sequence with one collection of item ids per prompt, "
-                f"but is {exclude!r}"
-            )
-        positions = []
-        for prompt, items in enumerate(exclude):
-            if isinstance(items, (str, bytes, int)) or not isinstance(items, Collection):
-                raise ValueError(f"`exclude[{prompt}]` has to be a collection of item ids, but is {items!r}")
-            excluded = trie.positions_of(items)
-            if len(excluded) == trie.num_items:
-                raise ValueError(
-                    f"`exclude[{prompt}]` excludes all {trie.num_items} catalog items: prompt {prompt} has no title "
-                    "left to generate"
-                )
-            positions.append(excluded)
-        offsets = np.zeros(len(positions) + 1, dtype=np.int64)
-        np.cumsum([len(p) for p in positions], out=offsets[1:])
-        return len(positions), np.concatenate(positions).astype(np.int64), offsets
 
     def _rows_per_prompt(self, num_rows: int) -> int:
         if self.num_prompts is None:

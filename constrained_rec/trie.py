@@ -26,7 +26,7 @@ import hashlib
 import json
 from itertools import chain
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import marisa_trie
 import numpy as np
@@ -217,6 +217,32 @@ class TitleTrie:
                 f"{self.num_items} items; exclude only catalog items"
             )
         return np.unique(self._id_order[where_clipped])
+
+    def excluded_positions(self, exclude: Sequence[Collection[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Per prompt, the sorted positions of its excluded items, concatenated, and offsets into them.
+
+        Prompt ``p`` owns ``positions[offsets[p]:offsets[p + 1]]``. Validates ``exclude``: one collection of
+        catalog item ids per prompt, none of them excluding the whole catalog.
+        """
+        if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Sequence) or len(exclude) == 0:
+            raise ValueError(
+                f"`exclude` has to be None or a non-empty sequence with one collection of item ids per prompt, "
+                f"but is {exclude!r}"
+            )
+        positions = []
+        for prompt, items in enumerate(exclude):
+            if isinstance(items, (str, bytes, int)) or not isinstance(items, Collection):
+                raise ValueError(f"`exclude[{prompt}]` has to be a collection of item ids, but is {items!r}")
+            excluded = self.positions_of(items)
+            if len(excluded) == self.num_items:
+                raise ValueError(
+                    f"`exclude[{prompt}]` excludes all {self.num_items} catalog items: prompt {prompt} has no title "
+                    "left to generate"
+                )
+            positions.append(excluded)
+        offsets = np.zeros(len(positions) + 1, dtype=np.int64)
+        np.cumsum([len(p) for p in positions], out=offsets[1:])
+        return np.concatenate(positions).astype(np.int64), offsets
 
     def fingerprint(self) -> str:
         """A hash of the sequences, their items and EOS: equal fingerprints mean identical catalogs."""
