@@ -7,7 +7,9 @@ Layout (flat numpy arrays, built once, saved and memory-mapped as ``.npy`` files
   cover a contiguous range of sequences, and through them a contiguous range of items.
 * **Items.** ``item_ids_by_position`` lists the catalog item ids grouped by sequence:
   sequence ``s`` belongs to positions ``seq_item_offsets[s]:seq_item_offsets[s + 1]`` (two items with the
-  same title share one sequence). Excluding items is then a question about position ranges.
+  same title share one sequence, in increasing id order). Excluding items is then a question about
+  position ranges. ``build_positions[j]`` is the position of the ``j``-th item id given to the builder,
+  so per-item arrays in the caller's order map onto positions with one gather.
 * **Branching nodes** (CSR). Node ``n`` stands for a prefix and covers sequences
   ``node_seq_lo[n]:node_seq_hi[n]``. Only prefixes shared by two or more sequences get children:
   ``child_offsets[n]:child_offsets[n + 1]`` are the ids of its children, whose entry tokens
@@ -34,7 +36,7 @@ import numpy as np
 from constrained_rec.kernels import trie_walk
 from constrained_rec.tokenization import eos_token_id, titles_token_ids
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: build_positions; items of one sequence sorted by id
 _ARRAYS = (
     "seq_tokens",
     "seq_offsets",
@@ -44,6 +46,7 @@ _ARRAYS = (
     "node_tokens",
     "node_seq_lo",
     "node_seq_hi",
+    "build_positions",
 )
 
 
@@ -408,7 +411,9 @@ def _index_dtype(max_value: int):
 def _compile(codes: np.ndarray, lengths: np.ndarray, item_ids: np.ndarray) -> dict:
     """Sorts the sequences and derives the flat arrays described in the module docstring."""
     num_rows, width = codes.shape
-    order = np.lexsort(codes.T[::-1])
+    # Items sharing a sequence are ordered by id, so the arrays (and the fingerprint) do not depend on
+    # the order the catalog was given in.
+    order = np.lexsort((item_ids, *codes.T[::-1]))
     codes = codes[order]
     row_lengths = (lengths[order] + 1).astype(np.int32)
     # first_diff[i]: first column where row i differs from row i - 1 (width: identical rows).
@@ -422,6 +427,8 @@ def _compile(codes: np.ndarray, lengths: np.ndarray, item_ids: np.ndarray) -> di
     index_dtype = _index_dtype(max(num_rows, int(codes.size)))
     seq_item_offsets = np.append(np.flatnonzero(distinct), num_rows).astype(index_dtype)
     item_ids_by_position = item_ids[order]
+    build_positions = np.empty(num_rows, dtype=_index_dtype(num_rows))
+    build_positions[order] = np.arange(num_rows, dtype=build_positions.dtype)
     del order
     # Row-major over the distinct rows: each sequence's codes in order, padding dropped.
     seq_tokens = codes[(codes != 0) & distinct[:, None]]
@@ -488,4 +495,5 @@ def _compile(codes: np.ndarray, lengths: np.ndarray, item_ids: np.ndarray) -> di
         "node_tokens": node_tokens,
         "node_seq_lo": node_seq_lo,
         "node_seq_hi": node_seq_hi,
+        "build_positions": build_positions,
     }

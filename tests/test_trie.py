@@ -125,6 +125,41 @@ def test_fingerprint_changes_with_the_catalog():
     assert a.fingerprint() == TitleTrie.from_token_sequences([[7], [5, 6]], eos_token_id=EOS, item_ids=[1, 0]).fingerprint()
 
 
+@settings(max_examples=200, deadline=None)
+@given(catalogs(), st.randoms(use_true_random=False))
+def test_build_positions_map_given_order_to_positions(catalog, rng):
+    seqs, item_ids = catalog
+    ids = list(range(len(seqs))) if item_ids is None else item_ids
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=item_ids)
+    assert trie.build_positions.shape == (len(seqs),)
+    assert trie.item_ids_by_position[trie.build_positions].tolist() == ids
+    assert sorted(trie.build_positions.tolist()) == list(range(len(seqs)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(catalogs(), st.randoms(use_true_random=False), st.data())
+def test_fingerprint_depends_on_the_catalog_not_its_order(catalog, rng, data):
+    seqs, item_ids = catalog
+    ids = list(range(len(seqs))) if item_ids is None else item_ids
+    pairs = list(zip(ids, seqs))
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=ids)
+    shuffled = pairs[:]
+    rng.shuffle(shuffled)
+    same = TitleTrie.from_token_sequences([s for _, s in shuffled], eos_token_id=EOS, item_ids=[i for i, _ in shuffled])
+    assert same.fingerprint() == trie.fingerprint()
+    assert same.item_ids_by_position.tolist() == trie.item_ids_by_position.tolist()
+    # Any change to the set of (item id, sequence) pairs, or to EOS, changes it.
+    which = data.draw(st.integers(0, len(pairs) - 1))
+    changed = pairs[:]
+    if data.draw(st.booleans()):
+        changed[which] = (changed[which][0], changed[which][1] + [data.draw(TOKENS)])
+    else:
+        changed[which] = (max(ids) + 1, changed[which][1])
+    other = TitleTrie.from_token_sequences([s for _, s in changed], eos_token_id=EOS, item_ids=[i for i, _ in changed])
+    assert other.fingerprint() != trie.fingerprint()
+    assert TitleTrie.from_token_sequences(seqs, eos_token_id=11, item_ids=ids).fingerprint() != trie.fingerprint()
+
+
 def test_large_token_ids_use_wide_codes():
     big = 200_000  # beyond uint16 codes
     trie = TitleTrie.from_token_sequences([[big, 5], [big, 6], [70_000]], eos_token_id=EOS)
