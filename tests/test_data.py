@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from constrained_rec import data as data_module
+from constrained_rec.data import sources
+from constrained_rec.data.__main__ import main as data_main
 from constrained_rec.data import (
     CsvFormat,
     InteractionData,
@@ -430,7 +431,7 @@ def test_download_is_opt_in_and_cached(tmp_path, monkeypatch):
     mirror, cache = tmp_path / "mirror", tmp_path / "cache"
     mirror.mkdir()
     make_archive(mirror, "ml-latest-small")
-    monkeypatch.setattr(data_module, "GROUPLENS_URL", mirror.as_uri())
+    monkeypatch.setattr(sources, "GROUPLENS_URL", mirror.as_uri())
     with pytest.raises(FileNotFoundError, match=r"download=True") as error:
         load_interactions("ml-latest-small", data_dir=tmp_path / "nothing", cache_dir=cache)
     assert "ml-latest-small.zip" in str(error.value)
@@ -524,7 +525,7 @@ def test_bad_sources_and_options(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"'ml-7k' is neither a known data set name"):
         load_interactions("ml-7k")
     assert load_interactions("ml-100k", data_dir=tmp_path).source.endswith("dataset_example/ml-100k")
-    monkeypatch.setattr(data_module, "_recbole_ml100k", lambda: None)
+    monkeypatch.setattr(sources, "_recbole_ml100k", lambda: None)
     monkeypatch.delenv("CONSTRAINED_REC_DATA", raising=False)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps recbole==1\.2\.1.*download=True"):
         load_interactions("ml-100k", data_dir=tmp_path, cache_dir=tmp_path)
@@ -573,12 +574,12 @@ def test_leave_one_out_needs_three_interactions(tmp_path):
 
 @pytest.mark.slow
 def test_command_line_preview_and_stats(capsys):
-    data_module.main(["preview", "ml-100k"])
+    data_main(["preview", "ml-100k"])
     out = capsys.readouterr().out
     assert out.count("### Response:\n\"") == 3
     for split in ("train", "validation", "test"):
         assert f"===== {split} sample" in out
-    data_module.main(["stats", "ml-100k", "--no-tokenizer"])
+    data_main(["stats", "ml-100k", "--no-tokenizer"])
     out = capsys.readouterr().out
     assert "users: 943" in out and "interactions: 99991" in out and "history_length:" in out
 

@@ -1,0 +1,46 @@
+"""Interaction data sets, their leave-one-out splits, and the BIGRec samples built from them.
+
+``load_interactions`` reads one data set into an :class:`InteractionData`: the interactions (user, item,
+timestamp, as ints, sorted by user then time) and the catalog (item id -> title). Supported sources:
+
+* ``"ml-100k"`` (the default): MovieLens-100K as shipped in the ``recbole==1.2.1`` wheel, titles rendered
+  "Title (Year)". Without that wheel, the GroupLens folder ``ml-100k/`` under ``data_dir`` or the cache.
+* The other GroupLens names (``"ml-1m"``, ``"ml-10m"``, ``"ml-latest-small"``, ``"ml-20m"``, ``"ml-25m"``,
+  ``"ml-32m"``, ``"ml-latest"``): the unchanged GroupLens folder under ``data_dir`` (default
+  ``$CONSTRAINED_REC_DATA``) or the cache; ``download=True`` fetches the archive once into the cache.
+* A folder in one of those layouts: ``u.data`` + ``u.item`` (ml-100k), ``ratings.dat`` + ``movies.dat``
+  (ml-1m, ml-10m), ``ratings.csv`` + ``movies.csv`` (ml-latest-small, ml-20m/25m/32m), RecBole's
+  ``NAME.inter`` + ``NAME.item``, or an Amazon reviews 2018 pair ``CATEGORY_5.json[.gz]`` +
+  ``meta_CATEGORY.json[.gz]``.
+* An Amazon reviews file (``.json``/``.jsonl``, optionally gzipped) with ``items=`` its metadata file (found
+  beside it when its name is ``meta_CATEGORY.json[.gz]``).
+* Any interactions CSV/TSV with ``items=`` an items CSV/TSV; column names in :class:`CsvFormat`.
+
+What filtering removes is counted in ``InteractionData.dropped`` and logged, never silent: exact duplicate
+rows, interactions with items that have no title (absent from the item file, or a placeholder such as
+ml-100k's item 267 "unknown", or an empty Amazon title), users below ``min_user_interactions``, and catalog
+items nobody interacted with. Malformed input (a missing column, an unparsable id or timestamp, an item row
+with an empty title, text that is not UTF-8 in a UTF-8 format) raises an error naming the file and line.
+
+``make_splits`` turns the interactions into ``datasets.Dataset`` splits of BIGRec samples: up to
+``max_history`` previous titles -> the next title, with the prompt of :mod:`constrained_rec.prompts`.
+
+Command line: ``python -m constrained_rec.data stats DATASET`` and ``python -m constrained_rec.data preview
+DATASET``.
+"""
+
+from __future__ import annotations
+
+from __future__ import annotations
+
+from constrained_rec.data.interactions import COLUMNS, InteractionData, move_trailing_article
+from constrained_rec.data.readers import CsvFormat
+from constrained_rec.data.sources import (
+    CACHE_ENV_VAR, DATA_ENV_VAR, GROUPLENS_FOLDERS, GROUPLENS_URL, download_grouplens, load_interactions)
+from constrained_rec.data.splits import PROTOCOLS, SplitConfig, make_splits, split_positions
+
+__all__ = [
+    "CACHE_ENV_VAR", "COLUMNS", "CsvFormat", "DATA_ENV_VAR", "GROUPLENS_FOLDERS", "GROUPLENS_URL", "InteractionData",
+    "PROTOCOLS", "SplitConfig", "download_grouplens", "load_interactions", "make_splits", "move_trailing_article",
+    "split_positions",
+]

