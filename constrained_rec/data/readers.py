@@ -93,7 +93,7 @@ def _read_recbole(folder: Path, stem: str) -> tuple[pd.DataFrame, dict[int, str]
 def _read_ml100k_raw(folder: Path) -> tuple[pd.DataFrame, dict[int, str], int]:
     """GroupLens ml-100k: ``u.data`` (tab-separated, no header) and ``u.item`` (``|``-separated, Latin-1)."""
     data_path, item_path = folder / "u.data", folder / "u.item"
-    data = _read_table(data_path, [0, 1, 3], sep="\t", header=False)
+    data = _read_table(data_path, [0, 1, 3], sep="\t", header=False, fields=4)
     frame = _frame(
         _integers(data[0], "user id", data_path, 1),
         _integers(data[1], "item id", data_path, 1),
@@ -112,7 +112,8 @@ def _read_movielens_dat(folder: Path) -> tuple[pd.DataFrame, dict[int, str], int
     ratings_path, movies_path = folder / "ratings.dat", folder / "movies.dat"
     # pandas' fast parser takes one-character separators only; \x1f (unit separator) never occurs in text.
     ratings = _read_table(
-        ratings_path, [0, 1, 3], sep="\x1f", header=False, text=_decode_dat(ratings_path).replace("::", "\x1f")
+        ratings_path, [0, 1, 3], sep="\x1f", header=False, text=_decode_dat(ratings_path).replace("::", "\x1f"),
+        fields=4,
     )
     frame = _frame(
         _integers(ratings[0], "user id", ratings_path, 1),
@@ -121,7 +122,7 @@ def _read_movielens_dat(folder: Path) -> tuple[pd.DataFrame, dict[int, str], int
     )
     movies = _read_table(
         movies_path, [0, 1], sep="\x1f", header=False, text=_decode_dat(movies_path).replace("::", "\x1f"),
-        string_columns=(1,),
+        string_columns=(1,), fields=3,
     )
     item_ids = _integers(movies[0], "item id", movies_path, 1)
     return frame, _catalog(item_ids, _titles_column(movies[1], movies_path, 1), movies_path, 1), 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+
 def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
@@ -27,6 +28,60 @@ def _raise_not_utf8(path: Path) -> None:
     raise ValueError(f"{path}: not valid UTF-8; this format must be UTF-8 encoded")
 
 
+def _first_bad_quoted(path: Path, raw: bytes, sep: str, expected: int | None) -> tuple[int, int, int] | None:
+    """(line, fields, expected) of the first record whose field count differs, read as quoted CSV."""
+    # Latin-1 maps bytes 1:1, and separators, quotes and newlines are ASCII, so counts match any encoding.
+    reader = csv.reader(io.StringIO(raw.decode("latin-1"), newline=""), delimiter=sep)
+    line = 1
+    try:
+        for fields in reader:
+            expected = len(fields) if expected is None else expected
+            if len(fields) != expected:
+                return line, len(fields), expected
+            line = reader.line_num + 1
+    except csv.Error as error:
+        raise ValueError(f"{path}, line {reader.line_num}: malformed CSV ({error})") from None
+    return None
+
+
+def _first_bad_plain(raw: bytes, sep: str, expected: int | None) -> tuple[int, int, int] | None:
+    """(line, fields, expected) of the first line whose field count differs; ``sep`` is never quoted."""
+    data = np.frombuffer(raw, dtype=np.uint8)
+    ends = np.flatnonzero(data == 10)
+    if len(data) and data[-1] != 10:
+        ends = np.r_[ends, len(data)]
+    # Separators before each line end, differenced: separators per line; fields = separators + 1.
+    separators = np.searchsorted(np.flatnonzero(data == ord(sep)), ends)
+    fields = np.diff(separators, prepend=0) + 1
+    blank = (np.diff(ends, prepend=-1) == 1) | ((np.diff(ends, prepend=-1) == 2) & (data[ends - 1] == 13))
+    fields[blank] = 0
+    if not len(fields):
+        return None
+    expected = int(fields[0]) if expected is None else expected
+    bad = np.flatnonzero(fields != expected)
+    return (int(bad[0]) + 1, int(fields[bad[0]]), expected) if len(bad) else None
+
+
+def check_field_counts(path: Path, raw: bytes, sep: str, *, quoted: bool, expected: int | None = None) -> None:
+    """Every line holds the same number of fields: ``expected``, or the first line's (the header's).
+
+    A line with an extra field would otherwise be cut silently (``u1,2,3,11`` read as timestamp 3) and a
+    short one padded with empty cells; either is an error naming the file and the 1-based line.
+    """
+    if quoted and b'"' in raw:
+        bad = _first_bad_quoted(path, raw, sep, expected)
+    else:
+        bad = _first_bad_plain(raw, sep, expected)
+    if bad is not None:
+        line, fields, expected = bad
+        shown = "\\t" if sep == "\t" else "::" if sep == "\x1f" else sep
+        what = "is blank" if fields == 0 else f"has {fields} field{'s' * (fields != 1)}"
+        raise ValueError(
+            f"{path}, line {line}: the line {what}, but every line of this file must have {expected} "
+            f"(fields separated by '{shown}')"
+        )
+
+
 def _read_table(
     path: Path,
     columns: list,
@@ -36,24 +91,28 @@ def _read_table(
     encoding: str = "utf-8-sig",  # UTF-8, tolerating the byte-order mark that spreadsheet programs write
     text: str | None = None,
     string_columns: tuple = (),
+    fields: int | None = None,
 ) -> pd.DataFrame:
     """Columns of a delimited file as a frame whose row ``i`` is line ``i + 1 + header`` of the file.
 
     ``columns`` are names (files with a header) or positions (files without). ``text`` is the file's
-    content when it was already decoded (the ``::`` formats). Blank lines are kept as rows so that line
-    numbers stay exact; their empty cells fail validation like any other empty cell.
+    content when it was already decoded (the ``::`` formats). Every line must hold ``fields`` fields
+    (by default as many as the first line, the header where there is one); a blank line is an error.
     """
-    source = io.StringIO(text) if text is not None else path
+    raw = text.encode("utf-8") if text is not None else path.read_bytes()
+    if not raw.strip():
+        raise ValueError(f"{path}: the file is empty")
+    quoting = csv.QUOTE_MINIMAL if sep in (",", "\t") else csv.QUOTE_NONE
+    check_field_counts(path, raw, sep, quoted=quoting == csv.QUOTE_MINIMAL, expected=fields)
+    encoding = "utf-8" if text is not None else encoding
     try:
         if header:
-            present = list(pd.read_csv(source, sep=sep, nrows=0, encoding=encoding).columns)
+            present = list(pd.read_csv(io.BytesIO(raw), sep=sep, nrows=0, encoding=encoding).columns)
             missing = [c for c in columns if c not in present]
             if missing:
                 raise ValueError(f"{path}, line 1: no column {missing[0]!r}; the header has {present}")
-            if text is not None:
-                source.seek(0)
         return pd.read_csv(
-            source,
+            io.BytesIO(raw),
             sep=sep,
             header=0 if header else None,
             usecols=columns,
@@ -61,7 +120,7 @@ def _read_table(
             encoding=encoding,
             keep_default_na=False,
             skip_blank_lines=False,
-            quoting=csv.QUOTE_MINIMAL if sep in (",", "\t") else csv.QUOTE_NONE,
+            quoting=quoting,
         )
     except UnicodeDecodeError:
         _raise_not_utf8(path)
