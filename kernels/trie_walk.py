@@ -1,7 +1,7 @@
 """Numba kernels: walk generated ids through a ``TitleTrie``'s flat arrays and mask scores in place.
 
 The arrays are those of ``constrained_rec.trie`` (see its module docstring). Every kernel is compiled
-with ``cache=True``, so a new process loads machine code from ``__pycache__`` instead of paying the JIT.
+with a disk cache (``kernels/jit.py``), so a new process loads machine code instead of paying the JIT.
 Scores reach the mask kernel as an integer view of their bits, so one kernel serves float32, float16,
 bfloat16 and float64 (numba has no bfloat16): "masked" is the bit pattern of -inf in that dtype.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+
+from constrained_rec.kernels.jit import cached_njit
 
 # Walk outcomes (also the per-row status the mask kernel reports).
 IN_TRIE = 0  # the ids are a proper prefix of some sequence: the row continues
@@ -28,7 +29,7 @@ class WalkState(NamedTuple):
     depth: int  # ids consumed (IN_TRIE, FINISHED) or position of the first id off the trie (OFF_TRIE)
 
 
-@njit(cache=True, nogil=True)
+@cached_njit(nogil=True)
 def walk_row(ids, num_ids, seq_tokens, seq_offsets, child_offsets, node_tokens, node_seq_lo, node_seq_hi, eos):
     node = 0
     lo = node_seq_lo[0]
@@ -64,7 +65,7 @@ def walk_prefix(ids, seq_tokens, seq_offsets, child_offsets, node_tokens, node_s
 WIDE_NODE = 64
 
 
-@njit(cache=True, nogil=True)
+@cached_njit(nogil=True)
 def _all_excluded(item_lo, item_hi, excluded):
     """True if every position in item_lo:item_hi is in the sorted array `excluded`."""
     if len(excluded) == 0:
@@ -73,7 +74,7 @@ def _all_excluded(item_lo, item_hi, excluded):
     return inside >= item_hi - item_lo
 
 
-@njit(cache=True, nogil=True)
+@cached_njit(nogil=True)
 def _dense_allowed(allowed, node, child_offsets, node_tokens, node_seq_lo, node_seq_hi, seq_item_offsets, excluded):
     """Marks the allowed children of `node` in `allowed`; returns how many there are.
 
@@ -100,7 +101,7 @@ def _dense_allowed(allowed, node, child_offsets, node_tokens, node_seq_lo, node_
     return kept
 
 
-@njit(cache=True, nogil=True)
+@cached_njit(nogil=True)
 def _keep_list(status, node, lo, depth, seq_tokens, seq_offsets, child_offsets, node_tokens, node_seq_lo,
                node_seq_hi, seq_item_offsets, excluded, eos, pad):
     """The allowed next tokens of a row that is finished, in a tail, or at a narrow node."""
@@ -130,7 +131,7 @@ def _keep_list(status, node, lo, depth, seq_tokens, seq_offsets, child_offsets, 
     return keep[:kept]
 
 
-@njit(cache=True, nogil=True)
+@cached_njit(nogil=True)
 def mask_scores(
     score_bits,  # (rows, vocab) integer view of the scores, modified in place
     generated,  # (rows, steps) int64 generated ids
