@@ -6,11 +6,15 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from constrained_rec.prompts import ITEM_NOUNS
+
+if TYPE_CHECKING:
+    from constrained_rec.data.given import GivenSplits
 
 logger = logging.getLogger("constrained_rec.data")
 
@@ -34,6 +38,8 @@ class InteractionData:
         source: Where the data came from.
         original_user_ids / original_item_ids: For sources with string ids (Amazon, some CSVs), int id ->
             original id; ``None`` where the source's ids are already ints.
+        given: The data set's own split (:class:`constrained_rec.data.given.GivenSplits`) for layouts that
+            come with one (D3 / MiniOneRec CSV folders); ``None`` otherwise.
     """
 
     name: str
@@ -45,6 +51,7 @@ class InteractionData:
     source: str = ""
     original_user_ids: dict[int, str] | None = None
     original_item_ids: dict[int, str] | None = None
+    given: GivenSplits | None = None
 
     def __post_init__(self):
         frame = self.interactions
@@ -78,6 +85,7 @@ class InteractionData:
         extra: dict[str, int] | None = None,
         original_user_ids: dict[int, str] | None = None,
         original_item_ids: dict[int, str] | None = None,
+        given: GivenSplits | None = None,
     ) -> "InteractionData":
         """Filter (counting what goes), sort and wrap interactions already in memory; the loaders end here.
 
@@ -85,6 +93,8 @@ class InteractionData:
             frame (`pandas.DataFrame`): Integer columns ``user_id``, ``item_id``, ``timestamp``, any order.
             titles (`dict[int, str]`): item id -> title; interactions with other items are dropped (counted).
             extra (`dict[str, int]`, *optional*): Counts a loader dropped before, merged into ``dropped``.
+            given ([`GivenSplits`], *optional*): The layout's own split; its ``row`` columns must index the
+                sorted frame, so loaders that pass it drop nothing (``min_user_interactions=1``, all items kept).
             Other arguments as in :func:`load_interactions`.
 
         Example:
@@ -163,6 +173,7 @@ class InteractionData:
             source=source,
             original_user_ids=original_user_ids,
             original_item_ids=original_item_ids,
+            given=given,
         )
 
     @property

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from constrained_rec.data.amazon import (
+    _AMAZON_NOUNS, _amazon_category, _amazon_meta_beside, _amazon_pair_in, _read_amazon)
+from constrained_rec.data.given import GivenSplits, category_of, is_given_layout, read_given
 from constrained_rec.data.tables import (
     _catalog, _encode_ids, _frame, _integers, _read_table, _timestamps, _titles_column)
 
@@ -169,3 +172,75 @@ def _read_csv_pair(path: Path, items_path: Path, fmt: CsvFormat):
     catalog = _catalog(item_items, titles, items_path, 2)
     return _frame(users, inter_items, timestamps), catalog, user_keys, item_keys
 
+
+
+@dataclass
+class RawData:
+    """What a reader found, before filtering: :meth:`InteractionData.from_frame` takes it from here."""
+
+    frame: pd.DataFrame
+    catalog: dict[int, str]
+    noun: str = "items"
+    name: str | None = None
+    user_keys: dict[int, str] | None = None
+    item_keys: dict[int, str] | None = None
+    extra: dict[str, int] = field(default_factory=dict)
+    given: GivenSplits | None = None
+
+
+LAYOUTS = (
+    "info/*.txt + train|valid|test/*.csv (D3 / MiniOneRec), NAME.inter + NAME.item (RecBole), u.data + u.item, "
+    "ratings.dat + movies.dat, ratings.csv + movies.csv (GroupLens), CATEGORY_5.json[.gz] + meta_CATEGORY.json[.gz] "
+    "(Amazon)"
+)
+
+
+def read_folder(path: Path) -> RawData:
+    """The reader for the layout of the folder ``path``; an error listing the layouts when none fits."""
+    inter_files = sorted(path.glob("*.inter"))
+    if is_given_layout(path):
+        frame, catalog, user_keys, given = read_given(path)
+        category = category_of(given.item_file)
+        return RawData(frame, catalog, _AMAZON_NOUNS.get(category, "products"), user_keys=user_keys, given=given)
+    if inter_files and (path / f"{inter_files[0].stem}.item").is_file():
+        return _movies(*_read_recbole(path, inter_files[0].stem))
+    if (path / "u.data").is_file() and (path / "u.item").is_file():
+        return _movies(*_read_ml100k_raw(path))
+    if (path / "ratings.dat").is_file() and (path / "movies.dat").is_file():
+        return _movies(*_read_movielens_dat(path))
+    if (path / "ratings.csv").is_file() and (path / "movies.csv").is_file():
+        return _movies(*_read_movielens_csv(path))
+    amazon = _amazon_pair_in(path)
+    if amazon is not None:
+        return _amazon(*amazon)
+    raise ValueError(
+        f"{path} holds none of the supported layouts: {LAYOUTS}; it has {sorted(p.name for p in path.iterdir())[:20]}"
+    )
+
+
+def read_file(path: Path, items: Path | None, fmt: CsvFormat) -> RawData:
+    """An Amazon reviews file (metadata ``items`` or beside it) or an interactions CSV/TSV with its items file."""
+    if ".json" in path.suffixes or ".jsonl" in path.suffixes:
+        meta = items if items is not None else _amazon_meta_beside(path)
+        if not meta.is_file():
+            raise FileNotFoundError(f"Amazon metadata file {meta} does not exist")
+        return _amazon(path, meta)
+    if items is None:
+        raise ValueError(
+            f"{path} is read as an interactions CSV/TSV, which needs items= the items file (item, title); "
+            f"on the command line: --items FILE. A folder is read when it holds one of: {LAYOUTS}"
+        )
+    if not items.is_file():
+        raise FileNotFoundError(f"items file {items} does not exist")
+    frame, catalog, user_keys, item_keys = _read_csv_pair(path, items, fmt)
+    return RawData(frame, catalog, user_keys=user_keys, item_keys=item_keys)
+
+
+def _movies(frame: pd.DataFrame, catalog: dict[int, str], placeholders: int) -> RawData:
+    return RawData(frame, catalog, "movies", extra={"placeholder_titles": placeholders})
+
+
+def _amazon(reviews: Path, meta: Path) -> RawData:
+    frame, catalog, user_keys, item_keys, extra = _read_amazon(reviews, meta)
+    category = _amazon_category(reviews)
+    return RawData(frame, catalog, _AMAZON_NOUNS.get(category, "products"), category, user_keys, item_keys, extra)

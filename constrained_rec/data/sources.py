@@ -12,10 +12,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from constrained_rec.data.amazon import _AMAZON_NOUNS, _amazon_category, _amazon_meta_beside, _amazon_pair_in, _read_amazon
 from constrained_rec.data.interactions import InteractionData, move_trailing_article
-from constrained_rec.data.readers import (
-    CsvFormat, _read_csv_pair, _read_movielens_csv, _read_movielens_dat, _read_ml100k_raw, _read_recbole)
+from constrained_rec.data.readers import CsvFormat, read_file, read_folder
 from constrained_rec.prompts import ITEM_NOUNS
 
 logger = logging.getLogger("constrained_rec.data")
@@ -112,10 +110,16 @@ def load_interactions(
     *,
     items: str | os.PathLike | None = None,
     csv_format: CsvFormat | None = None,
+    user_column: str | None = None,
+    item_column: str | None = None,
+    time_column: str | None = None,
+    title_column: str | None = None,
+    items_item_column: str | None = None,
+    sep: str | None = None,
     item_noun: str | None = None,
-    min_user_interactions: int = 3,
+    min_user_interactions: int | None = None,
     move_articles: bool = False,
-    keep_items_without_interactions: bool = False,
+    keep_items_without_interactions: bool | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     cache_dir: str | os.PathLike | None = None,
@@ -130,16 +134,22 @@ def load_interactions(
         items (`str` or `os.PathLike`, *optional*):
             The items file of a CSV/TSV source, or the metadata file of an Amazon reviews file.
         csv_format ([`CsvFormat`], *optional*): Column names and delimiter of a CSV/TSV source.
+        user_column, item_column, time_column, title_column, items_item_column, sep (`str`, *optional*):
+            The same as plain strings (what a command line passes), instead of ``csv_format``: the
+            interactions file's user, item and time columns, the items file's title and item columns
+            (``items_item_column`` defaults to ``item_column``), and the field separator.
         item_noun (`str`, *optional*):
             Plural noun for prompts; by default "movies" for MovieLens, from the category for Amazon,
             "items" otherwise. One of :data:`constrained_rec.prompts.ITEM_NOUNS`.
-        min_user_interactions (`int`, defaults to 3):
+        min_user_interactions (`int`, *optional*, defaults to 3):
             Users with fewer interactions (after the other filters) are dropped; 3 is the least that
-            leave-one-out needs (one to train on, one to validate, one to test).
+            leave-one-out needs (one to train on, one to validate, one to test). Not for layouts with
+            their own split (D3 / MiniOneRec), which are kept exactly.
         move_articles (`bool`, defaults to `False`):
             Rewrite "Shawshank Redemption, The (1994)" as "The Shawshank Redemption (1994)".
-        keep_items_without_interactions (`bool`, defaults to `False`):
+        keep_items_without_interactions (`bool`, *optional*, defaults to `False`):
             Keep catalog items that no remaining user interacted with (by default they are dropped, counted).
+            Layouts with their own split keep their whole item file (it is the catalog they are evaluated on).
         data_dir (`str` or `os.PathLike`, *optional*):
             Folder holding GroupLens folders; defaults to ``$CONSTRAINED_REC_DATA``.
         download (`bool`, defaults to `False`):
@@ -159,76 +169,61 @@ def load_interactions(
 
     ```
     """
-    if not isinstance(min_user_interactions, int) or min_user_interactions < 1:
-        raise ValueError(f"min_user_interactions must be an integer >= 1, got {min_user_interactions!r}")
+    fmt = _csv_format(csv_format, user_column, item_column, time_column, title_column, items_item_column, sep)
     if item_noun is not None and item_noun not in ITEM_NOUNS:
         raise ValueError(f"unknown item noun {item_noun!r}; accepted: {sorted(ITEM_NOUNS)}")
-    name = str(source)
-    extra: dict[str, int] = {}
-    user_keys = item_keys = None
-    noun = "items"
-    if name in GROUPLENS_FOLDERS:
-        path = _find_named(name, data_dir, download, cache_dir)
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{source!r} is neither a known data set name ({sorted(GROUPLENS_FOLDERS)}) nor an existing path"
-            )
-        name = path.name.split(".")[0] if path.is_file() else path.name
-    untitled_placeholders = 0
-    if path.is_dir():
-        inter_files = sorted(path.glob("*.inter"))
-        amazon = _amazon_pair_in(path)
-        if inter_files and (path / f"{inter_files[0].stem}.item").is_file():
-            frame, catalog, untitled_placeholders = _read_recbole(path, inter_files[0].stem)
-            noun = "movies"
-        elif (path / "u.data").is_file() and (path / "u.item").is_file():
-            frame, catalog, untitled_placeholders = _read_ml100k_raw(path)
-            noun = "movies"
-        elif (path / "ratings.dat").is_file() and (path / "movies.dat").is_file():
-            frame, catalog, untitled_placeholders = _read_movielens_dat(path)
-            noun = "movies"
-        elif (path / "ratings.csv").is_file() and (path / "movies.csv").is_file():
-            frame, catalog, untitled_placeholders = _read_movielens_csv(path)
-            noun = "movies"
-        elif amazon is not None:
-            frame, catalog, user_keys, item_keys, extra = _read_amazon(*amazon)
-            noun = _AMAZON_NOUNS.get(_amazon_category(amazon[0]), "products")
-            name = _amazon_category(amazon[0])
-        else:
-            raise ValueError(
-                f"{path} holds none of the supported layouts: u.data + u.item, ratings.dat + movies.dat, "
-                "ratings.csv + movies.csv, NAME.inter + NAME.item, CATEGORY_5.json[.gz] + meta_CATEGORY.json[.gz]; "
-                f"it has {sorted(p.name for p in path.iterdir())[:20]}"
-            )
-    elif ".json" in path.suffixes or ".jsonl" in path.suffixes:
-        meta = Path(items) if items is not None else _amazon_meta_beside(path)
-        if not meta.is_file():
-            raise FileNotFoundError(f"Amazon metadata file {meta} does not exist")
-        frame, catalog, user_keys, item_keys, extra = _read_amazon(path, meta)
-        noun = _AMAZON_NOUNS.get(_amazon_category(path), "products")
-        name = _amazon_category(path)
-    else:
-        if items is None:
-            raise ValueError(
-                f"{path} is read as an interactions CSV/TSV, which needs items= the items file (item, title)"
-            )
-        if not Path(items).is_file():
-            raise FileNotFoundError(f"items file {items} does not exist")
-        frame, catalog, user_keys, item_keys = _read_csv_pair(path, Path(items), csv_format or CsvFormat())
+    path = _source_path(source, data_dir, download, cache_dir)
+    raw = read_folder(path) if path.is_dir() else read_file(path, Path(items) if items is not None else None, fmt)
+    if raw.given is not None:
+        # The layout's rows are its split: filtering users or items would change which samples exist.
+        for option, value in (("min_user_interactions", min_user_interactions),
+                              ("keep_items_without_interactions", keep_items_without_interactions)):
+            if value is not None:
+                raise ValueError(f"{path} comes with its own split (D3/MiniOneRec layout), kept exactly: "
+                                 f"{option} does not apply to it; leave it unset")
+        min_user_interactions, keep_items_without_interactions = 1, True
+    if min_user_interactions is None:
+        min_user_interactions = 3
+    if not isinstance(min_user_interactions, int) or min_user_interactions < 1:
+        raise ValueError(f"min_user_interactions must be an integer >= 1, got {min_user_interactions!r}")
+    catalog = raw.catalog
     if move_articles:
         catalog = {item: move_trailing_article(title) for item, title in catalog.items()}
+    default_name = str(source) if str(source) in GROUPLENS_FOLDERS else path.name.split(".")[0] if path.is_file() else path.name
     return InteractionData.from_frame(
-        frame,
+        raw.frame,
         catalog,
-        name=name,
-        item_noun=item_noun or noun,
+        name=raw.name or default_name,
+        item_noun=item_noun or raw.noun,
         min_user_interactions=min_user_interactions,
-        keep_items_without_interactions=keep_items_without_interactions,
+        keep_items_without_interactions=bool(keep_items_without_interactions),
         source=str(path),
-        extra={"placeholder_titles": untitled_placeholders, **extra},
-        original_user_ids=user_keys,
-        original_item_ids=item_keys,
+        extra={"placeholder_titles": 0, **raw.extra},
+        original_user_ids=raw.user_keys,
+        original_item_ids=raw.item_keys,
+        given=raw.given,
     )
 
+
+def _source_path(source, data_dir, download: bool, cache_dir) -> Path:
+    if str(source) in GROUPLENS_FOLDERS:
+        return _find_named(str(source), data_dir, download, cache_dir)
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{source!r} is neither a known data set name ({sorted(GROUPLENS_FOLDERS)}) nor an existing path"
+        )
+    return path
+
+
+def _csv_format(csv_format: CsvFormat | None, user, item, time, title, items_item, sep) -> CsvFormat:
+    """The generic CSV's columns from ``csv_format`` or from the plain-string options (the command line's)."""
+    options = {"user": user, "item": item, "timestamp": time, "title": title, "items_item": items_item,
+               "delimiter": sep}
+    given = {name: value for name, value in options.items() if value is not None}
+    if csv_format is not None and given:
+        raise ValueError(f"pass either csv_format= or the column options {sorted(given)}, not both")
+    for name, value in given.items():
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"the {name} column option must be a non-empty string, got {value!r}")
+    return csv_format or CsvFormat(**given)

@@ -7,13 +7,25 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import logging
+
 import numpy as np
 
+from constrained_rec.data.given import SPLIT_FOLDERS
 from constrained_rec.data.interactions import COLUMNS, InteractionData
-from constrained_rec.prompts import TEMPLATES, build_prompt
+from constrained_rec.prompts import ITEM_NOUNS, TEMPLATES, build_prompt
 from constrained_rec.tokenization import response_text
 
-PROTOCOLS = ("leave_one_out", "global_time")
+PROTOCOLS = ("leave_one_out", "global_time", "given")
+# The command line's spellings (experiments/run.py --split) -> protocol names; each name also maps to itself.
+PROTOCOL_ALIASES = {
+    "leave-one-out": "leave_one_out",
+    "temporal": "global_time",
+    "given": "given",
+    **{name: name for name in PROTOCOLS},
+}
+SPLITS = ("train", "validation", "test")
+logger = logging.getLogger("constrained_rec.data")
 
 
 @dataclass
@@ -21,27 +33,35 @@ class SplitConfig:
     """How interactions become training, validation and test samples.
 
     Args:
-        max_history (`int`, defaults to 10): At most this many previous titles in a sample's history.
+        max_history (`int`, defaults to 10): At most this many previous titles in a sample's history (BIGRec's
+            and D3's setting).
         train_samples (`int`, *optional*): Draw this many training samples (BIGRec trains on 1,024);
             ``None`` keeps all sliding windows.
         eval_samples (`int`, *optional*): Draw this many validation and this many test samples; ``None``
             keeps all (one per user under leave-one-out).
         seed (`int`, defaults to 0): Seed of those draws.
-        protocol (`str`, defaults to `"leave_one_out"`): ``"leave_one_out"`` (per user: last interaction
-            test, second-last validation, the rest training; SASRec, RecBole) or ``"global_time"``
-            (BIGRec: all samples ordered by target time, split by ``time_fractions``).
+        protocol (`str`, defaults to `"auto"`): ``"leave_one_out"`` (per user: last interaction test,
+            second-last validation, the rest training; SASRec, RecBole), ``"global_time"`` (BIGRec, D3: all
+            samples ordered by target time, split by ``time_fractions``), ``"given"`` (the layout's own rows,
+            for data sets that come with a split: D3 / MiniOneRec folders), or ``"auto"``: ``"given"`` where
+            the data set has its own split, ``"leave_one_out"`` otherwise. The command line's spellings
+            ``leave-one-out`` / ``temporal`` / ``given`` are accepted (:data:`PROTOCOL_ALIASES`) and stored
+            as the names above.
         time_fractions (`tuple`, defaults to `(0.8, 0.1, 0.1)`): Train/validation/test shares for
             ``"global_time"``.
         template (`str`, defaults to `"alpaca"`): Prompt template, see :func:`constrained_rec.prompts.build_prompt`.
+        item_noun (`str`, *optional*): The prompts' plural noun ("products", "books", ...); by default the
+            data set's (``InteractionData.item_noun``). One of :data:`constrained_rec.prompts.ITEM_NOUNS`.
     """
 
     max_history: int = 10
     train_samples: int | None = None
     eval_samples: int | None = None
     seed: int = 0
-    protocol: str = "leave_one_out"
+    protocol: str = "auto"
     time_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     template: str = "alpaca"
+    item_noun: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.max_history, int) or self.max_history < 1:
@@ -50,13 +70,42 @@ class SplitConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None (keep all) or an integer >= 1, got {value!r}")
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown split protocol {self.protocol!r}; accepted: {list(PROTOCOLS)}")
+        if self.protocol != "auto" and self.protocol not in PROTOCOL_ALIASES:
+            raise ValueError(f"unknown split protocol {self.protocol!r}; accepted: {['auto', *PROTOCOL_ALIASES]}")
+        self.protocol = PROTOCOL_ALIASES.get(self.protocol, self.protocol)
+        if self.item_noun is not None and self.item_noun not in ITEM_NOUNS:
+            raise ValueError(f"unknown item noun {self.item_noun!r}; accepted: {sorted(ITEM_NOUNS)}")
         if self.template not in TEMPLATES:
             raise ValueError(f"unknown prompt template {self.template!r}; accepted: {list(TEMPLATES)}")
         fractions = tuple(self.time_fractions)
         if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
             raise ValueError(f"time_fractions must be three positive shares summing to 1, got {self.time_fractions!r}")
+
+    def resolve(self, data: InteractionData) -> "SplitConfig":
+        """This config for ``data``: ``protocol`` and ``item_noun`` made concrete (what metrics should record).
+
+        Example:
+
+        ```python
+        >>> import pandas as pd
+        >>> from constrained_rec.data import InteractionData, SplitConfig
+        >>> frame = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [7, 8, 7], "timestamp": [1, 2, 3]})
+        >>> data = InteractionData("x", frame, {7: "Heat (1995)", 8: "Up (2009)"}, item_noun="movies")
+        >>> config = SplitConfig(protocol="temporal").resolve(data)
+        >>> config.protocol, config.item_noun, SplitConfig().resolve(data).protocol
+        ('global_time', 'movies', 'leave_one_out')
+
+        ```
+        """
+        protocol = self.protocol
+        if protocol == "auto":
+            protocol = "given" if data.given is not None else "leave_one_out"
+        if protocol == "given" and data.given is None:
+            raise ValueError(
+                f"protocol 'given' keeps a data set's own split, but {data.name} has none (only D3/MiniOneRec "
+                "folders do: info/*.txt + train|valid|test/*.csv); use leave_one_out or global_time"
+            )
+        return dataclasses.replace(self, protocol=protocol, item_noun=self.item_noun or data.item_noun)
 
 
 def _user_bounds(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,24 +118,16 @@ def _user_bounds(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def split_positions(data: InteractionData, config: SplitConfig) -> dict[str, np.ndarray]:
     """Row numbers (into ``data.interactions``) of each split's targets, before any sampling.
 
-    A sample's history is the up to ``max_history`` rows of the same user just before its target.
+    A sample's history is the up to ``max_history`` rows of the same user just before its target. Under
+    ``"given"`` the rows are those of the layout's samples, in file order (empty for a missing split).
     """
+    config = config.resolve(data)
+    if config.protocol == "given":
+        return {split: _given_table(data, split)["row"].to_numpy(np.int64) for split in SPLITS}
     users = data.interactions["user_id"].to_numpy()
     starts, ends = _user_bounds(users)
     if config.protocol == "leave_one_out":
-        lengths = ends - starts
-        if (lengths < 3).any():
-            short = int((lengths < 3).sum())
-            raise ValueError(
-                f"leave-one-out needs 3 interactions per user; {short} users of {data.name} have fewer "
-                f"(e.g. user {int(users[starts[np.argmax(lengths < 3)]])}); load with min_user_interactions=3"
-            )
-        # Training targets: every row of a user but the first (no history) and the last two.
-        owner_start = np.repeat(starts, lengths)
-        owner_end = np.repeat(ends, lengths)
-        rows = np.arange(len(users))
-        train = rows[(rows > owner_start) & (rows < owner_end - 2)]
-        return {"train": train, "validation": ends - 2, "test": ends - 1}
+        return _leave_one_out_positions(data, users, starts, ends)
     # global_time: every row with at least one earlier row of its user, ordered by target time.
     has_history = np.ones(len(users), dtype=bool)
     has_history[starts] = False
@@ -99,6 +140,34 @@ def split_positions(data: InteractionData, config: SplitConfig) -> dict[str, np.
     return {"train": rows[:cut_train], "validation": rows[cut_train:cut_validation], "test": rows[cut_validation:]}
 
 
+def _leave_one_out_positions(data: InteractionData, users, starts, ends) -> dict[str, np.ndarray]:
+    lengths = ends - starts
+    if (lengths < 3).any():
+        short = int((lengths < 3).sum())
+        raise ValueError(
+            f"leave-one-out needs 3 interactions per user; {short} users of {data.name} have fewer "
+            f"(e.g. user {int(users[starts[np.argmax(lengths < 3)]])}); load with min_user_interactions=3"
+        )
+    # Training targets: every row of a user but the first (no history) and the last two.
+    owner_start = np.repeat(starts, lengths)
+    owner_end = np.repeat(ends, lengths)
+    rows = np.arange(len(users))
+    train = rows[(rows > owner_start) & (rows < owner_end - 2)]
+    return {"train": train, "validation": ends - 2, "test": ends - 1}
+
+
+def _given_table(data: InteractionData, split: str):
+    """The layout's samples of ``split``; an empty table (same columns) when its CSV is missing."""
+    import pandas as pd
+
+    table = data.given.samples.get(split)
+    if table is None:
+        return pd.DataFrame({"user_id": np.zeros(0, np.int64), "history_item_ids": [],
+                             "target_item_id": np.zeros(0, np.int64), "row": np.zeros(0, np.int64),
+                             "line": np.zeros(0, np.int64)})
+    return table
+
+
 def _draw(rows: np.ndarray, count: int | None, seed: int, split: str) -> np.ndarray:
     if count is None:
         return rows
@@ -108,7 +177,7 @@ def _draw(rows: np.ndarray, count: int | None, seed: int, split: str) -> np.ndar
             f"{len(rows)} or None to keep all"
         )
     # One stream per split, so changing eval_samples never changes which training samples are drawn.
-    rng = np.random.default_rng([seed, ("train", "validation", "test").index(split)])
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
     return np.sort(rng.choice(rows, size=count, replace=False))
 
 
@@ -129,7 +198,8 @@ def _features():
     )
 
 
-def _fingerprint(data: InteractionData, config: SplitConfig, tokenizer, split: str, rows: np.ndarray) -> str:
+def _fingerprint(data: InteractionData, config: SplitConfig, tokenizer, split: str, rows: np.ndarray,
+                 lengths: np.ndarray) -> str:
     """A content hash of a split (what ``datasets`` keys its caches on), from its inputs, not its rows."""
     digest = hashlib.sha256()
     for array in (data.interactions[c].to_numpy() for c in COLUMNS):
@@ -137,6 +207,7 @@ def _fingerprint(data: InteractionData, config: SplitConfig, tokenizer, split: s
     digest.update(json.dumps(sorted(data.titles.items()), ensure_ascii=False).encode())
     digest.update(repr((data.item_noun, dataclasses.asdict(config), split)).encode())
     digest.update(np.ascontiguousarray(rows).tobytes())
+    digest.update(np.ascontiguousarray(lengths).tobytes())
     if tokenizer is not None and config.template == "chat":
         digest.update(repr((tokenizer.name_or_path, tokenizer.chat_template)).encode())
     return digest.hexdigest()[:16]
@@ -170,35 +241,70 @@ def make_splits(data: InteractionData, config: SplitConfig | None = None, tokeni
     ```
     """
     import datasets
-    import pyarrow as pa
 
-    config = config or SplitConfig()
+    config = (config or SplitConfig()).resolve(data)
     if config.template == "chat" and tokenizer is None:
         raise ValueError("template 'chat' renders prompts with the tokenizer's chat template; pass tokenizer=")
     frame = data.interactions
-    users = frame["user_id"].tolist()
-    items = frame["item_id"].tolist()
-    titles = [data.titles[item] for item in items]
     starts, ends = _user_bounds(frame["user_id"].to_numpy())
-    user_start = np.repeat(starts, ends - starts).tolist()
+    context = _SampleContext(
+        users=frame["user_id"].tolist(),
+        items=frame["item_id"].tolist(),
+        titles=[data.titles[item] for item in frame["item_id"].tolist()],
+        user_start=np.repeat(starts, ends - starts).tolist(),
+    )
     positions = split_positions(data, config)
-    features = _features()
     splits = {}
     for split, rows in positions.items():
         count = config.train_samples if split == "train" else config.eval_samples
-        rows = _draw(rows, count, config.seed, split)
-        columns = {name: [] for name in features}
-        for row in rows.tolist():
-            first = max(user_start[row], row - config.max_history)
-            columns["user_id"].append(users[row])
-            columns["history_item_ids"].append(items[first:row])
-            columns["history_titles"].append(titles[first:row])
-            columns["target_item_id"].append(items[row])
-            columns["target_title"].append(titles[row])
-            columns["prompt"].append(build_prompt(titles[first:row], data.item_noun, config.template, tokenizer))
-            columns["response"].append(response_text(titles[row]))
-        # Straight to Arrow: Dataset.from_dict would re-encode and re-hash every row, 3x slower.
-        table = pa.Table.from_pydict(columns, schema=features.arrow_schema)
-        splits[split] = datasets.Dataset(table, fingerprint=_fingerprint(data, config, tokenizer, split, rows))
+        if config.protocol == "given":
+            rows, lengths = _given_rows(data, split, count, config)
+        else:
+            rows = _draw(rows, count, config.seed, split)
+            lengths = np.full(len(rows), config.max_history)
+        table = _samples_table(context, rows, lengths, config, tokenizer)
+        splits[split] = datasets.Dataset(table, fingerprint=_fingerprint(data, config, tokenizer, split, rows, lengths))
     return datasets.DatasetDict(splits)
 
+
+@dataclass
+class _SampleContext:
+    """Per interaction row: user, item, title, and the row where the user's block starts."""
+
+    users: list[int]
+    items: list[int]
+    titles: list[str]
+    user_start: list[int]
+
+
+def _given_rows(data: InteractionData, split: str, count: int | None, config: SplitConfig):
+    """Target rows and history lengths of the layout's samples of ``split`` (file order), drawn if asked."""
+    if split not in data.given.samples:
+        if count is not None:
+            data.given.require(split, f"drawing {count} {split} samples")
+        logger.warning("%s: the %s split is empty: %s", data.name, split,
+                       f"no {SPLIT_FOLDERS[split]}/*.csv in {data.given.folder}")
+    table = _given_table(data, split)
+    chosen = _draw(np.arange(len(table)), count, config.seed, split)
+    lengths = np.fromiter((len(h) for h in table["history_item_ids"]), dtype=np.int64, count=len(table))
+    return table["row"].to_numpy(np.int64)[chosen], np.minimum(lengths[chosen], config.max_history)
+
+
+def _samples_table(context: _SampleContext, rows: np.ndarray, lengths: np.ndarray, config: SplitConfig, tokenizer):
+    """The Arrow table of the samples whose targets are ``rows``, with histories of up to ``lengths`` items."""
+    import pyarrow as pa
+
+    features = _features()
+    columns = {name: [] for name in features}
+    items, titles = context.items, context.titles
+    for row, length in zip(rows.tolist(), lengths.tolist()):
+        first = max(context.user_start[row], row - length)
+        columns["user_id"].append(context.users[row])
+        columns["history_item_ids"].append(items[first:row])
+        columns["history_titles"].append(titles[first:row])
+        columns["target_item_id"].append(items[row])
+        columns["target_title"].append(titles[row])
+        columns["prompt"].append(build_prompt(titles[first:row], config.item_noun, config.template, tokenizer))
+        columns["response"].append(response_text(titles[row]))
+    # Straight to Arrow: Dataset.from_dict would re-encode and re-hash every row, 3x slower.
+    return pa.Table.from_pydict(columns, schema=features.arrow_schema)

@@ -1,0 +1,283 @@
+"""The D3 / MiniOneRec CSV layout: a data set that comes with its own split.
+
+A folder holds ``train/``, ``valid/`` and ``test/``, each with one CSV whose rows are samples
+(``user_id,history_item_title,item_title,history_item_id,item_id`` and, in MiniOneRec's files,
+``history_item_sid,item_sid``; other columns are ignored), and ``info/`` with one item file whose lines are
+``semantic_id<TAB>title<TAB>item_id`` (MiniOneRec) or ``title<TAB>item_id`` (D3). Histories are Python list
+literals of up to 10 items, oldest first. D3's ``process.py`` builds the rows as sliding windows over each
+user's time-ordered reviews, orders all of them by target time and cuts 8:1:1; this reader keeps those rows
+exactly: they are the training samples and the evaluated users, with their histories and item ids.
+
+The CSVs hold no times. Each user's sequence is rebuilt from the rows (the history of the user's first row,
+then every row's target, train before valid before test, in file order) and checked: every later history
+must be the end of what came before. An interaction's ``timestamp`` is its position in that global order,
+which keeps the time order that the layout's files encode.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from constrained_rec.data.tables import _encode_ids, _frame, _raise_not_utf8, check_field_counts
+
+# split name (as make_splits names it) -> the layout's folder
+SPLIT_FOLDERS = {"train": "train", "validation": "valid", "test": "test"}
+REQUIRED_COLUMNS = ("user_id", "history_item_title", "item_title", "history_item_id", "item_id")
+# MiniOneRec / D3 item files are named CATEGORY_K_YYYY-MM-YYYY-MM.txt
+_CATEGORY = re.compile(r"^(?P<category>.+?)_\d+_\d{4}-\d{1,2}-\d{4}-\d{1,2}$")
+
+
+@dataclass(frozen=True)
+class GivenSplits:
+    """The samples of a data set that comes with its own split (the D3 / MiniOneRec CSV layout).
+
+    Attributes:
+        folder: The data set's folder.
+        samples: Split name (``"train"``, ``"validation"``, ``"test"``) -> ``pandas.DataFrame`` with
+            ``user_id`` (the data set's int user id), ``history_item_ids`` (list of item ids, oldest first),
+            ``target_item_id``, ``row`` (the target's row in ``InteractionData.interactions``) and ``line``
+            (1-based line in the CSV); only the splits whose CSV is present.
+        files: Split name -> the CSV it was read from.
+        item_file: The ``info/`` file that is the catalog.
+        semantic_ids: Item id -> semantic id (MiniOneRec's ``<a_1><b_2><c_3>``), ``None`` for D3's files.
+    """
+
+    folder: Path
+    samples: dict[str, pd.DataFrame]
+    files: dict[str, Path]
+    item_file: Path
+    semantic_ids: dict[int, str] | None = None
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """The splits whose CSV is absent (MiniOneRec's public Industrial copy lacks ``train``)."""
+        return tuple(split for split in SPLIT_FOLDERS if split not in self.samples)
+
+    def require(self, split: str, purpose: str = "") -> None:
+        """Raise ``FileNotFoundError`` saying what to add when ``split`` has no CSV (call before a long job).
+
+        Example:
+
+        ```python
+        >>> from pathlib import Path
+        >>> given = GivenSplits(Path("industrial"), {}, {}, Path("industrial/info/x.txt"))
+        >>> given.require("train", "training")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: industrial has no train/*.csv: training needs the train CSV of this D3/MiniOneRec layout; add it as industrial/train/NAME.csv (present splits: none)
+
+        ```
+        """
+        if split not in SPLIT_FOLDERS:
+            raise ValueError(f"unknown split {split!r}; accepted: {list(SPLIT_FOLDERS)}")
+        if split in self.samples:
+            return
+        folder = SPLIT_FOLDERS[split]
+        present = ", ".join(self.samples) or "none"
+        raise FileNotFoundError(
+            f"{self.folder} has no {folder}/*.csv: {purpose or 'this'} needs the {folder} CSV of this "
+            f"D3/MiniOneRec layout; add it as {self.folder / folder / 'NAME.csv'} (present splits: {present})"
+        )
+
+
+def is_given_layout(folder: Path) -> bool:
+    """Whether ``folder`` looks like a D3 / MiniOneRec data set (``info/*.txt`` and a split folder)."""
+    info = folder / "info"
+    return info.is_dir() and any(info.glob("*.txt")) and any((folder / f).is_dir() for f in SPLIT_FOLDERS.values())
+
+
+def _single_file(folder: Path, pattern: str, what: str) -> Path | None:
+    files = sorted(folder.glob(pattern))
+    if len(files) > 1:
+        raise ValueError(f"{folder} holds several {what} files {[f.name for f in files]}; keep exactly one")
+    return files[0] if files else None
+
+
+def category_of(item_file: Path) -> str | None:
+    """The Amazon category in a MiniOneRec / D3 file name (``Industrial_and_Scientific_5_2016-10-2018-11``)."""
+    match = _CATEGORY.match(item_file.stem)
+    return match["category"] if match else None
+
+
+def read_item_file(path: Path) -> tuple[dict[int, str], dict[int, str] | None]:
+    """``(item id -> title, item id -> semantic id or None)`` from ``semantic_id<TAB>title<TAB>item_id`` or
+    ``title<TAB>item_id`` lines; every error names the file and line."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise ValueError(f"{path}: the item file is empty")
+    check_field_counts(path, raw, "\t", quoted=False)
+    try:
+        lines = raw.decode("utf-8-sig").split("\n")
+    except UnicodeDecodeError:
+        _raise_not_utf8(path)
+    titles: dict[int, str] = {}
+    semantic_ids: dict[int, str] = {}
+    first_line: dict[int, int] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip() and number == len(lines):
+            break
+        fields = line.rstrip("\r").split("\t")
+        if len(fields) not in (2, 3):
+            raise ValueError(
+                f"{path}, line {number}: {len(fields)} fields; an item line is semantic_id<TAB>title<TAB>item_id "
+                "(MiniOneRec) or title<TAB>item_id (D3)"
+            )
+        *sid, title, item = fields
+        try:
+            item_id = int(item)
+        except ValueError:
+            raise ValueError(f"{path}, line {number}, column {len(fields)}: item id {item!r} is not an integer") from None
+        if item_id in titles:
+            raise ValueError(f"{path}, line {number}: item {item_id} is listed again (first on line {first_line[item_id]})")
+        if not title.strip():
+            raise ValueError(f"{path}, line {number}, column {len(fields) - 1}: item {item_id} has an empty title")
+        titles[item_id] = title.strip()
+        first_line[item_id] = number
+        if sid:
+            semantic_ids[item_id] = sid[0]
+    return titles, semantic_ids or None
+
+
+def _literal_list(text: str, element: type, where: str) -> list:
+    """A Python list literal of ``element`` values (``"[3, 7]"``, ``"['a', \\"b's\\"]"``)."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError(f"{where}: {text[:60]!r} is not a Python list literal") from None
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: expected a non-empty list, got {text[:60]!r}")
+    for entry in value:
+        # bool is an int subclass; True is not an item id.
+        if not isinstance(entry, element) or isinstance(entry, bool):
+            raise ValueError(f"{where}: {entry!r} is not {'an integer' if element is int else 'a string'}")
+    return value
+
+
+def _read_split_csv(path: Path, titles: dict[int, str]) -> list[tuple[str, list[int], int, int]]:
+    """``(user, history item ids, target item id, line)`` per row, checked against the catalog ``titles``."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        _raise_not_utf8(path)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise ValueError(f"{path}: the file is empty")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(f"{path}, line 1: no column {missing[0]!r}; the header has {header}; this layout needs "
+                         f"{list(REQUIRED_COLUMNS)}")
+    index = {name: header.index(name) for name in REQUIRED_COLUMNS}
+    rows = []
+    line = 2
+    for fields in reader:
+        if len(fields) != len(header):
+            raise ValueError(f"{path}, line {line}: the row has {len(fields)} fields, but the header has {len(header)}")
+        rows.append(_checked_row(path, line, fields, index, titles))
+        line = reader.line_num + 1
+    return rows
+
+
+def _checked_row(path: Path, line: int, fields: list[str], index: dict[str, int], titles: dict[int, str]):
+    def where(column: str) -> str:
+        return f"{path}, line {line}, column {column!r}"
+
+    user = fields[index["user_id"]].strip()
+    if not user:
+        raise ValueError(f"{where('user_id')}: empty user id")
+    history = _literal_list(fields[index["history_item_id"]], int, where("history_item_id"))
+    history_titles = _literal_list(fields[index["history_item_title"]], str, where("history_item_title"))
+    try:
+        target = int(fields[index["item_id"]])
+    except ValueError:
+        raise ValueError(f"{where('item_id')}: {fields[index['item_id']]!r} is not an integer item id") from None
+    if target not in titles:
+        raise ValueError(f"{where('item_id')}: the target item {target} is not in the item file (the catalog)")
+    unknown = [item for item in history if item not in titles]
+    if unknown:
+        raise ValueError(f"{where('history_item_id')}: history item {unknown[0]} is not in the item file (the catalog)")
+    if len(history_titles) != len(history):
+        raise ValueError(f"{where('history_item_title')}: {len(history_titles)} titles for {len(history)} history items")
+    for item, title in zip(history, history_titles):
+        if title.strip() != titles[item]:
+            raise ValueError(f"{where('history_item_title')}: title {title!r} of item {item} differs from the item "
+                             f"file's {titles[item]!r}")
+    if fields[index["item_title"]].strip() != titles[target]:
+        raise ValueError(f"{where('item_title')}: title {fields[index['item_title']]!r} of item {target} differs "
+                         f"from the item file's {titles[target]!r}")
+    return user, history, target, line
+
+
+def _rebuild_sequences(samples: dict[str, list], files: dict[str, Path]):
+    """Interactions (user, item, position in time order) and, per sample, the index of its target interaction."""
+    longest = max((len(h) for rows in samples.values() for _, h, _, _ in rows), default=0)
+    users, items, times, targets = [], [], [], {}
+    sequences: dict[str, list[int]] = {}  # user -> items so far
+    order = 0
+    for split, rows in samples.items():
+        targets[split] = []
+        for user, history, target, line in rows:
+            if user not in sequences:
+                sequences[user] = []
+                # The first row's history comes just before its target; earlier items are not in the files.
+                users += [user] * len(history)
+                items += history
+                times += range(order + longest - len(history), order + longest)
+                sequences[user].extend(history)
+            sequence = sequences[user]
+            if sequence[-len(history):] != history or len(history) > len(sequence):
+                raise ValueError(
+                    f"{files[split]}, line {line}, column 'history_item_id': the history {history} of user {user} "
+                    f"does not continue the user's earlier rows, which end {sequence[-len(history):]}; the rows of "
+                    "this layout are sliding windows over each user's time-ordered items"
+                )
+            targets[split].append(len(users))
+            users.append(user)
+            items.append(target)
+            times.append(order + longest)
+            sequence.append(target)
+            order += 1
+    return users, items, times, targets
+
+
+def read_given(folder: Path):
+    """Interactions, catalog, user keys and :class:`GivenSplits` of a D3 / MiniOneRec folder."""
+    item_file = _single_file(folder / "info", "*.txt", "item (info/*.txt)")
+    titles, semantic_ids = read_item_file(item_file)
+    files = {}
+    for split, name in SPLIT_FOLDERS.items():
+        csv_file = _single_file(folder / name, "*.csv", f"{name} CSV") if (folder / name).is_dir() else None
+        if csv_file is not None:
+            files[split] = csv_file
+    if not files:
+        raise ValueError(f"{folder} has info/ but none of {[f + '/*.csv' for f in SPLIT_FOLDERS.values()]}")
+    samples = {split: _read_split_csv(path, titles) for split, path in files.items()}
+    users, items, times, targets = _rebuild_sequences(samples, files)
+    (user_codes,), user_keys = _encode_ids(np.asarray(users, dtype=str))
+    frame = _frame(user_codes, items, times)
+    # Sorted here as from_frame sorts (stable, by user then time), so the target rows are known.
+    order = np.lexsort((frame["timestamp"].to_numpy(), frame["user_id"].to_numpy()))
+    frame = frame.iloc[order].reset_index(drop=True)
+    row_of = np.empty(len(order), dtype=np.int64)
+    row_of[order] = np.arange(len(order))
+    tables = {}
+    for split, rows in samples.items():
+        target_rows = row_of[np.asarray(targets[split], dtype=np.int64)]
+        tables[split] = pd.DataFrame({
+            "user_id": frame["user_id"].to_numpy()[target_rows],
+            "history_item_ids": [history for _, history, _, _ in rows],
+            "target_item_id": np.asarray([target for _, _, target, _ in rows], dtype=np.int64),
+            "row": target_rows,
+            "line": np.asarray([line for *_, line in rows], dtype=np.int64),
+        })
+    given = GivenSplits(folder, tables, files, item_file, semantic_ids)
+    return frame, titles, user_keys, given
