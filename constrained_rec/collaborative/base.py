@@ -1,0 +1,203 @@
+"""What every assistant shares: the training view of a split, the catalog column order, histories, save/load.
+
+An assistant sees only :class:`AssistantData`: the catalog, each user's *training* interactions and the
+validation samples used to choose hyper-parameters. :func:`assistant_data` builds it from a split of
+:func:`constrained_rec.data.split_positions`: the training interactions are every interaction that is not a
+validation or test target (under leave-one-out: all of a user's interactions but the last two), so no
+held-out target reaches a fitted parameter; validation targets only choose hyper-parameters (EASE's
+lambda and temperature, SASRec's stopping epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from constrained_rec.data import InteractionData, SplitConfig, split_positions
+
+CONFIG_FILE = "assistant.json"
+
+
+@dataclass(frozen=True)
+class AssistantData:
+    """The part of a split an assistant may learn from.
+
+    Attributes:
+        item_ids: The catalog's item ids, sorted ascending; column ``j`` of every score matrix is
+            ``item_ids[j]`` (the order the pipeline builds the title trie in).
+        train_sequences: One int64 array of item ids per user with training interactions, in time order.
+        validation_histories: For each validation sample, every item its user interacted with before
+            the validation target, in time order.
+        validation_targets: The validation target item ids.
+    """
+
+    item_ids: np.ndarray
+    train_sequences: list[np.ndarray]
+    validation_histories: list[np.ndarray]
+    validation_targets: np.ndarray
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+
+def histories_before(data: InteractionData, rows: Sequence[int]) -> list[np.ndarray]:
+    """Each row's user's item ids strictly before that row (rows of ``data.interactions``), in time order.
+
+    Example:
+
+    ```python
+    >>> import pandas as pd
+    >>> from constrained_rec.data import InteractionData
+    >>> frame = pd.DataFrame({"user_id": [1, 1, 1, 2, 2, 2], "item_id": [7, 8, 9, 9, 8, 7],
+    ...                       "timestamp": [1, 2, 3, 1, 2, 3]})
+    >>> data = InteractionData.from_frame(frame, {7: "A", 8: "B", 9: "C"})
+    >>> [h.tolist() for h in histories_before(data, [2, 4])]
+    [[7, 8], [9]]
+
+    ```
+    """
+    users = data.interactions["user_id"].to_numpy()
+    items = data.interactions["item_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    user_start = np.repeat(starts, np.diff(np.r_[starts, len(users)]))
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.ndim != 1 or ((rows < 0) | (rows >= len(users))).any():
+        bad = rows[(rows < 0) | (rows >= len(users))] if rows.ndim == 1 else rows
+        raise ValueError(f"rows {bad.tolist()[:10]} are not rows of the {len(users)} interactions")
+    return [items[user_start[row] : row].copy() for row in rows.tolist()]
+
+
+def assistant_data(data: InteractionData, split_config: SplitConfig | None = None) -> AssistantData:
+    """The training interactions and validation samples of ``data`` split by ``split_config``.
+
+    Example:
+
+    ```python
+    >>> import pandas as pd
+    >>> from constrained_rec.data import InteractionData
+    >>> frame = pd.DataFrame({"user_id": [1] * 4, "item_id": [7, 8, 9, 6], "timestamp": [1, 2, 3, 4]})
+    >>> view = assistant_data(InteractionData.from_frame(frame, {6: "A", 7: "B", 8: "C", 9: "D"}))
+    >>> view.item_ids.tolist(), [s.tolist() for s in view.train_sequences], view.validation_targets.tolist()
+    ([6, 7, 8, 9], [[7, 8]], [9])
+
+    ```
+    """
+    split_config = split_config or SplitConfig()
+    positions = split_positions(data, split_config)
+    frame = data.interactions
+    held_out = np.zeros(len(frame), dtype=bool)
+    held_out[positions["validation"]] = True
+    held_out[positions["test"]] = True
+    train = frame[~held_out]
+    users = train["user_id"].to_numpy()
+    items = train["item_id"].to_numpy().astype(np.int64)
+    cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
+    sequences = [s for s in np.split(items, cuts) if len(s)]
+    validation_rows = positions["validation"]
+    return AssistantData(
+        item_ids=np.array(sorted(data.titles), dtype=np.int64),
+        train_sequences=sequences,
+        validation_histories=histories_before(data, validation_rows),
+        validation_targets=frame["item_id"].to_numpy()[validation_rows].astype(np.int64),
+    )
+
+
+def columns_of(item_ids: np.ndarray, ids, what: str = "history") -> np.ndarray:
+    """Column numbers of item ids in the sorted catalog ``item_ids``; an unknown id is a ``ValueError``."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    columns = np.searchsorted(item_ids, ids)
+    inside = columns < len(item_ids)
+    known = np.zeros(len(ids), dtype=bool)
+    known[inside] = item_ids[columns[inside]] == ids[inside]
+    if not known.all():
+        raise ValueError(
+            f"item id {int(ids[~known][0])} in a {what} is not in the assistant's catalog of {len(item_ids)} "
+            f"items (ids {int(item_ids[0])}..{int(item_ids[-1])})"
+        )
+    return columns
+
+
+def log_softmax_rows(scores: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64, returned as float32 (so every row's logsumexp is 0)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    return (shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))).astype(np.float32)
+
+
+def write_config(folder: str | os.PathLike, kind: str, item_ids: np.ndarray, **fields) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"kind": kind, "item_ids": [int(i) for i in item_ids], **fields}
+    (folder / CONFIG_FILE).write_text(json.dumps(payload, indent=1))
+    return folder
+
+
+def read_config(folder: str | os.PathLike, kind: str | None = None) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{folder} holds no saved assistant ({CONFIG_FILE} is missing)")
+    payload = json.loads(path.read_text())
+    if kind is not None and payload.get("kind") != kind:
+        raise ValueError(f"{folder} holds a {payload.get('kind')!r} assistant, not a {kind!r} one")
+    payload["item_ids"] = np.array(payload["item_ids"], dtype=np.int64)
+    return payload
+
+
+class Assistant:
+    """A text-free next-item model over a fixed catalog (column ``j`` is ``item_ids[j]``, sorted ascending).
+
+    Subclasses implement ``_log_probs(columns_per_history) -> float32 (users, items)`` and save/load.
+    """
+
+    name = "assistant"
+    item_ids: np.ndarray
+
+    def item_log_probs(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        """Normalised next-item log-probabilities, float32 ``(len(histories), len(item_ids))``.
+
+        Args:
+            histories (`Sequence[Sequence[int]]`):
+                One list of item ids per user, oldest first. An id outside the catalog is a ``ValueError``.
+
+        Returns:
+            Row ``u`` is a log-softmax over the catalog (``logsumexp == 0``); column ``j`` is ``item_ids[j]``.
+        """
+        if isinstance(histories, np.ndarray) and histories.ndim == 1:
+            raise ValueError("histories must be one sequence of item ids per user, got a flat array")
+        columns = [columns_of(self.item_ids, history) for history in histories]
+        if not columns:
+            return np.zeros((0, len(self.item_ids)), dtype=np.float32)
+        return self._log_probs(columns)
+
+    def _log_probs(self, columns: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        raise NotImplementedError
+
+
+def exclusion_mask(columns: list[np.ndarray], num_items: int) -> np.ndarray:
+    """Boolean ``(users, items)``: True where the item is in the user's history."""
+    mask = np.zeros((len(columns), num_items), dtype=bool)
+    rows = np.repeat(np.arange(len(columns)), [len(c) for c in columns])
+    mask[rows, np.concatenate(columns) if columns else np.zeros(0, np.int64)] = True
+    return mask
+
+
+def target_ranks(scores: np.ndarray, excluded: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """1-based rank of each target column among the row's non-excluded items, ``inf`` if it is excluded.
+
+    Ties rank the lower column (smaller item id) first, as the recommenders do.
+    """
+    rows = np.arange(len(targets))
+    target_scores = scores[rows, targets][:, None]
+    columns = np.arange(scores.shape[1])[None, :]
+    ahead = (scores > target_scores) | ((scores == target_scores) & (columns < targets[:, None]))
+    ranks = 1.0 + (ahead & ~excluded).sum(axis=1)
+    return np.where(excluded[rows, targets], np.inf, ranks)
