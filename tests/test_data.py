@@ -622,3 +622,49 @@ def test_interaction_data_checks_its_invariants():
         InteractionData.from_frame(frame.assign(timestamp=[1.0, 2.5, 3.0]), titles)
     with pytest.raises(ValueError, match=r"titles must be non-empty strings; item 8 has ''"):
         InteractionData.from_frame(frame, {7: "Heat (1995)", 8: ""})
+
+
+# ------------------------------------------------------------------ column options, nouns, the command line
+
+
+def test_generic_csv_columns_as_plain_strings(tmp_path):
+    rows = [(7, 3, 30), (7, 4, 10), (7, 3, 20)]
+    interactions, items = write_csv_pair(tmp_path, rows, {3: "Three", 4: "Four"}, sep=";",
+                                         names=("uid", "iid", "when", "name"))
+    data = load_interactions(str(interactions), items=str(items), user_column="uid", item_column="iid",
+                             time_column="when", title_column="name", sep=";")
+    assert frame_rows(data) == [(7, 4, 10), (7, 3, 20), (7, 3, 30)]
+    assert data.item_noun == "items" and data.titles == {3: "Three", 4: "Four"}
+    with pytest.raises(ValueError, match=r"either csv_format= or the column options \['user'\]"):
+        load_interactions(interactions, items=items, csv_format=CsvFormat(), user_column="uid")
+    with pytest.raises(ValueError, match=r"the delimiter column option must be a non-empty string, got ''"):
+        load_interactions(interactions, items=items, sep="")
+
+
+def test_command_line_on_a_generic_csv(tmp_path, capsys):
+    rows = [("a", "x", 1), ("a", "y", 2), ("a", "z", 3)]
+    interactions, items = write_csv_pair(tmp_path, rows, {"x": "X", "y": "Y", "z": "Z"},
+                                         names=("u", "i", "t", "name"))
+    data_main(["preview", str(interactions), "--items", str(items), "--user-column", "u", "--item-column", "i",
+               "--time-column", "t", "--title-column", "name", "--item-noun", "books", "--split", "leave-one-out"])
+    out = capsys.readouterr().out
+    assert 'The user has read the following books before: "X", "Y"\n' in out
+    data_main(["stats", str(interactions), "--items", str(items), "--user-column", "u", "--item-column", "i",
+               "--time-column", "t", "--title-column", "name", "--no-tokenizer"])
+    assert "interactions: 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "stem, title_column, noun",
+    [("ml-100k", "movie_title", "movies"), ("tools", "title", "items"), ("Amazon_Video_Games", "title", "video games"),
+     ("Amazon_Industrial", "title", "products")],
+)
+def test_recbole_noun_follows_the_data_set(tmp_path, stem, title_column, noun):
+    (tmp_path / f"{stem}.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t1\t1\n1\t2\t2\n")
+    (tmp_path / f"{stem}.item").write_text(f"item_id:token\t{title_column}:token_seq\n1\tGorilla Glue\n2\tTape\n")
+    data = load_interactions(tmp_path, min_user_interactions=1)
+    assert data.item_noun == noun
+    assert make_splits(data, SplitConfig(protocol="global_time", time_fractions=(0.5, 0.25, 0.25)))
+    prompt = make_splits(load_interactions(tmp_path, min_user_interactions=1, item_noun="products"),
+                         SplitConfig(protocol="temporal", item_noun="books"))["test"][0]["prompt"]
+    assert "the following books" in prompt and "Gorilla Glue" in prompt

@@ -6,7 +6,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -214,11 +214,17 @@ class InteractionData:
             "duplicate_titles": sum(1 for n in Counter(titles).values() if n > 1),
             "history_length": _distribution(history),
             "title_characters": _distribution([len(t) for t in titles]),
-            "first_time": _iso_date(frame["timestamp"].min()) if len(frame) else None,
-            "last_time": _iso_date(frame["timestamp"].max()) if len(frame) else None,
+            # A layout with its own split holds no times: its timestamps are positions in its time order.
+            "first_time": _iso_date(frame["timestamp"].min()) if len(frame) and self.given is None else None,
+            "last_time": _iso_date(frame["timestamp"].max()) if len(frame) and self.given is None else None,
             "dropped": dict(self.dropped),
             "raw": dict(self.raw_counts),
         }
+        if self.given is not None:
+            stats["given_split"] = {
+                **{split: len(table) for split, table in self.given.samples.items()},
+                "missing": ", ".join(self.given.missing) or "none",
+            }
         if tokenizer is not None:
             from constrained_rec.tokenization import titles_token_ids
 
@@ -272,3 +278,29 @@ def move_trailing_article(title: str) -> str:
     separator = "" if article.endswith("'") else " "
     return f"{article}{separator}{match['main']}{match['rest']}"
 
+
+
+def title_hit_rank(recommended_titles: Sequence[str], target_title: str) -> int | None:
+    """0-based rank of the first recommended title equal to the target's title, ``None`` when none is.
+
+    This is how D3 and MiniOneRec count a hit (their ``calc.py``): by title, so with duplicate titles any
+    item that shares the target's title is a hit, where an item-id hit needs the target item itself. Test
+    samples carry both (``target_title`` and ``target_item_id``), so a report can give both, labelled.
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.data import title_hit_rank
+    >>> title_hit_rank(["Glue", "Tape (2-pack)", "Tape"], "Tape")
+    2
+    >>> title_hit_rank(["Glue"], "Tape") is None
+    True
+
+    ```
+    """
+    if isinstance(recommended_titles, str):
+        raise TypeError(f"recommended_titles must be a sequence of titles, got the string {recommended_titles!r}")
+    for rank, title in enumerate(recommended_titles):
+        if title == target_title:
+            return rank
+    return None

@@ -50,8 +50,12 @@ def _decode_dat(path: Path) -> str:
         return raw.decode("latin-1")
 
 
-def _read_recbole(folder: Path, stem: str) -> tuple[pd.DataFrame, dict[int, str], int]:
-    """RecBole atomic files ``stem.inter`` + ``stem.item`` (typed headers such as ``item_id:token``)."""
+def _read_recbole(folder: Path, stem: str) -> RawData:
+    """RecBole atomic files ``stem.inter`` + ``stem.item`` (typed headers such as ``item_id:token``).
+
+    The noun follows the data set: "movies" where the item file has MovieLens's ``movie_title`` column,
+    Amazon's for ``Amazon_CATEGORY`` stems, "items" for any other data set.
+    """
 
     def read(path: Path, required: list[str], optional: list[str] = ()) -> pd.DataFrame:
         with open(path, encoding="utf-8") as handle:
@@ -90,7 +94,13 @@ def _read_recbole(folder: Path, stem: str) -> tuple[pd.DataFrame, dict[int, str]
         year = years.iloc[row] if years is not None else ""
         titles.append(f"{title} ({year})" if year.isdigit() else title)
     catalog = {i: t for i, t in zip(item_ids.tolist(), titles) if t}
-    return frame, catalog, placeholders
+    if title_column == "movie_title":
+        noun = "movies"
+    elif stem.startswith("Amazon_"):
+        noun = _AMAZON_NOUNS.get(stem.removeprefix("Amazon_"), "products")
+    else:
+        noun = "items"
+    return RawData(frame, catalog, noun, extra={"placeholder_titles": placeholders})
 
 
 def _read_ml100k_raw(folder: Path) -> tuple[pd.DataFrame, dict[int, str], int]:
@@ -203,7 +213,7 @@ def read_folder(path: Path) -> RawData:
         category = category_of(given.item_file)
         return RawData(frame, catalog, _AMAZON_NOUNS.get(category, "products"), user_keys=user_keys, given=given)
     if inter_files and (path / f"{inter_files[0].stem}.item").is_file():
-        return _movies(*_read_recbole(path, inter_files[0].stem))
+        return _read_recbole(path, inter_files[0].stem)
     if (path / "u.data").is_file() and (path / "u.item").is_file():
         return _movies(*_read_ml100k_raw(path))
     if (path / "ratings.dat").is_file() and (path / "movies.dat").is_file():
