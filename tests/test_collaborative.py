@@ -12,6 +12,7 @@ from scipy.special import log_softmax, logsumexp
 
 from constrained_rec.collaborative import (
     EASE,
+    AssistantData,
     AssistantRecommender,
     Popularity,
     SASRec,
@@ -214,8 +215,13 @@ def test_unknown_assistant_or_option_is_an_error(data):
         fit_assistant("sasrec", data, epochs=3)
     with pytest.raises(ValueError, match="'l2'"):
         fit_assistant("ease", data, l2=3.0)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="history 1 is empty"):
         SASRec.fit(assistant_data(data), SASRecConfig(**TINY_SASREC)).item_log_probs([[3], []])
+    view = assistant_data(data)
+    no_validation = AssistantData(view.item_ids, view.train_sequences, [], np.zeros(0, np.int64))
+    for assistant in (EASE, SASRec):
+        with pytest.raises(ValueError, match="no validation samples"):
+            assistant.fit(no_validation)
 
 
 # ------------------------------------------------------------------------------------- as recommender

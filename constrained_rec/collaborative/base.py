@@ -45,6 +45,10 @@ class AssistantData:
     def num_items(self) -> int:
         return len(self.item_ids)
 
+    def require_validation(self, purpose: str) -> None:
+        if len(self.validation_targets) == 0:
+            raise ValueError(f"the split has no validation samples, which {purpose} needs")
+
 
 def histories_before(data: InteractionData, rows: Sequence[int]) -> list[np.ndarray]:
     """Each row's user's item ids strictly before that row (rows of ``data.interactions``), in time order.

@@ -161,6 +161,7 @@ class EASE(Assistant):
         """Fit on the training sequences, choose lambda and the temperature on validation (``seed`` unused)."""
         if not l2_grid or any(not (l2 > 0 and math.isfinite(l2)) for l2 in l2_grid):
             raise ValueError(f"l2_grid must be finite numbers > 0, got {l2_grid!r}")
+        data.require_validation("choosing EASE's lambda and temperature")
         train = _binary_rows([columns_of(data.item_ids, s, "training sequence") for s in data.train_sequences],
                              data.num_items)
         histories = [columns_of(data.item_ids, h) for h in data.validation_histories]

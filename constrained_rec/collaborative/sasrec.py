@@ -187,6 +187,7 @@ class SASRec(Assistant):
             log (`callable`, *optional*): Called with one line per epoch (e.g. ``print``).
         """
         config = config or SASRecConfig()
+        data.require_validation("SASRec's early stopping")
         train = [columns_of(data.item_ids, s, "training sequence") for s in data.train_sequences]
         inputs, targets = (torch.from_numpy(a) for a in training_windows(train, config.max_length))
         histories = [columns_of(data.item_ids, h) for h in data.validation_histories]
