@@ -42,10 +42,6 @@ prefixes the model may score per prompt; a prompt that hits it is reported in
 
 from __future__ import annotations
 
-import copy
-import heapq
-import inspect
-import itertools
 import warnings
 from dataclasses import dataclass, field
 from typing import Collection, Sequence
@@ -53,14 +49,18 @@ from typing import Collection, Sequence
 import numpy as np
 import torch
 
+from constrained_rec.constraints import ItemConstraints
+from constrained_rec.decoding.beam import beam_search
+from constrained_rec.decoding.exact import exact_search
+from constrained_rec.decoding.runner import (ACCELERATOR_FORWARD_COST_TOKENS, CPU_FORWARD_COST_TOKENS, ModelRunner,
+                                             PromptBatch)
+from constrained_rec.decoding.steps import Hypothesis
 from constrained_rec.tokenization import eos_token_id, prompt_token_ids
 from constrained_rec.trie import TitleTrie
 
 MODES = ("beam", "exact")
-# The price of one more forward, in padded tokens: on a CPU a forward costs about its tokens, on an
-# accelerator mostly its launch. Rows of different lengths are split into forwards by it (_length_groups).
-CPU_FORWARD_COST_TOKENS = 16
-ACCELERATOR_FORWARD_COST_TOKENS = 4096
+__all__ = ["recommend", "Recommendation", "DecodeStats", "DecodeResult", "MODES", "CPU_FORWARD_COST_TOKENS",
+           "ACCELERATOR_FORWARD_COST_TOKENS"]
 
 
 @dataclass
@@ -69,7 +69,10 @@ class Recommendation:
 
     ``item_ids`` are the catalog items with this title that the prompt does not exclude (several items may
     share a title). ``log_prob`` is the total log-probability of the title's tokens, EOS included, given the
-    prompt; ``score`` is what the search ranks by, ``log_prob / len(token_ids) ** length_penalty``.
+    prompt (the model alone). ``prior_log_mass`` is ``log M(title)``, the log of the prior mass of its allowed
+    items (renormalised over the prompt's allowed items; 0.0 without a prior), and ``fused_log_prob`` the
+    search's total ``log_prob + prior_weight * log M(title)`` (float32 sums, as step-by-step decoding adds).
+    ``score`` is what the search ranks by, ``fused_log_prob / len(token_ids) ** length_penalty``.
     """
 
     item_ids: list[int]
@@ -77,6 +80,8 @@ class Recommendation:
     log_prob: float
     score: float
     token_ids: list[int]
+    prior_log_mass: float = 0.0
+    fused_log_prob: float | None = None
 
 
 @dataclass
@@ -120,6 +125,9 @@ def recommend(
     exclude: Sequence[Collection[int]] | None = None,
     batch_size: int = 8,
     node_budget: int = 2000,
+    item_log_prior=None,
+    prior_weight: float = 1.0,
+    constraints: ItemConstraints | None = None,
 ) -> DecodeResult:
     r"""
     The top-`k` catalog titles of `trie` for each prompt, by constrained beam search or exact best-first search.
@@ -154,6 +162,16 @@ def recommend(
             Prompts decoded together (left-padded into one batch).
         node_budget (`int`, *optional*, defaults to 2000):
             Exact mode: the most trie prefixes the model scores per prompt before the search gives up.
+        item_log_prior (array-like of shape `(len(prompts), trie.num_items)`, *optional*):
+            Per prompt, a log-probability per catalog item (column `j`: the `j`-th item id the trie was built
+            with; `-inf`: zero mass, excluded). Each allowed token then scores
+            `log p(t) + prior_weight * (log M(h + t) - log M(h))` (see `constrained_rec.constraints`), so titles
+            are ranked by `log p_LM(title) + prior_weight * log M(title)`; exact mode proves its top-`k` under
+            that fused score.
+        prior_weight (`float`, *optional*, defaults to 1.0):
+            The prior's weight `w` >= 0.
+        constraints (`ItemConstraints`, *optional*):
+            Instead of `exclude`/`item_log_prior`/`prior_weight`: constraints built for `trie` and these prompts.
 
     Returns:
         `DecodeResult`: `recommendations[p]`, a best-first list of `k` `Recommendation`s per prompt (fewer only
@@ -207,29 +225,28 @@ def recommend(
     if getattr(model.config, "is_encoder_decoder", False):
         raise ValueError(f"recommend() needs a decoder-only causal LM, got the encoder-decoder {type(model).__name__}")
     prompt_ids = _prompt_token_ids(tokenizer, prompts, trie)
-    exclusions = _Exclusions(trie, exclude, len(prompt_ids), k)
-
+    constraints = _constraints(trie, len(prompt_ids), k, exclude, item_log_prior, prior_weight, constraints)
     vocab = model.get_input_embeddings().weight.shape[0]
     for p, ids in enumerate(prompt_ids):
         if max(ids) >= vocab:
             raise ValueError(f"prompt {p} holds token id {max(ids)}, but the model embeds only {vocab} tokens")
 
     stats = DecodeStats()
-    runner = _ModelRunner(model, trie, stats)
+    runner = ModelRunner(model, trie, stats)
     recommendations: list[list[Recommendation]] = []
     with torch.inference_mode():
         for start in range(0, len(prompt_ids), batch_size):
             batch = list(range(start, min(start + batch_size, len(prompt_ids))))
-            prompt = _PromptBatch([prompt_ids[p] for p in batch], runner)
+            prompt = PromptBatch([prompt_ids[p] for p in batch], runner)
             if mode == "beam":
-                found = _beam_search(runner, trie, prompt, exclusions, batch, num_beams, jump, float(length_penalty))
+                found = beam_search(runner, trie, prompt, constraints, batch, num_beams, jump, float(length_penalty))
                 stats.expanded += [0] * len(batch)
                 stats.budget_exhausted += [False] * len(batch)
                 stats.proven += [0] * len(batch)
             else:
-                found = _exact_search(runner, trie, prompt, exclusions, batch, k, num_beams, jump, node_budget)
+                found = exact_search(runner, trie, prompt, constraints, batch, k, num_beams, jump, node_budget)
             for p, hypotheses in zip(batch, found):
-                recommendations.append([_recommendation(trie, exclusions, p, h) for h in hypotheses[:k]])
+                recommendations.append([_recommendation(trie, constraints, p, h) for h in hypotheses[:k]])
     short = [p for p, recs in enumerate(recommendations) if len(recs) < k]
     if short and mode == "beam":
         warnings.warn(
@@ -270,449 +287,25 @@ def _prompt_token_ids(tokenizer, prompts, trie: TitleTrie) -> list[list[int]]:
     return out
 
 
-class _Exclusions:
-    """Per prompt, the sorted positions (in ``trie.item_ids_by_position``) of its excluded items."""
-
-    def __init__(self, trie: TitleTrie, exclude, num_prompts: int, k: int):
-        self.trie = trie
-        if exclude is None:
-            self.positions = [np.zeros(0, dtype=np.int64)] * num_prompts
-            available = [len(trie)] * num_prompts
-        else:
-            if isinstance(exclude, Sequence) and not isinstance(exclude, (str, bytes)) and len(exclude) != num_prompts:
-                raise ValueError(f"`exclude` has {len(exclude)} collections for {num_prompts} prompts; give one per prompt")
-            # The processor's validation: unknown ids, wrong types, a prompt with every item excluded.
-            excluded, offsets = trie.excluded_positions(exclude)
-            self.positions = [excluded[offsets[p] : offsets[p + 1]] for p in range(num_prompts)]
-            available = [len(trie) - self._fully_excluded_titles(pos) for pos in self.positions]
-        for p, count in enumerate(available):
-            if count < k:
-                raise ValueError(f"prompt {p} can be recommended only {count} titles (after `exclude`), fewer than k={k}")
-
-    def _fully_excluded_titles(self, positions: np.ndarray) -> int:
-        offsets = self.trie.seq_item_offsets
-        seqs = np.searchsorted(offsets, positions, side="right") - 1
-        seq_ids, counts = np.unique(seqs, return_counts=True)
-        return int(np.sum(counts == offsets[seq_ids + 1] - offsets[seq_ids]))
-
-    def allowed(self, prompt: int, seq_lo: np.ndarray, seq_hi: np.ndarray) -> np.ndarray:
-        """Whether each sequence range seq_lo:seq_hi keeps at least one item that `prompt` does not exclude."""
-        excluded = self.positions[prompt]
-        if len(excluded) == 0:
-            return np.ones(len(seq_lo), dtype=bool)
-        item_lo = self.trie.seq_item_offsets[seq_lo]
-        item_hi = self.trie.seq_item_offsets[seq_hi]
-        inside = np.searchsorted(excluded, item_hi) - np.searchsorted(excluded, item_lo)
-        return inside < item_hi - item_lo
-
-    def items(self, prompt: int, seq: int) -> list[int]:
-        lo, hi = self.trie.seq_item_offsets[seq], self.trie.seq_item_offsets[seq + 1]
-        positions = np.arange(lo, hi)
-        kept = positions[~np.isin(positions, self.positions[prompt])]
-        return self.trie.item_ids_by_position[kept].tolist()
+def _constraints(trie, num_prompts: int, k: int, exclude, item_log_prior, prior_weight, constraints) -> ItemConstraints:
+    if constraints is None:
+        constraints = ItemConstraints.build(trie, num_prompts=num_prompts, exclude=exclude,
+                                            item_log_prior=item_log_prior, prior_weight=prior_weight)
+    elif not isinstance(constraints, ItemConstraints) or exclude is not None or item_log_prior is not None:
+        raise ValueError("pass either `constraints` (an ItemConstraints) or `exclude`/`item_log_prior`, not both")
+    elif constraints.num_prompts not in (None, num_prompts):
+        raise ValueError(f"`constraints` cover {constraints.num_prompts} prompts, but {num_prompts} prompts were given")
+    constraints.check_trie(trie)
+    for p in range(num_prompts):
+        count = constraints.titles_available(p)
+        if count < k:
+            raise ValueError(f"prompt {p} can be recommended only {count} titles (after `exclude`), fewer than k={k}")
+    return constraints
 
 
-def _recommendation(trie: TitleTrie, exclusions: _Exclusions, prompt: int, hypothesis: "_Hypothesis") -> Recommendation:
-    items = exclusions.items(prompt, hypothesis.seq)
+def _recommendation(trie: TitleTrie, constraints: ItemConstraints, prompt: int, hypothesis: Hypothesis) -> Recommendation:
+    items = constraints.allowed_items(prompt, hypothesis.seq)
     title = trie.titles.title(items[0]) if trie.titles is not None else None
-    return Recommendation(items, title, float(hypothesis.log_prob), float(hypothesis.score), list(hypothesis.tokens))
-
-
-@dataclass
-class _Hypothesis:
-    """A complete title found by a search: its sequence index in the trie, tokens (EOS included), scores."""
-
-    score: np.float32
-    log_prob: np.float32
-    seq: int
-    tokens: tuple
-
-
-def _children(trie: TitleTrie, node: int, lo: int, hi: int, depth: int):
-    """The continuations of a prefix of length `depth` at (node, lo, hi): tokens, nodes, seq_lo, seq_hi arrays."""
-    if hi - lo == 1:  # a tail: its one continuation is read from the sequence
-        token = trie.seq_tokens[trie.seq_offsets[lo] + depth]
-        return np.array([token], dtype=np.int64), np.array([node]), np.array([lo]), np.array([hi])
-    a, b = trie.child_offsets[node], trie.child_offsets[node + 1]
-    return (trie.node_tokens[a:b].astype(np.int64), np.arange(a, b), trie.node_seq_lo[a:b], trie.node_seq_hi[a:b])
-
-
-def _suffix(trie: TitleTrie, seq: int, depth: int) -> list[int]:
-    """The tokens of sequence `seq` from position `depth` on (EOS included)."""
-    return trie.seq_tokens[trie.seq_offsets[seq] + depth : trie.seq_offsets[seq + 1]].tolist()
-
-
-def _accumulate(start: np.float32, log_probs) -> np.float32:
-    """Adds log-probabilities one at a time in float32, the order step-by-step decoding adds them."""
-    total = np.float32(start)
-    for value in log_probs:
-        total = np.float32(total + np.float32(value))
-    return total
-
-
-# ---------------------------------------------------------------------- the model
-class _ModelRunner:
-    """Calls the model with an explicit cache, position ids and mask; counts forwards and tokens."""
-
-    def __init__(self, model, trie: TitleTrie, stats: DecodeStats):
-        self.model = model
-        self.trie = trie
-        self.stats = stats
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        parameters = inspect.signature(base.forward).parameters
-        # transformers 5 renamed `past_key_values` to `cache`.
-        self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
-        self.keeps_logits = "logits_to_keep" in parameters
-        self.device = model.get_input_embeddings().weight.device
-        on_cpu = self.device.type == "cpu"
-        self.forward_cost = CPU_FORWARD_COST_TOKENS if on_cpu else ACCELERATOR_FORWARD_COST_TOKENS
-        self.checked_vocab = False
-
-    def __call__(self, input_ids, attention_mask, position_ids, cache=None, last_only=False):
-        kwargs = {"use_cache": True}
-        if cache is not None:
-            kwargs[self.cache_kwarg] = cache
-        if last_only and self.keeps_logits:
-            kwargs["logits_to_keep"] = 1
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-        self.stats.model_forwards += 1
-        self.stats.forward_tokens += int(attention_mask[:, -input_ids.shape[1] :].sum())
-        if not self.checked_vocab:
-            if self.trie.max_token_id >= out.logits.shape[-1]:
-                raise ValueError(
-                    f"the trie holds token id {self.trie.max_token_id} but the model scores only "
-                    f"{out.logits.shape[-1]} tokens: the trie was built with another tokenizer than this model's"
-                )
-            self.checked_vocab = True
-        new_cache = getattr(out, "cache", None)
-        if new_cache is None:
-            new_cache = getattr(out, "past_key_values", None)
-        if new_cache is None:
-            raise ValueError(f"{type(self.model).__name__} returned no KV cache; recommend() needs a model with one")
-        return out.logits, new_cache
-
-
-def _select_rows(cache, rows: torch.Tensor):
-    """A new cache holding `rows` of `cache` (repeats allowed), leaving `cache` untouched."""
-    if hasattr(cache, "layers"):
-        forked = copy.copy(cache)
-        forked.layers = [copy.copy(layer) for layer in cache.layers]  # reorder_cache rebinds their tensors
-    else:
-        forked = copy.deepcopy(cache)
-    forked.reorder_cache(rows)
-    return forked
-
-
-class _PromptBatch:
-    """A left-padded batch of prompts, prefilled once: its cache, mask, lengths and last-position logits."""
-
-    def __init__(self, prompts: list[list[int]], runner: _ModelRunner):
-        width = max(len(p) for p in prompts)
-        ids = torch.zeros((len(prompts), width), dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            mask[row, width - len(prompt) :] = 1
-        ids, mask = ids.to(runner.device), mask.to(runner.device)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate() numbers left-padded prompts
-        logits, self.cache = runner(ids, mask, positions, last_only=True)
-        self.last_logits = logits[:, -1, :]
-        self.mask = mask
-        self.lengths = mask.sum(-1)  # real tokens per prompt: the position of the first generated token
-        self.device = runner.device
-
-    def rows_mask(self, prompts: torch.Tensor, generated: int, new: torch.Tensor) -> torch.Tensor:
-        """Attention mask for rows of `prompts` with `generated` tokens cached and a block `new` of new tokens."""
-        done = torch.ones((len(prompts), generated), dtype=torch.long, device=self.device)
-        return torch.cat([self.mask[prompts], done, new], dim=1)
-
-
-def _length_groups(lengths: list[int], forward_cost: int) -> list[list[int]]:
-    """Splits rows into forwards so that padded tokens plus `forward_cost` per forward is least.
-
-    Rows sorted by length are cut into contiguous groups (dynamic programming over the cut points); a group
-    costs `forward_cost + rows * longest`. Returns the row indices of each group.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    n = len(order)
-    best = [0] + [None] * n  # best[j]: least cost of the first j rows
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(j):
-            cost = best[i] + forward_cost + (j - i) * lengths[order[i]]
-            if best[j] is None or cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], n
-    while j:
-        groups.append(order[cut[j] : j])
-        j = cut[j]
-    return groups[::-1]
-
-
-def _teacher_forced(runner, prompt: _PromptBatch, cache, cache_rows: list[int], row_prompts: list[int],
-                    generated: int, fed: list[list[int]], scored: list[list[int] | None]) -> list:
-    """Feeds each row's tokens `fed` after `generated` tokens held in row `cache_rows[i]` of `cache`.
-
-    Returns, per row, the float32 log-probabilities of its tokens `scored` (scored[i][j] at the position
-    that predicts it: `len(fed[i]) - len(scored[i]) + j`), or, where scored[i] is None, the log-softmax of
-    the last position's logits (the distribution over the next token). Rows are right-padded into as few
-    forwards as pays (`_length_groups`); `cache` itself is left untouched.
-    """
-    out = [None] * len(fed)
-    for group in _length_groups([len(f) for f in fed], runner.forward_cost):
-        width = max(len(fed[i]) for i in group)
-        ids = torch.full((len(group), width), runner.trie.eos_token_id, dtype=torch.long)
-        new = torch.zeros((len(group), width), dtype=torch.long)
-        for row, i in enumerate(group):
-            ids[row, : len(fed[i])] = torch.tensor(fed[i])
-            new[row, : len(fed[i])] = 1
-        prompts = torch.tensor([row_prompts[i] for i in group], device=prompt.device)
-        ids, new = ids.to(prompt.device), new.to(prompt.device)
-        mask = prompt.rows_mask(prompts, generated, new)
-        positions = (prompt.lengths[prompts] + generated)[:, None] + torch.arange(width, device=prompt.device)
-        forked = _select_rows(cache, torch.tensor([cache_rows[i] for i in group], device=prompt.device))
-        logits, _ = runner(ids, mask, positions, cache=forked)
-        rows, cols = [], []
-        for row, i in enumerate(group):
-            count = 1 if scored[i] is None else len(scored[i])
-            rows += [row] * count
-            cols += range(len(fed[i]) - count, len(fed[i]))
-        log_probs = torch.log_softmax(logits[rows, cols].float(), dim=-1)
-        at = 0
-        for i in group:
-            if scored[i] is None:
-                out[i] = log_probs[at]
-                at += 1
-            else:
-                wanted = torch.tensor(scored[i], device=log_probs.device)
-                out[i] = log_probs[torch.arange(at, at + len(wanted), device=log_probs.device), wanted].cpu().numpy()
-                at += len(wanted)
-    return out
-
-
-# ---------------------------------------------------------------------- beam mode
-def _penalised(log_probs: np.ndarray, length: int, length_penalty: float) -> np.ndarray:
-    # In torch, as transformers divides a float32 tensor by a Python float, so the rounding is the same.
-    return (torch.from_numpy(np.asarray(log_probs, dtype=np.float32)) / (length**length_penalty)).numpy()
-
-
-def _beam_search(runner, trie: TitleTrie, prompt: _PromptBatch, exclusions: _Exclusions, batch: list[int],
-                 num_beams: int, jump: bool, length_penalty: float) -> list[list[_Hypothesis]]:
-    """Beam search for every prompt of the batch at once; see the module docstring for the rules."""
-    eos = trie.eos_token_id
-    num_prompts = len(batch)
-    finished: list[list[_Hypothesis]] = [[] for _ in range(num_prompts)]
-    # The running beams, grouped by prompt: prompt (in the batch), score, tokens and trie state.
-    beam_prompt = np.arange(num_prompts)
-    beam_score = np.zeros(num_prompts, dtype=np.float32)
-    beam_tokens: list[tuple] = [()] * num_prompts
-    beam_node = np.zeros(num_prompts, dtype=np.int64)
-    beam_lo = np.zeros(num_prompts, dtype=np.int64)
-    beam_hi = np.full(num_prompts, len(trie), dtype=np.int64)
-    logits, cache = prompt.last_logits, prompt.cache
-    step = 0
-    while len(beam_prompt):
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        # Every allowed continuation of every beam: (beam, token, child state).
-        parts = []
-        for beam in range(len(beam_prompt)):
-            tokens, nodes, los, his = _children(trie, beam_node[beam], beam_lo[beam], beam_hi[beam], step)
-            keep = exclusions.allowed(batch[beam_prompt[beam]], los, his)
-            parts.append((np.full(int(keep.sum()), beam), tokens[keep], nodes[keep], los[keep], his[keep]))
-        cand_beam, cand_token, cand_node, cand_lo, cand_hi = (np.concatenate(column) for column in zip(*parts))
-        cand_log_prob = log_probs[torch.from_numpy(cand_beam).to(log_probs.device),
-                                  torch.from_numpy(cand_token).to(log_probs.device)].cpu().numpy()
-        cand_score = (beam_score[cand_beam] + cand_log_prob).astype(np.float32)
-        cand_prompt = beam_prompt[cand_beam]
-
-        next_beams, jumps = [], []  # candidate indices
-        for p in np.unique(beam_prompt):
-            own = np.flatnonzero(cand_prompt == p)
-            # transformers keeps the top 2 * num_beams continuations; an EOS among the top num_beams finishes a
-            # title, the best num_beams others run on.
-            top = own[np.argsort(-cand_score[own], kind="stable")][: 2 * num_beams]
-            is_eos = cand_token[top] == eos
-            done = top[: num_beams][is_eos[: num_beams]]
-            if len(done):
-                scores = _penalised(cand_score[done], step + 1, length_penalty)
-                finished[p] += [
-                    _Hypothesis(scores[i], cand_score[c], int(cand_lo[c]), beam_tokens[cand_beam[c]] + (eos,))
-                    for i, c in enumerate(done)
-                ]
-            for c in top[~is_eos][:num_beams]:
-                (jumps if jump and cand_hi[c] - cand_lo[c] == 1 else next_beams).append(c)
-
-        for p in np.unique(beam_prompt):
-            finished[p] = sorted(finished[p], key=lambda h: -h.score)[:num_beams]
-        if jumps:
-            jumps = _worth_jumping(trie, finished, num_beams, jumps, cand_prompt, cand_lo, cand_score, length_penalty)
-        if jumps:
-            finished_jumps = _jump(runner, trie, prompt, cache, step, jumps, cand_beam, cand_token, cand_lo,
-                                   cand_score, beam_prompt, beam_tokens, length_penalty)
-            for c, hypothesis in zip(jumps, finished_jumps):
-                finished[cand_prompt[c]].append(hypothesis)
-        next_beams = np.array(next_beams, dtype=np.int64)
-        live = np.ones(len(next_beams), dtype=bool)
-        for p in np.unique(beam_prompt):
-            finished[p] = sorted(finished[p], key=lambda h: -h.score)[:num_beams]
-            own = cand_prompt[next_beams] == p
-            if own.any() and len(finished[p]) == num_beams:
-                # transformers' stopping heuristic (early_stopping=False): the best running beam, penalised at its
-                # current length, can no longer beat the worst finished title.
-                best = _penalised(cand_score[next_beams[own]].max(keepdims=True), step + 1, length_penalty)[0]
-                if not best > finished[p][-1].score:
-                    live &= ~own
-        next_beams = next_beams[live]
-        if len(next_beams) == 0:
-            break
-
-        parents = torch.from_numpy(cand_beam[next_beams]).to(prompt.device)
-        cache.reorder_cache(parents)  # expands the prompt's cache into its beams at the first step
-        beam_prompt = cand_prompt[next_beams]
-        beam_score = cand_score[next_beams]
-        beam_tokens = [beam_tokens[cand_beam[c]] + (int(cand_token[c]),) for c in next_beams]
-        beam_node, beam_lo, beam_hi = cand_node[next_beams], cand_lo[next_beams], cand_hi[next_beams]
-        prompts = torch.from_numpy(beam_prompt).to(prompt.device)
-        ids = torch.from_numpy(cand_token[next_beams]).to(prompt.device)[:, None]
-        mask = prompt.rows_mask(prompts, step, torch.ones_like(ids))
-        positions = (prompt.lengths[prompts] + step)[:, None]
-        logits, cache = runner(ids, mask, positions, cache=cache)
-        logits = logits[:, -1, :]
-        step += 1
-    return finished
-
-
-def _worth_jumping(trie, finished, num_beams, jumps, cand_prompt, cand_lo, cand_score, length_penalty):
-    """The beams of `jumps` whose title could still enter their prompt's finished titles.
-
-    A title's log-probability only falls as its suffix is scored, and its final length is known, so
-    ``log_prob_now / final_length ** length_penalty`` bounds its final score. A beam whose bound is no
-    better than the worst of `num_beams` finished titles would be scored only to be dropped.
-    """
-    worth = []
-    for c in jumps:
-        done = finished[cand_prompt[c]]
-        if len(done) == num_beams:
-            length = int(trie.seq_offsets[cand_lo[c] + 1] - trie.seq_offsets[cand_lo[c]])
-            if not _penalised(cand_score[c : c + 1], length, length_penalty)[0] > done[-1].score:
-                continue
-        worth.append(c)
-    return worth
-
-
-def _jump(runner, trie, prompt, cache, step, jumps, cand_beam, cand_token, cand_lo, cand_score, beam_prompt,
-          beam_tokens, length_penalty) -> list[_Hypothesis]:
-    """Finishes the beams `jumps`, whose prefixes have one completion each, by scoring it in one forward."""
-    suffixes = [_suffix(trie, int(cand_lo[c]), step + 1) for c in jumps]
-    fed = [[int(cand_token[c])] + suffix[:-1] for c, suffix in zip(jumps, suffixes)]
-    parents = cand_beam[jumps].tolist()
-    log_probs = _teacher_forced(runner, prompt, cache, parents, beam_prompt[parents].tolist(), step, fed, suffixes)
-    runner.stats.jumped += len(jumps)
-    out = []
-    for c, suffix, suffix_log_probs in zip(jumps, suffixes, log_probs):
-        total = _accumulate(cand_score[c], suffix_log_probs)
-        tokens = beam_tokens[cand_beam[c]] + (int(cand_token[c]),) + tuple(suffix)
-        score = _penalised(np.array([total]), len(tokens), length_penalty)[0]
-        out.append(_Hypothesis(score, total, int(cand_lo[c]), tokens))
-    return out
-
-
-# ---------------------------------------------------------------------- exact mode
-def _exact_search(runner, trie: TitleTrie, prompt: _PromptBatch, exclusions: _Exclusions, batch: list[int], k: int,
-                  per_forward: int, jump: bool, node_budget: int) -> list[list[_Hypothesis]]:
-    """Best-first search by total log-probability, for every prompt of the batch at once.
-
-    Each queue holds prefixes (scored, not yet expanded) and complete titles, keyed by log-probability; a
-    prefix's log-probability bounds every title below it, so a complete title at the top is final.
-    Expanding a prefix costs one row of a forward: the prefix is fed after the prompt's cache and its
-    last position gives its children; with the jump, a prefix with one completion is fed with that
-    completion, which comes back as a complete title.
-    """
-    eos = trie.eos_token_id
-    num_prompts = len(batch)
-    order = itertools.count()  # ties: complete titles first, then first come
-    queues: list[list] = [[] for _ in range(num_prompts)]
-
-    def push(p, score, tokens, node, lo, hi):
-        complete = tokens[-1] == eos
-        heapq.heappush(queues[p], (-float(score), not complete, next(order), np.float32(score), tokens, node, lo, hi))
-
-    def push_children(p, score, tokens, node, lo, hi, log_probs):
-        child_tokens, nodes, los, his = _children(trie, node, lo, hi, len(tokens))
-        keep = exclusions.allowed(batch[p], los, his)
-        child_log_probs = log_probs[torch.from_numpy(child_tokens[keep]).to(log_probs.device)].cpu().numpy()
-        for t, n, l, h, lp in zip(child_tokens[keep], nodes[keep], los[keep], his[keep], child_log_probs):
-            push(p, np.float32(score + lp), tokens + (int(t),), int(n), int(l), int(h))
-
-    root_log_probs = torch.log_softmax(prompt.last_logits.float(), dim=-1)
-    for p in range(num_prompts):
-        push_children(p, np.float32(0.0), (), 0, 0, len(trie), root_log_probs[p])
-
-    found: list[list[_Hypothesis]] = [[] for _ in range(num_prompts)]
-    expanded = [0] * num_prompts
-    exhausted = [False] * num_prompts
-    active = set(range(num_prompts))
-    while active:
-        work = []  # (prompt, entry)
-        for p in sorted(active):
-            queue = queues[p]
-            while queue and not queue[0][1] and len(found[p]) < k:
-                _, _, _, score, tokens, _, lo, _ = heapq.heappop(queue)
-                found[p].append(_Hypothesis(score, score, lo, tokens))
-            if len(found[p]) == k or not queue:
-                active.discard(p)
-                continue
-            if expanded[p] >= node_budget:
-                exhausted[p] = True
-                active.discard(p)
-                continue
-            # Pop the best prefixes; complete titles met on the way go back (they are final only at the top).
-            held, taken = [], 0
-            while queue and taken < min(per_forward, node_budget - expanded[p]):
-                entry = heapq.heappop(queue)
-                if entry[1]:
-                    work.append((p, entry))
-                    taken += 1
-                else:
-                    held.append(entry)
-            for entry in held:
-                heapq.heappush(queue, entry)
-            expanded[p] += taken
-        if not work:
-            continue
-        fed, scored = [], []
-        for p, (_, _, _, score, tokens, node, lo, hi) in work:
-            if jump and hi - lo == 1:
-                rest = _suffix(trie, lo, len(tokens))
-                fed.append(list(tokens) + rest[:-1])
-                scored.append(rest)
-            else:
-                fed.append(list(tokens))
-                scored.append(None)
-        rows = [p for p, _ in work]
-        log_probs = _teacher_forced(runner, prompt, prompt.cache, rows, rows, 0, fed, scored)
-        for (p, (_, _, _, score, tokens, node, lo, hi)), wanted, lp in zip(work, scored, log_probs):
-            if wanted is None:
-                push_children(p, score, tokens, node, lo, hi, lp)
-            else:
-                runner.stats.jumped += 1
-                push(p, _accumulate(score, lp), tokens + tuple(wanted), node, lo, hi)
-
-    for p in range(num_prompts):
-        proven = len(found[p])
-        if exhausted[p]:
-            # Unproven extras: the best complete titles already scored, in order.
-            complete = sorted((e for e in queues[p] if not e[1]), key=lambda e: (e[0], e[2]))
-            found[p] += [_Hypothesis(e[3], e[3], e[6], e[4]) for e in complete[: k - proven]]
-        runner.stats.expanded.append(expanded[p])
-        runner.stats.budget_exhausted.append(exhausted[p])
-        runner.stats.proven.append(proven)
-    stopped = [batch[p] for p in range(num_prompts) if exhausted[p]]
-    if stopped:
-        warnings.warn(
-            f"exact search hit node_budget={node_budget} for prompts {stopped[:10]} before proving the top-{k}; "
-            "their lists start with the proven titles (stats.proven), then the best titles scored so far. "
-            "Raise node_budget for a proof.",
-            stacklevel=3,
-        )
-    return found
+    prior_log_mass = float(constraints.log_mass(prompt, *trie.item_range(hypothesis.seq, hypothesis.seq + 1))[0])
+    return Recommendation(items, title, float(hypothesis.log_prob), float(hypothesis.score), list(hypothesis.tokens),
+                          prior_log_mass, float(hypothesis.fused))

@@ -8,11 +8,10 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from constrained_rec.kernels import torch_mask, trie_walk
+from constrained_rec.constraints import ItemConstraints
+from constrained_rec.kernels import trie_walk
+from constrained_rec.masking import BACKENDS, mask_scores
 from constrained_rec.trie import TitleTrie
-
-_BITS_DTYPE = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float64: torch.int64}
-_BACKENDS = ("auto", "numba", "torch")
 
 
 class TitleTrieProcessor(LogitsProcessor):
@@ -24,6 +23,26 @@ class TitleTrieProcessor(LogitsProcessor):
 
     The generated ids of a row are `input_ids[row, prompt_length:]`; the walk is stateless, so beams may be
     reordered freely between steps. Scores are masked in place (set to `-inf`) and returned.
+
+    With `item_log_prior` (a collaborative assistant's item distribution, per prompt), an allowed token `t`
+    after the prefix `h` scores `s(t) + prior_weight * (log M(h + t) - log M(h))`, where `M(h)` is the prior mass
+    of the items whose titles start with `h` (see `constrained_rec.constraints`); along a title this adds
+    `prior_weight * log M(title)` to the model's score, and items of zero mass are excluded.
+
+    **Rows and prompts.** With per-prompt inputs (`exclude`, `item_log_prior`) for `P` prompts, the `rows` of a
+    step are `P` consecutive groups of `rows / P` rows (batch x beams x returned sequences, as `generate()` lays
+    them out): row `r` belongs to prompt `r // (rows / P)`. Rows of one group must share their prompt ids
+    (`input_ids[:, :prompt_length]`); otherwise the inputs cover fewer prompts than the batch, and the call raises
+    rather than re-map them.
+
+    **Other processors.** transformers runs the processors it builds from `generate()` options (`no_repeat_ngram_size`,
+    `min_new_tokens`, `bad_words_ids`, `top_k`/`top_p`/`temperature` when sampling) before any passed in
+    `logits_processor`, so this processor always sees their bans. Where one has removed every token the trie allows
+    for a running row, no catalog title can continue and the call raises naming the row and those tokens.
+    `min_new_tokens` longer than a title, `no_repeat_ngram_size` (titles repeat prompt n-grams, e.g. years) and
+    `bad_words_ids` covering title tokens are therefore incompatible with exact catalog decoding. For sampling,
+    pass `top_k=0` to `generate()` and put `TopKLogitsWarper`/`TopPLogitsWarper` after this processor in
+    `logits_processor`: they then choose among the allowed tokens only, and every output stays a catalog title.
 
     Args:
         trie (`TitleTrie`):
@@ -38,9 +57,17 @@ class TitleTrieProcessor(LogitsProcessor):
             Besides EOS, the id a finished row may emit (greedy and sampling pad finished rows).
         backend (`str`, *optional*, defaults to `"auto"`):
             `"numba"` (CPU scores), `"torch"` (any device) or `"auto"` (Numba on CPU, torch elsewhere).
+        item_log_prior (array-like of shape `(prompts, trie.num_items)`, *optional*):
+            Per prompt, a log-probability per catalog item: column `j` is the `j`-th item id the trie was built with.
+            `-inf` is zero mass (the item is excluded). Need not be normalised.
+        prior_weight (`float`, *optional*, defaults to 1.0):
+            `w` >= 0, the weight of the prior's log-mass.
+        constraints (`ItemConstraints`, *optional*):
+            Instead of `exclude`/`item_log_prior`/`prior_weight`: constraints already built for `trie`.
 
     Raises `ValueError` during generation when a row's generated ids are not a trie path (naming the row and
-    its ids), or when exclusion leaves a row no title to finish; it never leaves a row unconstrained.
+    its ids), when exclusion leaves a row no title to finish, or when another processor already banned every
+    token the trie allows at a row; it never leaves a row unconstrained.
 
     Examples:
 
@@ -75,37 +102,35 @@ class TitleTrieProcessor(LogitsProcessor):
         exclude: Sequence[Collection[int]] | None = None,
         pad_token_id: int | None = None,
         backend: str = "auto",
+        item_log_prior=None,
+        prior_weight: float = 1.0,
+        constraints: ItemConstraints | None = None,
     ):
         if not isinstance(trie, TitleTrie):
             raise ValueError(f"`trie` has to be a TitleTrie, but is {type(trie).__name__}")
         if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, np.integer)) or prompt_length < 0:
             raise ValueError(f"`prompt_length` has to be a non-negative integer, but is {prompt_length!r}")
-        if pad_token_id is not None and (not isinstance(pad_token_id, (int, np.integer)) or pad_token_id < 0):
+        if pad_token_id is not None and (isinstance(pad_token_id, bool) or not isinstance(pad_token_id, (int, np.integer))
+                                         or pad_token_id < 0):
             raise ValueError(f"`pad_token_id` has to be None or a non-negative integer, but is {pad_token_id!r}")
-        if backend not in _BACKENDS:
-            raise ValueError(f"`backend` has to be one of {_BACKENDS}, but is {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"`backend` has to be one of {BACKENDS}, but is {backend!r}")
+        if constraints is None:
+            constraints = ItemConstraints.build(trie, exclude=exclude, item_log_prior=item_log_prior,
+                                                prior_weight=prior_weight)
+        elif not isinstance(constraints, ItemConstraints) or exclude is not None or item_log_prior is not None:
+            raise ValueError("pass either `constraints` (an ItemConstraints) or `exclude`/`item_log_prior`, not both")
+        constraints.check_trie(trie)
         self.trie = trie
+        self.constraints = constraints
         self.prompt_length = int(prompt_length)
         self.pad_token_id = -1 if pad_token_id is None else int(pad_token_id)
         self.backend = backend
-        if exclude is None:
-            self.num_prompts, self.excluded, self.excluded_offsets = None, np.zeros(0, dtype=np.int64), np.zeros(2, dtype=np.int64)
-        else:
-            self.excluded, self.excluded_offsets = trie.excluded_positions(exclude)
-            self.num_prompts = len(self.excluded_offsets) - 1
         self._checked_vocab: int | None = None
-        self._device_tries: dict[torch.device, torch_mask.DeviceTrie] = {}
-        self._device_excluded: dict[torch.device, torch.Tensor] = {}
 
-    def _rows_per_prompt(self, num_rows: int) -> int:
-        if self.num_prompts is None:
-            return max(num_rows, 1)
-        if num_rows % self.num_prompts:
-            raise ValueError(
-                f"got {num_rows} rows for {self.num_prompts} prompts in `exclude`; rows must be a multiple of the "
-                "prompts (batch size x beams x returned sequences)"
-            )
-        return num_rows // self.num_prompts
+    @property
+    def num_prompts(self) -> int | None:
+        return self.constraints.num_prompts
 
     def _check_shapes(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> None:
         if input_ids.shape[1] < self.prompt_length:
@@ -113,78 +138,46 @@ class TitleTrieProcessor(LogitsProcessor):
                 f"input_ids have {input_ids.shape[1]} columns, fewer than prompt_length={self.prompt_length}; "
                 "pass the padded prompt length, inputs['input_ids'].shape[1]"
             )
-        if scores.dtype not in _BITS_DTYPE:
-            raise ValueError(f"scores must be float32, float16, bfloat16 or float64, got {scores.dtype}")
         if self._checked_vocab != scores.shape[1]:
-            if self.trie.max_token_id >= scores.shape[1]:
+            width = scores.shape[1]
+            if self.trie.max_token_id >= width:
                 raise ValueError(
-                    f"the trie holds token id {self.trie.max_token_id} but scores have only {scores.shape[1]} "
+                    f"the trie holds token id {self.trie.max_token_id} but scores have only {width} "
                     "columns: the trie was built with another tokenizer than this model's"
                 )
-            self._checked_vocab = scores.shape[1]
+            for name, value in (("pad_token_id", self.pad_token_id), ("the trie's EOS id", self.trie.eos_token_id)):
+                if value >= width:
+                    raise ValueError(f"{name} {value} is not a column of the scores, which have {width} (ids 0 to "
+                                     f"{width - 1}); pass this model's pad/EOS ids")
+            self._checked_vocab = width
+
+    def _check_row_prompts(self, input_ids: torch.LongTensor, rows_per_prompt: int) -> None:
+        """Rows mapped to one prompt must share its prompt ids; otherwise the per-prompt inputs are too short."""
+        if self.num_prompts is None or rows_per_prompt == 1 or self.prompt_length == 0:
+            return
+        prompts = input_ids[:, : self.prompt_length].reshape(self.num_prompts, rows_per_prompt, self.prompt_length)
+        differs = (prompts != prompts[:, :1]).any(dim=2).any(dim=1)
+        if bool(differs.any()):
+            p = int(differs.nonzero()[0, 0])
+            raise ValueError(
+                f"`exclude`/`item_log_prior` cover {self.num_prompts} prompts, so each owns {rows_per_prompt} consecutive "
+                f"rows, but the rows of prompt {p} (rows {p * rows_per_prompt} to {(p + 1) * rows_per_prompt - 1}) "
+                "hold different prompts: give one entry per prompt of the batch (row r belongs to prompt "
+                "r // (rows / prompts))"
+            )
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._check_shapes(input_ids, scores)
-        rows_per_prompt = self._rows_per_prompt(scores.shape[0])
+        rows_per_prompt = self.constraints.rows_per_prompt(scores.shape[0])
+        self._check_row_prompts(input_ids, rows_per_prompt)
         generated = input_ids[:, self.prompt_length :]
-        use_numba = self.backend == "numba" or (self.backend == "auto" and scores.device.type == "cpu")
-        if use_numba:
-            if scores.device.type != "cpu":
-                raise ValueError(f"backend='numba' needs CPU scores, got scores on {scores.device}")
-            scores = scores if scores.is_contiguous() else scores.contiguous()
-            status, depth = self._mask_numba(generated, scores, rows_per_prompt)
-        else:
-            status, depth = self._mask_torch(generated, scores, rows_per_prompt)
+        status, depth, scores = mask_scores(scores, generated, self.trie, self.constraints, rows_per_prompt,
+                                            self.pad_token_id, self.backend)
         self._raise_for_bad_rows(generated, status, depth, rows_per_prompt)
         return scores
 
-    def _mask_numba(self, generated: torch.Tensor, scores: torch.Tensor, rows_per_prompt: int):
-        num_rows = scores.shape[0]
-        status = np.empty(num_rows, dtype=np.int64)
-        depth = np.empty(num_rows, dtype=np.int64)
-        bits_dtype = _BITS_DTYPE[scores.dtype]
-        neg_inf_bits = torch.tensor(float("-inf"), dtype=scores.dtype).view(bits_dtype).item()
-        trie = self.trie
-        trie_walk.mask_scores(
-            scores.view(bits_dtype).numpy(),
-            np.ascontiguousarray(generated.cpu().numpy(), dtype=np.int64),
-            *trie.walk_arrays(),
-            trie.seq_item_offsets,
-            self.excluded,
-            self.excluded_offsets,
-            rows_per_prompt,
-            trie.eos_token_id,
-            self.pad_token_id,
-            neg_inf_bits,
-            status,
-            depth,
-        )
-        return status, depth
-
-    def _mask_torch(self, generated: torch.Tensor, scores: torch.Tensor, rows_per_prompt: int):
-        device = scores.device
-        if device not in self._device_tries:
-            trie = self.trie
-            self._device_tries[device] = torch_mask.DeviceTrie.from_arrays(
-                *trie.walk_arrays(), trie.seq_item_offsets, device=device
-            )
-            prompts = np.repeat(np.arange(len(self.excluded_offsets) - 1), np.diff(self.excluded_offsets))
-            keys = prompts * (trie.num_items + 1) + self.excluded
-            self._device_excluded[device] = torch.as_tensor(keys, dtype=torch.long, device=device)
-        status, depth = torch_mask.mask_scores_torch(
-            scores,
-            generated.to(device=device, dtype=torch.long),
-            self._device_tries[device],
-            self._device_excluded[device],
-            self.trie.num_items,
-            rows_per_prompt,
-            self.trie.eos_token_id,
-            self.pad_token_id,
-        )
-        return status.cpu().numpy(), depth.cpu().numpy()
-
     def _raise_for_bad_rows(self, generated, status: np.ndarray, depth: np.ndarray, rows_per_prompt: int) -> None:
-        bad = np.flatnonzero((status == trie_walk.OFF_TRIE) | (status == trie_walk.NOTHING_ALLOWED))
+        bad = np.flatnonzero(status >= trie_walk.OFF_TRIE)
         if len(bad) == 0:
             return
         row = int(bad[0])
@@ -195,7 +188,15 @@ class TitleTrieProcessor(LogitsProcessor):
                 f"position {int(depth[row])} is not allowed there); was the processor applied from the first "
                 f"generated token, with prompt_length={self.prompt_length}?"
             )
+        if status[row] == trie_walk.ALL_BANNED:
+            allowed = self.trie.next_tokens(ids)
+            raise ValueError(
+                f"row {row}: another logits processor already scored -inf every token the trie allows after the "
+                f"generated ids {ids} (tokens {allowed[:20]}), so no catalog title can continue. generate() options "
+                "that ban tokens (no_repeat_ngram_size, min_new_tokens, bad_words_ids, top_k/top_p when sampling) run "
+                "before this processor; turn them off for catalog decoding (see the TitleTrieProcessor docstring)"
+            )
         raise ValueError(
             f"row {row} (prompt {row // rows_per_prompt}): every title that continues the generated ids {ids} is "
-            "excluded; no catalog title can be finished"
+            "excluded (or has zero prior mass); no catalog title can be finished"
         )

@@ -28,12 +28,13 @@ import hashlib
 import json
 from itertools import chain
 from pathlib import Path
-from typing import Collection, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import marisa_trie
 import numpy as np
+import torch
 
-from constrained_rec.kernels import trie_walk
+from constrained_rec.kernels import torch_mask, trie_walk
 from constrained_rec.tokenization import eos_token_id, titles_token_ids
 
 FORMAT_VERSION = 2  # 2: build_positions; items of one sequence sorted by id
@@ -159,28 +160,78 @@ class TitleTrie:
 
     def walk(self, prefix: Sequence[int]) -> trie_walk.WalkState:
         """Where ``prefix`` leads: the kernel's :class:`~constrained_rec.kernels.trie_walk.WalkState`."""
-        return trie_walk.walk_prefix(np.asarray(prefix, dtype=np.int64).reshape(-1), *self.walk_arrays(), self.eos_token_id)
+        return trie_walk.walk_prefix(np.asarray(prefix, dtype=np.int64).reshape(-1), self.arrays)
 
-    def walk_arrays(self) -> tuple[np.ndarray, ...]:
-        """The arrays every walk reads, in the order the kernels take them."""
-        return (
-            self.seq_tokens,
-            self.seq_offsets,
-            self.child_offsets,
-            self.node_tokens,
-            self.node_seq_lo,
-            self.node_seq_hi,
-        )
+    @property
+    def arrays(self) -> trie_walk.TrieArrays:
+        """The arrays every walk reads, as the kernels take them (one ``TrieArrays``)."""
+        return trie_walk.TrieArrays(self.seq_tokens, self.seq_offsets, self.seq_item_offsets, self.child_offsets,
+                                    self.node_tokens, self.node_seq_lo, self.node_seq_hi, self.eos_token_id)
+
+    def walk_arrays(self) -> trie_walk.TrieArrays:
+        """Deprecated alias of :attr:`arrays`."""
+        return self.arrays
+
+    def device_arrays(self, device) -> torch_mask.DeviceTrie:
+        """:attr:`arrays` copied to a torch ``device`` for the torch kernel, once per device."""
+        cache = self.__dict__.setdefault("_device_arrays", {})
+        device = torch.device(device)
+        if device not in cache:
+            cache[device] = torch_mask.DeviceTrie.from_arrays(self.arrays, device)
+        return cache[device]
+
+    # Searches that walk the trie in Python (constrained_rec.decode) ask these instead of reading the arrays.
+    def root(self) -> tuple[int, int, int]:
+        """(node, seq_lo, seq_hi) of the empty prefix: node 0, every sequence."""
+        return 0, 0, len(self)
+
+    def children(self, node: int, seq_lo: int, seq_hi: int, depth: int):
+        """The continuations of a prefix of length ``depth`` at state (node, seq_lo, seq_hi).
+
+        Returns the arrays (tokens, nodes, seq_los, seq_his), one entry per allowed next token, each child's
+        state. A prefix with a single completion (a tail) has one child, read from its sequence.
+        """
+        if seq_hi - seq_lo == 1:
+            token = self.seq_tokens[self.seq_offsets[seq_lo] + depth]
+            return (np.array([token], dtype=np.int64), np.array([node], dtype=np.int64),
+                    np.array([seq_lo], dtype=np.int64), np.array([seq_hi], dtype=np.int64))
+        a, b = int(self.child_offsets[node]), int(self.child_offsets[node + 1])
+        return (self.node_tokens[a:b].astype(np.int64), np.arange(a, b, dtype=np.int64),
+                self.node_seq_lo[a:b].astype(np.int64), self.node_seq_hi[a:b].astype(np.int64))
+
+    def suffix(self, seq: int, depth: int) -> list[int]:
+        """The tokens of sequence ``seq`` from position ``depth`` on (EOS included)."""
+        return self.seq_tokens[self.seq_offsets[seq] + depth : self.seq_offsets[seq + 1]].tolist()
+
+    def sequence_length(self, seq) -> np.ndarray | int:
+        """The length of sequence(s) ``seq``, EOS included."""
+        seq = np.asarray(seq)
+        lengths = self.seq_offsets[seq + 1] - self.seq_offsets[seq]
+        return int(lengths) if lengths.ndim == 0 else lengths.astype(np.int64)
+
+    def item_range(self, seq_lo, seq_hi) -> tuple[np.ndarray, np.ndarray]:
+        """The item positions of sequences seq_lo:seq_hi (scalars or arrays): (position_lo, position_hi)."""
+        return (np.asarray(self.seq_item_offsets[seq_lo], dtype=np.int64),
+                np.asarray(self.seq_item_offsets[seq_hi], dtype=np.int64))
+
+    def sequence_at(self, positions) -> np.ndarray:
+        """The sequence each item position belongs to."""
+        return np.searchsorted(self.seq_item_offsets, np.asarray(positions), side="right") - 1
+
+    def items_at(self, positions) -> list[int]:
+        """The catalog item ids at the given item positions."""
+        return self.item_ids_by_position[np.asarray(positions, dtype=np.int64)].tolist()
+
+    def positions_in_build_order(self) -> np.ndarray:
+        """``[j]``: the item position of the ``j``-th item id given to the builder (per-item arrays in that order)."""
+        return self.build_positions
 
     def next_tokens(self, prefix: Sequence[int]) -> list[int]:
         """Sorted token ids allowed after ``prefix``; empty if ``prefix`` is not a trie path or is complete."""
         state = self.walk(prefix)
         if state.status != trie_walk.IN_TRIE:
             return []
-        if state.seq_hi - state.seq_lo == 1:
-            return [int(self.seq_tokens[self.seq_offsets[state.seq_lo] + state.depth])]
-        a, b = self.child_offsets[state.node], self.child_offsets[state.node + 1]
-        return self.node_tokens[a:b].tolist()
+        return self.children(state.node, state.seq_lo, state.seq_hi, state.depth)[0].tolist()
 
     def item_ids(self, generated: Sequence[int]) -> list[int]:
         """Catalog item ids whose sequence equals ``generated`` (EOS optional at the end); ``[]`` if none."""
@@ -220,32 +271,6 @@ class TitleTrie:
                 f"{self.num_items} items; exclude only catalog items"
             )
         return np.unique(self._id_order[where_clipped])
-
-    def excluded_positions(self, exclude: Sequence[Collection[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """Per prompt, the sorted positions of its excluded items, concatenated, and offsets into them.
-
-        Prompt ``p`` owns ``positions[offsets[p]:offsets[p + 1]]``. Validates ``exclude``: one collection of
-        catalog item ids per prompt, none of them excluding the whole catalog.
-        """
-        if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Sequence) or len(exclude) == 0:
-            raise ValueError(
-                f"`exclude` has to be None or a non-empty sequence with one collection of item ids per prompt, "
-                f"but is {exclude!r}"
-            )
-        positions = []
-        for prompt, items in enumerate(exclude):
-            if isinstance(items, (str, bytes, int)) or not isinstance(items, Collection):
-                raise ValueError(f"`exclude[{prompt}]` has to be a collection of item ids, but is {items!r}")
-            excluded = self.positions_of(items)
-            if len(excluded) == self.num_items:
-                raise ValueError(
-                    f"`exclude[{prompt}]` excludes all {self.num_items} catalog items: prompt {prompt} has no title "
-                    "left to generate"
-                )
-            positions.append(excluded)
-        offsets = np.zeros(len(positions) + 1, dtype=np.int64)
-        np.cumsum([len(p) for p in positions], out=offsets[1:])
-        return np.concatenate(positions).astype(np.int64), offsets
 
     def fingerprint(self) -> str:
         """A hash of the sequences, their items and EOS: equal fingerprints mean identical catalogs."""

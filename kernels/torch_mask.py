@@ -4,7 +4,8 @@ No Python loop over rows and no host-to-device copy of a mask: the trie's arrays
 device once, the walk advances all rows one generated position at a time (a few ops per position),
 and only the allowed (row, token) pairs are gathered, so the full-size write is a single ``fill_``.
 Finding a child is one ``searchsorted`` over *edge keys* ``parent * key_base + token``: BFS numbering
-keeps children contiguous and sorted, so the keys of nodes 1, 2, ... are strictly increasing.
+keeps children contiguous and sorted, so the keys of nodes 1, 2, ... are strictly increasing. A
+generated id outside ``0 <= id < key_base`` is no trie token, and is refused before it can form a key.
 """
 
 from __future__ import annotations
@@ -14,40 +15,90 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from constrained_rec.kernels.trie_walk import FINISHED, IN_TRIE, NOTHING_ALLOWED, OFF_TRIE
+from constrained_rec.kernels.trie_walk import (ALL_BANNED, FINISHED, IN_TRIE, NOTHING_ALLOWED, OFF_TRIE, MaskConstraints,
+                                               TrieArrays)
 
 
 @dataclass
 class DeviceTrie:
+    """A ``TrieArrays`` on one device, as int64 tensors, with the edge keys of its children."""
+
     seq_tokens: torch.Tensor
     seq_offsets: torch.Tensor
+    seq_item_offsets: torch.Tensor
     child_offsets: torch.Tensor
     node_tokens: torch.Tensor
     node_seq_lo: torch.Tensor
     node_seq_hi: torch.Tensor
-    seq_item_offsets: torch.Tensor
+    eos: int
     edge_keys: torch.Tensor  # edge_keys[c - 1] = parent(c) * key_base + node_tokens[c], for nodes c >= 1
-    key_base: int
+    key_base: int  # larger than every trie token
 
     @classmethod
-    def from_arrays(cls, seq_tokens, seq_offsets, child_offsets, node_tokens, node_seq_lo, node_seq_hi,
-                    seq_item_offsets, device) -> "DeviceTrie":
+    def from_arrays(cls, trie: TrieArrays, device) -> "DeviceTrie":
         def put(a):
             return torch.as_tensor(np.asarray(a, dtype=np.int64), device=device)
 
-        child_offsets_t = put(child_offsets)
-        node_tokens_t = put(node_tokens)
-        key_base = int(max(int(np.max(seq_tokens)), 0)) + 2
-        num_nodes = len(node_tokens)
+        child_offsets = put(trie.child_offsets)
+        node_tokens = put(trie.node_tokens)
+        key_base = max(int(np.max(trie.seq_tokens)), 0) + 2
         parents = torch.repeat_interleave(
-            torch.arange(num_nodes, device=device), child_offsets_t[1:] - child_offsets_t[:-1]
+            torch.arange(len(trie.node_tokens), device=device), child_offsets[1:] - child_offsets[:-1]
         )
-        edge_keys = parents * key_base + node_tokens_t[1:]
-        return cls(put(seq_tokens), put(seq_offsets), child_offsets_t, node_tokens_t, put(node_seq_lo),
-                   put(node_seq_hi), put(seq_item_offsets), edge_keys, key_base)
+        edge_keys = parents * key_base + node_tokens[1:]
+        return cls(put(trie.seq_tokens), put(trie.seq_offsets), put(trie.seq_item_offsets), child_offsets, node_tokens,
+                   put(trie.node_seq_lo), put(trie.node_seq_hi), int(trie.eos), edge_keys, key_base)
 
 
-def walk_rows(trie: DeviceTrie, generated: torch.Tensor, eos: int):
+@dataclass
+class DeviceConstraints:
+    """A ``MaskConstraints`` on one device: excluded positions as sorted keys ``prompt * (items + 1) + position``."""
+
+    excluded_keys: torch.Tensor
+    key_stride: int
+    num_prompts: int
+    prior_cum: torch.Tensor | None  # float64 (prompts, items + 1), or None without a prior
+    prior_floor: torch.Tensor | None
+    prior_weight: float
+
+    @classmethod
+    def from_constraints(cls, constraints: MaskConstraints, num_items: int, device) -> "DeviceConstraints":
+        counts = np.diff(constraints.excluded_offsets)
+        prompts = np.repeat(np.arange(len(counts)), counts)
+        keys = prompts * (num_items + 1) + np.asarray(constraints.excluded, dtype=np.int64)
+        with_prior = constraints.prior_cum.shape[0] > 0
+        return cls(
+            torch.as_tensor(keys, dtype=torch.long, device=device),
+            num_items + 1,
+            len(counts),
+            torch.as_tensor(constraints.prior_cum, device=device) if with_prior else None,
+            torch.as_tensor(constraints.prior_floor, device=device) if with_prior else None,
+            float(constraints.prior_weight),
+        )
+
+
+def ranges_allowed(constraints: DeviceConstraints, prompts: torch.Tensor, item_lo: torch.Tensor,
+                   item_hi: torch.Tensor) -> torch.Tensor:
+    """Whether each item-position range item_lo:item_hi holds an item its prompt may still get.
+
+    The torch twin of ``trie_walk.range_allowed``, the one place this rule is written for torch.
+    """
+    if len(constraints.excluded_keys) == 0:
+        return item_hi > item_lo
+    base = prompts * constraints.key_stride
+    keys = constraints.excluded_keys
+    inside = torch.searchsorted(keys, base + item_hi) - torch.searchsorted(keys, base + item_lo)
+    return inside < item_hi - item_lo
+
+
+def ranges_log_mass(constraints: DeviceConstraints, prompts: torch.Tensor, item_lo: torch.Tensor,
+                    item_hi: torch.Tensor) -> torch.Tensor:
+    """log M of allowed ranges, float64: the twin of ``trie_walk.range_log_mass``."""
+    mass = constraints.prior_cum[prompts, item_hi] - constraints.prior_cum[prompts, item_lo]
+    return torch.log(torch.maximum(mass, constraints.prior_floor[prompts]))
+
+
+def walk_rows(trie: DeviceTrie, generated: torch.Tensor):
     """Walks every row of ``generated`` at once. Returns (status, node, seq_lo, seq_hi, depth) tensors."""
     num_rows, num_steps = generated.shape
     device = generated.device
@@ -62,70 +113,94 @@ def walk_rows(trie: DeviceTrie, generated: torch.Tensor, eos: int):
         active = status == IN_TRIE
         in_tail = (hi - lo) == 1
         tail_ok = trie.seq_tokens[(trie.seq_offsets[lo] + t).clamp(max=last_token)] == tok
+        # An id outside 0:key_base is no trie token; its key could equal another parent's edge key.
+        is_token = (tok >= 0) & (tok < trie.key_base)
         key = node * trie.key_base + tok
         edge = torch.searchsorted(trie.edge_keys, key).clamp(max=max(len(trie.edge_keys) - 1, 0))
         found = trie.edge_keys[edge] == key if len(trie.edge_keys) else torch.zeros_like(active)
+        found = found & is_token
         ok = torch.where(in_tail, tail_ok, found)
         step_child = active & ~in_tail & found
         node = torch.where(step_child, edge + 1, node)
         lo = torch.where(step_child, trie.node_seq_lo[node], lo)
         hi = torch.where(step_child, trie.node_seq_hi[node], hi)
         off = active & ~ok
-        done = active & ok & (tok == eos)
+        done = active & ok & (tok == trie.eos)
         depth = torch.where(active & ok, depth + 1, torch.where(off, torch.full_like(depth, t), depth))
         status = torch.where(off, OFF_TRIE, torch.where(done, FINISHED, status))
     return status, node, lo, hi, depth
 
 
-def mask_scores_torch(scores: torch.Tensor, generated: torch.Tensor, trie: DeviceTrie, excluded_keys: torch.Tensor,
-                      num_items: int, rows_per_prompt: int, eos: int, pad: int):
-    """Masks ``scores`` in place to the allowed next tokens; returns (status, depth) per row.
-
-    ``excluded_keys`` holds ``prompt * (num_items + 1) + position`` for every excluded item position,
-    sorted, so one ``searchsorted`` counts a range's excluded items for every (row, candidate) at once.
-    Rows whose status is OFF_TRIE or NOTHING_ALLOWED are left untouched; the caller raises.
-    """
-    device = scores.device
-    num_rows = scores.shape[0]
-    status, node, lo, hi, depth = walk_rows(trie, generated, eos)
-    rows = torch.arange(num_rows, device=device)
+def _candidates(trie: DeviceTrie, status, node, lo, hi, depth):
+    """Every (row, token) the trie allows after each running row, with the child's item range."""
+    device = status.device
+    rows = torch.arange(len(status), device=device)
     branching = (status == IN_TRIE) & ((hi - lo) > 1)
     tail = (status == IN_TRIE) & ((hi - lo) == 1)
-
-    # Candidates of branching rows: all children of their node.
     first = trie.child_offsets[node]
     counts = torch.where(branching, trie.child_offsets[node + 1] - first, 0)
     cand_rows = torch.repeat_interleave(rows, counts)
     row_starts = torch.cumsum(counts, 0) - counts
     children = first[cand_rows] + torch.arange(len(cand_rows), device=device) - row_starts[cand_rows]
-    cand_tokens = trie.node_tokens[children]
-    cand_lo = trie.node_seq_lo[children]
-    cand_hi = trie.node_seq_hi[children]
-    # Candidates of tail rows: the next token of their single sequence.
     tail_rows = rows[tail]
     tail_lo = lo[tail]
     tail_tokens = trie.seq_tokens[trie.seq_offsets[tail_lo] + depth[tail]]
     cand_rows = torch.cat([cand_rows, tail_rows])
-    cand_tokens = torch.cat([cand_tokens, tail_tokens])
-    item_lo = trie.seq_item_offsets[torch.cat([cand_lo, tail_lo])]
-    item_hi = trie.seq_item_offsets[torch.cat([cand_hi, tail_lo + 1])]
-    if len(excluded_keys):
-        base = (cand_rows // rows_per_prompt) * (num_items + 1)
-        inside = torch.searchsorted(excluded_keys, base + item_hi) - torch.searchsorted(excluded_keys, base + item_lo)
-        allowed = inside < (item_hi - item_lo)
-        cand_rows, cand_tokens = cand_rows[allowed], cand_tokens[allowed]
-    # Finished rows may only repeat EOS (or pad).
-    finished_rows = rows[status == FINISHED]
-    extra = [finished_rows, torch.full_like(finished_rows, eos)]
-    if pad >= 0 and pad != eos:
-        extra = [torch.cat([extra[0], finished_rows]), torch.cat([extra[1], torch.full_like(finished_rows, pad)])]
-    cand_rows = torch.cat([cand_rows, extra[0]])
-    cand_tokens = torch.cat([cand_tokens, extra[1]])
+    cand_tokens = torch.cat([trie.node_tokens[children], tail_tokens])
+    item_lo = trie.seq_item_offsets[torch.cat([trie.node_seq_lo[children], tail_lo])]
+    item_hi = trie.seq_item_offsets[torch.cat([trie.node_seq_hi[children], tail_lo + 1])]
+    return cand_rows, cand_tokens, item_lo, item_hi
+
+
+def mask_scores_torch(scores: torch.Tensor, generated: torch.Tensor, trie: DeviceTrie, constraints: DeviceConstraints,
+                      rows_per_prompt: int, pad: int):
+    """Masks ``scores`` in place to the allowed next tokens (adding prior increments); returns (status, depth).
+
+    Row ``r`` belongs to prompt ``min(r // rows_per_prompt, prompts - 1)``. Rows whose status is OFF_TRIE or
+    NOTHING_ALLOWED are left untouched; running rows whose allowed scores all were -inf already become
+    ALL_BANNED (masked). The caller raises for all three.
+    """
+    device = scores.device
+    num_rows, vocab = scores.shape
+    if generated.shape[0] != num_rows:
+        raise ValueError(f"mask_scores_torch: {generated.shape[0]} generated rows for {num_rows} score rows")
+    if trie.eos >= vocab or pad >= vocab:
+        raise ValueError(f"mask_scores_torch: EOS {trie.eos} or pad {pad} outside the {vocab} score columns")
+    status, node, lo, hi, depth = walk_rows(trie, generated)
+    cand_rows, cand_tokens, item_lo, item_hi = _candidates(trie, status, node, lo, hi, depth)
+    prompt_of_row = (torch.arange(num_rows, device=device) // rows_per_prompt).clamp(max=constraints.num_prompts - 1)
+    cand_prompts = prompt_of_row[cand_rows]
+    allowed = ranges_allowed(constraints, cand_prompts, item_lo, item_hi)
+    cand_rows, cand_tokens, cand_prompts = cand_rows[allowed], cand_tokens[allowed], cand_prompts[allowed]
+    increment = None
+    if constraints.prior_cum is not None:
+        item_lo, item_hi = item_lo[allowed], item_hi[allowed]
+        parent_lo = trie.seq_item_offsets[lo[cand_rows]]
+        parent_hi = trie.seq_item_offsets[hi[cand_rows]]
+        child = ranges_log_mass(constraints, cand_prompts, item_lo, item_hi)
+        parent = ranges_log_mass(constraints, cand_prompts, parent_lo, parent_hi)
+        increment = constraints.prior_weight * torch.clamp(child - parent, max=0.0)
+    # Finished rows may only repeat EOS (or pad), with no increment.
+    finished_rows = torch.arange(num_rows, device=device)[status == FINISHED]
+    extra_rows, extra_tokens = [finished_rows], [torch.full_like(finished_rows, trie.eos)]
+    if 0 <= pad != trie.eos:
+        extra_rows.append(finished_rows)
+        extra_tokens.append(torch.full_like(finished_rows, pad))
+    num_running = len(cand_rows)
+    cand_rows = torch.cat([cand_rows, *extra_rows])
+    cand_tokens = torch.cat([cand_tokens, *extra_tokens])
 
     kept_per_row = torch.bincount(cand_rows, minlength=num_rows)
     status = torch.where((status == IN_TRIE) & (kept_per_row == 0), NOTHING_ALLOWED, status)
     masked_rows = (status == IN_TRIE) | (status == FINISHED)
     kept_values = scores[cand_rows, cand_tokens]
+    if increment is not None:
+        # As the Numba kernel rounds: float64 sum, then float32 (or float64), then the score dtype.
+        wide = kept_values[:num_running].double() + increment
+        wide = wide if scores.dtype == torch.float64 else wide.float()
+        kept_values = torch.cat([wide.to(scores.dtype), kept_values[num_running:]])
     scores.masked_fill_(masked_rows[:, None], float("-inf"))
     scores[cand_rows, cand_tokens] = kept_values
+    live = torch.bincount(cand_rows[kept_values != float("-inf")], minlength=num_rows)
+    status = torch.where((status == IN_TRIE) & (live == 0), ALL_BANNED, status)
     return status, depth

@@ -1,9 +1,12 @@
 """Numba kernels: walk generated ids through a ``TitleTrie``'s flat arrays and mask scores in place.
 
-The arrays are those of ``constrained_rec.trie`` (see its module docstring). Every kernel is compiled
-with a disk cache (``kernels/jit.py``), so a new process loads machine code instead of paying the JIT.
-Scores reach the mask kernel as an integer view of their bits, so one kernel serves float32, float16,
-bfloat16 and float64 (numba has no bfloat16): "masked" is the bit pattern of -inf in that dtype.
+The arrays are those of ``constrained_rec.trie`` (see its module docstring), handed over as one
+:class:`TrieArrays`; what a request allows (excluded items, an item prior) arrives as one
+:class:`MaskConstraints`. Every kernel is compiled with a disk cache (``kernels/jit.py``), so a new
+process loads machine code instead of paying the JIT. Without a prior, scores reach the mask kernel as an
+integer view of their bits, so one kernel serves float32, float16, bfloat16 and float64 (numba has no
+bfloat16): "masked" is the bit pattern of -inf in that dtype. With a prior the kernel adds values, so it
+gets float32 or float64 scores (the caller upcasts half precision).
 """
 
 from __future__ import annotations
@@ -18,7 +21,38 @@ from constrained_rec.kernels.jit import cached_njit
 IN_TRIE = 0  # the ids are a proper prefix of some sequence: the row continues
 FINISHED = 1  # the ids reached EOS: a complete title; what follows is padding
 OFF_TRIE = 2  # the ids left the trie at position `depth`
-NOTHING_ALLOWED = 3  # exclusion removed every title below the row's prefix
+NOTHING_ALLOWED = 3  # exclusion (zero prior mass) removed every title below the row's prefix
+ALL_BANNED = 4  # the trie allows tokens, but every one of them already scored -inf (another processor)
+
+
+class TrieArrays(NamedTuple):
+    """The flat arrays of a ``TitleTrie`` that every walk reads, and its EOS id (see ``constrained_rec.trie``)."""
+
+    seq_tokens: np.ndarray
+    seq_offsets: np.ndarray
+    seq_item_offsets: np.ndarray
+    child_offsets: np.ndarray
+    node_tokens: np.ndarray
+    node_seq_lo: np.ndarray
+    node_seq_hi: np.ndarray
+    eos: int
+
+
+class MaskConstraints(NamedTuple):
+    """What the kernels read of a ``constrained_rec.constraints.ItemConstraints``, per prompt ``p``.
+
+    ``excluded[excluded_offsets[p]:excluded_offsets[p + 1]]`` are the sorted positions of the items ``p`` may
+    not get (excluded, or of zero prior mass). With a prior, ``prior_cum[p, i]`` is the prior mass of the
+    items at positions ``< i`` (float64, normalised to 1 over the allowed items) and ``prior_floor[p]`` the
+    least positive item mass, a lower bound of any allowed range's mass that float64 cancellation cannot
+    undercut. Without a prior ``prior_cum`` has no rows.
+    """
+
+    excluded: np.ndarray
+    excluded_offsets: np.ndarray
+    prior_cum: np.ndarray
+    prior_floor: np.ndarray
+    prior_weight: float
 
 
 class WalkState(NamedTuple):
@@ -30,150 +64,207 @@ class WalkState(NamedTuple):
 
 
 @cached_njit(nogil=True)
-def walk_row(ids, num_ids, seq_tokens, seq_offsets, child_offsets, node_tokens, node_seq_lo, node_seq_hi, eos):
+def walk_row(ids, num_ids, trie):
     node = 0
-    lo = node_seq_lo[0]
-    hi = node_seq_hi[0]
+    lo = trie.node_seq_lo[0]
+    hi = trie.node_seq_hi[0]
     for t in range(num_ids):
         tok = ids[t]
         if hi - lo == 1:
             # A tail: one completion left, read it from the sequence itself.
-            if seq_tokens[seq_offsets[lo] + t] != tok:
+            if trie.seq_tokens[trie.seq_offsets[lo] + t] != tok:
                 return OFF_TRIE, node, lo, hi, t
         else:
-            a = child_offsets[node]
-            b = child_offsets[node + 1]
-            c = a + np.searchsorted(node_tokens[a:b], tok)
-            if c == b or node_tokens[c] != tok:
+            a = trie.child_offsets[node]
+            b = trie.child_offsets[node + 1]
+            c = a + np.searchsorted(trie.node_tokens[a:b], tok)
+            if c == b or trie.node_tokens[c] != tok:
                 return OFF_TRIE, node, lo, hi, t
             node = c
-            lo = node_seq_lo[c]
-            hi = node_seq_hi[c]
-        if tok == eos:
+            lo = trie.node_seq_lo[c]
+            hi = trie.node_seq_hi[c]
+        if tok == trie.eos:
             return FINISHED, node, lo, hi, t + 1
     return IN_TRIE, node, lo, hi, num_ids
 
 
-def walk_prefix(ids, seq_tokens, seq_offsets, child_offsets, node_tokens, node_seq_lo, node_seq_hi, eos) -> WalkState:
+def walk_prefix(ids, trie: TrieArrays) -> WalkState:
     """Walks one id sequence from the root; see :class:`WalkState`."""
-    state = walk_row(ids, len(ids), seq_tokens, seq_offsets, child_offsets, node_tokens, node_seq_lo, node_seq_hi, eos)
-    return WalkState(*(int(x) for x in state))
+    return WalkState(*(int(x) for x in walk_row(ids, len(ids), trie)))
 
 
+# ---------------------------------------------------------------------- the allowed-item rule
+@cached_njit(nogil=True)
+def range_allowed(constraints, prompt, item_lo, item_hi):
+    """True if the item positions item_lo:item_hi hold an item that `prompt` may still get.
+
+    The one place this rule is written for Numba (the torch kernel has its twin, ``torch_mask.ranges_allowed``).
+    """
+    excluded = constraints.excluded[constraints.excluded_offsets[prompt] : constraints.excluded_offsets[prompt + 1]]
+    if len(excluded) == 0:
+        return item_hi > item_lo
+    inside = np.searchsorted(excluded, item_hi) - np.searchsorted(excluded, item_lo)
+    return inside < item_hi - item_lo
+
+
+@cached_njit(nogil=True)
+def range_log_mass(constraints, prompt, item_lo, item_hi):
+    """log M: the log prior mass of the item positions item_lo:item_hi, for an allowed range.
+
+    Increments are ``w * min(log M(child) - log M(parent), 0)``: a child's mass never exceeds its parent's, but
+    float64 cancellation could make it look so, and best-first search needs increments <= 0.
+    """
+    mass = constraints.prior_cum[prompt, item_hi] - constraints.prior_cum[prompt, item_lo]
+    return np.log(max(mass, constraints.prior_floor[prompt]))
+
+
+@cached_njit(nogil=True)
+def ranges_allowed(constraints, prompt, item_lo, item_hi):
+    """:func:`range_allowed` over arrays of ranges (for the Python searches in ``constrained_rec.decode``)."""
+    out = np.empty(len(item_lo), dtype=np.bool_)
+    for i in range(len(item_lo)):
+        out[i] = range_allowed(constraints, prompt, item_lo[i], item_hi[i])
+    return out
+
+
+@cached_njit(nogil=True)
+def ranges_log_mass(constraints, prompt, item_lo, item_hi):
+    """:func:`range_log_mass` over arrays of allowed ranges."""
+    out = np.empty(len(item_lo), dtype=np.float64)
+    for i in range(len(item_lo)):
+        out[i] = range_log_mass(constraints, prompt, item_lo[i], item_hi[i])
+    return out
+
+
+# ---------------------------------------------------------------------- masking
 # A node with more children than this is masked through a dense allowed-token array, built once per
 # (node, prompt) and shared by every row there (all rows sit at the root on the first step).
 WIDE_NODE = 64
 
 
 @cached_njit(nogil=True)
-def _all_excluded(item_lo, item_hi, excluded):
-    """True if every position in item_lo:item_hi is in the sorted array `excluded`."""
-    if len(excluded) == 0:
-        return False
-    inside = np.searchsorted(excluded, item_hi) - np.searchsorted(excluded, item_lo)
-    return inside >= item_hi - item_lo
+def _dense_allowed(allowed, increment, node, trie, constraints, prompt, with_prior):
+    """Marks the allowed children of `node` in `allowed` (and their prior increments); returns how many.
 
-
-@cached_njit(nogil=True)
-def _dense_allowed(allowed, node, child_offsets, node_tokens, node_seq_lo, node_seq_hi, seq_item_offsets, excluded):
-    """Marks the allowed children of `node` in `allowed`; returns how many there are.
-
-    Exclusion costs one step per child that holds an excluded item, not one per child: `excluded` is
-    scanned within the node's item range, jumping from child to child.
+    Exclusion costs one step per child that holds an excluded item, not one per child: the prompt's
+    excluded positions are scanned within the node's item range, jumping from child to child.
     """
-    a = child_offsets[node]
-    b = child_offsets[node + 1]
+    a = trie.child_offsets[node]
+    b = trie.child_offsets[node + 1]
+    item_offsets = trie.seq_item_offsets
     allowed[:] = False
     for c in range(a, b):
-        allowed[node_tokens[c]] = True
+        allowed[trie.node_tokens[c]] = True
     kept = b - a
-    k = np.searchsorted(excluded, seq_item_offsets[node_seq_lo[node]])
-    end = np.searchsorted(excluded, seq_item_offsets[node_seq_hi[node]])
+    excluded = constraints.excluded[constraints.excluded_offsets[prompt] : constraints.excluded_offsets[prompt + 1]]
+    k = np.searchsorted(excluded, item_offsets[trie.node_seq_lo[node]])
+    end = np.searchsorted(excluded, item_offsets[trie.node_seq_hi[node]])
     while k < end:
-        seq = np.searchsorted(seq_item_offsets, excluded[k], side="right") - 1
-        c = a + np.searchsorted(node_seq_lo[a:b], seq, side="right") - 1
-        child_hi = seq_item_offsets[node_seq_hi[c]]
-        next_k = np.searchsorted(excluded, child_hi)
-        if next_k - k >= child_hi - seq_item_offsets[node_seq_lo[c]]:
-            allowed[node_tokens[c]] = False
+        seq = np.searchsorted(item_offsets, excluded[k], side="right") - 1
+        c = a + np.searchsorted(trie.node_seq_lo[a:b], seq, side="right") - 1
+        child_hi = item_offsets[trie.node_seq_hi[c]]
+        if not range_allowed(constraints, prompt, item_offsets[trie.node_seq_lo[c]], child_hi):
+            allowed[trie.node_tokens[c]] = False
             kept -= 1
-        k = next_k
+        k = np.searchsorted(excluded, child_hi)
+    if with_prior and kept > 0:
+        parent = range_log_mass(constraints, prompt, item_offsets[trie.node_seq_lo[node]],
+                                item_offsets[trie.node_seq_hi[node]])
+        for c in range(a, b):
+            tok = trie.node_tokens[c]
+            if allowed[tok]:
+                child = range_log_mass(constraints, prompt, item_offsets[trie.node_seq_lo[c]],
+                                       item_offsets[trie.node_seq_hi[c]])
+                increment[tok] = constraints.prior_weight * min(child - parent, 0.0)
     return kept
 
 
 @cached_njit(nogil=True)
-def _keep_list(status, node, lo, depth, seq_tokens, seq_offsets, child_offsets, node_tokens, node_seq_lo,
-               node_seq_hi, seq_item_offsets, excluded, eos, pad):
-    """The allowed next tokens of a row that is finished, in a tail, or at a narrow node."""
-    if status == FINISHED:
-        if pad >= 0 and pad != eos:
-            keep = np.empty(2, dtype=np.int64)
-            keep[0] = eos
-            keep[1] = pad
-            return keep
+def _row_candidates(status, node, lo, depth, trie, constraints, prompt, pad, with_prior):
+    """The allowed next tokens of a row that is finished, in a tail, or at a narrow node, and their increments."""
+    if status == FINISHED:  # EOS (or pad) only, and no increment: the title's mass is spent
+        keep = np.empty(2 if pad >= 0 and pad != trie.eos else 1, dtype=np.int64)
+        keep[0] = trie.eos
+        keep[-1] = pad if len(keep) == 2 else trie.eos
+        return keep, np.zeros(len(keep))
+    item_offsets = trie.seq_item_offsets
+    if trie.node_seq_hi[node] - trie.node_seq_lo[node] == 1:  # a tail: the rest of one sequence
         keep = np.empty(1, dtype=np.int64)
-        keep[0] = eos
-        return keep
-    if node_seq_hi[node] - node_seq_lo[node] == 1:  # a tail: the rest of one sequence
-        keep = np.empty(1, dtype=np.int64)
-        if _all_excluded(seq_item_offsets[lo], seq_item_offsets[lo + 1], excluded):
-            return keep[:0]
-        keep[0] = seq_tokens[seq_offsets[lo] + depth]
-        return keep
-    a = child_offsets[node]
-    b = child_offsets[node + 1]
+        if not range_allowed(constraints, prompt, item_offsets[lo], item_offsets[lo + 1]):
+            return keep[:0], np.zeros(0)
+        keep[0] = trie.seq_tokens[trie.seq_offsets[lo] + depth]
+        return keep, np.zeros(1)  # the prefix already holds all of its title's mass
+    a = trie.child_offsets[node]
+    b = trie.child_offsets[node + 1]
     keep = np.empty(b - a, dtype=np.int64)
+    increment = np.zeros(b - a)
+    parent = 0.0
+    if with_prior:
+        parent = range_log_mass(constraints, prompt, item_offsets[trie.node_seq_lo[node]],
+                                item_offsets[trie.node_seq_hi[node]])
     kept = 0
     for c in range(a, b):
-        if not _all_excluded(seq_item_offsets[node_seq_lo[c]], seq_item_offsets[node_seq_hi[c]], excluded):
-            keep[kept] = node_tokens[c]
+        item_lo = item_offsets[trie.node_seq_lo[c]]
+        item_hi = item_offsets[trie.node_seq_hi[c]]
+        if range_allowed(constraints, prompt, item_lo, item_hi):
+            keep[kept] = trie.node_tokens[c]
+            if with_prior:
+                child = range_log_mass(constraints, prompt, item_lo, item_hi)
+                increment[kept] = constraints.prior_weight * min(child - parent, 0.0)
             kept += 1
-    return keep[:kept]
+    return keep[:kept], increment[:kept]
 
 
 @cached_njit(nogil=True)
-def mask_scores(
-    score_bits,  # (rows, vocab) integer view of the scores, modified in place
-    generated,  # (rows, steps) int64 generated ids
-    seq_tokens,
-    seq_offsets,
-    child_offsets,
-    node_tokens,
-    node_seq_lo,
-    node_seq_hi,
-    seq_item_offsets,
-    excluded,  # concatenated sorted excluded item positions of every prompt
-    excluded_offsets,  # (prompts + 1,) prompt p's positions are excluded[excluded_offsets[p]:excluded_offsets[p+1]]
-    rows_per_prompt,
-    eos,
-    pad,  # -1 if none
-    neg_inf_bits,
-    status_out,  # (rows,) int64: a walk outcome per row
-    depth_out,  # (rows,) int64: WalkState.depth per row
-):
-    """Sets every score but the allowed next tokens to -inf, with one write pass over each row.
-
-    Rows whose status ends up OFF_TRIE or NOTHING_ALLOWED are left untouched; the caller raises.
-    """
+def _walk_rows(generated, trie, num_prompts, rows_per_prompt, status_out, depth_out, nodes, seq_los):
+    """Walks every row; returns each row's group key: (node, prompt) for rows at wide nodes, else -1."""
     num_rows, num_steps = generated.shape
-    num_prompts = len(excluded_offsets) - 1
-    nodes = np.empty(num_rows, dtype=np.int64)
-    seq_los = np.empty(num_rows, dtype=np.int64)
     group_key = np.full(num_rows, -1, dtype=np.int64)
     for r in range(num_rows):
-        status, node, lo, hi, depth = walk_row(
-            generated[r], num_steps, seq_tokens, seq_offsets, child_offsets, node_tokens, node_seq_lo, node_seq_hi, eos
-        )
+        status, node, lo, hi, depth = walk_row(generated[r], num_steps, trie)
         status_out[r] = status
         depth_out[r] = depth
         nodes[r] = node
         seq_los[r] = lo
-        if status == IN_TRIE and hi - lo > 1 and child_offsets[node + 1] - child_offsets[node] > WIDE_NODE:
+        if status == IN_TRIE and hi - lo > 1 and trie.child_offsets[node + 1] - trie.child_offsets[node] > WIDE_NODE:
             group_key[r] = node * num_prompts + min(r // rows_per_prompt, num_prompts - 1)
+    return group_key
+
+
+@cached_njit(nogil=True)
+def mask_scores(scores, generated, trie, constraints, rows_per_prompt, pad, neg_inf, status_out, depth_out):
+    """Sets every score but the allowed next tokens to -inf, with one write pass over each row.
+
+    Args:
+        scores: (rows, vocab), modified in place. Without a prior: an integer view of the score bits and
+            `neg_inf` the bit pattern of -inf. With a prior (``constraints.prior_cum`` has rows): float32 or
+            float64 scores, `neg_inf` = -inf, and each allowed token gets its prior increment added.
+        generated: (rows, steps) int64 generated ids. Row ``r`` belongs to prompt
+            ``min(r // rows_per_prompt, prompts - 1)``.
+        pad: the id finished rows may emit besides EOS; -1 if none.
+        status_out, depth_out: (rows,) int64 outputs, a walk outcome and ``WalkState.depth`` per row.
+
+    Rows whose status ends up OFF_TRIE or NOTHING_ALLOWED are left untouched; running rows whose allowed
+    scores all were -inf already become ALL_BANNED (masked). The caller raises for all three.
+    """
+    num_rows = generated.shape[0]
+    vocab = scores.shape[1]
+    if scores.shape[0] != num_rows or len(status_out) != num_rows or len(depth_out) != num_rows:
+        raise ValueError("mask_scores: scores, generated and the outputs need one row per row")
+    if trie.eos >= vocab or pad >= vocab:
+        raise ValueError("mask_scores: EOS or pad id outside the score columns")
+    num_prompts = len(constraints.excluded_offsets) - 1
+    with_prior = constraints.prior_cum.shape[0] > 0
+    if with_prior and constraints.prior_cum.shape[0] != num_prompts:
+        raise ValueError("mask_scores: prior rows and exclusion prompts differ")
+    nodes = np.empty(num_rows, dtype=np.int64)
+    seq_los = np.empty(num_rows, dtype=np.int64)
+    group_key = _walk_rows(generated, trie, num_prompts, rows_per_prompt, status_out, depth_out, nodes, seq_los)
 
     # Rows at wide nodes, a group of rows per (node, prompt): one dense allowed array per group.
     order = np.argsort(group_key)
-    allowed = np.empty(score_bits.shape[1], dtype=np.bool_)
+    allowed = np.empty(vocab, dtype=np.bool_)
+    increment = np.zeros(vocab if with_prior else 0)
     i = 0
     while i < num_rows:
         key = group_key[order[i]]
@@ -183,17 +274,27 @@ def mask_scores(
         if key >= 0:
             first = order[i]
             prompt = min(first // rows_per_prompt, num_prompts - 1)
-            prompt_excluded = excluded[excluded_offsets[prompt] : excluded_offsets[prompt + 1]]
-            kept = _dense_allowed(allowed, nodes[first], child_offsets, node_tokens, node_seq_lo, node_seq_hi,
-                                  seq_item_offsets, prompt_excluded)
+            kept = _dense_allowed(allowed, increment, nodes[first], trie, constraints, prompt, with_prior)
             for g in range(i, j):
                 r = order[g]
                 if kept == 0:
                     status_out[r] = NOTHING_ALLOWED
                     continue
-                row = score_bits[r]
-                for v in range(len(row)):  # branch-free, so that it vectorises
-                    row[v] = row[v] if allowed[v] else neg_inf_bits
+                row = scores[r]
+                if with_prior:
+                    for v in range(vocab):  # branch-free, so that it vectorises
+                        row[v] = row[v] + increment[v] if allowed[v] else neg_inf
+                else:
+                    for v in range(vocab):
+                        row[v] = row[v] if allowed[v] else neg_inf
+                banned = True
+                a = trie.child_offsets[nodes[first]]
+                for c in range(a, trie.child_offsets[nodes[first] + 1]):
+                    if row[trie.node_tokens[c]] != neg_inf:
+                        banned = False
+                        break
+                if banned:
+                    status_out[r] = ALL_BANNED
         i = j
 
     # Every other row: save its few allowed scores, fill the row, put them back.
@@ -201,16 +302,19 @@ def mask_scores(
         if group_key[r] >= 0 or status_out[r] == OFF_TRIE:
             continue
         prompt = min(r // rows_per_prompt, num_prompts - 1)
-        keep = _keep_list(status_out[r], nodes[r], seq_los[r], depth_out[r], seq_tokens, seq_offsets, child_offsets,
-                          node_tokens, node_seq_lo, node_seq_hi, seq_item_offsets,
-                          excluded[excluded_offsets[prompt] : excluded_offsets[prompt + 1]], eos, pad)
+        keep, incr = _row_candidates(status_out[r], nodes[r], seq_los[r], depth_out[r], trie, constraints, prompt,
+                                     pad, with_prior)
         if len(keep) == 0:
             status_out[r] = NOTHING_ALLOWED
             continue
-        row = score_bits[r]
-        saved = np.empty(len(keep), dtype=score_bits.dtype)
+        row = scores[r]
+        saved = np.empty(len(keep), dtype=scores.dtype)
+        banned = True
         for k in range(len(keep)):
-            saved[k] = row[keep[k]]
-        row[:] = neg_inf_bits
+            saved[k] = row[keep[k]] + incr[k] if with_prior else row[keep[k]]
+            banned = banned and saved[k] == neg_inf
+        row[:] = neg_inf
         for k in range(len(keep)):
             row[keep[k]] = saved[k]
+        if banned and status_out[r] == IN_TRIE:  # a finished row's output is padding anyway
+            status_out[r] = ALL_BANNED

@@ -268,7 +268,7 @@ def test_titles_and_string_prompts_with_a_tokenizer(smollm2_tokenizer):
         ({"k": 3, "num_beams": 2}, "num_beams=2 < k=3"),
         ({"mode": "greedy"}, "`mode` has to be one of"),
         ({"mode": "exact", "length_penalty": 1.0}, "needs length_penalty=0.0"),
-        ({"exclude": [set()]}, "1 collections for 3 prompts"),
+        ({"exclude": [set()]}, r"disagree on the number of prompts \(num_prompts: 3, exclude: 1\)"),
         ({"exclude": [{999}, set(), set()]}, r"item ids \[999\] are not in the trie"),
         ({"k": 40}, "only 9 titles"),
         ({"prompts": "just a string"}, "`prompts` has to be a non-empty sequence"),

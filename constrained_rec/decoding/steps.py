@@ -1,0 +1,58 @@
+"""What both searches share: a found title, a prefix's allowed continuations and their fused scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from constrained_rec.constraints import ItemConstraints
+from constrained_rec.trie import TitleTrie
+
+
+@dataclass
+class Hypothesis:
+    """A complete title found by a search: its sequence index in the trie, tokens (EOS included), scores.
+
+    ``log_prob`` is the model's total log-probability, ``fused`` adds the prior's increments
+    (``log_prob + w * log M(title)``), and ``score`` is what the search ranks by (``fused``, length-penalised
+    in beam mode).
+    """
+
+    score: np.float32
+    log_prob: np.float32
+    fused: np.float32
+    seq: int
+    tokens: tuple
+
+
+def allowed_children(trie: TitleTrie, constraints: ItemConstraints, prompt: int, node: int, lo: int, hi: int,
+                     depth: int):
+    """The continuations prompt `prompt` may take after a prefix of length `depth` at (node, lo, hi).
+
+    Returns arrays (tokens, nodes, seq_los, seq_his, increments): the children the trie and the constraints
+    allow, with their prior increments ``w * min(log M(child) - log M(prefix), 0)`` (float64; 0 without a
+    prior), computed by the kernels' own functions so that both paths score alike.
+    """
+    tokens, nodes, los, his = trie.children(node, lo, hi, depth)
+    item_lo, item_hi = trie.item_range(los, his)
+    keep = constraints.allowed(prompt, item_lo, item_hi)
+    tokens, nodes, los, his, item_lo, item_hi = (a[keep] for a in (tokens, nodes, los, his, item_lo, item_hi))
+    increments = np.zeros(len(tokens))
+    if constraints.has_prior and len(tokens):
+        parent = constraints.log_mass(prompt, *trie.item_range(lo, hi))[0]
+        increments = constraints.prior_weight * np.minimum(constraints.log_mass(prompt, item_lo, item_hi) - parent, 0.0)
+    return tokens, nodes, los, his, increments
+
+
+def fuse(log_probs, increments) -> np.ndarray:
+    """A token's fused score as the processor writes it: float64 sum of its float32 log-prob and increment, in float32."""
+    return (np.asarray(log_probs, dtype=np.float32).astype(np.float64) + increments).astype(np.float32)
+
+
+def accumulate(start: np.float32, log_probs) -> np.float32:
+    """Adds log-probabilities one at a time in float32, the order step-by-step decoding adds them."""
+    total = np.float32(start)
+    for value in log_probs:
+        total = np.float32(total + np.float32(value))
+    return total
