@@ -17,12 +17,15 @@ import hashlib
 import json
 import os
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Collection, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from constrained_rec.hf import base_causal_lm, left_pad
+from constrained_rec.hf import cache_dir as default_cache_dir
+from constrained_rec.trie import TitleIndex
 
 
 def parse_generated_title(text: str) -> str:
@@ -46,26 +49,6 @@ def parse_generated_title(text: str) -> str:
     if text.endswith('"'):
         text = text[:-1]
     return text.strip()
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` of token-id lists padded on the left to the longest."""
-    if not sequences or any(len(ids) == 0 for ids in sequences):
-        raise ValueError("left_pad needs a non-empty list of non-empty token-id lists")
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
-        attention_mask[row, width - len(ids) :] = 1
-    return input_ids, attention_mask
-
-
-def _causal_lm_without_adapter(model):
-    """``(causal LM, context)``: the model with any peft adapter switched off inside the context."""
-    if hasattr(model, "disable_adapter") and hasattr(model, "get_base_model"):  # a peft.PeftModel
-        return model.get_base_model(), model.disable_adapter()
-    return model, nullcontext()
 
 
 @torch.no_grad()
@@ -104,7 +87,7 @@ def last_token_hidden_states(model, tokenizer, texts: Sequence[str], batch_size:
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text:
             raise ValueError(f"text {i} is {text!r}; only non-empty strings can be embedded")
-    causal_lm, adapter_off = _causal_lm_without_adapter(model)
+    causal_lm, adapter_off = base_causal_lm(model)
     decoder = causal_lm.get_decoder()
     device = next(causal_lm.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -129,7 +112,7 @@ def model_fingerprint(model, include_adapter: bool = False) -> str:
     hundreds of megabytes. LoRA weights are left out unless ``include_adapter``: grounding embeds with
     the adapter off, so its cache key must not depend on them.
     """
-    causal_lm, _ = _causal_lm_without_adapter(model)
+    causal_lm, _ = base_causal_lm(model)
     digest = hashlib.sha256(causal_lm.config.to_json_string(use_diff=False).encode())
     for name, parameter in causal_lm.named_parameters():
         if "lora_" in name and not include_adapter:
@@ -183,9 +166,7 @@ class TitleGrounder:
             raise ValueError("the catalog is empty: grounding needs at least one item")
         self.item_ids = np.array([int(i) for i in catalog], dtype=np.int64)
         self.titles = [catalog[i] for i in catalog]
-        self._items_by_title: dict[str, list[int]] = {}
-        for item, title in zip(self.item_ids.tolist(), self.titles):
-            self._items_by_title.setdefault(title, []).append(item)
+        self.index = TitleIndex.build(self.titles, self.item_ids)
         self._position = {item: p for p, item in enumerate(self.item_ids.tolist())}
         if item_embeddings is not None:
             item_embeddings = np.asarray(item_embeddings, dtype=np.float32)
@@ -208,12 +189,10 @@ class TitleGrounder:
                 Item id -> title.
             cache_dir (`str` or `os.PathLike`, *optional*):
                 Where embeddings are cached, one ``.npz`` file per (base model, tokenizer, catalog);
-                defaults to ``title-embeddings/`` in :func:`constrained_rec.model.cache_dir`.
+                defaults to ``title-embeddings/`` in :func:`constrained_rec.hf.cache_dir`.
             batch_size (`int`, defaults to 64):
                 Titles per forward pass when the embeddings are computed.
         """
-        from constrained_rec.model import cache_dir as default_cache_dir
-
         grounder = cls(catalog)
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "title-embeddings"
         key = f"{model_fingerprint(model)}-{_catalog_fingerprint(tokenizer, grounder.item_ids.tolist(), grounder.titles)}"
@@ -234,17 +213,15 @@ class TitleGrounder:
 
     def exact(self, text: str, exclude: Collection[int] = ()) -> list[int]:
         """Items whose title equals the generated ``text`` (quotes stripped), minus ``exclude``."""
-        return [i for i in self._items_by_title.get(parse_generated_title(text), []) if i not in exclude]
+        return [i for i in self.index.items_for_title(parse_generated_title(text)) if i not in exclude]
 
     def title_of(self, item_id: int) -> str:
-        """The catalog title of ``item_id``."""
-        if item_id not in self._position:
-            raise KeyError(f"item {item_id} is not in the catalog")
-        return self.titles[self._position[item_id]]
+        """The catalog title of ``item_id``; a ``KeyError`` naming it if it is not in the catalog."""
+        return self.index.title(item_id)
 
     def is_valid(self, text: str) -> bool:
         """Whether ``text`` is exactly a catalog title (before any exclusion)."""
-        return parse_generated_title(text) in self._items_by_title
+        return bool(self.index.items_for_title(parse_generated_title(text)))
 
     def nearest(self, query_embeddings: np.ndarray, k: int,
                 exclude: Sequence[Collection[int]] | None = None) -> tuple[list[list[int]], np.ndarray]:

@@ -29,14 +29,11 @@ from pathlib import Path
 
 import torch
 
+from constrained_rec.hf import CACHE_ENV_VAR, cache_dir  # noqa: F401  (cache_dir: the folder of converted models)
+
 EMBEDDED_MODEL = "smollm2-135m"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ENV_VAR = "CONSTRAINED_REC_CACHE"
-
-
-def cache_dir() -> Path:
-    """The folder holding converted models: ``$CONSTRAINED_REC_CACHE`` or ``~/.cache/constrained-rec``."""
-    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "constrained-rec")
+TRAIN_CONFIG = "train_config.json"
 
 
 def embedded_model_folder() -> Path:
@@ -240,6 +237,9 @@ def load_adapter(folder: str | os.PathLike, base_model=None, dtype: torch.dtype 
 
     folder = Path(folder)
     adapter_config = folder / "adapter_config.json"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"the adapter folder {str(folder)!r} does not exist; pass the output folder of "
+                                "constrained_rec.train.train")
     if not adapter_config.is_file():
         raise FileNotFoundError(
             f"{str(folder)!r} holds no LoRA adapter (no adapter_config.json); pass the output folder of "
@@ -255,3 +255,52 @@ def load_adapter(folder: str | os.PathLike, base_model=None, dtype: torch.dtype 
     model = PeftModel.from_pretrained(base_model, folder)
     tokenizer = setup_tokenizer(AutoTokenizer.from_pretrained(folder))
     return model.eval(), tokenizer
+
+
+def adapter_train_config(adapter_dir: str | os.PathLike) -> dict:
+    """The ``train_config.json`` that :func:`constrained_rec.train.train` writes beside an adapter.
+
+    It records the training settings, the base model's name and the fingerprint of the catalog trie the
+    adapter was trained for; :func:`check_adapter` compares a run against it.
+    """
+    folder = Path(adapter_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"the adapter folder {str(folder)!r} does not exist; pass the output folder of "
+                                "constrained_rec.train.train (it holds adapter_config.json and train_config.json)")
+    config_path = folder / TRAIN_CONFIG
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no {TRAIN_CONFIG}: not an adapter written by constrained_rec.train, so its "
+            "base model, catalog and tokenizer cannot be checked"
+        )
+    return json.loads(config_path.read_text())
+
+
+def check_adapter(adapter_dir: str | os.PathLike, base_model: str, trie) -> dict:
+    """An adapter must have been trained on this base model, for this catalog tokenized by this tokenizer.
+
+    Args:
+        adapter_dir: the adapter's folder (an output folder of :func:`constrained_rec.train.train`).
+        base_model: the name the run loads the base model by (``--model``).
+        trie: the run's catalog trie (:func:`constrained_rec.catalog.catalog_trie`).
+
+    Returns:
+        The adapter's ``train_config.json``.
+    """
+    config = adapter_train_config(adapter_dir)
+    if config.get("base_model") != base_model:
+        raise ValueError(
+            f"the adapter {adapter_dir} was trained on the base model {config.get('base_model')!r}, not "
+            f"{base_model!r}; pass --model {config.get('base_model')} (or leave --model out)"
+        )
+    stored = config.get("catalog_fingerprint")
+    if stored is None:
+        raise ValueError(f"{Path(adapter_dir) / TRAIN_CONFIG} records no catalog_fingerprint; retrain with "
+                         "TrainConfig(catalog_fingerprint=...)")
+    if stored != trie.fingerprint():
+        raise ValueError(
+            f"the adapter {adapter_dir} was trained for another catalog or tokenizer (catalog fingerprint {stored}); "
+            f"this run's data set and tokenizer give {trie.fingerprint()}. Evaluate it on the data set and base "
+            "model it was trained with, or train a new adapter"
+        )
+    return config

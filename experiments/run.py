@@ -22,63 +22,35 @@ disjoint slice of the users; the main one merges them into one report).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shlex
 import sys
-import time
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 
-# Nothing may reach a model hub at run time (models load from the wheel, a folder or the local cache);
-# without this, peft looks the base model's name up online when it saves an adapter.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import torch  # noqa: E402
-
-from constrained_rec.evaluate import DECODERS  # noqa: E402
+from constrained_rec.pipeline import DEFAULTS, QUICK, QUICK_KS, RunConfig, parse_ks, run
+from constrained_rec.recommenders import DECODERS
 
 
-@dataclass(frozen=True)
-class RunSize:
-    """How much a run trains and evaluates."""
-
-    train_samples: int
-    epochs: int
-    eval_users: int
-    validation_samples: int
-
-
-# Measured on the project's 2-core CPU machine (see the README): the defaults finish in <= 20 minutes,
-# --quick in <= 3 minutes.
-DEFAULTS = RunSize(train_samples=128, epochs=1, eval_users=100, validation_samples=32)
-QUICK = RunSize(train_samples=16, epochs=1, eval_users=10, validation_samples=8)
-QUICK_KS = "1,5,10"
+def _cli(parse):
+    """An argparse ``type`` that reports the library's ValueError message as the flag's error."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    convert.__name__ = parse.__name__
+    return convert
 
 
-def parse_ks(text: str) -> tuple[int, ...]:
-    try:
-        ks = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--k takes comma-separated positive integers like 1,5,10,20, got {text!r}")
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"--k takes comma-separated positive integers like 1,5,10,20, got {text!r}")
-    return ks
+def _int_at_least(least: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise ValueError(f"expected an integer >= {least}, got {text!r}")
+        return value
+    return _cli(parse)
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+non_negative_int, positive_int = _int_at_least(0), _int_at_least(1)
+parse_ks_flag = _cli(parse_ks)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-users", type=positive_int, default=None,
                         help=f"test users, a seeded sample [default {DEFAULTS.eval_users}, --quick {QUICK.eval_users}]")
     parser.add_argument("--all-users", action="store_true", help="evaluate every test user")
-    parser.add_argument("--k", type=parse_ks, default=None, help=f"cut-offs K [default 1,5,10,20, --quick {QUICK_KS}]")
+    parser.add_argument("--k", type=parse_ks_flag, default=None, help=f"cut-offs K [default 1,5,10,20, --quick {','.join(map(str, QUICK_KS))}]")
     parser.add_argument("--num-beams", type=positive_int, default=None, help="beam width (>= max K) [default max K]")
     parser.add_argument("--length-penalty", type=float, default=0.0,
                         help="beams ranked by log_prob / length**length_penalty; 0 = total log-probability")
@@ -129,181 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_size(args) -> RunSize:
-    base = QUICK if args.quick else DEFAULTS
-    return RunSize(
-        train_samples=base.train_samples if args.train_samples is None else args.train_samples,
-        epochs=base.epochs if args.epochs is None else args.epochs,
-        eval_users=base.eval_users if args.eval_users is None else args.eval_users,
-        validation_samples=base.validation_samples,
-    )
-
-
-def adapter_train_config(adapter_dir: Path) -> dict:
-    """The ``train_config.json`` that :func:`constrained_rec.train.train` writes beside an adapter."""
-    config_path = adapter_dir / "train_config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{adapter_dir} has no train_config.json: not an adapter written by constrained_rec.train, so its "
-            "base model, catalog and tokenizer cannot be checked"
-        )
-    return json.loads(config_path.read_text())
-
-
-def check_adapter(adapter_dir: Path, base_model: str, trie) -> None:
-    """An adapter must have been trained on this base model, for this catalog tokenized by this tokenizer."""
-    config = adapter_train_config(adapter_dir)
-    config_path = adapter_dir / "train_config.json"
-    if config.get("base_model") != base_model:
-        raise ValueError(
-            f"the adapter {adapter_dir} was trained on the base model {config.get('base_model')!r}, not "
-            f"{base_model!r}; pass --model {config.get('base_model')} (or leave --model out)"
-        )
-    stored = config.get("catalog_fingerprint")
-    if stored is None:
-        raise ValueError(f"{config_path} records no catalog_fingerprint; retrain with TrainConfig(catalog_fingerprint=...)")
-    if stored != trie.fingerprint():
-        raise ValueError(
-            f"the adapter {adapter_dir} was trained for another catalog or tokenizer (catalog fingerprint {stored}); "
-            f"this run's data set and tokenizer give {trie.fingerprint()}. Evaluate it on the data set and base "
-            "model it was trained with, or train a new adapter"
-        )
-
-
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    from accelerate import PartialState
-    from transformers import set_seed
-
-    from constrained_rec import TitleTrie
-    from constrained_rec.data import SplitConfig, load_interactions, make_splits, split_positions
-    from constrained_rec.evaluate import (
-        ConstrainedRecommender, EvalConfig, MostPopularRecommender, UnconstrainedRecommender, config_dict,
-        consumed_items, evaluate, method_metrics, samples_from_split, training_item_counts)
-    from constrained_rec.grounding import TitleGrounder, model_fingerprint
-    from constrained_rec.metrics import popularity_percentiles
-    from constrained_rec.model import load_adapter, load_model
-    from constrained_rec.report import library_versions, machine_description, write_report
-    from constrained_rec.train import TrainConfig, train
-
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) // 2))
-    state = PartialState()
-    size = resolve_size(args)
-    ks = args.k or (parse_ks(QUICK_KS) if args.quick else (1, 5, 10, 20))
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if device.type == "cuda" and state.num_processes > 1:
-        device = state.device
-    eval_config = EvalConfig(ks=ks, num_beams=args.num_beams, length_penalty=args.length_penalty,
-                             exclude_history=args.exclude_history, seed=args.seed,
-                             decoder=args.decoder, batch_size=args.eval_batch_size or (8 if device.type == "cuda" else 4))
-    output_dir = Path(args.output_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}")
-    set_seed(args.seed)
-
-    tick = time.perf_counter()
-    data = load_interactions(args.dataset, data_dir=args.data_dir)
-    split_config = SplitConfig(train_samples=size.train_samples or None, seed=args.seed,
-                               eval_samples=None if args.all_users else min(size.eval_users, data.num_users))
-    splits = make_splits(data, split_config)
-    timings["data_s"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    model_name = args.model or (adapter_train_config(Path(args.adapter))["base_model"] if args.adapter else "smollm2-135m")
-    model, tokenizer = load_model(model_name)
-    timings["model_load_s"] = time.perf_counter() - tick
-    item_ids = list(data.titles)
-    trie = TitleTrie.from_titles([data.titles[i] for i in item_ids], tokenizer, item_ids=item_ids)
-    if eval_config.max_k > len(trie):
-        raise ValueError(f"K = {eval_config.max_k} is larger than the catalog of {data.name}: "
-                         f"{len(trie)} distinct titles; use smaller --k values")
-
-    train_summary = None
-    adapter_dir = Path(args.adapter) if args.adapter else output_dir / "adapter"
-    if args.adapter:
-        check_adapter(adapter_dir, model_name, trie)
-        model, _ = load_adapter(adapter_dir, base_model=model)
-        train_summary = adapter_train_config(adapter_dir)
-    elif size.train_samples > 0:
-        if (adapter_dir / "train_config.json").is_file():  # finished by an earlier, interrupted run
-            check_adapter(adapter_dir, model_name, trie)
-            model, _ = load_adapter(adapter_dir, base_model=model)
-        else:
-            tick = time.perf_counter()
-            validation = splits["validation"].select(range(min(size.validation_samples, len(splits["validation"]))))
-            train_config = TrainConfig(epochs=size.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                       seed=args.seed, catalog_fingerprint=trie.fingerprint(),
-                                       warmup_steps=min(20, max(1, size.train_samples // args.batch_size // 10)))
-            result = train(model, tokenizer, splits["train"], train_config, eval_dataset=validation,
-                           output_dir=adapter_dir)
-            model = result.model
-            timings["train_s"] = time.perf_counter() - tick
-        train_summary = adapter_train_config(adapter_dir)
-    model.to(device).eval()
-
-    tick = time.perf_counter()
-    test = splits["test"]
-    exclude = consumed_items(data.interactions, test) if args.exclude_history else None
-    samples = samples_from_split(test, exclude)
-    positions = split_positions(data, split_config)
-    counts = training_item_counts(data.interactions, list(positions["validation"]) + list(positions["test"]))
-    popularity = popularity_percentiles(counts, data.titles)
-
-    is_peft = hasattr(model, "disable_adapter")
-    notes = []
-    repeated = sum(s.target_item_id in s.exclude for s in samples)
-    if repeated:
-        notes.append(f"{repeated} of {len(samples)} users consumed their target item before: with history "
-                     "exclusion no method can recommend it to them")
-    recommenders = []
-    if args.baselines:
-        recommenders.append(MostPopularRecommender(counts, data.titles, eval_config))
-    if args.constrained or args.baselines:
-        recommenders.append(ConstrainedRecommender(model, tokenizer, trie, eval_config))
-    if not args.constrained or args.baselines:
-        grounder = TitleGrounder.build(model, tokenizer, data.titles)
-        recommenders.append(UnconstrainedRecommender(model, tokenizer, trie, grounder, eval_config))
-    if args.baselines:
-        if is_peft:
-            recommenders.append(ConstrainedRecommender(model, tokenizer, trie, eval_config, use_adapter=False))
-        else:
-            notes.append("zero-shot-constrained is not listed separately: the evaluated model has no adapter, "
-                         "so 'constrained' already is the zero-shot base model")
-    timings["eval_setup_s"] = time.perf_counter() - tick
-
-    identity = {"eval": {k: v for k, v in config_dict(eval_config).items() if k != "batch_size"},
-                "model": model_fingerprint(model, include_adapter=True), "adapter": str(adapter_dir) if is_peft else None,
-                "catalog": trie.fingerprint(), "dataset": data.name}
-    tick = time.perf_counter()
-    records = evaluate(recommenders, samples, output_dir, identity=identity)
-    timings["evaluate_s"] = time.perf_counter() - tick
-    if not state.is_main_process:
-        return {}
-
-    timings["total_s"] = time.perf_counter() - started
-    results = {
-        "command": "python experiments/run.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        "dataset": {"name": data.name, "users": data.num_users, "items": len(data.titles),
-                    "interactions": len(data.interactions), "eval_users": len(samples),
-                    "split": {"protocol": split_config.protocol, "max_history": split_config.max_history}},
-        "model": model_name,
-        "adapter": str(adapter_dir) if is_peft else None,
-        "train": train_summary,
-        "config": {**config_dict(eval_config), "constrained": args.constrained, "baselines": args.baselines,
-                   "train_samples": size.train_samples, "epochs": size.epochs, "device": str(device),
-                   "processes": state.num_processes, "threads": torch.get_num_threads()},
-        "seed": args.seed,
-        "versions": library_versions(),
-        "machine": machine_description(),
-        "timings": timings,
-        "notes": notes,
-        "methods": method_metrics(records, eval_config, catalog_size=len(data.titles), popularity=popularity),
-    }
-    write_report(output_dir, results)
-    print((output_dir / "report.md").read_text())
-    print(f"results in {output_dir} ({timings['total_s']:.0f} s)")
-    return results
+    argv = sys.argv[1:] if argv is None else argv
+    config = RunConfig(**vars(build_parser().parse_args(argv)),
+                       command="python experiments/run.py " + " ".join(shlex.quote(a) for a in argv))
+    return run(config)
 
 
 if __name__ == "__main__":

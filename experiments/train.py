@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 
-from constrained_rec.data import SplitConfig, load_interactions, make_splits
-from constrained_rec.model import EMBEDDED_MODEL, load_model
-from constrained_rec.train import LR_SCHEDULES, TrainConfig, train
-from constrained_rec.trie import TitleTrie
+from constrained_rec.model import EMBEDDED_MODEL
+from constrained_rec.pipeline import TrainJob, train_job
+from constrained_rec.train import LR_SCHEDULES, TrainConfig
 
 
-def main() -> None:
+def main(argv: list[str] | None = None):
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output-dir", required=True)
@@ -45,15 +44,7 @@ def main() -> None:
     parser.add_argument("--train-on-inputs", action="store_true")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --output-dir")
-    args = parser.parse_args()
-
-    model, tokenizer = load_model(args.model)
-    data = load_interactions(args.data)
-    split = SplitConfig(train_samples=args.train_samples or None, eval_samples=args.eval_samples,
-                        seed=args.seed, template=args.template)
-    splits = make_splits(data, split, tokenizer=tokenizer)
-    item_ids = sorted(data.titles)
-    trie = TitleTrie.from_titles([data.titles[i] for i in item_ids], tokenizer, item_ids)
+    args = parser.parse_args(argv)
     config = TrainConfig(
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         lora_target_modules=tuple(args.lora_target_modules), train_on_inputs=args.train_on_inputs,
@@ -61,13 +52,15 @@ def main() -> None:
         learning_rate=args.learning_rate, epochs=args.epochs, max_steps=args.max_steps,
         lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, seed=args.seed,
         eval_every=args.eval_every, early_stopping_patience=args.early_stopping_patience,
-        checkpoint_every=args.checkpoint_every, catalog_fingerprint=trie.fingerprint(),
+        checkpoint_every=args.checkpoint_every,
     )
-    result = train(model, tokenizer, splits["train"], config, eval_dataset=splits["validation"],
-                   output_dir=args.output_dir, resume=not args.no_resume)
+    result = train_job(TrainJob(output_dir=args.output_dir, model=args.model, data=args.data,
+                                train_samples=args.train_samples or None, eval_samples=args.eval_samples,
+                                template=args.template, train=config, resume=not args.no_resume))
     print(f"{result.global_step} steps, last training loss {result.train_loss:.4f}, best validation loss "
           f"{result.best_eval_loss:.4f}{' (stopped early)' if result.stopped_early else ''}; "
           f"adapter in {result.output_dir}")
+    return result
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ class CountingRecommender:
         if self.fail_after_batches is not None and len(self.calls) >= 2 * self.fail_after_batches:
             raise KeyboardInterrupt
         self.calls += [s.index for s in samples]
-        return {"fixed": [ev._record(s, [s.target_item_id, 1, 2][: 1 + s.index % 3], ["t"] * (1 + s.index % 3),
+        return {"fixed": [ev.prediction_record(s, [s.target_item_id, 1, 2][: 1 + s.index % 3], ["t"] * (1 + s.index % 3),
                                      [0.0] * (1 + s.index % 3), 1, 1) for s in samples]}
 
 
@@ -226,7 +226,7 @@ def test_sharded_processes_take_disjoint_samples_and_the_main_one_merges(tmp_pat
     results, waits = {}, []
 
     def run(rank: int) -> None:
-        monkeypatch.setattr(ev, "_process_state", lambda: FakeProcessState(rank, 2, barrier))
+        monkeypatch.setattr(ev, "process_state", lambda: FakeProcessState(rank, 2, barrier))
         results[rank] = evaluate([recommenders[rank]], samples, tmp_path, show_progress=False)
 
     def barrier(rank: int) -> None:

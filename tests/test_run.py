@@ -1,33 +1,36 @@
-"""experiments/run.py end to end: a tiny random Llama with the real tokenizer on real ml-100k, the --quick path."""
+"""The main job end to end (constrained_rec.pipeline, the body of experiments/run.py): a tiny random Llama with
+the real tokenizer on real ml-100k, the --quick path."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
+import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO_ROOT, make_tiny_llama
-from constrained_rec import evaluate as ev
+from constrained_rec import recommenders
+from constrained_rec.pipeline import RunConfig
+from constrained_rec.pipeline import run as run_pipeline
 
 # a real slice of ml-100k: few training samples and users, small K, so the tiny model runs in seconds
-SMALL = ["--quick", "--train-samples", "16", "--eval-users", "6", "--k", "1,3", "--eval-batch-size", "2", "--threads", "1"]
+SMALL = dict(quick=True, train_samples=16, eval_users=6, k=(1, 3), eval_batch_size=2, threads=1)
 
 
-def load_run_module():
-    spec = importlib.util.spec_from_file_location("run_experiment", REPO_ROOT / "experiments" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
+class Runner:
+    """``run.main(options)`` as the tests wrote it before: keyword options of :class:`RunConfig`."""
+
+    @staticmethod
+    def main(**options) -> dict:
+        return run_pipeline(RunConfig(**options))
 
 
 @pytest.fixture(scope="module")
 def run():
-    return load_run_module()
+    return Runner()
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +50,8 @@ def full_run(run, tiny_model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("full")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CONSTRAINED_REC_CACHE", str(folder / "cache"))
-        results = run.main(["--constrained", "--baselines", "--model", str(tiny_model_dir), *SMALL,
-                            "--output-dir", str(folder / "out")])
+        results = run.main(constrained=True, baselines=True, model=str(tiny_model_dir), **SMALL,
+                           output_dir=str(folder / "out"))
     return folder / "out", results
 
 
@@ -105,9 +108,9 @@ def test_constrained_outputs_are_all_valid_catalog_items_outside_the_history(ful
 def test_interrupted_run_resumes_without_retraining_or_redoing_users(run, tiny_model_dir, full_run, tmp_path,
                                                                      monkeypatch):
     monkeypatch.setenv("CONSTRAINED_REC_CACHE", str(tmp_path / "cache"))
-    args = ["--constrained", "--model", str(tiny_model_dir), *SMALL, "--output-dir", str(tmp_path / "out")]
+    args = dict(constrained=True, model=str(tiny_model_dir), **SMALL, output_dir=str(tmp_path / "out"))
     calls = []
-    original = ev.ConstrainedRecommender.__call__
+    original = recommenders.ConstrainedRecommender.__call__
 
     def interrupted_after_one_batch(self, samples):
         if calls:
@@ -115,9 +118,9 @@ def test_interrupted_run_resumes_without_retraining_or_redoing_users(run, tiny_m
         calls.extend(s.index for s in samples)
         return original(self, samples)
 
-    monkeypatch.setattr(ev.ConstrainedRecommender, "__call__", interrupted_after_one_batch)
+    monkeypatch.setattr(recommenders.ConstrainedRecommender, "__call__", interrupted_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
-        run.main(args)
+        run.main(**args)
     assert calls == [0, 1]
 
     def must_not_train(*a, **k):
@@ -127,9 +130,9 @@ def test_interrupted_run_resumes_without_retraining_or_redoing_users(run, tiny_m
 
     monkeypatch.setattr(constrained_rec.train, "train", must_not_train)
     calls.clear()
-    monkeypatch.setattr(ev.ConstrainedRecommender, "__call__", lambda self, samples: (
+    monkeypatch.setattr(recommenders.ConstrainedRecommender, "__call__", lambda self, samples: (
         calls.extend(s.index for s in samples), original(self, samples))[1])
-    results = run.main(args)
+    results = run.main(**args)
     assert calls == [2, 3, 4, 5]
     resumed = [r for r in read_predictions(tmp_path / "out")]
     uninterrupted = [r for r in read_predictions(full_run[0]) if r["method"] == "constrained"]
@@ -139,8 +142,8 @@ def test_interrupted_run_resumes_without_retraining_or_redoing_users(run, tiny_m
 
 def test_zero_training_samples_evaluate_the_base_model(run, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("CONSTRAINED_REC_CACHE", str(tmp_path / "cache"))
-    results = run.main(["--constrained", "--model", str(tiny_model_dir), *SMALL, "--train-samples", "0",
-                        "--output-dir", str(tmp_path / "out")])
+    results = run.main(constrained=True, model=str(tiny_model_dir), **{**SMALL, "train_samples": 0},
+                       output_dir=str(tmp_path / "out"))
     assert results["train"] is None and results["adapter"] is None
     assert not (tmp_path / "out" / "adapter").exists()
     assert results["methods"]["constrained"]["validity_rate"] == 1.0
@@ -149,8 +152,8 @@ def test_zero_training_samples_evaluate_the_base_model(run, tiny_model_dir, tmp_
 def test_a_trained_adapter_is_evaluated_as_trained(run, full_run, tmp_path, monkeypatch):
     monkeypatch.setenv("CONSTRAINED_REC_CACHE", str(tmp_path / "cache"))
     # --model is left out: the adapter names its base model
-    results = run.main(["--constrained", *SMALL, "--adapter", str(full_run[0] / "adapter"),
-                        "--output-dir", str(tmp_path / "out")])
+    results = run.main(constrained=True, **SMALL, adapter=str(full_run[0] / "adapter"),
+                       output_dir=str(tmp_path / "out"))
     assert results["train"]["train_samples"] == 16
     again = [r["item_ids"] for r in read_predictions(tmp_path / "out")]
     assert again == [r["item_ids"] for r in read_predictions(full_run[0]) if r["method"] == "constrained"]
@@ -163,17 +166,30 @@ def test_adapter_for_another_catalog_is_refused(run, tiny_model_dir, full_run, t
     config["catalog_fingerprint"] = "0123456789abcdef"
     (adapter / "train_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="trained for another catalog or tokenizer .catalog fingerprint 0123456789abcdef"):
-        run.main(["--constrained", "--model", str(tiny_model_dir), *SMALL, "--adapter", str(adapter),
-                  "--output-dir", str(tmp_path / "out")])
+        run.main(constrained=True, model=str(tiny_model_dir), **SMALL, adapter=str(adapter),
+                 output_dir=str(tmp_path / "out"))
 
 
 def test_bad_names_and_k_are_clear_errors(run, tiny_model_dir, tmp_path):
-    out = ["--output-dir", str(tmp_path / "out")]
+    out = dict(output_dir=str(tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="'ml-5k' is neither a known data set name"):
-        run.main(["--constrained", "--dataset", "ml-5k", *SMALL, *out])
+        run.main(constrained=True, dataset="ml-5k", **SMALL, **out)
     with pytest.raises(FileNotFoundError, match="cannot load the model 'no-such-model'"):
-        run.main(["--constrained", "--model", "no-such-model", *SMALL, *out])
+        run.main(constrained=True, model="no-such-model", **SMALL, **{"output_dir": str(tmp_path / "out2")})
     with pytest.raises(ValueError, match="K = 5000 is larger than the catalog of ml-100k"):
-        run.main(["--constrained", "--model", str(tiny_model_dir), "--quick", "--k", "1,5000", *out])
-    with pytest.raises(SystemExit):
-        run.main(["--constrained", "--k", "0,5"])
+        run.main(constrained=True, model=str(tiny_model_dir), quick=True, k=(1, 5000), output_dir=str(tmp_path / "o3"))
+    with pytest.raises(ValueError, match=r"--k\) must be positive integers"):
+        RunConfig(constrained=True, k=(0, 5))
+
+
+def test_script_keeps_its_flags_and_reports_bad_ones():
+    """experiments/run.py is argparse plus one call: its flags still parse, a bad --k is a usage error."""
+    script = [sys.executable, str(REPO_ROOT / "experiments" / "run.py")]
+    usage = subprocess.run([*script, "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--constrained", "--dataset", "--data-dir", "--model", "--train-samples", "--epochs", "--batch-size",
+                 "--learning-rate", "--adapter", "--eval-users", "--all-users", "--k", "--num-beams",
+                 "--length-penalty", "--exclude-history", "--baselines", "--eval-batch-size", "--decoder", "--threads",
+                 "--quick", "--seed", "--device", "--output-dir"):
+        assert flag in usage, flag
+    bad = subprocess.run([*script, "--constrained", "--k", "0,5"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--k takes comma-separated positive integers like 1,5,10,20, got '0,5'" in bad.stderr

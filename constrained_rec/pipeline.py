@@ -1,0 +1,320 @@
+"""The main job as a library: LoRA-tune a causal LM on next-title prompts, recommend top-K items, evaluate, report.
+
+``experiments/run.py`` is its command line (argparse -> :class:`RunConfig` -> :func:`run`); tests and other
+code call :func:`run` directly. Each step is its own function, in the order :func:`run` calls them:
+
+1. :func:`resolve_device` and :func:`check_run_identity`: validate before anything is loaded;
+2. :func:`load_data`: the data set and its leave-one-out splits;
+3. :func:`load_base_model` and :func:`constrained_rec.catalog.catalog_trie`: the model and the catalog trie;
+4. :func:`prepare_adapter`: train an adapter, or load and check a given or finished one;
+5. :func:`evaluation_samples`: the test samples with their exclusions, item counts and popularity;
+6. :func:`build_recommenders`: the methods to compare;
+7. :func:`constrained_rec.evaluate.evaluate`, then :func:`assemble_results` and the report.
+
+A run folder can be resumed (finished training and finished users are not redone) only by a run with the
+same identity (:func:`run_identity`: data, split, model, adapter, training, decoding and seed); any other
+run is refused with the options that differ.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# The options and the checks before loading live in run_config; their names are public here too.
+from constrained_rec.run_config import (  # noqa: F401
+    DEFAULT_KS, DEFAULT_MODEL, DEFAULTS, QUICK, QUICK_KS, RUN_IDENTITY, RunConfig, RunSize, check_run_identity,
+    model_name, output_folder, parse_device, parse_ks, resolve_device, run_identity)
+
+
+# ------------------------------------------------------------------------------------------------ steps
+@dataclass
+class LoadedData:
+    """The data set, its split settings and splits."""
+
+    data: object  # InteractionData
+    split_config: object  # SplitConfig
+    splits: object  # datasets.DatasetDict with train / validation / test
+
+
+def load_data(config: RunConfig) -> LoadedData:
+    """The data set and its splits: ``train_samples`` training windows, ``eval_users`` test users (seeded)."""
+    from constrained_rec.data import SplitConfig, load_interactions, make_splits
+
+    size = config.size
+    data = load_interactions(config.dataset, data_dir=config.data_dir)
+    split_config = SplitConfig(train_samples=size.train_samples or None, seed=config.seed,
+                               eval_samples=None if config.all_users else min(size.eval_users, data.num_users))
+    return LoadedData(data, split_config, make_splits(data, split_config))
+
+
+def load_base_model(config: RunConfig):
+    """``(model name, model, tokenizer)`` of the base model (see :func:`model_name`)."""
+    from constrained_rec.model import load_model
+
+    name = model_name(config)
+    model, tokenizer = load_model(name)
+    return name, model, tokenizer
+
+
+def eval_config(config: RunConfig, device: torch.device):
+    """The evaluation settings of a run."""
+    from constrained_rec.evaluate import EvalConfig
+
+    return EvalConfig(ks=config.ks, num_beams=config.num_beams, length_penalty=config.length_penalty,
+                      exclude_history=config.exclude_history, seed=config.seed, decoder=config.decoder,
+                      batch_size=config.eval_batch_size or (8 if device.type == "cuda" else 4))
+
+
+@dataclass
+class Adapter:
+    """The model to evaluate and where it comes from."""
+
+    model: object
+    folder: Path | None  # None: the base model, zero-shot
+    train_summary: dict | None
+
+
+def prepare_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, output_dir: Path,
+                    timings: dict) -> Adapter:
+    """Load ``--adapter``, or the adapter an earlier run of this folder finished, or train one; zero-shot
+    with ``--train-samples 0``. Every adapter is checked against the base model and the catalog trie."""
+    from constrained_rec.model import check_adapter, load_adapter
+
+    folder = Path(config.adapter) if config.adapter else output_dir / "adapter"
+    if not config.adapter and config.size.train_samples == 0:
+        return Adapter(model, None, None)
+    if config.adapter or (folder / "train_config.json").is_file():  # given, or finished by an interrupted run
+        summary = check_adapter(folder, model_name(config), trie)
+        model, _ = load_adapter(folder, base_model=model)
+        return Adapter(model, folder, summary)
+    tick = time.perf_counter()
+    model = train_adapter(config, model, tokenizer, trie, loaded, folder)
+    timings["train_s"] = time.perf_counter() - tick
+    return Adapter(model, folder, check_adapter(folder, model_name(config), trie))
+
+
+def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, folder: Path):
+    """LoRA-tune ``model`` on the training split into ``folder``; the trained model."""
+    from constrained_rec.train import TrainConfig, train
+
+    size = config.size
+    validation = loaded.splits["validation"]
+    validation = validation.select(range(min(size.validation_samples, len(validation))))
+    train_config = TrainConfig(epochs=size.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                               seed=config.seed, catalog_fingerprint=trie.fingerprint(),
+                               warmup_steps=min(20, max(1, size.train_samples // config.batch_size // 10)))
+    return train(model, tokenizer, loaded.splits["train"], train_config, eval_dataset=validation,
+                 output_dir=folder).model
+
+
+@dataclass
+class EvaluationInputs:
+    """What every recommender sees: the test samples, training counts and popularity, and notes for the report."""
+
+    samples: list
+    counts: dict
+    popularity: dict
+    notes: list[str]
+
+
+def evaluation_samples(config: RunConfig, loaded: LoadedData) -> EvaluationInputs:
+    """Test samples with each user's consumed items (when history is excluded), and training-split popularity."""
+    from constrained_rec.data import split_positions
+    from constrained_rec.evaluate import consumed_items, samples_from_split, training_item_counts
+    from constrained_rec.metrics import popularity_percentiles
+
+    data, test = loaded.data, loaded.splits["test"]
+    exclude = consumed_items(data.interactions, test) if config.exclude_history else None
+    samples = samples_from_split(test, exclude)
+    positions = split_positions(data, loaded.split_config)
+    counts = training_item_counts(data.interactions, list(positions["validation"]) + list(positions["test"]))
+    notes = []
+    repeated = sum(s.target_item_id in s.exclude for s in samples)
+    if repeated:
+        notes.append(f"{repeated} of {len(samples)} users consumed their target item before: with history "
+                     "exclusion no method can recommend it to them")
+    return EvaluationInputs(samples, counts, popularity_percentiles(counts, data.titles), notes)
+
+
+def build_recommenders(config: RunConfig, model, tokenizer, trie, data, inputs: EvaluationInputs,
+                       evaluation) -> list:
+    """The methods of a run, in report order: most-popular, constrained, unconstrained (BIGRec), zero-shot.
+
+    New methods plug in here: anything with ``names`` and ``__call__(samples)``
+    (:class:`constrained_rec.recommenders.Recommender`), appended under the flag that asks for it.
+    """
+    from constrained_rec.grounding import TitleGrounder
+    from constrained_rec.hf import is_peft_model
+    from constrained_rec.recommenders import (
+        ConstrainedRecommender, MostPopularRecommender, UnconstrainedRecommender)
+
+    recommenders = []
+    if config.baselines:
+        recommenders.append(MostPopularRecommender(inputs.counts, data.titles, evaluation))
+    if config.constrained or config.baselines:
+        recommenders.append(ConstrainedRecommender(model, tokenizer, trie, evaluation))
+    if not config.constrained or config.baselines:
+        grounder = TitleGrounder.build(model, tokenizer, data.titles)
+        recommenders.append(UnconstrainedRecommender(model, tokenizer, trie, grounder, evaluation))
+    if config.baselines:
+        if is_peft_model(model):
+            recommenders.append(ConstrainedRecommender(model, tokenizer, trie, evaluation, use_adapter=False))
+        else:
+            inputs.notes.append("zero-shot-constrained is not listed separately: the evaluated model has no adapter, "
+                                "so 'constrained' already is the zero-shot base model")
+    return recommenders
+
+
+def assemble_results(config: RunConfig, loaded: LoadedData, name: str, adapter: Adapter, evaluation,
+                     inputs: EvaluationInputs, records: list[dict], device, state, timings: dict) -> dict:
+    """The ``metrics.json`` of a run."""
+    from constrained_rec.evaluate import config_dict, method_metrics
+    from constrained_rec.report import library_versions, machine_description
+
+    data, split_config = loaded.data, loaded.split_config
+    resolved = split_config.resolve(data) if hasattr(split_config, "resolve") else split_config
+    return {
+        "command": config.command_line(),
+        "dataset": {"name": data.name, "users": data.num_users, "items": len(data.titles),
+                    "interactions": len(data.interactions), "eval_users": len(inputs.samples),
+                    "split": {"protocol": resolved.protocol, "max_history": split_config.max_history}},
+        "model": name,
+        "adapter": str(adapter.folder) if adapter.folder else None,
+        "train": adapter.train_summary,
+        "config": {**config_dict(evaluation), "constrained": config.constrained, "baselines": config.baselines,
+                   "train_samples": config.size.train_samples, "epochs": config.size.epochs, "device": str(device),
+                   "processes": state.num_processes, "threads": torch.get_num_threads()},
+        "seed": config.seed,
+        "versions": library_versions(),
+        "machine": machine_description(),
+        "timings": timings,
+        "notes": inputs.notes,
+        "methods": method_metrics(records, evaluation, catalog_size=len(data.titles), popularity=inputs.popularity),
+    }
+
+
+def run(config: RunConfig) -> dict:
+    """Train (or load) an adapter, recommend for the test users, evaluate, write the report.
+
+    Returns:
+        The results written to ``metrics.json`` (on the main process; ``{}`` on the others).
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.pipeline import RunConfig, run
+    >>> results = run(RunConfig(constrained=True, quick=True, output_dir="runs/quick"))  # doctest: +SKIP
+    >>> results["methods"]["constrained"]["ndcg@10"]["value"]  # doctest: +SKIP
+
+    ```
+    """
+    from transformers import set_seed
+
+    from constrained_rec.catalog import catalog_trie
+    from constrained_rec.evaluate import config_dict, evaluate
+    from constrained_rec.grounding import model_fingerprint
+    from constrained_rec.hf import process_state
+    from constrained_rec.report import write_report
+
+    started, timings = time.perf_counter(), {}
+    state = process_state()
+    device = resolve_device(config.device, state)  # before anything is loaded
+    output_dir = output_folder(config, state)
+    check_run_identity(output_dir, config, state)
+    torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 2) // 2))
+    evaluation = eval_config(config, device)
+    set_seed(config.seed)
+
+    tick = time.perf_counter()
+    loaded = load_data(config)
+    timings["data_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    name, model, tokenizer = load_base_model(config)
+    timings["model_load_s"] = time.perf_counter() - tick
+    trie = catalog_trie(loaded.data, tokenizer)
+    if evaluation.max_k > len(trie):
+        raise ValueError(f"K = {evaluation.max_k} is larger than the catalog of {loaded.data.name}: "
+                         f"{len(trie)} distinct titles; use smaller --k values")
+    adapter = prepare_adapter(config, model, tokenizer, trie, loaded, output_dir, timings)
+    model = adapter.model.to(device).eval()
+
+    tick = time.perf_counter()
+    inputs = evaluation_samples(config, loaded)
+    recommenders = build_recommenders(config, model, tokenizer, trie, loaded.data, inputs, evaluation)
+    timings["eval_setup_s"] = time.perf_counter() - tick
+    identity = {"eval": {k: v for k, v in config_dict(evaluation).items() if k != "batch_size"},
+                "model": model_fingerprint(model, include_adapter=True),
+                "adapter": str(adapter.folder) if adapter.folder else None,
+                "catalog": trie.fingerprint(), "dataset": loaded.data.name}
+    tick = time.perf_counter()
+    records = evaluate(recommenders, inputs.samples, output_dir, identity=identity)
+    timings["evaluate_s"] = time.perf_counter() - tick
+    if not state.is_main_process:
+        return {}
+    timings["total_s"] = time.perf_counter() - started
+    results = assemble_results(config, loaded, name, adapter, evaluation, inputs, records, device, state, timings)
+    write_report(output_dir, results)
+    print((output_dir / "report.md").read_text())
+    print(f"results in {output_dir} ({timings['total_s']:.0f} s)")
+    return results
+
+
+
+# ------------------------------------------------------------------------------------ training only
+@dataclass
+class TrainJob:
+    """The options of ``experiments/train.py``: what to train on; ``train`` holds the training settings.
+
+    Args:
+        output_dir: receives the adapter, ``train_config.json`` and the checkpoint.
+        model: the base model (embedded name, local folder or cached Hugging Face id).
+        data: a name or path accepted by :func:`constrained_rec.data.load_interactions`.
+        train_samples: training windows drawn (seeded); ``None`` keeps all.
+        eval_samples: validation samples for the loss.
+        template: the prompt template.
+        train: :class:`constrained_rec.train.TrainConfig` (its ``catalog_fingerprint`` is filled in here).
+        resume: continue from a checkpoint in ``output_dir``.
+    """
+
+    output_dir: str
+    model: str = DEFAULT_MODEL
+    data: str = "ml-100k"
+    train_samples: int | None = 1024
+    eval_samples: int = 200
+    template: str = "alpaca"
+    train: object = None  # TrainConfig
+    resume: bool = True
+
+    def __post_init__(self):
+        from constrained_rec.train import TrainConfig
+
+        self.train = self.train if self.train is not None else TrainConfig()
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"TrainJob.train must be a TrainConfig, got {type(self.train).__name__}")
+        if not (isinstance(self.output_dir, (str, os.PathLike)) and str(self.output_dir)):
+            raise ValueError(f"TrainJob.output_dir must name a folder, got {self.output_dir!r}")
+
+
+def train_job(job: TrainJob):
+    """Train an adapter for the catalog trie of ``job.data`` (:func:`constrained_rec.catalog.catalog_trie`, the
+    trie :func:`run` checks it against); returns :class:`constrained_rec.train.TrainResult`."""
+    import dataclasses
+
+    from constrained_rec.catalog import catalog_trie
+    from constrained_rec.data import SplitConfig, load_interactions, make_splits
+    from constrained_rec.model import load_model
+    from constrained_rec.train import train
+
+    model, tokenizer = load_model(job.model)
+    data = load_interactions(job.data)
+    split = SplitConfig(train_samples=job.train_samples, eval_samples=job.eval_samples, seed=job.train.seed,
+                        template=job.template)
+    splits = make_splits(data, split, tokenizer=tokenizer)
+    config = dataclasses.replace(job.train, catalog_fingerprint=catalog_trie(data, tokenizer).fingerprint())
+    return train(model, tokenizer, splits["train"], config, eval_dataset=splits["validation"],
+                 output_dir=job.output_dir, resume=job.resume)

@@ -1,0 +1,250 @@
+"""The options of the main job (:class:`RunConfig`, one per flag of ``experiments/run.py``) and the checks that
+run before anything is loaded: the device exists, and a resumed folder belongs to a run with the same options.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from constrained_rec.recommenders import DECODERS
+
+# Nothing may reach a model hub at run time (models load from the wheel, a folder or the local cache);
+# without this, peft looks the base model's name up online when it saves an adapter.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RUN_IDENTITY = "run.json"
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_KS = (1, 5, 10, 20)
+
+
+@dataclass(frozen=True)
+class RunSize:
+    """How much a run trains and evaluates."""
+
+    train_samples: int
+    epochs: int
+    eval_users: int
+    validation_samples: int
+
+
+# Measured on the project's 2-core CPU machine (see the README): the defaults finish in <= 20 minutes,
+# --quick in <= 3 minutes.
+DEFAULTS = RunSize(train_samples=128, epochs=1, eval_users=100, validation_samples=32)
+QUICK = RunSize(train_samples=16, epochs=1, eval_users=10, validation_samples=8)
+QUICK_KS = (1, 5, 10)
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    """``"1,5,10"`` -> ``(1, 5, 10)``; a ``ValueError`` naming the text unless all are positive integers."""
+    try:
+        ks = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--k takes comma-separated positive integers like 1,5,10,20, got {text!r}")
+    return ks
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class RunConfig:
+    """Every option of ``experiments/run.py`` (same names as its flags, same defaults); see ``--help``.
+
+    ``None`` means "the default for this size": :attr:`size`, :attr:`ks` and :func:`resolve_device` resolve them.
+    ``command`` is the command line recorded in ``metrics.json`` (by default rebuilt from the options).
+    """
+
+    constrained: bool = False
+    dataset: str = "ml-100k"
+    data_dir: str | None = None
+    model: str | None = None
+    train_samples: int | None = None
+    epochs: int | None = None
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    adapter: str | None = None
+    eval_users: int | None = None
+    all_users: bool = False
+    k: tuple[int, ...] | None = None
+    num_beams: int | None = None
+    length_penalty: float = 0.0
+    exclude_history: bool = True
+    baselines: bool = False
+    eval_batch_size: int | None = None
+    decoder: str = "beam"
+    threads: int | None = None
+    quick: bool = False
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str | None = None
+    command: str | None = None
+
+    def __post_init__(self):
+        for name in ("constrained", "all_users", "exclude_history", "baselines", "quick"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"RunConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name, least in (("train_samples", 0), ("epochs", 1), ("batch_size", 1), ("eval_users", 1),
+                            ("num_beams", 1), ("eval_batch_size", 1), ("threads", 1)):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value >= least):
+                raise ValueError(f"RunConfig.{name} (--{name.replace('_', '-')}) must be an integer >= {least}, "
+                                 f"got {value!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"RunConfig.seed must be an integer, got {self.seed!r}")
+        if self.k is not None:
+            self.k = tuple(self.k)
+            if not self.k or not all(_is_int(k) and k >= 1 for k in self.k):
+                raise ValueError(f"RunConfig.k (--k) must be positive integers like (1, 5, 10, 20), got {self.k!r}")
+        for name in ("learning_rate", "length_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"RunConfig.{name} must be a finite number, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"RunConfig.learning_rate (--learning-rate) must be > 0, got {self.learning_rate!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"RunConfig.decoder (--decoder) must be one of {list(DECODERS)}, got {self.decoder!r}")
+        for name in ("dataset", "data_dir", "model", "adapter", "output_dir", "command"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ValueError(f"RunConfig.{name} must be a non-empty string or None, got {value!r}")
+        parse_device(self.device)
+        if self.num_beams is not None and self.num_beams < max(self.ks):
+            raise ValueError(f"--num-beams {self.num_beams} is smaller than the largest K = {max(self.ks)}: beam "
+                             "search returns at most num_beams titles")
+
+    @property
+    def size(self) -> RunSize:
+        """Training and evaluation sizes: the flags where given, else ``QUICK`` or ``DEFAULTS``."""
+        base = QUICK if self.quick else DEFAULTS
+        return RunSize(
+            train_samples=base.train_samples if self.train_samples is None else self.train_samples,
+            epochs=base.epochs if self.epochs is None else self.epochs,
+            eval_users=base.eval_users if self.eval_users is None else self.eval_users,
+            validation_samples=base.validation_samples,
+        )
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        return self.k or (QUICK_KS if self.quick else DEFAULT_KS)
+
+    def command_line(self) -> str:
+        """``command``, or the ``experiments/run.py`` command line that gives this config."""
+        if self.command is not None:
+            return self.command
+        words = ["python", "experiments/run.py"]
+        for spec in fields(self):
+            value, default = getattr(self, spec.name), spec.default
+            flag = "--" + spec.name.replace("_", "-")
+            if spec.name == "command" or value == default:
+                continue
+            if isinstance(value, bool):
+                words.append(flag if value else f"--no-{flag[2:]}")
+            else:
+                words += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+        return " ".join(words)
+
+
+# ------------------------------------------------------------------------------------- validation first
+def parse_device(text: str) -> torch.device | None:
+    """The device ``text`` names (``None`` for ``"auto"``); a ``ValueError`` naming it if it is not a device."""
+    if text == "auto":
+        return None
+    try:
+        return torch.device(text)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {text!r} is not a device; accepted: auto, cpu, cuda, cuda:N (N a GPU index), "
+                         "mps") from None
+
+
+def resolve_device(text: str, state=None) -> torch.device:
+    """The device to compute on, checked to exist before anything is loaded.
+
+    ``auto`` is CUDA when available, else the CPU; under ``torchrun`` / ``accelerate launch`` on GPUs each
+    process takes its own GPU (``state.device``).
+    """
+    device = parse_device(text) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+            raise ValueError(f"--device {text!r} asks for a CUDA GPU, but this torch ({torch.__version__}, {built}) "
+                             "sees none; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {text!r}: there are only {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"indices 0 to {torch.cuda.device_count() - 1}")
+        if state is not None and state.num_processes > 1:
+            device = state.device
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {text!r}: MPS is not available on this machine; use --device cpu (or auto)")
+    elif device.type not in ("cpu", "mps"):
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as error:
+            raise ValueError(f"--device {text!r} is not usable here ({error}); use --device cpu (or auto)") from None
+    return device
+
+
+def output_folder(config: RunConfig, state) -> Path:
+    """``--output-dir``, or ``runs/<timestamp>`` in a single process (sharded processes must share a folder)."""
+    if config.output_dir is not None:
+        return Path(config.output_dir)
+    if state.num_processes > 1:
+        raise ValueError("a sharded run (torchrun / accelerate launch with several processes) needs --output-dir: "
+                         "every process must write into the same folder")
+    return Path(f"runs/{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def model_name(config: RunConfig) -> str:
+    """``--model``, else the base model the adapter was trained on, else the embedded model."""
+    from constrained_rec.model import adapter_train_config
+
+    if config.model is not None:
+        return config.model
+    return adapter_train_config(config.adapter)["base_model"] if config.adapter else DEFAULT_MODEL
+
+
+def run_identity(config: RunConfig) -> dict:
+    """Every option that changes a run's results: data, split, model, adapter, training, decoding, seed.
+
+    Left out are options that change only speed or which methods are listed (``--constrained``,
+    ``--baselines``, batch size of decoding, threads, device, output folder).
+    """
+    size = config.size
+    return {
+        "dataset": config.dataset, "data_dir": config.data_dir, "model": model_name(config),
+        "adapter": str(Path(config.adapter).resolve()) if config.adapter else None,
+        "train_samples": size.train_samples, "epochs": size.epochs, "validation_samples": size.validation_samples,
+        "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+        "eval_users": None if config.all_users else size.eval_users, "ks": list(config.ks),
+        "num_beams": config.num_beams or max(config.ks), "length_penalty": config.length_penalty,
+        "exclude_history": config.exclude_history, "decoder": config.decoder, "seed": config.seed,
+    }
+
+
+def check_run_identity(output_dir: Path, config: RunConfig, state) -> None:
+    """Refuse to resume a folder written by a run with other options, naming them (old -> new).
+
+    The main process writes ``run.json`` on the first run; the others wait for it. A folder with results
+    but no ``run.json`` was written by an older version whose options are unknown: also refused.
+    """
+    from constrained_rec.predictions import check_identity
+
+    path = output_dir / RUN_IDENTITY
+    earlier = [name for name in ("adapter", "evaluation.json") if (output_dir / name).exists()]
+    if earlier and not path.is_file():
+        raise ValueError(f"{output_dir} holds results ({', '.join(earlier)}) of a run whose options were not "
+                         f"recorded (no {RUN_IDENTITY}); it cannot be resumed safely: choose a new --output-dir")
+    if not earlier and state.is_main_process and path.is_file():
+        path.unlink()  # a run that failed before producing anything: nothing to resume, its options do not bind
+    try:
+        check_identity(path, run_identity(config), state, "a run")
+    except ValueError as error:
+        raise ValueError(f"{error}. A new run needs a new folder: pass another --output-dir") from None
