@@ -22,6 +22,7 @@ from constrained_rec.collaborative import (
     fit_assistant,
     histories_before,
     load_assistant,
+    sample_rows,
 )
 from constrained_rec.collaborative.base import exclusion_mask, target_ranks
 from constrained_rec.data import InteractionData, SplitConfig, split_positions
@@ -199,6 +200,21 @@ def test_ease_never_sees_held_out_targets(data):
     changed = InteractionData.from_frame(frame, data.titles)
     grid = {"l2_grid": (5.0,)}
     assert np.array_equal(fit_assistant("ease", data, **grid).weights, fit_assistant("ease", changed, **grid).weights)
+
+
+def test_sample_rows_locate_the_targets_of_make_splits(data):
+    from constrained_rec.data import make_splits
+
+    config = SplitConfig(max_history=3)
+    splits = make_splits(data, config)
+    positions = split_positions(data, config)
+    for split in ("validation", "test"):
+        rows = sample_rows(data, splits[split])
+        assert rows.tolist() == positions[split].tolist()
+        full = histories_before(data, rows)
+        assert [h[-3:].tolist() for h in full] == [list(h) for h in splits[split]["history_item_ids"]]
+    with pytest.raises(ValueError, match="no interaction of user 0 has target 3 after history"):
+        sample_rows(data, [{"user_id": 0, "target_item_id": 3, "history_item_ids": [999]}])
 
 
 # ------------------------------------------------------------------------------------------ bad input

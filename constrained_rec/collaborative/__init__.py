@@ -15,7 +15,13 @@ validation NDCG@10). :func:`fit_assistant` fits one by name; :class:`AssistantRe
 catalog with one for :func:`constrained_rec.evaluate.evaluate`.
 """
 
-from constrained_rec.collaborative.base import Assistant, AssistantData, assistant_data, histories_before
+from constrained_rec.collaborative.base import (
+    Assistant,
+    AssistantData,
+    assistant_data,
+    histories_before,
+    sample_rows,
+)
 from constrained_rec.collaborative.closed_form import EASE, Popularity, ease_weights
 from constrained_rec.collaborative.recommend import (
     ASSISTANTS,
@@ -41,4 +47,5 @@ __all__ = [
     "histories_before",
     "load_assistant",
     "rank_columns",
+    "sample_rows",
 ]

@@ -77,6 +77,31 @@ def histories_before(data: InteractionData, rows: Sequence[int]) -> list[np.ndar
     return [items[user_start[row] : row].copy() for row in rows.tolist()]
 
 
+def sample_rows(data: InteractionData, samples) -> np.ndarray:
+    """The row of ``data.interactions`` that is each sample's target (a split of ``make_splits``).
+
+    The row is the user's last interaction with the target item whose preceding items end with the
+    sample's ``history_item_ids``; :func:`histories_before` of these rows gives the full, ordered histories.
+    A sample that matches no row is a ``ValueError``.
+    """
+    users = data.interactions["user_id"].to_numpy()
+    items = data.interactions["item_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    bounds = dict(zip(users[starts].tolist(), zip(starts.tolist(), np.r_[starts[1:], len(users)].tolist())))
+    rows = []
+    for sample in samples:
+        user, target, history = int(sample["user_id"]), int(sample["target_item_id"]), list(sample["history_item_ids"])
+        start, end = bounds.get(user, (0, 0))
+        candidates = start + np.flatnonzero(items[start:end] == target)
+        matching = [r for r in candidates.tolist() if r - start >= len(history)
+                    and items[r - len(history) : r].tolist() == history]
+        if not matching:
+            raise ValueError(f"no interaction of user {user} has target {target} after history {history}; "
+                             "were the samples made from another data set?")
+        rows.append(matching[-1])
+    return np.array(rows, dtype=np.int64)
+
+
 def assistant_data(data: InteractionData, split_config: SplitConfig | None = None) -> AssistantData:
     """The training interactions and validation samples of ``data`` split by ``split_config``.
 

@@ -59,7 +59,7 @@ class SASRecConfig:
     lr: float = 1e-3
     batch_size: int = 128
     max_epochs: int = 200
-    patience: int = 10
+    patience: int = 5
     max_minutes: float | None = None
 
     def __post_init__(self):
