@@ -36,13 +36,14 @@ class TitleTrieProcessor(LogitsProcessor):
     rather than re-map them.
 
     **Other processors.** transformers runs the processors it builds from `generate()` options (`no_repeat_ngram_size`,
-    `min_new_tokens`, `bad_words_ids`, `top_k`/`top_p`/`temperature` when sampling) before any passed in
-    `logits_processor`, so this processor always sees their bans. Where one has removed every token the trie allows
-    for a running row, no catalog title can continue and the call raises naming the row and those tokens.
-    `min_new_tokens` longer than a title, `no_repeat_ngram_size` (titles repeat prompt n-grams, e.g. years) and
-    `bad_words_ids` covering title tokens are therefore incompatible with exact catalog decoding. For sampling,
-    pass `top_k=0` to `generate()` and put `TopKLogitsWarper`/`TopPLogitsWarper` after this processor in
-    `logits_processor`: they then choose among the allowed tokens only, and every output stays a catalog title.
+    `min_new_tokens`, `bad_words_ids`, `repetition_penalty`, ...) before any passed in `logits_processor`, and the
+    sampling warpers (`temperature`, `top_k`, `top_p`) after them (transformers 5). So warpers choose among the
+    allowed tokens only and sampling stays exact, but bans reach this processor first: where one has removed every
+    token the trie allows for a running row, no catalog title can continue, and the call raises naming the row and
+    those tokens. `min_new_tokens` longer than a title (it bans EOS), `no_repeat_ngram_size` (titles repeat prompt
+    n-grams, e.g. years) and `bad_words_ids` covering title tokens are therefore incompatible with exact catalog
+    decoding. Passing this processor last in `logits_processor` is the best order (any custom processor after it
+    could ban tokens unseen); score-only processors such as `repetition_penalty` are harmless.
 
     Args:
         trie (`TitleTrie`):

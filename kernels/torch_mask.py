@@ -71,8 +71,8 @@ class DeviceConstraints:
             torch.as_tensor(keys, dtype=torch.long, device=device),
             num_items + 1,
             len(counts),
-            torch.as_tensor(constraints.prior_cum, device=device) if with_prior else None,
-            torch.as_tensor(constraints.prior_floor, device=device) if with_prior else None,
+            torch.tensor(constraints.prior_cum, device=device) if with_prior else None,
+            torch.tensor(constraints.prior_floor, device=device) if with_prior else None,
             float(constraints.prior_weight),
         )
 

@@ -14,6 +14,7 @@ from transformers import LogitsProcessorList
 import constrained_rec.decode
 from conftest import make_tiny_llama
 from constrained_rec import TitleTrie, TitleTrieProcessor
+from constrained_rec.constraints import ItemConstraints
 from constrained_rec.decode import recommend
 from constrained_rec.tokenization import prompt_token_ids
 
@@ -37,12 +38,12 @@ def excluded_items(items):
     return [set(items[:3]), set(), {items[5], items[-1]}]  # items[-1] shares its title with items[1]
 
 
-def generate_top(model, trie, k, num_beams, length_penalty, exclude):
+def generate_top(model, trie, k, num_beams, length_penalty, exclude, **prior):
     """Per prompt, [(tokens, score)] of transformers' beam search with TitleTrieProcessor."""
     width = max(len(p) for p in PROMPTS)
     ids = torch.tensor([[PAD] * (width - len(p)) + p for p in PROMPTS])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in PROMPTS])
-    proc = TitleTrieProcessor(trie, prompt_length=width, exclude=exclude, pad_token_id=PAD)
+    proc = TitleTrieProcessor(trie, prompt_length=width, exclude=exclude, pad_token_id=PAD, **prior)
     out = model.generate(input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([proc]),
                          num_beams=num_beams, num_return_sequences=k, max_new_tokens=trie.max_length,
                          length_penalty=length_penalty, do_sample=False, pad_token_id=PAD, eos_token_id=EOS,
@@ -331,3 +332,86 @@ def test_embedded_model_beam_equals_generate_and_exact_equals_brute_force():
         truth[tuple(s)] = log_probs[positions, torch.tensor(s)].sum().item()
     exact = recommend(model, tokenizer, [prompt], trie, 3, mode="exact").recommendations[0]
     np.testing.assert_allclose([r.log_prob for r in exact], sorted(truth.values(), reverse=True)[:3], atol=1e-3)
+
+
+# ---------------------------------------------------------------- the item prior inside the search
+def random_log_prior(num_items, seed, zero_mass=3):
+    rng = np.random.default_rng(seed)
+    prior = rng.normal(0, 2, size=(len(PROMPTS), num_items))
+    for row in prior:
+        row[rng.choice(num_items, size=zero_mass, replace=False)] = -np.inf
+    return prior
+
+
+def brute_force_fused(model, trie, seqs, items, prior, weight, exclude=None):
+    """Per prompt, {title: (log p_LM, log M, fused)} over every title of positive mass, by brute force."""
+    lm = brute_force_log_probs(model, trie)
+    out = []
+    for p, totals in enumerate(lm):
+        excluded = exclude[p] if exclude else set()
+        mass = np.array([0.0 if i in excluded else np.exp(v) for i, v in zip(items, prior[p])])
+        title_mass = {}
+        for m, s in zip(mass, seqs):
+            title_mass[tuple(s) + (EOS,)] = title_mass.get(tuple(s) + (EOS,), 0.0) + m / mass.sum()
+        out.append({t: (totals[t], np.log(m), totals[t] + weight * np.log(m)) for t, m in title_mass.items() if m > 0})
+    return out
+
+
+@pytest.mark.parametrize("weight", [0.5, 2.0])
+@pytest.mark.parametrize("with_exclude", [False, True])
+def test_beam_with_prior_equals_generate_with_the_prior_processor(model, weight, with_exclude):
+    seqs, items = make_catalog(0)
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=items)
+    prior = random_log_prior(len(items), seed=1)
+    exclude = excluded_items(items) if with_exclude else None
+    expected = generate_top(model, trie, k=4, num_beams=6, length_penalty=0.0, exclude=exclude, item_log_prior=prior,
+                            prior_weight=weight)
+    result = recommend(model, None, PROMPTS, trie, 4, num_beams=6, jump=False, exclude=exclude, item_log_prior=prior,
+                       prior_weight=weight)
+    truth = brute_force_fused(model, trie, seqs, items, prior, weight, exclude)
+    for p, recs in enumerate(result.recommendations):
+        assert [r.token_ids for r in recs] == [list(t) for t, _ in expected[p]]
+        np.testing.assert_allclose([r.score for r in recs], [s for _, s in expected[p]], rtol=0, atol=1e-5)
+        for r in recs:
+            log_prob, log_mass, fused = truth[p][tuple(r.token_ids)]
+            assert r.log_prob == pytest.approx(log_prob, abs=1e-4)
+            assert r.prior_log_mass == pytest.approx(log_mass, abs=1e-9)
+            assert r.fused_log_prob == pytest.approx(fused, abs=1e-4) and r.score == r.fused_log_prob
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seqs=st.lists(st.lists(st.integers(3, 7), min_size=1, max_size=4), min_size=3, max_size=20),
+    seed=st.integers(0, 100),
+    weight=st.sampled_from([0.3, 1.0, 3.0]),
+    jump=st.booleans(),
+)
+def test_exact_mode_with_prior_equals_brute_force(seqs, seed, weight, jump):
+    """Duplicate and prefix titles are common with few token values; exact mode proves the fused top-k."""
+    items = list(range(len(seqs)))
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS)
+    prior = random_log_prior(len(items), seed, zero_mass=1)
+    truth = brute_force_fused(PEAKED, trie, seqs, items, prior, weight)
+    k = min(3, min(len(t) for t in truth))
+    result = recommend(PEAKED, None, PROMPTS, trie, k, mode="exact", jump=jump, item_log_prior=prior,
+                       prior_weight=weight, node_budget=10_000)
+    assert result.stats.proven == [k] * len(PROMPTS)
+    for recs, titles in zip(result.recommendations, truth):
+        best = sorted((fused for _, _, fused in titles.values()), reverse=True)[:k]
+        np.testing.assert_allclose([r.fused_log_prob for r in recs], best, atol=1e-4)
+        for r in recs:
+            assert titles[tuple(r.token_ids)][2] == pytest.approx(r.fused_log_prob, abs=1e-4)
+
+
+def test_prior_weight_zero_is_the_plain_search_and_constraints_can_be_passed(model):
+    seqs, items = make_catalog(1)
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=items)
+    prior = random_log_prior(len(items), seed=2, zero_mass=0)
+    plain = recommend(model, None, PROMPTS, trie, 4, num_beams=6)
+    weightless = recommend(model, None, PROMPTS, trie, 4, num_beams=6, item_log_prior=prior, prior_weight=0.0)
+    assert tokens_of(plain) == tokens_of(weightless)
+    constraints = ItemConstraints.build(trie, num_prompts=3, item_log_prior=prior)
+    assert tokens_of(recommend(model, None, PROMPTS, trie, 4, num_beams=6, constraints=constraints)) == tokens_of(
+        recommend(model, None, PROMPTS, trie, 4, num_beams=6, item_log_prior=prior))
+    with pytest.raises(ValueError, match="cover 3 prompts, but 2 prompts were given"):
+        recommend(model, None, PROMPTS[:2], trie, 4, constraints=constraints)

@@ -189,3 +189,71 @@ def test_numba_and_torch_kernels_agree_on_a_larger_catalog():
     b = TitleTrieProcessor(trie, 0, exclude=exclude, pad_token_id=PAD, backend="torch")(input_ids, scores.clone())
     assert torch.equal(a, b)
     assert torch.isinf(a).any() and torch.isfinite(a).any()
+
+
+# ---------------------------------------------------------------- hardening (issue 10)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "pad, eos, message",
+    [(10**12, EOS, f"pad_token_id {10**12} is not a column of the scores, which have 32"),
+     (32, EOS, "pad_token_id 32 is not a column of the scores, which have 32"),
+     (PAD, 40, "the trie holds token id 40 but scores have only 32 columns")],  # EOS ends every title
+)
+def test_pad_or_eos_outside_the_scores_is_an_error(backend, pad, eos, message):
+    trie = TitleTrie.from_token_sequences([[5, 6], [7]], eos_token_id=eos)
+    proc = TitleTrieProcessor(trie, 1, pad_token_id=pad, backend=backend)
+    with pytest.raises(ValueError, match=message):
+        proc(torch.tensor([[1, 7, eos]]), torch.zeros(1, 32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_generated_id_beyond_the_trie_tokens_is_off_the_trie(backend):
+    # With edge keys parent * (max token + 2) + token, id 13 after the root aliased node 1's edge to 4.
+    trie = TitleTrie.from_token_sequences([[3, 4], [3, 5], [4, 6], [4, 7]], eos_token_id=EOS)
+    proc = TitleTrieProcessor(trie, 1, backend=backend)
+    with pytest.raises(ValueError, match=r"row 0: generated ids \[13\] are not a path"):
+        proc(torch.tensor([[1, 13]]), torch.zeros(1, 32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exclude_for_fewer_prompts_than_the_batch_is_an_error(backend):
+    trie = TitleTrie.from_token_sequences([[5], [6], [7]], eos_token_id=EOS, item_ids=[1, 2, 3])
+    proc = TitleTrieProcessor(trie, 2, exclude=[{1}, {2}], backend=backend)
+    four_prompts = torch.tensor([[1, 20], [1, 21], [1, 22], [1, 23]])  # greedy: one row per prompt
+    with pytest.raises(ValueError, match=r"cover 2 prompts, so each owns 2 consecutive rows, but the rows of prompt 0"):
+        proc(four_prompts, torch.zeros(4, VOCAB))
+    two_prompts_two_beams = torch.tensor([[1, 20], [1, 20], [1, 21], [1, 21]])
+    scores = proc(two_prompts_two_beams, torch.zeros(4, VOCAB))
+    assert torch.isfinite(scores).nonzero()[:, 1].tolist() == [6, 7, 6, 7, 5, 7, 5, 7]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"no_repeat_ngram_size": 2}, {"bad_words_ids": [[6]]}, {"min_new_tokens": 8}],
+    ids=["no_repeat_ngram", "bad_words", "min_new_tokens"],
+)
+@pytest.mark.parametrize("mode", [{"do_sample": False}, {"num_beams": 2}])
+def test_processors_that_ban_every_allowed_token_give_a_clear_error(options, mode):
+    # Every title starts [5, 6], a bigram of the prompt; min_new_tokens bans EOS after the longest title.
+    model = make_tiny_llama(vocab_size=40)
+    trie = TitleTrie.from_token_sequences([[5, 6, 7], [5, 6]], eos_token_id=EOS)
+    inputs = {"input_ids": torch.tensor([[1, 5, 6, 9]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    proc = TitleTrieProcessor(trie, prompt_length=4, pad_token_id=PAD)
+    with pytest.raises(ValueError, match=r"row \d: another logits processor already scored -inf every token the trie "
+                                         r"allows after the generated ids \[5(, 6, 7)?\] \(tokens \[(6|2)\]\)"):
+        model.generate(**inputs, logits_processor=LogitsProcessorList([proc]), max_new_tokens=trie.max_length,
+                       pad_token_id=PAD, eos_token_id=EOS, **options, **mode)
+
+
+def test_sampling_warpers_run_after_the_processor():
+    """transformers applies top_k / top_p after the passed processors: they pick among allowed tokens only."""
+    model = make_tiny_llama(vocab_size=40)
+    trie = TitleTrie.from_token_sequences(CATALOG, eos_token_id=EOS, item_ids=ITEMS)
+    inputs = left_padded_batch()
+    proc = TitleTrieProcessor(trie, prompt_length=inputs["input_ids"].shape[1], pad_token_id=PAD)
+    torch.manual_seed(0)
+    for options in ({"top_k": 1}, {"top_p": 0.05, "top_k": 0}):
+        out = model.generate(**inputs, logits_processor=LogitsProcessorList([proc]), do_sample=True,
+                             max_new_tokens=trie.max_length, pad_token_id=PAD, eos_token_id=EOS,
+                             num_return_sequences=3, **options)
+        assert all(len(trie.output_item_ids(row[4:].tolist())) == 1 for row in out)
