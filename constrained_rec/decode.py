@@ -203,27 +203,7 @@ def recommend(
 
     ```
     """
-    if not isinstance(trie, TitleTrie):
-        raise ValueError(f"`trie` has to be a TitleTrie, but is {type(trie).__name__}")
-    _check_positive_int("k", k)
-    num_beams = int(k) if num_beams is None else num_beams
-    for name, value in (("num_beams", num_beams), ("batch_size", batch_size), ("node_budget", node_budget)):
-        _check_positive_int(name, value)
-    if mode not in MODES:
-        raise ValueError(f"`mode` has to be one of {MODES}, but is {mode!r}")
-    if mode == "beam" and num_beams < k:
-        raise ValueError(f"beam search returns at most `num_beams` titles: num_beams={num_beams} < k={k}")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or not np.isfinite(length_penalty):
-        raise ValueError(f"`length_penalty` has to be a finite number, but is {length_penalty!r}")
-    if mode == "exact" and length_penalty != 0.0:
-        raise ValueError(
-            f"exact mode ranks titles by total log-probability and needs length_penalty=0.0, got {length_penalty!r}; "
-            "a length penalty breaks the falling-score bound best-first search relies on"
-        )
-    if getattr(model, "training", False):
-        raise ValueError("the model is in training mode (dropout is active); call model.eval() before recommend()")
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise ValueError(f"recommend() needs a decoder-only causal LM, got the encoder-decoder {type(model).__name__}")
+    num_beams = _check_options(model, trie, k, num_beams, mode, length_penalty, batch_size, node_budget)
     prompt_ids = _prompt_token_ids(tokenizer, prompts, trie)
     constraints = _constraints(trie, len(prompt_ids), k, exclude, item_log_prior, prior_weight, constraints)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -256,6 +236,32 @@ def recommend(
 
 
 # ---------------------------------------------------------------------- inputs
+def _check_options(model, trie, k, num_beams, mode, length_penalty, batch_size, node_budget) -> int:
+    """Validates `recommend`'s options; returns `num_beams` (defaulting to `k`)."""
+    if not isinstance(trie, TitleTrie):
+        raise ValueError(f"`trie` has to be a TitleTrie, but is {type(trie).__name__}")
+    _check_positive_int("k", k)
+    num_beams = int(k) if num_beams is None else num_beams
+    for name, value in (("num_beams", num_beams), ("batch_size", batch_size), ("node_budget", node_budget)):
+        _check_positive_int(name, value)
+    if mode not in MODES:
+        raise ValueError(f"`mode` has to be one of {MODES}, but is {mode!r}")
+    if mode == "beam" and num_beams < k:
+        raise ValueError(f"beam search returns at most `num_beams` titles: num_beams={num_beams} < k={k}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or not np.isfinite(length_penalty):
+        raise ValueError(f"`length_penalty` has to be a finite number, but is {length_penalty!r}")
+    if mode == "exact" and length_penalty != 0.0:
+        raise ValueError(
+            f"exact mode ranks titles by total log-probability and needs length_penalty=0.0, got {length_penalty!r}; "
+            "a length penalty breaks the falling-score bound best-first search relies on"
+        )
+    if getattr(model, "training", False):
+        raise ValueError("the model is in training mode (dropout is active); call model.eval() before recommend()")
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ValueError(f"recommend() needs a decoder-only causal LM, got the encoder-decoder {type(model).__name__}")
+    return num_beams
+
+
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` has to be a positive integer, but is {value!r}")

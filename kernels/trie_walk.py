@@ -232,36 +232,10 @@ def _walk_rows(generated, trie, num_prompts, rows_per_prompt, status_out, depth_
 
 
 @cached_njit(nogil=True)
-def mask_scores(scores, generated, trie, constraints, rows_per_prompt, pad, neg_inf, status_out, depth_out):
-    """Sets every score but the allowed next tokens to -inf, with one write pass over each row.
-
-    Args:
-        scores: (rows, vocab), modified in place. Without a prior: an integer view of the score bits and
-            `neg_inf` the bit pattern of -inf. With a prior (``constraints.prior_cum`` has rows): float32 or
-            float64 scores, `neg_inf` = -inf, and each allowed token gets its prior increment added.
-        generated: (rows, steps) int64 generated ids. Row ``r`` belongs to prompt
-            ``min(r // rows_per_prompt, prompts - 1)``.
-        pad: the id finished rows may emit besides EOS; -1 if none.
-        status_out, depth_out: (rows,) int64 outputs, a walk outcome and ``WalkState.depth`` per row.
-
-    Rows whose status ends up OFF_TRIE or NOTHING_ALLOWED are left untouched; running rows whose allowed
-    scores all were -inf already become ALL_BANNED (masked). The caller raises for all three.
-    """
-    num_rows = generated.shape[0]
-    vocab = scores.shape[1]
-    if scores.shape[0] != num_rows or len(status_out) != num_rows or len(depth_out) != num_rows:
-        raise ValueError("mask_scores: scores, generated and the outputs need one row per row")
-    if trie.eos >= vocab or pad >= vocab:
-        raise ValueError("mask_scores: EOS or pad id outside the score columns")
+def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt, neg_inf, with_prior, status_out):
+    """Masks the rows at wide nodes, a group of rows per (node, prompt) sharing one dense allowed array."""
+    num_rows, vocab = scores.shape
     num_prompts = len(constraints.excluded_offsets) - 1
-    with_prior = constraints.prior_cum.shape[0] > 0
-    if with_prior and constraints.prior_cum.shape[0] != num_prompts:
-        raise ValueError("mask_scores: prior rows and exclusion prompts differ")
-    nodes = np.empty(num_rows, dtype=np.int64)
-    seq_los = np.empty(num_rows, dtype=np.int64)
-    group_key = _walk_rows(generated, trie, num_prompts, rows_per_prompt, status_out, depth_out, nodes, seq_los)
-
-    # Rows at wide nodes, a group of rows per (node, prompt): one dense allowed array per group.
     order = np.argsort(group_key)
     allowed = np.empty(vocab, dtype=np.bool_)
     increment = np.zeros(vocab if with_prior else 0)
@@ -296,6 +270,39 @@ def mask_scores(scores, generated, trie, constraints, rows_per_prompt, pad, neg_
                 if banned:
                     status_out[r] = ALL_BANNED
         i = j
+
+
+@cached_njit(nogil=True)
+def mask_scores(scores, generated, trie, constraints, rows_per_prompt, pad, neg_inf, status_out, depth_out):
+    """Sets every score but the allowed next tokens to -inf, with one write pass over each row.
+
+    Args:
+        scores: (rows, vocab), modified in place. Without a prior: an integer view of the score bits and
+            `neg_inf` the bit pattern of -inf. With a prior (``constraints.prior_cum`` has rows): float32 or
+            float64 scores, `neg_inf` = -inf, and each allowed token gets its prior increment added.
+        generated: (rows, steps) int64 generated ids. Row ``r`` belongs to prompt
+            ``min(r // rows_per_prompt, prompts - 1)``.
+        pad: the id finished rows may emit besides EOS; -1 if none.
+        status_out, depth_out: (rows,) int64 outputs, a walk outcome and ``WalkState.depth`` per row.
+
+    Rows whose status ends up OFF_TRIE or NOTHING_ALLOWED are left untouched; running rows whose allowed
+    scores all were -inf already become ALL_BANNED (masked). The caller raises for all three.
+    """
+    num_rows = generated.shape[0]
+    vocab = scores.shape[1]
+    if scores.shape[0] != num_rows or len(status_out) != num_rows or len(depth_out) != num_rows:
+        raise ValueError("mask_scores: scores, generated and the outputs need one row per row")
+    if trie.eos >= vocab or pad >= vocab:
+        raise ValueError("mask_scores: EOS or pad id outside the score columns")
+    num_prompts = len(constraints.excluded_offsets) - 1
+    with_prior = constraints.prior_cum.shape[0] > 0
+    if with_prior and constraints.prior_cum.shape[0] != num_prompts:
+        raise ValueError("mask_scores: prior rows and exclusion prompts differ")
+    nodes = np.empty(num_rows, dtype=np.int64)
+    seq_los = np.empty(num_rows, dtype=np.int64)
+    group_key = _walk_rows(generated, trie, num_prompts, rows_per_prompt, status_out, depth_out, nodes, seq_los)
+
+    _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt, neg_inf, with_prior, status_out)
 
     # Every other row: save its few allowed scores, fill the row, put them back.
     for r in range(num_rows):
