@@ -14,7 +14,6 @@ from constrained_rec.collaborative import (
     EASE,
     AssistantData,
     AssistantRecommender,
-    Popularity,
     SASRec,
     SASRecConfig,
     assistant_data,
