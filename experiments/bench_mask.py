@@ -9,7 +9,7 @@ the floor `scores.clone()` (one pass over the same tensor), and transformers'
 PrefixConstrainedLogitsProcessor over a nested-dict trie (the GENRE / D3 approach; only up to 100k
 sequences and at depth 0 and 2, where it is already slow). Also: build time and peak memory of the build
 (tracemalloc: numpy and Python allocations) and the size of the built arrays, with and without `exclude`
-holding 100 items per prompt.
+holding 100 items per prompt, and the build of 100k sequences plus one 5,000-token title (`--long-title`).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def timed(fn, repeats: int) -> float:
     return best * 1e3
 
 
-def bench_size(num_seqs: int, repeats: int, with_baseline: bool) -> list[dict]:
-    seqs = synthetic_catalog(num_seqs)
+def measured_build(seqs) -> tuple[TitleTrie, float, int]:
+    """The trie, its build time in seconds and the build's peak traced memory in bytes."""
     gc.collect()
     tracemalloc.start()
     start = time.perf_counter()
@@ -67,6 +67,12 @@ def bench_size(num_seqs: int, repeats: int, with_baseline: bool) -> list[dict]:
     build_s = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    return trie, build_s, peak
+
+
+def bench_size(num_seqs: int, repeats: int, with_baseline: bool) -> list[dict]:
+    seqs = synthetic_catalog(num_seqs)
+    trie, build_s, peak = measured_build(seqs)
     size_mib = sum(getattr(trie, n).nbytes for n in ("seq_tokens", "seq_offsets", "seq_item_offsets",
                                                       "item_ids_by_position", "child_offsets", "node_tokens",
                                                       "node_seq_lo", "node_seq_hi")) / 2**20
@@ -119,17 +125,28 @@ def bench_size(num_seqs: int, repeats: int, with_baseline: bool) -> list[dict]:
     return rows
 
 
+def bench_long_title(num_seqs: int, long_length: int) -> None:
+    """Build cost with one very long title: it must scale with the tokens, not rows x longest title."""
+    trie, build_s, peak = measured_build(synthetic_catalog(num_seqs) + [list(range(3, 3 + long_length))])
+    print(f"\n{num_seqs:,} sequences + one of {long_length:,} tokens: built in {build_s:.2f} s, "
+          f"peak build memory {peak / 2**20:.0f} MiB, max_length {trie.max_length:,}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated catalog sizes")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--baseline-max", type=int, default=100_000,
                         help="largest catalog for the nested-dict baseline (it needs gigabytes at 1M)")
+    parser.add_argument("--long-title", type=int, default=5000,
+                        help="also build 100k sequences plus one title this long (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, scores ({PROMPTS * BEAMS}, {VOCAB}) float32")
     for size in (int(s) for s in args.sizes.split(",")):
         bench_size(size, args.repeats, with_baseline=size <= args.baseline_max)
+    if args.long_title:
+        bench_long_title(100_000, args.long_title)
 
 
 if __name__ == "__main__":

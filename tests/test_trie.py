@@ -160,6 +160,37 @@ def test_fingerprint_depends_on_the_catalog_not_its_order(catalog, rng, data):
     assert TitleTrie.from_token_sequences(seqs, eos_token_id=11, item_ids=ids).fingerprint() != trie.fingerprint()
 
 
+def test_one_long_title_costs_its_tokens_not_rows_times_its_length():
+    """The build once padded every row to the longest title: 2,000 short titles + one of 5,000 tokens
+    allocated 2,001 x 5,001 codes (20 MB); proportional to the tokens it is well under 1 MB."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(3, 50, size=rng.integers(1, 8)).tolist() for _ in range(2000)]
+    seqs.append(rng.integers(3, 50, size=5000).tolist())
+    total_tokens = sum(len(s) for s in seqs)
+    tracemalloc.start()
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 100 * total_tokens, f"peak {peak} bytes for {total_tokens} tokens"
+    assert trie.max_length == 5001
+    assert trie.item_ids(seqs[-1]) == [2000]
+
+
+@settings(max_examples=100, deadline=None)
+@given(catalogs(max_items=8, max_len=6), st.lists(st.lists(TOKENS, min_size=30, max_size=80), max_size=3))
+def test_long_titles_among_short_ones(catalog, long_seqs):
+    seqs, _ = catalog
+    seqs = seqs + long_seqs + [s[:-1] for s in long_seqs if len(s) > 1]  # long ones, and their prefixes
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS)
+    assert [tuple(s) for s in trie.sequences()] == sorted({tuple(s) for s in complete(seqs, EOS)})
+    for s in seqs:
+        for cut in range(0, len(s) + 1, 7):
+            assert trie.next_tokens(s[:cut]) == allowed_next(seqs, EOS, s[:cut])
+        assert sorted(trie.item_ids(s)) == items_of(seqs, EOS, s)
+
+
 def test_large_token_ids_use_wide_codes():
     big = 200_000  # beyond uint16 codes
     trie = TitleTrie.from_token_sequences([[big, 5], [big, 6], [70_000]], eos_token_id=EOS)
