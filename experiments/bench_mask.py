@@ -10,6 +10,12 @@ PrefixConstrainedLogitsProcessor over a nested-dict trie (the GENRE / D3 approac
 sequences and at depth 0 and 2, where it is already slow). Also: build time and peak memory of the build
 (tracemalloc: numpy and Python allocations) and the size of the built arrays, with and without `exclude`
 holding 100 items per prompt, and the build of 100k sequences plus one 5,000-token title (`--long-title`).
+
+With a prior: TitleTrieProcessor with `item_log_prior` (a random log-softmax per prompt over every item,
+`exclude` as above), and its peer, D3's approach (``D3PrefixDictProcessor`` below, our own re-implementation
+of the idea of SAI990323/DecodingMatters ``code/LogitProcesser.py``): a per-beam Python loop over a
+prefix -> {token: items} dict, summing the assistant's item probabilities per allowed token. D3 runs only
+up to 100k sequences and at depth 0 and 2, like the nested-dict baseline.
 """
 
 from __future__ import annotations
@@ -46,6 +52,39 @@ def nested_dict_trie(seqs):
         for tok in seq + [EOS]:
             node = node.setdefault(tok, {})
     return root
+
+
+class D3PrefixDictProcessor:
+    """D3-style constrained decoding with a text-free assistant (our own code, written from the paper's description).
+
+    A dict maps every generated prefix (a tuple) to {next token: indices of the items below prefix + token}.
+    Per step and per row (a Python loop): look the row's prefix up, sum the assistant's probabilities of the
+    items below each allowed token and below the prefix, and write ``score + w * (log M(child) - log M(prefix))``
+    into an all -inf row.
+    """
+
+    def __init__(self, seqs, item_log_prior: np.ndarray, prompt_length: int, rows_per_prompt: int, weight=1.0):
+        self.children: dict[tuple, dict[int, list[int]]] = {}
+        for item, seq in enumerate(seqs):
+            full = list(seq) + [EOS]
+            for depth in range(len(full)):
+                self.children.setdefault(tuple(full[:depth]), {}).setdefault(full[depth], []).append(item)
+        self.children = {prefix: {t: np.array(items) for t, items in tokens.items()}
+                         for prefix, tokens in self.children.items()}
+        self.prior = np.exp(item_log_prior.astype(np.float64))
+        self.prompt_length, self.rows_per_prompt, self.weight = prompt_length, rows_per_prompt, weight
+
+    def __call__(self, input_ids, scores):
+        out = torch.full_like(scores, float("-inf"))
+        for row in range(scores.shape[0]):
+            prior = self.prior[row // self.rows_per_prompt]
+            tokens = self.children[tuple(input_ids[row, self.prompt_length:].tolist())]
+            masses = {t: prior[items].sum() for t, items in tokens.items()}
+            parent = sum(masses.values())
+            allowed = [t for t, m in masses.items() if m > 0]
+            increments = torch.tensor([self.weight * np.log(masses[t] / parent) for t in allowed], dtype=scores.dtype)
+            out[row, allowed] = scores[row, allowed] + increments
+        return out
 
 
 def timed(fn, repeats: int) -> float:
@@ -93,6 +132,12 @@ def bench_size(num_seqs: int, repeats: int, with_baseline: bool) -> list[dict]:
     candidates = np.setdiff1d(np.arange(num_seqs), row_items)
     exclude = [set(rng.choice(candidates, size=100, replace=False).tolist()) for _ in range(PROMPTS)]
     nested = nested_dict_trie(seqs) if with_baseline else None
+    logits = rng.standard_normal((PROMPTS, num_seqs)).astype(np.float32)
+    log_prior = logits - np.log(np.exp(logits.astype(np.float64)).sum(axis=1, keepdims=True)).astype(np.float32)
+    d3_prior = log_prior.copy()
+    for p, items in enumerate(exclude):
+        d3_prior[p, list(items)] = -np.inf
+    d3 = D3PrefixDictProcessor(seqs, d3_prior, 5, BEAMS) if with_baseline else None
     rows = []
     for depth, items in zip((0, 2, 6), row_items):
         paths = [seqs[i] for i in items]
@@ -103,9 +148,10 @@ def bench_size(num_seqs: int, repeats: int, with_baseline: bool) -> list[dict]:
         scores = torch.randn(PROMPTS * BEAMS, VOCAB)
         floor = timed(lambda: scores.clone(), repeats)
         row = {"sequences": num_seqs, "depth": depth, "floor_ms": floor}
-        for name, exc, backend in (("ours_ms", None, "numba"), ("ours_exclude_ms", exclude, "numba"),
-                                   ("torch_kernel_ms", None, "torch")):
-            proc = TitleTrieProcessor(trie, prompt_length=5, exclude=exc, backend=backend)
+        for name, exc, backend, prior in (("ours_ms", None, "numba", None), ("ours_exclude_ms", exclude, "numba", None),
+                                          ("ours_prior_ms", exclude, "numba", log_prior),
+                                          ("torch_kernel_ms", None, "torch", None)):
+            proc = TitleTrieProcessor(trie, prompt_length=5, exclude=exc, backend=backend, item_log_prior=prior)
             row[name] = timed(lambda: proc(input_ids, scores.clone()), repeats) - floor  # clone is the input copy
         if nested is not None and depth <= 2:
             def allowed(batch_id, ids, _root=nested):
@@ -116,12 +162,15 @@ def bench_size(num_seqs: int, repeats: int, with_baseline: bool) -> list[dict]:
 
             baseline = PrefixConstrainedLogitsProcessor(allowed, num_beams=BEAMS)
             row["prefix_constrained_ms"] = timed(lambda: baseline(input_ids, scores.clone()), max(1, repeats // 5)) - floor
+            row["d3_prior_ms"] = timed(lambda: d3(input_ids, scores.clone()), max(1, repeats // 5)) - floor
         rows.append(row)
         ratio = row["ours_ms"] / floor
         print(f"  depth {depth}: ours {row['ours_ms']:.2f} ms, with exclude {row['ours_exclude_ms']:.2f} ms, "
+              f"with prior (+exclude) {row['ours_prior_ms']:.2f} ms, "
               f"floor (clone) {floor:.2f} ms, ours/floor {ratio:.2f}, exclude/floor {row['ours_exclude_ms'] / floor:.2f}, "
-              f"torch kernel on CPU {row['torch_kernel_ms']:.2f} ms"
-              + (f", PrefixConstrained {row['prefix_constrained_ms']:.1f} ms" if "prefix_constrained_ms" in row else ""))
+              f"prior/floor {row['ours_prior_ms'] / floor:.2f}, torch kernel on CPU {row['torch_kernel_ms']:.2f} ms"
+              + (f", PrefixConstrained {row['prefix_constrained_ms']:.1f} ms" if "prefix_constrained_ms" in row else "")
+              + (f", D3 prefix-dict + prior {row['d3_prior_ms']:.1f} ms" if "d3_prior_ms" in row else ""))
     return rows
 
 
