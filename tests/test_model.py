@@ -51,6 +51,32 @@ def test_tokenizer_without_eos_is_rejected(tmp_path):
 def test_load_adapter_needs_an_adapter_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_adapter(tmp_path)
+    with pytest.raises(FileNotFoundError, match="'.*no-such-adapter' does not exist"):
+        load_adapter(tmp_path / "no-such-adapter")
+
+
+def test_adapter_metadata_errors_name_what_is_wrong(tmp_path):
+    """A missing folder says so (not "no train_config.json"); a folder without metadata, another base model
+    and another catalog are refused with what to do."""
+    import json
+
+    from constrained_rec.model import adapter_train_config, check_adapter
+
+    class Trie:
+        def fingerprint(self):
+            return "catalog-b"
+
+    with pytest.raises(FileNotFoundError, match="'.*missing' does not exist"):
+        check_adapter(tmp_path / "missing", "smollm2-135m", Trie())
+    with pytest.raises(FileNotFoundError, match="has no train_config.json"):
+        adapter_train_config(tmp_path)
+    (tmp_path / "train_config.json").write_text(json.dumps({"base_model": "m", "catalog_fingerprint": "catalog-a"}))
+    with pytest.raises(ValueError, match="trained on the base model 'm', not 'smollm2-135m'; pass --model m"):
+        check_adapter(tmp_path, "smollm2-135m", Trie())
+    with pytest.raises(ValueError, match="another catalog or tokenizer .catalog fingerprint catalog-a.*give catalog-b"):
+        check_adapter(tmp_path, "m", Trie())
+    (tmp_path / "train_config.json").write_text(json.dumps({"base_model": "m", "catalog_fingerprint": "catalog-b"}))
+    assert check_adapter(tmp_path, "m", Trie())["base_model"] == "m"
 
 
 @pytest.mark.slow

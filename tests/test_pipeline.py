@@ -1,0 +1,207 @@
+"""constrained_rec.pipeline: options checked before anything loads, resume identity, the catalog trie, and sharded
+(2-process) evaluation and training equal to one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import REPO_ROOT, make_tiny_llama
+from constrained_rec.pipeline import RUN_IDENTITY, RunConfig, check_run_identity, parse_ks, resolve_device, run
+
+SINGLE = SimpleNamespace(is_main_process=True, num_processes=1, process_index=0, wait_for_everyone=lambda: None)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(train_samples=-1), r"train_samples \(--train-samples\) must be an integer >= 0, got -1"),
+    (dict(epochs=0), r"epochs \(--epochs\) must be an integer >= 1, got 0"),
+    (dict(eval_users=2.5), r"eval_users \(--eval-users\) must be an integer >= 1, got 2.5"),
+    (dict(k=(0, 5)), r"k \(--k\) must be positive integers"),
+    (dict(k=(1, 20), num_beams=10), r"--num-beams 10 is smaller than the largest K = 20"),
+    (dict(learning_rate=0.0), r"learning_rate \(--learning-rate\) must be > 0, got 0.0"),
+    (dict(length_penalty=float("nan")), r"length_penalty must be a finite number, got nan"),
+    (dict(decoder="sample"), r"decoder \(--decoder\) must be one of \['beam', 'generate'\], got 'sample'"),
+    (dict(device="gpu0"), r"--device 'gpu0' is not a device; accepted: auto, cpu, cuda, cuda:N"),
+    (dict(quick="yes"), r"quick must be True or False, got 'yes'"),
+    (dict(model=""), r"model must be a non-empty string or None, got ''"),
+])
+def test_bad_options_are_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**options)
+
+
+def test_sizes_and_ks_resolve_like_the_script_documents():
+    assert RunConfig().size.train_samples == 128 and RunConfig().ks == (1, 5, 10, 20)
+    quick = RunConfig(quick=True, epochs=2)
+    assert (quick.size.train_samples, quick.size.epochs, quick.size.eval_users, quick.ks) == (16, 2, 10, (1, 5, 10))
+    assert parse_ks("1,5,10") == (1, 5, 10)
+    for text in ("", "1,,5", "a", "0,5", "-1"):
+        with pytest.raises(ValueError, match=f"got {text!r}"):
+            parse_ks(text)
+    command = RunConfig(constrained=True, k=(1, 3), exclude_history=False, output_dir="out").command_line()
+    assert command == "python experiments/run.py --constrained --k 1,3 --no-exclude-history --output-dir out"
+
+
+def test_cuda_on_a_cpu_only_machine_fails_before_anything_loads(tmp_path, monkeypatch):
+    import constrained_rec.data
+    import constrained_rec.model
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("loaded data or a model before the device was checked")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(constrained_rec.data, "load_interactions", must_not_load)
+    monkeypatch.setattr(constrained_rec.model, "load_model", must_not_load)
+    with pytest.raises(ValueError, match=r"--device 'cuda' asks for a CUDA GPU, but this torch .* sees none; use --device cpu"):
+        run(RunConfig(constrained=True, device="cuda", output_dir=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+
+
+def test_a_missing_gpu_index_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"--device 'cuda:3': there are only 1 CUDA GPU\(s\), indices 0 to 0"):
+        resolve_device("cuda:3")
+
+
+def test_resuming_with_other_options_is_refused_naming_them(tmp_path):
+    quick = RunConfig(constrained=True, quick=True, model="m", output_dir=str(tmp_path))
+    check_run_identity(tmp_path, quick, SINGLE)
+    (tmp_path / "adapter").mkdir()  # the quick run trained an adapter
+    check_run_identity(tmp_path, RunConfig(constrained=True, quick=True, model="m", baselines=True, threads=1,
+                                           eval_batch_size=2), SINGLE)  # speed and extra methods: same run
+    other = RunConfig(constrained=True, quick=True, model="m", train_samples=128, epochs=3, learning_rate=0.5)
+    with pytest.raises(ValueError) as error:
+        check_run_identity(tmp_path, other, SINGLE)
+    message = str(error.value)
+    for difference in ("epochs: 1 -> 3", "learning_rate: 0.001 -> 0.5", "train_samples: 16 -> 128"):
+        assert difference in message
+    assert "eval_users" not in message and "pass another --output-dir" in message
+    assert json.loads((tmp_path / RUN_IDENTITY).read_text())["train_samples"] == 16  # the folder is untouched
+
+
+def test_a_folder_with_results_but_no_recorded_options_is_refused(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    with pytest.raises(ValueError, match=r"holds results \(adapter\) of a run whose options were not recorded"):
+        check_run_identity(tmp_path, RunConfig(model="m"), SINGLE)
+
+
+def test_a_run_that_produced_nothing_does_not_bind_the_folder(tmp_path):
+    check_run_identity(tmp_path, RunConfig(model="m", dataset="ml-5k"), SINGLE)  # failed: no such data set
+    check_run_identity(tmp_path, RunConfig(model="m", dataset="ml-100k"), SINGLE)
+    assert json.loads((tmp_path / RUN_IDENTITY).read_text())["dataset"] == "ml-100k"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from constrained_rec.model import load_tokenizer
+
+    return load_tokenizer()
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.permutations([(3, "Heat (1995)"), (1, "Heat (1995)"), (7, "Casino (1995)"), (2, "Heat"), (5, "Babe")]))
+def test_catalog_trie_is_the_same_whatever_the_catalog_order(tokenizer, catalog):
+    from constrained_rec.catalog import catalog_trie
+
+    trie = catalog_trie(SimpleNamespace(titles=dict(catalog)), tokenizer)
+    reference = catalog_trie(SimpleNamespace(titles=dict(sorted(catalog))), tokenizer)
+    assert trie.fingerprint() == reference.fingerprint()
+    assert [trie.titles.title(i) for i in (1, 2, 3, 5, 7)] == [dict(catalog)[i] for i in (1, 2, 3, 5, 7)]
+    for sequence in reference.sequences():  # duplicate titles list their items in the same order
+        assert trie.item_ids(sequence) == reference.item_ids(sequence)
+
+
+def test_accelerate_cpu_launcher_with_several_processes_is_refused(monkeypatch):
+    from constrained_rec.hf import check_launcher
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(RuntimeError, match="starts a single process.*torchrun --nproc_per_node N"):
+        check_launcher()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun / --multi_gpu: a real group
+    check_launcher()
+
+
+# ------------------------------------------------------------------------------------ two processes
+def torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_records(folder):
+    return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_under_torchrun_equals_one_process(tmp_path, monkeypatch):
+    """The documented scale-out: torchrun --nproc_per_node 2 experiments/run.py --adapter DIR (gloo on CPUs)."""
+    from constrained_rec.model import load_tokenizer
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CONSTRAINED_REC_CACHE", str(cache))
+    model_dir = tmp_path / "tiny"
+    make_tiny_llama(vocab_size=49152, seed=0).save_pretrained(model_dir)
+    load_tokenizer().save_pretrained(model_dir)
+    small = dict(quick=True, train_samples=16, eval_users=6, k=(1, 3), eval_batch_size=2, threads=1)
+    one = run(RunConfig(constrained=True, model=str(model_dir), **small, output_dir=str(tmp_path / "one")))
+
+    torchrun([str(REPO_ROOT / "experiments" / "run.py"), "--constrained", "--adapter", str(tmp_path / "one" / "adapter"),
+              "--quick", "--train-samples", "16", "--eval-users", "6", "--k", "1,3", "--eval-batch-size", "2",
+              "--threads", "1", "--output-dir", str(tmp_path / "two")], cwd=tmp_path)
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["config"]["processes"] == 2 and one["config"]["processes"] == 1
+    assert [r["item_ids"] for r in read_records(tmp_path / "two")] == [r["item_ids"] for r in read_records(tmp_path / "one")]
+    assert [r["sample"] for r in read_records(tmp_path / "two")] == list(range(6))
+    assert two["methods"]["constrained"]["hr@3"] == one["methods"]["constrained"]["hr@3"]
+    assert not list((tmp_path / "two").glob("predictions.part*"))
+
+
+DDP_TRAINING = """
+import sys, torch
+torch.set_num_threads(1)
+from test_train import FAST, make_toy_tokenizer, tiny_model, toy_dataset
+from constrained_rec.train import TrainConfig, train
+config = TrainConfig(**{**FAST, "lora_dropout": 0.0}, gradient_accumulation_steps=int(sys.argv[2]), epochs=2)
+result = train(tiny_model(), make_toy_tokenizer(), toy_dataset(16), config, eval_dataset=toy_dataset(6, seed=1),
+               output_dir=sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_data_parallel_training_equals_one_process_with_gradient_accumulation(tmp_path):
+    """2 processes x 1 batch per step = 1 process x 2 accumulated batches: the same updates and validation loss."""
+    from safetensors.torch import load_file
+
+    from test_train import FAST, make_toy_tokenizer, tiny_model, toy_dataset
+    from constrained_rec.train import TrainConfig, train
+
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DDP_TRAINING))
+    torchrun([str(script), str(tmp_path / "two"), "1"], cwd=tmp_path)
+    config = TrainConfig(**{**FAST, "lora_dropout": 0.0}, gradient_accumulation_steps=2, epochs=2)
+    one = train(tiny_model(), make_toy_tokenizer(), toy_dataset(16), config, eval_dataset=toy_dataset(6, seed=1),
+                output_dir=tmp_path / "one")
+    two = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    mine = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    assert set(two) == set(mine) and any(torch.count_nonzero(w) for n, w in mine.items() if "lora_B" in n)
+    for name, weight in mine.items():
+        torch.testing.assert_close(two[name], weight, rtol=1e-5, atol=1e-6)
+    saved = json.loads((tmp_path / "two" / "train_config.json").read_text())
+    assert saved["global_step"] == one.global_step == 4  # 16 samples: 4 batches of 4, 2 steps per epoch
+    assert saved["best_eval_loss"] == pytest.approx(one.best_eval_loss, rel=1e-5)
