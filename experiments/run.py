@@ -15,8 +15,11 @@ after an interruption: finished training and finished users are not redone.
 
 The defaults are sized for this project's 2-core CPU machine (see ``DEFAULTS``); on a GPU, scale up with
 flags alone, e.g. ``--train-samples 1024 --epochs 3 --eval-users 943``, and shard the evaluation with
-``accelerate launch --num_processes 4 experiments/run.py --constrained --adapter DIR`` (each process takes a
-disjoint slice of the users; the main one merges them into one report).
+``torchrun --nproc_per_node 4 experiments/run.py --constrained --adapter DIR --output-dir NEW`` or
+``accelerate launch --multi_gpu --num_processes 4 ...`` (each process takes a disjoint slice of the users; the
+main one merges them into one report). A folder is resumed only by a run with the same options (``run.json``).
+
+Everything below is argparse; the job itself is :func:`constrained_rec.pipeline.run`.
 """
 
 from __future__ import annotations
