@@ -63,6 +63,45 @@ def instruction_text(item_noun: str = "movies") -> str:
     )
 
 
+def _history_lead(item_noun: str) -> str:
+    _, verb = _noun_forms(item_noun)
+    return f"The user has {verb} the following {item_noun} before: "
+
+
+def quoted_titles(history_titles: Sequence[str]) -> str:
+    """The titles, oldest first, each in double quotes, separated by ``", "``; validated."""
+    if isinstance(history_titles, str):
+        raise TypeError(f"history_titles must be a sequence of titles, got the single string {history_titles!r}")
+    if len(history_titles) == 0:
+        raise ValueError("a prompt needs at least one history title, got an empty history")
+    for position, title in enumerate(history_titles):
+        if not isinstance(title, str) or not title.strip():
+            raise ValueError(f"history title {position} must be a non-empty string, got {title!r}")
+    return ", ".join(f'"{title}"' for title in history_titles)
+
+
+def alpaca_affixes(item_noun: str = "movies") -> tuple[str, str]:
+    """``(prefix, suffix)`` of BIGRec's Alpaca prompt around the quoted history titles.
+
+    ``build_prompt(titles, item_noun) == prefix + quoted_titles(titles) + suffix``: callers that render
+    millions of prompts (``constrained_rec.data.make_splits``) join the quoted titles in bulk around them.
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.prompts import alpaca_affixes, build_prompt, quoted_titles
+    >>> prefix, suffix = alpaca_affixes("books")
+    >>> prefix + quoted_titles(["Emma"]) + suffix == build_prompt(["Emma"], "books")
+    True
+    >>> suffix
+    '\\n\\n### Response:\\n'
+
+    ```
+    """
+    prefix = f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction_text(item_noun)}\n\n### Input:\n{_history_lead(item_noun)}"
+    return prefix, "\n\n### Response:\n"
+
+
 def history_text(history_titles: Sequence[str], item_noun: str = "movies") -> str:
     """The prompt's input: the history titles, oldest first, each in double quotes.
 
@@ -75,16 +114,8 @@ def history_text(history_titles: Sequence[str], item_noun: str = "movies") -> st
 
     ```
     """
-    _, verb = _noun_forms(item_noun)
-    if isinstance(history_titles, str):
-        raise TypeError(f"history_titles must be a sequence of titles, got the single string {history_titles!r}")
-    if len(history_titles) == 0:
-        raise ValueError("a prompt needs at least one history title, got an empty history")
-    for position, title in enumerate(history_titles):
-        if not isinstance(title, str) or not title.strip():
-            raise ValueError(f"history title {position} must be a non-empty string, got {title!r}")
-    quoted = ", ".join(f'"{title}"' for title in history_titles)
-    return f"The user has {verb} the following {item_noun} before: {quoted}"
+    lead = _history_lead(item_noun)
+    return lead + quoted_titles(history_titles)
 
 
 def build_prompt(
@@ -127,10 +158,11 @@ def build_prompt(
     """
     if template not in TEMPLATES:
         raise ValueError(f"unknown prompt template {template!r}; accepted: {list(TEMPLATES)}")
+    if template == "alpaca":
+        prefix, suffix = alpaca_affixes(item_noun)
+        return prefix + quoted_titles(history_titles) + suffix
     instruction = instruction_text(item_noun)
     history = history_text(history_titles, item_noun)
-    if template == "alpaca":
-        return f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}\n\n### Input:\n{history}\n\n### Response:\n"
     if tokenizer is None:
         raise ValueError("template 'chat' renders with the tokenizer's chat template; pass tokenizer=")
     if not getattr(tokenizer, "chat_template", None):

@@ -195,6 +195,8 @@ def test_splits_match_brute_force(rows, max_history, protocol):
         for row in dataset:
             assert row["history_titles"] == [titles[i] for i in row["history_item_ids"]]
             assert row["target_title"] == titles[row["target_item_id"]]
+            assert row["prompt"] == build_prompt(row["history_titles"], "items")
+            assert row["response"] == response_text(row["target_title"])
 
 
 @settings(max_examples=40, deadline=None)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,58 +162,73 @@ def _literal_list(text: str, element: type, where: str) -> list:
 
 def _read_split_csv(path: Path, titles: dict[int, str]) -> list[tuple[str, list[int], int, int]]:
     """``(user, history item ids, target item id, line)`` per row, checked against the catalog ``titles``."""
-    raw = path.read_bytes()
+    rows, line = [], 1
     try:
-        text = raw.decode("utf-8-sig")
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{path}: the file is empty")
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise ValueError(f"{path}, line 1: no column {missing[0]!r}; the header has {header}; this layout "
+                                 f"needs {list(REQUIRED_COLUMNS)}")
+            index = tuple(header.index(name) for name in REQUIRED_COLUMNS)
+            line = 2
+            for fields in reader:
+                if len(fields) != len(header):
+                    raise ValueError(f"{path}, line {line}: the row has {len(fields)} fields, but the header has "
+                                     f"{len(header)}")
+                rows.append(_checked_row(path, line, [fields[k] for k in index], titles))
+                line = reader.line_num + 1
     except UnicodeDecodeError:
         _raise_not_utf8(path)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if header is None:
-        raise ValueError(f"{path}: the file is empty")
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise ValueError(f"{path}, line 1: no column {missing[0]!r}; the header has {header}; this layout needs "
-                         f"{list(REQUIRED_COLUMNS)}")
-    index = {name: header.index(name) for name in REQUIRED_COLUMNS}
-    rows = []
-    line = 2
-    for fields in reader:
-        if len(fields) != len(header):
-            raise ValueError(f"{path}, line {line}: the row has {len(fields)} fields, but the header has {len(header)}")
-        rows.append(_checked_row(path, line, fields, index, titles))
-        line = reader.line_num + 1
+    except csv.Error as error:
+        raise ValueError(f"{path}, line {line}: malformed CSV ({error})") from None
     return rows
 
 
-def _checked_row(path: Path, line: int, fields: list[str], index: dict[str, int], titles: dict[int, str]):
+_INT_LIST = re.compile(r"\[(?:-?\d+, )*-?\d+\]")
+
+
+def _checked_row(path: Path, line: int, fields: list[str], titles: dict[int, str]):
+    """One row's ``(user, history, target, line)``; ``fields`` in the order of :data:`REQUIRED_COLUMNS`."""
+    user, history_titles, target_title, history_ids, target_id = fields
+
     def where(column: str) -> str:
         return f"{path}, line {line}, column {column!r}"
 
-    user = fields[index["user_id"]].strip()
-    if not user:
+    if not user.strip():
         raise ValueError(f"{where('user_id')}: empty user id")
-    history = _literal_list(fields[index["history_item_id"]], int, where("history_item_id"))
-    history_titles = _literal_list(fields[index["history_item_title"]], str, where("history_item_title"))
+    # Fast path for the files as D3 / MiniOneRec write them (str() of the lists); anything else is parsed.
+    if _INT_LIST.fullmatch(history_ids):
+        history = [int(item) for item in history_ids[1:-1].split(", ")]
+    else:
+        history = _literal_list(history_ids, int, where("history_item_id"))
     try:
-        target = int(fields[index["item_id"]])
+        target = int(target_id)
     except ValueError:
-        raise ValueError(f"{where('item_id')}: {fields[index['item_id']]!r} is not an integer item id") from None
+        raise ValueError(f"{where('item_id')}: {target_id!r} is not an integer item id") from None
     if target not in titles:
         raise ValueError(f"{where('item_id')}: the target item {target} is not in the item file (the catalog)")
     unknown = [item for item in history if item not in titles]
     if unknown:
         raise ValueError(f"{where('history_item_id')}: history item {unknown[0]} is not in the item file (the catalog)")
+    if history_titles != str([titles[item] for item in history]):
+        _check_titles(_literal_list(history_titles, str, where("history_item_title")), history, titles,
+                      where("history_item_title"))
+    if target_title.strip() != titles[target]:
+        raise ValueError(f"{where('item_title')}: title {target_title!r} of item {target} differs from the item "
+                         f"file's {titles[target]!r}")
+    return user.strip(), history, target, line
+
+
+def _check_titles(history_titles: list[str], history: list[int], titles: dict[int, str], where: str) -> None:
     if len(history_titles) != len(history):
-        raise ValueError(f"{where('history_item_title')}: {len(history_titles)} titles for {len(history)} history items")
+        raise ValueError(f"{where}: {len(history_titles)} titles for {len(history)} history items")
     for item, title in zip(history, history_titles):
         if title.strip() != titles[item]:
-            raise ValueError(f"{where('history_item_title')}: title {title!r} of item {item} differs from the item "
-                             f"file's {titles[item]!r}")
-    if fields[index["item_title"]].strip() != titles[target]:
-        raise ValueError(f"{where('item_title')}: title {fields[index['item_title']]!r} of item {target} differs "
-                         f"from the item file's {titles[target]!r}")
-    return user, history, target, line
+            raise ValueError(f"{where}: title {title!r} of item {item} differs from the item file's {titles[item]!r}")
 
 
 def _rebuild_sequences(samples: dict[str, list], files: dict[str, Path]):

@@ -125,35 +125,14 @@ class InteractionData:
         blank = [item for item, title in titles.items() if not isinstance(title, str) or not title.strip()]
         if blank:
             raise ValueError(f"titles must be non-empty strings; item {blank[0]} has {titles[blank[0]]!r}")
-        catalog = titles
         raw_counts = {
             "users": int(frame["user_id"].nunique()),
             "items": int(frame["item_id"].nunique()),
             "interactions": len(frame),
-            "catalog_titles": len(catalog),
+            "catalog_titles": len(titles),
         }
-        duplicated = frame.duplicated(COLUMNS).to_numpy()
-        frame = frame[~duplicated]
-        titled = frame["item_id"].isin(list(catalog)).to_numpy()
-        untitled_items = int(frame.loc[~titled, "item_id"].nunique())
-        frame = frame[titled]
-        sizes = frame.groupby("user_id")["item_id"].transform("size").to_numpy()
-        too_short = sizes < min_user_interactions
-        short_users = int(frame.loc[too_short, "user_id"].nunique())
-        frame = frame[~too_short]
-        interacted = set(frame["item_id"].unique().tolist())
-        unused = [item for item in catalog if item not in interacted]
-        if not keep_items_without_interactions:
-            catalog = {item: title for item, title in catalog.items() if item in interacted}
-        dropped = {
-            "duplicate_interactions": int(duplicated.sum()),
-            "items_without_title": untitled_items,
-            "interactions_without_title": int((~titled).sum()),
-            "users_below_min_interactions": short_users,
-            "interactions_of_users_below_min": int(too_short.sum()),
-            "catalog_items_without_interactions": 0 if keep_items_without_interactions else len(unused),
-            **{k: int(v) for k, v in (extra or {}).items()},
-        }
+        frame, catalog, dropped = _filtered(frame, titles, min_user_interactions, keep_items_without_interactions)
+        dropped.update({k: int(v) for k, v in (extra or {}).items()})
         # Stable sort: interactions with equal timestamps keep the order of the source file.
         order = np.lexsort((frame["timestamp"].to_numpy(), frame["user_id"].to_numpy()))
         frame = frame.iloc[order].reset_index(drop=True)
@@ -231,6 +210,33 @@ class InteractionData:
             lengths = [len(ids) for ids in titles_token_ids(tokenizer, titles)]
             stats["title_tokens"] = _distribution(lengths)
         return stats
+
+
+def _filtered(frame: pd.DataFrame, catalog: dict[int, str], min_user_interactions: int, keep_unused_items: bool):
+    """Drop exact duplicates, untitled interactions, too-short users and (unless kept) unused catalog items;
+    ``(frame, catalog, counts by reason)``."""
+    duplicated = frame.duplicated(COLUMNS).to_numpy()
+    frame = frame[~duplicated]
+    titled = frame["item_id"].isin(list(catalog)).to_numpy()
+    untitled_items = int(frame.loc[~titled, "item_id"].nunique())
+    frame = frame[titled]
+    sizes = frame.groupby("user_id")["item_id"].transform("size").to_numpy()
+    too_short = sizes < min_user_interactions
+    short_users = int(frame.loc[too_short, "user_id"].nunique())
+    frame = frame[~too_short]
+    interacted = set(frame["item_id"].unique().tolist())
+    unused = [item for item in catalog if item not in interacted]
+    if not keep_unused_items:
+        catalog = {item: title for item, title in catalog.items() if item in interacted}
+    dropped = {
+        "duplicate_interactions": int(duplicated.sum()),
+        "items_without_title": untitled_items,
+        "interactions_without_title": int((~titled).sum()),
+        "users_below_min_interactions": short_users,
+        "interactions_of_users_below_min": int(too_short.sum()),
+        "catalog_items_without_interactions": 0 if keep_unused_items else len(unused),
+    }
+    return frame, catalog, dropped
 
 
 def _distribution(values) -> dict:

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 from constrained_rec.data.interactions import InteractionData, move_trailing_article
-from constrained_rec.data.readers import CsvFormat, read_file, read_folder
+from constrained_rec.data.readers import CsvFormat, RawData, read_file, read_folder
 from constrained_rec.prompts import ITEM_NOUNS
 
 logger = logging.getLogger("constrained_rec.data")
@@ -174,18 +174,8 @@ def load_interactions(
         raise ValueError(f"unknown item noun {item_noun!r}; accepted: {sorted(ITEM_NOUNS)}")
     path = _source_path(source, data_dir, download, cache_dir)
     raw = read_folder(path) if path.is_dir() else read_file(path, Path(items) if items is not None else None, fmt)
-    if raw.given is not None:
-        # The layout's rows are its split: filtering users or items would change which samples exist.
-        for option, value in (("min_user_interactions", min_user_interactions),
-                              ("keep_items_without_interactions", keep_items_without_interactions)):
-            if value is not None:
-                raise ValueError(f"{path} comes with its own split (D3/MiniOneRec layout), kept exactly: "
-                                 f"{option} does not apply to it; leave it unset")
-        min_user_interactions, keep_items_without_interactions = 1, True
-    if min_user_interactions is None:
-        min_user_interactions = 3
-    if not isinstance(min_user_interactions, int) or min_user_interactions < 1:
-        raise ValueError(f"min_user_interactions must be an integer >= 1, got {min_user_interactions!r}")
+    min_user_interactions, keep_items_without_interactions = _filter_options(
+        raw, path, min_user_interactions, keep_items_without_interactions)
     catalog = raw.catalog
     if move_articles:
         catalog = {item: move_trailing_article(title) for item, title in catalog.items()}
@@ -196,13 +186,29 @@ def load_interactions(
         name=raw.name or default_name,
         item_noun=item_noun or raw.noun,
         min_user_interactions=min_user_interactions,
-        keep_items_without_interactions=bool(keep_items_without_interactions),
+        keep_items_without_interactions=keep_items_without_interactions,
         source=str(path),
         extra={"placeholder_titles": 0, **raw.extra},
         original_user_ids=raw.user_keys,
         original_item_ids=raw.item_keys,
         given=raw.given,
     )
+
+
+def _filter_options(raw: RawData, path: Path, min_user_interactions, keep_items) -> tuple[int, bool]:
+    if raw.given is not None:
+        # The layout's rows are its split: filtering users or items would change which samples exist.
+        for option, value in (("min_user_interactions", min_user_interactions),
+                              ("keep_items_without_interactions", keep_items)):
+            if value is not None:
+                raise ValueError(f"{path} comes with its own split (D3/MiniOneRec layout), kept exactly: "
+                                 f"{option} does not apply to it; leave it unset")
+        return 1, True
+    if min_user_interactions is None:
+        min_user_interactions = 3
+    if not isinstance(min_user_interactions, int) or min_user_interactions < 1:
+        raise ValueError(f"min_user_interactions must be an integer >= 1, got {min_user_interactions!r}")
+    return min_user_interactions, bool(keep_items)
 
 
 def _source_path(source, data_dir, download: bool, cache_dir) -> Path:

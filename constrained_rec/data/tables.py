@@ -200,14 +200,11 @@ def _frame(users, items, timestamps) -> pd.DataFrame:
 def _encode_ids(*columns: np.ndarray) -> tuple[list[np.ndarray], dict[int, str] | None]:
     """Integer ids stay as they are; otherwise the sorted distinct strings get ids 0, 1, 2, ..."""
     texts = [np.asarray(c, dtype=str) for c in columns]
-    try:
-        numbers = [np.array([int(v) for v in t], dtype=np.int64) for t in texts]
-        # "007" and "7" are different ids as text: only canonical integers are taken as numbers.
-        if all(str(n) == v for t, ns in zip(texts, numbers) for n, v in zip(ns.tolist(), t.tolist())):
-            return numbers, None
-    except ValueError:
-        pass
-    keys = np.unique(np.concatenate(texts)) if texts else np.array([], dtype=str)
+    distinct = pd.unique(np.concatenate(texts)) if texts else np.array([], dtype=str)
+    # "007" and "7" are different ids as text: only canonical integers (that fit int64) are taken as numbers.
+    if pd.Series(distinct, dtype=object).str.fullmatch(r"-?(?:0|[1-9][0-9]{0,17})").all():
+        return [t.astype(np.int64) for t in texts], None
+    keys = np.sort(np.asarray(distinct, dtype=str))
     codes = [np.searchsorted(keys, t).astype(np.int64) for t in texts]
     return codes, {i: str(k) for i, k in enumerate(keys.tolist())}
 
