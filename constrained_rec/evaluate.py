@@ -210,6 +210,9 @@ def evaluate(recommenders: Sequence[Recommender], samples: Sequence[EvalSample],
     indices = [s.index for s in samples]
     if len(set(indices)) != len(indices):
         raise ValueError("sample indices must be unique: they key the predictions for resuming")
+    names = [name for recommender in recommenders for name in recommender.names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be unique across recommenders (they key the predictions), got {names}")
     store = PredictionStore(output_dir, {**(identity or {}), "samples": sample_digest(samples)}, state)
     mine = store.shard(samples)
     with open(store.part, "a", encoding="utf-8") as file:

@@ -2,7 +2,8 @@
 and the accelerate process state.
 
 These helpers exist once so that every module agrees on them (the adapter that grounding switches off is
-the one decoding keeps on; the process that writes a run's files is the one all others wait for).
+the one decoding keeps on; the process that writes a run's files is the one all others wait for). Importing
+this module is cheap (torch is imported where it is used), so the data modules can take the cache folder here.
 
 Example:
 
@@ -22,9 +23,10 @@ import inspect
 import os
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CACHE_ENV_VAR = "CONSTRAINED_REC_CACHE"
 
@@ -73,6 +75,8 @@ def cache_keyword(module) -> str:
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)`` of token-id lists padded on the left to the longest."""
+    import torch
+
     if not sequences or any(len(ids) == 0 for ids in sequences):
         raise ValueError("left_pad needs a non-empty list of non-empty token-id lists")
     width = max(len(ids) for ids in sequences)
@@ -86,6 +90,8 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[tor
 
 def has_accelerator() -> bool:
     """Whether torch sees a GPU (or another accelerator) to compute on."""
+    import torch
+
     present = getattr(torch, "accelerator", None) is not None and torch.accelerator.is_available()
     return bool(present or torch.cuda.is_available())
 

@@ -17,6 +17,7 @@ from constrained_rec.evaluate import (
     EvalConfig,
     EvalSample,
     MostPopularRecommender,
+    Recommender,
     UnconstrainedRecommender,
     consumed_items,
     evaluate,
@@ -200,6 +201,12 @@ def test_resuming_with_other_settings_is_an_error(tmp_path):
         evaluate([CountingRecommender()], make_samples(2), tmp_path, identity={"num_beams": 20}, show_progress=False)
     with pytest.raises(ValueError, match="samples:"):
         evaluate([CountingRecommender()], make_samples(3), tmp_path, identity={"num_beams": 10}, show_progress=False)
+
+
+def test_two_recommenders_with_one_method_name_are_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"method names must be unique across recommenders .* \['fixed', 'fixed'\]"):
+        evaluate([CountingRecommender(), CountingRecommender()], make_samples(2), tmp_path, show_progress=False)
+    assert isinstance(CountingRecommender(), Recommender)  # the protocol: names + __call__
 
 
 def test_damaged_predictions_are_an_error(tmp_path):
