@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from itertools import chain, islice
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -126,15 +127,21 @@ class TitleTrie:
         text (the quoted title) followed by the tokenizer's EOS, exactly the training targets.
 
         Args:
-            titles: one title per catalog item.
+            titles: one title (a ``str``) per catalog item; any text, NUL characters included.
             tokenizer: a Hugging Face tokenizer with an EOS token.
             item_ids: the catalog item id of each title, unique; defaults to ``range(len(titles))``.
         """
+        if isinstance(titles, (str, bytes)) or not isinstance(titles, Iterable):
+            raise ValueError(f"titles must be a sequence of title strings, one per item, got {titles!r:.80}")
         titles = list(titles)
+        for i, title in enumerate(titles):
+            if not isinstance(title, str):
+                raise ValueError(f"title {i} is {title!r} ({type(title).__name__}); every title must be a str")
+        ids = _check_item_ids(item_ids, len(titles))
+        index = TitleIndex.build(titles, ids)  # checks the text before it is tokenized
         seqs = titles_token_ids(tokenizer, titles)
-        trie = cls.from_token_sequences(seqs, eos_token_id=eos_token_id(tokenizer), item_ids=item_ids)
-        ids = list(range(len(titles))) if item_ids is None else [int(i) for i in item_ids]
-        trie.titles = TitleIndex.build(titles, ids)
+        trie = cls.from_token_sequences(seqs, eos_token_id=eos_token_id(tokenizer), item_ids=ids)
+        trie.titles = index
         return trie
 
     # ------------------------------------------------------------------ queries
@@ -334,8 +341,9 @@ class TitleIndex:
 
     @classmethod
     def build(cls, titles: Sequence[str], item_ids: Sequence[int]) -> "TitleIndex":
-        keys = marisa_trie.Trie(titles)
-        key_of_item = np.fromiter((keys[t] for t in titles), dtype=np.int64, count=len(titles))
+        stored = [_escape_title(t, i) for i, t in enumerate(titles)]
+        keys = marisa_trie.Trie(stored)
+        key_of_item = np.fromiter((keys[t] for t in stored), dtype=np.int64, count=len(stored))
         ids = np.asarray(item_ids, dtype=np.int64)
         by_key = np.argsort(key_of_item, kind="stable")
         key_item_offsets = np.searchsorted(key_of_item[by_key], np.arange(len(keys) + 1))
@@ -344,7 +352,9 @@ class TitleIndex:
 
     def items_for_title(self, title: str) -> list[int]:
         """Item ids whose title is exactly ``title``; ``[]`` if none."""
-        key = self.keys.get(title)
+        if not isinstance(title, str):
+            raise ValueError(f"a title is a str, got {title!r}")
+        key = self.keys.get(_escape_title(title)) if _valid_utf8(title) else None
         if key is None:
             return []
         return self.key_item_ids[self.key_item_offsets[key] : self.key_item_offsets[key + 1]].tolist()
@@ -354,7 +364,7 @@ class TitleIndex:
         where = int(np.searchsorted(self.sorted_item_ids, item_id))
         if where == len(self.sorted_item_ids) or self.sorted_item_ids[where] != item_id:
             raise KeyError(f"item {item_id} is not in the catalog")
-        return self.keys.restore_key(int(self.item_key[where]))
+        return _unescape_title(self.keys.restore_key(int(self.item_key[where])))
 
     def save(self, folder: Path) -> None:
         self.keys.save(str(folder / "titles.marisa"))
@@ -370,16 +380,56 @@ class TitleIndex:
         return cls(keys, *arrays)
 
 
+# marisa-trie keys end at NUL, so titles are stored escaped: \x01 -> \x01\x01, NUL -> \x01\x02 (a
+# no-op for every title without these two control characters).
+_ESCAPES = {"\x01": "\x01\x01", "\x00": "\x01\x02"}
+_UNESCAPE = re.compile("\x01(.)", re.DOTALL)
+
+
+def _valid_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escape_title(title: str, index: int | None = None) -> str:
+    if index is not None and not _valid_utf8(title):
+        raise ValueError(f"title {index} {title!r} holds a lone surrogate and is not valid Unicode text")
+    if "\x00" not in title and "\x01" not in title:
+        return title
+    return "".join(_ESCAPES.get(c, c) for c in title)
+
+
+def _unescape_title(key: str) -> str:
+    if "\x01" not in key:
+        return key
+    return _UNESCAPE.sub(lambda m: "\x01" if m.group(1) == "\x01" else "\x00", key)
+
+
 # ---------------------------------------------------------------------- compilation
 def _check_item_ids(item_ids: Sequence[int] | None, num_items: int) -> np.ndarray:
     if item_ids is None:
         return np.arange(num_items, dtype=np.int64)
-    ids = np.asarray(list(item_ids))
-    if len(ids) != num_items:
-        raise ValueError(f"got {len(ids)} item_ids for {num_items} sequences; give one id per sequence")
-    if ids.dtype.kind not in "iu":
-        raise ValueError(f"item_ids must be integers, got dtype {ids.dtype} (e.g. {ids[0]!r})")
-    ids = ids.astype(np.int64)
+    if isinstance(item_ids, np.ndarray) and item_ids.dtype.kind in "iu" and item_ids.ndim == 1:
+        if item_ids.dtype.kind == "u" and len(item_ids) and item_ids.max() >= 2**63:
+            raise ValueError(f"item id {int(item_ids.max())} does not fit in int64")
+        item_ids = item_ids.astype(np.int64, copy=False)
+    elif isinstance(item_ids, (str, bytes)) or not isinstance(item_ids, Iterable):
+        raise ValueError(f"item_ids must be a sequence of int item ids, got {item_ids!r:.80}")
+    else:
+        item_ids = list(item_ids)
+        for i, item in enumerate(item_ids):
+            # bool is an int subclass, and numpy would truncate 1.5 or parse "1" silently: refuse them all.
+            is_int = isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_))
+            if not is_int or not -(2**63) <= item < 2**63:
+                raise ValueError(
+                    f"item_ids[{i}] is {item!r} ({type(item).__name__}); item ids must be ints in the int64 range"
+                )
+    if len(item_ids) != num_items:
+        raise ValueError(f"got {len(item_ids)} item_ids for {num_items} sequences; give one id per sequence")
+    ids = np.asarray(item_ids, dtype=np.int64)
     sorted_ids = np.sort(ids)
     dup = sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]]
     if len(dup):

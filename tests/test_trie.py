@@ -96,15 +96,16 @@ def test_save_load_round_trip(tmp_path_factory, catalog):
     assert isinstance(loaded.seq_tokens, np.memmap)
 
 
+class CharTokenizer:  # one token per character (its code point + 3, so never EOS), EOS = 2
+    eos_token_id = EOS
+
+    def __call__(self, texts, add_special_tokens=False):
+        if isinstance(texts, str):
+            return {"input_ids": [ord(c) + 3 for c in texts]}
+        return {"input_ids": [[ord(c) + 3 for c in t] for t in texts]}
+
+
 def test_titles_index_round_trip(tmp_path):
-    class CharTokenizer:  # one token per character, EOS = 2
-        eos_token_id = EOS
-
-        def __call__(self, texts, add_special_tokens=False):
-            if isinstance(texts, str):
-                return {"input_ids": [ord(c) for c in texts]}
-            return {"input_ids": [[ord(c) for c in t] for t in texts]}
-
     titles = ["Heat (1995)", "Heat", "Heat (1995)"]
     trie = TitleTrie.from_titles(titles, CharTokenizer(), item_ids=[7, 8, 9])
     trie.save(tmp_path)
@@ -114,7 +115,38 @@ def test_titles_index_round_trip(tmp_path):
         assert t.titles.title(8) == "Heat"
         with pytest.raises(KeyError, match="item 99"):
             t.titles.title(99)
-    assert trie.item_ids([ord(c) for c in '"Heat"']) == [8]
+    assert trie.item_ids([ord(c) + 3 for c in '"Heat"']) == [8]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(st.sampled_from("ab\x00\x01\x02") | st.characters(), min_size=1, max_size=6),
+                min_size=1, max_size=8))
+def test_any_title_text_round_trips(tmp_path_factory, titles):
+    """NUL (where marisa-trie keys end) and the escape character itself come back exactly."""
+    trie = TitleTrie.from_titles(titles, CharTokenizer())
+    folder = tmp_path_factory.mktemp("titles")
+    trie.save(folder)
+    for t in (trie, TitleTrie.load(folder)):
+        for item, title in enumerate(titles):
+            assert t.titles.title(item) == title
+            assert t.titles.items_for_title(title) == [i for i, other in enumerate(titles) if other == title]
+        assert t.titles.items_for_title("\x00".join(titles) + "\x00") == []
+
+
+@pytest.mark.parametrize(
+    "titles, item_ids, message",
+    [
+        ("ABC", None, "titles must be a sequence of title strings"),
+        (b"AB", None, "titles must be a sequence of title strings"),
+        (["A", 5], None, r"title 1 is 5 \(int\); every title must be a str"),
+        (["A", None], None, r"title 1 is None"),
+        (["A", "B"], [1, 1.5], r"item_ids\[1\] is 1.5"),
+        (["A", "\udc80"], None, "title 1 .* lone surrogate"),
+    ],
+)
+def test_bad_titles_are_named(titles, item_ids, message):
+    with pytest.raises(ValueError, match=message):
+        TitleTrie.from_titles(titles, CharTokenizer(), item_ids=item_ids)
 
 
 def test_fingerprint_changes_with_the_catalog():
@@ -207,7 +239,13 @@ def test_large_token_ids_use_wide_codes():
         ([[5], [-3]], {}, "sequence 1 .* negative token id"),
         ([[5], [6]], {"item_ids": [1]}, "got 1 item_ids for 2 sequences"),
         ([[5], [6]], {"item_ids": [4, 4]}, "item id 4 is given for more than one"),
-        ([[5], [6]], {"item_ids": ["a", "b"]}, "item_ids must be integers"),
+        ([[5], [6]], {"item_ids": ["a", "b"]}, r"item_ids\[0\] is 'a' \(str\)"),
+        ([[5], [6]], {"item_ids": [0, 1.5]}, r"item_ids\[1\] is 1.5 \(float\)"),
+        ([[5], [6]], {"item_ids": [0, "1"]}, r"item_ids\[1\] is '1' \(str\)"),
+        ([[5], [6]], {"item_ids": [7, True]}, r"item_ids\[1\] is True \(bool\)"),
+        ([[5], [6]], {"item_ids": [0, 2**63]}, r"item_ids\[1\] is 9223372036854775808 .* int64 range"),
+        ([[5], [6]], {"item_ids": np.array([0, 2**63], np.uint64)}, "does not fit in int64"),
+        ([[5], [6]], {"item_ids": "ab"}, "item_ids must be a sequence of int item ids"),
         ([[5]], {"eos_token_id": -1}, "eos_token_id must be a non-negative int"),
     ],
 )
