@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from constrained_rec.data.tables import _encode_ids, _frame, _raise_not_utf8, check_field_counts
+from constrained_rec.data import given_columns
+from constrained_rec.data.tables import _frame, _raise_not_utf8, check_field_counts
 
 # split name (as make_splits names it) -> the layout's folder
 SPLIT_FOLDERS = {"train": "train", "validation": "valid", "test": "test"}
@@ -41,9 +42,10 @@ class GivenSplits:
     Attributes:
         folder: The data set's folder.
         samples: Split name (``"train"``, ``"validation"``, ``"test"``) -> ``pandas.DataFrame`` with
-            ``user_id`` (the data set's int user id), ``history_item_ids`` (list of item ids, oldest first),
-            ``target_item_id``, ``row`` (the target's row in ``InteractionData.interactions``) and ``line``
-            (1-based line in the CSV); only the splits whose CSV is present.
+            ``user_id`` (the data set's int user id), ``history_length``, ``target_item_id``, ``row`` (the
+            target's row in ``InteractionData.interactions``; its history is the ``history_length`` rows just
+            before it, as checked on load) and ``line`` (1-based line in the CSV); only the splits whose CSV
+            is present.
         files: Split name -> the CSV it was read from.
         item_file: The ``info/`` file that is the catalog.
         semantic_ids: Item id -> semantic id (MiniOneRec's ``<a_1><b_2><c_3>``), ``None`` for D3's files.
@@ -231,36 +233,19 @@ def _check_titles(history_titles: list[str], history: list[int], titles: dict[in
             raise ValueError(f"{where}: title {title!r} of item {item} differs from the item file's {titles[item]!r}")
 
 
-def _rebuild_sequences(samples: dict[str, list], files: dict[str, Path]):
-    """Interactions (user, item, position in time order) and, per sample, the index of its target interaction."""
-    longest = max((len(h) for rows in samples.values() for _, h, _, _ in rows), default=0)
-    users, items, times, targets = [], [], [], {}
+def _rebuild_sequences(samples: dict[str, list], files: dict[str, Path]) -> None:
+    """Check, row by row, that every history is the end of its user's earlier items; the error names the row."""
     sequences: dict[str, list[int]] = {}  # user -> items so far
-    order = 0
     for split, rows in samples.items():
-        targets[split] = []
         for user, history, target, line in rows:
-            if user not in sequences:
-                sequences[user] = []
-                # The first row's history comes just before its target; earlier items are not in the files.
-                users += [user] * len(history)
-                items += history
-                times += range(order + longest - len(history), order + longest)
-                sequences[user].extend(history)
-            sequence = sequences[user]
+            sequence = sequences.setdefault(user, list(history))
             if sequence[-len(history):] != history or len(history) > len(sequence):
                 raise ValueError(
                     f"{files[split]}, line {line}, column 'history_item_id': the history {history} of user {user} "
                     f"does not continue the user's earlier rows, which end {sequence[-len(history):]}; the rows of "
                     "this layout are sliding windows over each user's time-ordered items"
                 )
-            targets[split].append(len(users))
-            users.append(user)
-            items.append(target)
-            times.append(order + longest)
             sequence.append(target)
-            order += 1
-    return users, items, times, targets
 
 
 def read_given(folder: Path):
@@ -274,24 +259,35 @@ def read_given(folder: Path):
             files[split] = csv_file
     if not files:
         raise ValueError(f"{folder} has info/ but none of {[f + '/*.csv' for f in SPLIT_FOLDERS.values()]}")
-    samples = {split: _read_split_csv(path, titles) for split, path in files.items()}
-    users, items, times, targets = _rebuild_sequences(samples, files)
-    (user_codes,), user_keys = _encode_ids(np.asarray(users, dtype=str))
-    frame = _frame(user_codes, items, times)
-    # Sorted here as from_frame sorts (stable, by user then time), so the target rows are known.
-    order = np.lexsort((frame["timestamp"].to_numpy(), frame["user_id"].to_numpy()))
-    frame = frame.iloc[order].reset_index(drop=True)
-    row_of = np.empty(len(order), dtype=np.int64)
-    row_of[order] = np.arange(len(order))
-    tables = {}
-    for split, rows in samples.items():
-        target_rows = row_of[np.asarray(targets[split], dtype=np.int64)]
+    columns = {}
+    for split, path in files.items():
+        fast = given_columns.read_canonical(path, titles)
+        columns[split] = fast if fast is not None else given_columns.from_rows(_read_split_csv(path, titles))
+    rebuilt = given_columns.rebuild(list(columns.values()))
+    if rebuilt is None:
+        _explain_discontinuity(columns, files)
+    frame = _frame(rebuilt.users, rebuilt.items, rebuilt.times)
+    tables, start = {}, 0
+    for split, split_columns in columns.items():
+        end = start + len(split_columns.targets)
         tables[split] = pd.DataFrame({
-            "user_id": frame["user_id"].to_numpy()[target_rows],
-            "history_item_ids": [history for _, history, _, _ in rows],
-            "target_item_id": np.asarray([target for _, _, target, _ in rows], dtype=np.int64),
-            "row": target_rows,
-            "line": np.asarray([line for *_, line in rows], dtype=np.int64),
+            "user_id": rebuilt.codes[start:end],
+            "history_length": split_columns.lengths,
+            "target_item_id": split_columns.targets,
+            "row": rebuilt.target_rows[start:end],
+            "line": split_columns.lines,
         })
+        start = end
     given = GivenSplits(folder, tables, files, item_file, semantic_ids)
-    return frame, titles, user_keys, given
+    return frame, titles, rebuilt.user_keys, given
+
+
+def _explain_discontinuity(columns: dict[str, given_columns.SplitColumns], files: dict[str, Path]) -> None:
+    """Raise the row-wise error for the first history that does not continue its user's earlier rows."""
+    samples = {}
+    for split, c in columns.items():
+        histories = np.split(c.history, np.cumsum(c.lengths)[:-1]) if len(c.lengths) else []
+        samples[split] = [(str(user), history.tolist(), int(target), int(line))
+                          for user, history, target, line in zip(c.users, histories, c.targets, c.lines)]
+    _rebuild_sequences(samples, files)
+    raise AssertionError("the column-wise and the row-wise sequence checks disagree")  # never: both check the same

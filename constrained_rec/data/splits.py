@@ -165,9 +165,8 @@ def _given_table(data: InteractionData, split: str):
 
     table = data.given.samples.get(split)
     if table is None:
-        return pd.DataFrame({"user_id": np.zeros(0, np.int64), "history_item_ids": [],
-                             "target_item_id": np.zeros(0, np.int64), "row": np.zeros(0, np.int64),
-                             "line": np.zeros(0, np.int64)})
+        empty = np.zeros(0, np.int64)
+        return pd.DataFrame({name: empty for name in ("user_id", "history_length", "target_item_id", "row", "line")})
     return table
 
 
@@ -302,7 +301,7 @@ def _given_rows(data: InteractionData, split: str, count: int | None, config: Sp
                        f"no {SPLIT_FOLDERS[split]}/*.csv in {data.given.folder}")
     table = _given_table(data, split)
     chosen = _draw(np.arange(len(table)), count, config.seed, split)
-    lengths = np.fromiter((len(h) for h in table["history_item_ids"]), dtype=np.int64, count=len(table))
+    lengths = table["history_length"].to_numpy(np.int64)
     return table["row"].to_numpy(np.int64)[chosen], np.minimum(lengths[chosen], config.max_history)
 
 
