@@ -23,12 +23,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-# The options and the checks before loading live in run_config; their names are public here too.
+# The options and the checks before loading live in run_config (first: it sets HF_HUB_OFFLINE before
+# huggingface_hub is imported); their names are public here too.
 from constrained_rec.run_config import (  # noqa: F401
     DEFAULT_KS, DEFAULT_MODEL, DEFAULTS, QUICK, QUICK_KS, RUN_IDENTITY, RunConfig, RunSize, check_run_identity,
     model_name, output_folder, parse_device, parse_ks, resolve_device, run_identity)
+
+import torch  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ steps

