@@ -253,7 +253,7 @@ def test_column_wise_reader_agrees_with_the_row_wise_one(tmp_path):
     titles, _ = given.read_item_file(folder / "info" / f"{CATEGORY}.txt")
     for split in ("train", "valid", "test"):
         path = folder / split / f"{CATEGORY}.csv"
-        fast = given_columns.read_canonical(path, titles)
+        fast = given_columns.read_canonical(path, given_columns.Catalog.build(titles))
         slow = given_columns.from_rows(given._read_split_csv(path, titles))
         assert fast is not None
         for a, b in zip(fast, slow):
@@ -263,6 +263,6 @@ def test_column_wise_reader_agrees_with_the_row_wise_one(tmp_path):
     path = folder / "test" / f"{CATEGORY}.csv"
     text = path.read_text(encoding="utf-8").replace("[3, 0, 1]", "[3,0,1]")
     path.write_text(text.replace("\"['Tape', ", "\"[\"\"Tape\"\", "), encoding="utf-8")
-    assert given_columns.read_canonical(path, titles) is None
+    assert given_columns.read_canonical(path, given_columns.Catalog.build(titles)) is None
     again = make_splits(load_interactions(folder))
     assert again["test"].to_list() == reference["test"].to_list()

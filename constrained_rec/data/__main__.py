@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help=f"folder of GroupLens data sets (default ${DATA_ENV_VAR})")
     parser.add_argument("--move-articles", action="store_true", help='"Matrix, The" -> "The Matrix"')
     parser.add_argument("--no-tokenizer", action="store_true", help="stats: skip title lengths in tokens")
-    parser.add_argument("--split", "--protocol", dest="protocol", choices=list(PROTOCOL_ALIASES), default="auto",
+    parser.add_argument("--split", "--protocol", dest="protocol", choices=["auto", *PROTOCOL_ALIASES],
+                        default="auto",
                         help="leave-one-out, temporal (global time 8:1:1) or given (the layout's own split); "
                              "default: given where the data set has one, else leave-one-out")
     parser.add_argument("--template", choices=TEMPLATES, default="alpaca")

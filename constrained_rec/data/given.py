@@ -259,9 +259,9 @@ def read_given(folder: Path):
             files[split] = csv_file
     if not files:
         raise ValueError(f"{folder} has info/ but none of {[f + '/*.csv' for f in SPLIT_FOLDERS.values()]}")
-    columns = {}
+    columns, catalog = {}, given_columns.Catalog.build(titles)
     for split, path in files.items():
-        fast = given_columns.read_canonical(path, titles)
+        fast = given_columns.read_canonical(path, catalog)
         columns[split] = fast if fast is not None else given_columns.from_rows(_read_split_csv(path, titles))
     rebuilt = given_columns.rebuild(list(columns.values()))
     if rebuilt is None:

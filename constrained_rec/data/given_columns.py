@@ -41,7 +41,28 @@ def from_rows(rows: list[tuple[str, list[int], int, int]]) -> SplitColumns:
     )
 
 
-def read_canonical(path: Path, titles: dict[int, str]) -> SplitColumns | None:
+class Catalog(NamedTuple):
+    """The item file as sorted ids with their titles, plain and as ``repr`` (how ``str(list)`` quotes them)."""
+
+    ids: np.ndarray
+    titles: object  # pyarrow.StringArray
+    reprs: object  # pyarrow.StringArray
+
+    @classmethod
+    def build(cls, titles: dict[int, str]) -> "Catalog":
+        import pyarrow as pa
+
+        ids = np.sort(np.fromiter(titles, dtype=np.int64, count=len(titles)))
+        ordered = [titles[item] for item in ids.tolist()]
+        return cls(ids, pa.array(ordered, pa.string()), pa.array([repr(t) for t in ordered], pa.string()))
+
+    def positions(self, items: np.ndarray) -> np.ndarray | None:
+        """Index of each item in ``ids``; ``None`` when some item is not in the catalog."""
+        found = np.minimum(np.searchsorted(self.ids, items), len(self.ids) - 1)
+        return found if len(self.ids) and (self.ids[found] == items).all() else None
+
+
+def read_canonical(path: Path, catalog: Catalog) -> SplitColumns | None:
     """The split's columns when the file is canonical and valid; ``None`` to let the row-wise reader decide."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -66,31 +87,26 @@ def read_canonical(path: Path, titles: dict[int, str]) -> SplitColumns | None:
     except pa.ArrowInvalid:
         return None
     lengths = pc.list_value_length(split).to_numpy().astype(np.int64)
-    keys = np.fromiter(titles, dtype=np.int64, count=len(titles))
-    if not (np.isin(history, keys).all() and np.isin(targets, keys).all()):
+    history_positions, target_positions = catalog.positions(history), catalog.positions(targets)
+    if history_positions is None or target_positions is None:
         return None
-    if not _titles_match(columns, titles, keys, history, lengths, targets):
+    if not _titles_match(columns, catalog, history_positions, lengths, target_positions):
         return None
     lines = np.arange(2, len(table) + 2, dtype=np.int64)  # one line per row: the parser rejects newlines in values
     return SplitColumns(np.asarray(users.to_pylist(), dtype=str), lengths, history, targets, lines)
 
 
-def _titles_match(columns, titles, keys, history, lengths, targets) -> bool:
+def _titles_match(columns, catalog: Catalog, history_positions, lengths, target_positions) -> bool:
     """Whether the title columns are exactly ``str()`` of the catalog titles of the id columns."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    order = np.argsort(keys)
-    position = {"history": order[np.searchsorted(keys, history, sorter=order)],
-                "targets": order[np.searchsorted(keys, targets, sorter=order)]}
-    catalog = pa.array([titles[k] for k in keys.tolist()], pa.string())
-    quoted = pa.array([repr(titles[k]) for k in keys.tolist()], pa.string())
     offsets = pa.array(np.r_[0, np.cumsum(lengths)], pa.int32())
-    listed = pa.ListArray.from_arrays(offsets, quoted.take(pa.array(position["history"])))
+    listed = pa.ListArray.from_arrays(offsets, catalog.reprs.take(pa.array(history_positions)))
     expected = pc.binary_join_element_wise("[", pc.binary_join(listed, ", "), "]", "")
     if not pc.all(pc.equal(expected, columns["history_item_title"])).as_py():
         return False
-    target_titles = catalog.take(pa.array(position["targets"]))
+    target_titles = catalog.titles.take(pa.array(target_positions))
     return bool(pc.all(pc.equal(pc.utf8_trim_whitespace(columns["item_title"]), target_titles)).as_py())
 
 
