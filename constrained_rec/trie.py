@@ -35,6 +35,7 @@ import marisa_trie
 import numpy as np
 import torch
 
+from constrained_rec import trie_io
 from constrained_rec.kernels import torch_mask, trie_walk
 from constrained_rec.tokenization import eos_token_id, titles_token_ids
 
@@ -308,19 +309,37 @@ class TitleTrie:
         (folder / "trie.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
-    def load(cls, path: str | Path) -> "TitleTrie":
-        """Opens a trie written by :meth:`save`; arrays are memory-mapped, so this is fast at any size."""
+    def load(cls, path: str | Path, check: bool = True) -> "TitleTrie":
+        """Opens a trie written by :meth:`save`; arrays are memory-mapped.
+
+        Args:
+            path: the folder :meth:`save` wrote.
+            check: recompute the fingerprint and check every array (``constrained_rec.trie_io``: linear
+                in the arrays' size) so that a damaged folder is an error naming the file, never a wrong
+                mask or a kernel reading out of bounds. ``False`` skips that for a folder you trust and
+                opens at any size in milliseconds.
+        """
         folder = Path(path)
-        meta_path = folder / "trie.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{folder} is not a saved TitleTrie (no trie.json); write one with TitleTrie.save")
-        meta = json.loads(meta_path.read_text())
+        meta = trie_io.read_meta(folder)
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder}: trie format {meta.get('format_version')!r}, this version reads {FORMAT_VERSION}")
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
-        titles = TitleIndex.load(folder) if meta.get("has_titles") else None
-        trie = cls(arrays, meta["eos_token_id"], titles)
+            raise ValueError(
+                f"{folder / 'trie.json'}: trie format {meta.get('format_version')!r}, this version reads "
+                f"{FORMAT_VERSION}; rebuild the trie and save it again"
+            )
+        arrays = {name: trie_io.read_array(folder / f"{name}.npy") for name in _ARRAYS}
+        trie = cls(arrays, meta["eos_token_id"])
+        if check:
+            if trie.fingerprint() != meta.get("fingerprint"):
+                raise ValueError(
+                    f"{folder / 'trie.json'}: records the catalog fingerprint {meta.get('fingerprint')!r} but "
+                    f"eos_token_id there and seq_tokens, seq_offsets, seq_item_offsets, item_ids_by_position.npy "
+                    f"give {trie.fingerprint()}: one of these files was changed; rebuild and save the trie again"
+                )
+            trie_io.check_sequences(folder, arrays, trie.eos_token_id)
+            trie_io.check_nodes(folder, arrays)
         trie._fingerprint = meta.get("fingerprint")
+        if meta.get("has_titles"):
+            trie.titles = TitleIndex.load(folder, trie.item_ids_by_position if check else None)
         return trie
 
 
@@ -372,12 +391,14 @@ class TitleIndex:
             np.save(folder / f"titles_{name}.npy", getattr(self, name))
 
     @classmethod
-    def load(cls, folder: Path) -> "TitleIndex":
-        keys = marisa_trie.Trie()
-        keys.mmap(str(folder / "titles.marisa"))
-        arrays = [np.load(folder / f"titles_{name}.npy", mmap_mode="r")
-                  for name in ("key_item_offsets", "key_item_ids", "sorted_item_ids", "item_key")]
-        return cls(keys, *arrays)
+    def load(cls, folder: Path, item_ids: np.ndarray | None = None) -> "TitleIndex":
+        """Opens the index :meth:`save` wrote; with ``item_ids`` (the trie's), checks it indexes exactly them."""
+        keys = trie_io.open_marisa(folder / "titles.marisa")
+        names = ("key_item_offsets", "key_item_ids", "sorted_item_ids", "item_key")
+        arrays = {name: trie_io.read_array(folder / f"titles_{name}.npy") for name in names}
+        if item_ids is not None:
+            trie_io.check_title_index(folder, keys, arrays, item_ids)
+        return cls(keys, *(arrays[name] for name in names))
 
 
 # marisa-trie keys end at NUL, so titles are stored escaped: \x01 -> \x01\x01, NUL -> \x01\x02 (a

@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import REPO_ROOT
 
@@ -89,3 +91,138 @@ def test_read_only_install_imports_and_masks(read_only_install, tmp_path, own_ca
     else:
         assert len(result["warnings"]) == 1  # once per process, not once per kernel
         assert "compile without a cache" in result["warnings"][0]
+
+
+# ---------------------------------------------------------------------- damaged saved folders
+EOS = 2
+
+
+def _char_tokens(titles):
+    return [[ord(c) + 3 for c in t] for t in titles]
+
+
+class CharTokenizer:  # one token per character (code point + 3, never EOS); EOS = 2
+    eos_token_id = EOS
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": _char_tokens([texts])[0] if isinstance(texts, str) else _char_tokens(texts)}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    from constrained_rec import TitleTrie
+
+    trie = TitleTrie.from_titles(["Heat (1995)", "Heat", "Casino (1995)", "Heat (1995)", "Toy Story"],
+                                 CharTokenizer(), item_ids=[5, 3, 9, 1, 7])
+    trie.save(tmp_path / "trie")
+    return trie, tmp_path / "trie"
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("name", ["seq_tokens.npy", "child_offsets.npy", "build_positions.npy",
+                                  "titles_item_key.npy", "titles.marisa"])
+def test_truncated_file_is_named(saved, name):
+    from constrained_rec import TitleTrie
+
+    _, folder = saved
+    _truncate(folder / name)
+    with pytest.raises(ValueError, match=f"{name}: unreadable or truncated"):
+        TitleTrie.load(folder)
+
+
+def test_missing_array_is_named(saved):
+    from constrained_rec import TitleTrie
+
+    _, folder = saved
+    (folder / "node_tokens.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="node_tokens.npy: missing"):
+        TitleTrie.load(folder)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda meta: meta.update(eos_token_id=ord("H") + 3), "trie.json: records the catalog fingerprint"),
+    (lambda meta: meta.update(eos_token_id="2"), "trie.json: eos_token_id must be a non-negative int"),
+    (lambda meta: meta.update(fingerprint="0123456789abcdef"), "trie.json: records the catalog fingerprint"),
+])
+def test_edited_trie_json_is_refused(saved, edit, message):
+    from constrained_rec import TitleTrie
+
+    _, folder = saved
+    meta = json.loads((folder / "trie.json").read_text())
+    edit(meta)
+    (folder / "trie.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=message):
+        TitleTrie.load(folder)
+
+
+def test_unparsable_trie_json_is_named(saved):
+    from constrained_rec import TitleTrie
+
+    _, folder = saved
+    (folder / "trie.json").write_text('{"format_version": 2, ')
+    with pytest.raises(ValueError, match="trie.json: not a readable trie.json"):
+        TitleTrie.load(folder)
+
+
+def test_reversed_node_tokens_are_refused(saved):
+    import numpy as np
+
+    from constrained_rec import TitleTrie
+
+    trie, folder = saved
+    tokens = np.load(folder / "node_tokens.npy")
+    np.save(folder / "node_tokens.npy", np.concatenate([tokens[:1], tokens[1:][::-1]]))
+    with pytest.raises(ValueError, match="node_tokens.npy: "):
+        TitleTrie.load(folder)
+    assert TitleTrie.load(folder, check=False).fingerprint() == trie.fingerprint()  # the unchecked path stays open
+
+
+def test_float_array_is_refused(saved):
+    import numpy as np
+
+    from constrained_rec import TitleTrie
+
+    _, folder = saved
+    np.save(folder / "node_seq_lo.npy", np.load(folder / "node_seq_lo.npy").astype(np.float64))
+    with pytest.raises(ValueError, match="node_seq_lo.npy: expected a 1-D integer array"):
+        TitleTrie.load(folder)
+
+
+ARRAY_FILES = ["seq_tokens", "seq_offsets", "seq_item_offsets", "item_ids_by_position", "child_offsets",
+               "node_tokens", "node_seq_lo", "node_seq_hi", "build_positions", "titles_key_item_offsets",
+               "titles_key_item_ids", "titles_sorted_item_ids", "titles_item_key"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(ARRAY_FILES), st.data())
+def test_any_single_edit_is_refused_or_harmless(tmp_path_factory, name, data):
+    """Change one entry of one saved array: load names that file (or trie.json), or nothing observable changed."""
+    import numpy as np
+
+    from constrained_rec import TitleTrie
+
+    titles = ["Heat (1995)", "Heat", "Casino (1995)", "Heat (1995)", "Toy Story", "Toy", "Casino Royale"]
+    trie = TitleTrie.from_titles(titles, CharTokenizer(), item_ids=[5, 3, 9, 1, 7, 11, 2])
+    folder = tmp_path_factory.mktemp("trie")
+    trie.save(folder)
+    array = np.load(folder / f"{name}.npy")
+    where = data.draw(st.integers(0, len(array) - 1))
+    info = np.iinfo(array.dtype)
+    value = data.draw(st.integers(max(info.min, -3), min(info.max, 200)) | st.sampled_from([info.min, info.max]))
+    array[where] = value
+    np.save(folder / f"{name}.npy", array)
+    try:
+        loaded = TitleTrie.load(folder)
+    except ValueError as err:
+        assert f"{name}.npy" in str(err) or "trie.json" in str(err), str(err)
+        return
+    for t, full in zip(titles, _char_tokens(titles)):
+        for cut in range(len(full) + 1):
+            assert loaded.next_tokens(full[:cut]) == trie.next_tokens(full[:cut])
+        assert loaded.titles.items_for_title(t) == trie.titles.items_for_title(t)
+    assert [loaded.titles.title(i) for i in (5, 3, 9, 1, 7, 11, 2)] == titles
+    assert loaded.build_positions.tolist() == trie.build_positions.tolist()
