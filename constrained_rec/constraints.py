@@ -65,14 +65,27 @@ class ItemConstraints:
         self.trie = trie
         self.num_prompts = num_prompts  # None: one set of constraints (none) for any number of rows
         self.prior_weight = float(prior_weight)
-        self._kernel = trie_walk.MaskConstraints(
+        kernel = trie_walk.MaskConstraints(
             excluded, excluded_offsets,
             prior_cum if prior_cum is not None else np.zeros((0, 1)),
             prior_floor if prior_floor is not None else np.zeros(0),
-            self.prior_weight,
+            self.prior_weight, np.zeros((0, 0)),
         )
-        for array in self._kernel[:4]:
+        if prior_cum is not None:  # every row starts at the root: its children's increments once, not per step
+            node, lo, hi = trie.root()
+            _, _, los, his = trie.children(node, lo, hi, 0)
+            child_lo, child_hi = trie.item_range(los, his)
+            root_lo, root_hi = trie.item_range(np.array([lo]), np.array([hi]))
+            root_increments = np.empty((len(prior_cum), len(los)))
+            for p in range(len(prior_cum)):
+                parent = trie_walk.ranges_log_mass(kernel, p, root_lo, root_hi)[0]
+                child = trie_walk.ranges_log_mass(kernel, p, child_lo, child_hi)
+                root_increments[p] = self.prior_weight * np.minimum(child - parent, 0.0)
+            kernel = kernel._replace(root_increments=root_increments)
+        for array in (kernel.excluded, kernel.excluded_offsets, kernel.prior_cum, kernel.prior_floor,
+                      kernel.root_increments):
             array.flags.writeable = False
+        self._kernel = kernel
         self._device: dict[torch.device, torch_mask.DeviceConstraints] = {}
 
     # ------------------------------------------------------------------ building

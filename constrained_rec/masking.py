@@ -59,7 +59,8 @@ def _mask_numba(scores, generated, trie, constraints, rows_per_prompt, pad):
         trie_walk.mask_scores(scores.view(bits_dtype).numpy(), ids, trie.arrays, constraints.kernel_arrays,
                               rows_per_prompt, pad, neg_inf, status, depth)
         return status, depth
-    # With a prior the kernel adds values, in float32 or float64; half precision goes through float32.
+    # With a prior the kernel adds values, in float32 or float64; half precision goes through float32 (the torch
+    # kernel rounds alike).
     wide = scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
     neg_inf = wide.new_tensor(float("-inf")).numpy()[()]
     trie_walk.mask_scores(wide.numpy(), ids, trie.arrays, constraints.kernel_arrays, rows_per_prompt, pad, neg_inf,

@@ -195,9 +195,9 @@ def mask_scores_torch(scores: torch.Tensor, generated: torch.Tensor, trie: Devic
     masked_rows = (status == IN_TRIE) | (status == FINISHED)
     kept_values = scores[cand_rows, cand_tokens]
     if increment is not None:
-        # As the Numba kernel rounds: float64 sum, then float32 (or float64), then the score dtype.
-        wide = kept_values[:num_running].double() + increment
-        wide = wide if scores.dtype == torch.float64 else wide.float()
+        # As the Numba kernel rounds: the increment to float32 (float64 scores: float64), summed in that dtype.
+        wide_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+        wide = kept_values[:num_running].to(wide_dtype) + increment.to(wide_dtype)
         kept_values = torch.cat([wide.to(scores.dtype), kept_values[num_running:]])
     scores.masked_fill_(masked_rows[:, None], float("-inf"))
     scores[cand_rows, cand_tokens] = kept_values

@@ -45,7 +45,8 @@ class MaskConstraints(NamedTuple):
     not get (excluded, or of zero prior mass). With a prior, ``prior_cum[p, i]`` is the prior mass of the
     items at positions ``< i`` (float64, normalised to 1 over the allowed items) and ``prior_floor[p]`` the
     least positive item mass, a lower bound of any allowed range's mass that float64 cancellation cannot
-    undercut. Without a prior ``prior_cum`` has no rows.
+    undercut. ``root_increments[p, i]`` caches the increment of the root's ``i``-th child (the widest node,
+    where every row starts). Without a prior ``prior_cum`` and ``root_increments`` have no rows.
     """
 
     excluded: np.ndarray
@@ -53,6 +54,7 @@ class MaskConstraints(NamedTuple):
     prior_cum: np.ndarray
     prior_floor: np.ndarray
     prior_weight: float
+    root_increments: np.ndarray
 
 
 class WalkState(NamedTuple):
@@ -167,7 +169,10 @@ def _dense_allowed(allowed, increment, node, trie, constraints, prompt, with_pri
             allowed[trie.node_tokens[c]] = False
             kept -= 1
         k = np.searchsorted(excluded, child_hi)
-    if with_prior and kept > 0:
+    if with_prior and kept > 0 and node == 0 and constraints.root_increments.shape[1] == b - a:
+        for c in range(a, b):
+            increment[trie.node_tokens[c]] = constraints.root_increments[prompt, c - a]
+    elif with_prior and kept > 0:
         parent = range_log_mass(constraints, prompt, item_offsets[trie.node_seq_lo[node]],
                                 item_offsets[trie.node_seq_hi[node]])
         for c in range(a, b):
@@ -238,7 +243,7 @@ def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt
     num_prompts = len(constraints.excluded_offsets) - 1
     order = np.argsort(group_key)
     allowed = np.empty(vocab, dtype=np.bool_)
-    increment = np.zeros(vocab if with_prior else 0)
+    increment = np.zeros(vocab if with_prior else 0, dtype=scores.dtype)  # rounded to the scores' dtype
     i = 0
     while i < num_rows:
         key = group_key[order[i]]
@@ -262,8 +267,7 @@ def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt
                     for v in range(vocab):
                         row[v] = row[v] if allowed[v] else neg_inf
                 banned = True
-                a = trie.child_offsets[nodes[first]]
-                for c in range(a, trie.child_offsets[nodes[first] + 1]):
+                for c in range(trie.child_offsets[nodes[first]], trie.child_offsets[nodes[first] + 1]):
                     if row[trie.node_tokens[c]] != neg_inf:
                         banned = False
                         break
@@ -279,7 +283,8 @@ def mask_scores(scores, generated, trie, constraints, rows_per_prompt, pad, neg_
     Args:
         scores: (rows, vocab), modified in place. Without a prior: an integer view of the score bits and
             `neg_inf` the bit pattern of -inf. With a prior (``constraints.prior_cum`` has rows): float32 or
-            float64 scores, `neg_inf` = -inf, and each allowed token gets its prior increment added.
+            float64 scores, `neg_inf` = -inf, and each allowed token gets its prior increment (float64,
+            rounded to the scores' dtype) added in that dtype.
         generated: (rows, steps) int64 generated ids. Row ``r`` belongs to prompt
             ``min(r // rows_per_prompt, prompts - 1)``.
         pad: the id finished rows may emit besides EOS; -1 if none.
@@ -316,9 +321,12 @@ def mask_scores(scores, generated, trie, constraints, rows_per_prompt, pad, neg_
             continue
         row = scores[r]
         saved = np.empty(len(keep), dtype=scores.dtype)
+        rounded = np.empty(len(keep), dtype=scores.dtype)  # increments in the scores' dtype, as in the dense pass
+        if with_prior:
+            rounded[:] = incr
         banned = True
         for k in range(len(keep)):
-            saved[k] = row[keep[k]] + incr[k] if with_prior else row[keep[k]]
+            saved[k] = row[keep[k]] + rounded[k] if with_prior else row[keep[k]]
             banned = banned and saved[k] == neg_inf
         row[:] = neg_inf
         for k in range(len(keep)):

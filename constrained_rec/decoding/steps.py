@@ -46,8 +46,8 @@ def allowed_children(trie: TitleTrie, constraints: ItemConstraints, prompt: int,
 
 
 def fuse(log_probs, increments) -> np.ndarray:
-    """A token's fused score as the processor writes it: float64 sum of its float32 log-prob and increment, in float32."""
-    return (np.asarray(log_probs, dtype=np.float32).astype(np.float64) + increments).astype(np.float32)
+    """A token's fused score as the processor writes it on float32 scores: log-prob plus increment, in float32."""
+    return np.asarray(log_probs, dtype=np.float32) + np.asarray(increments).astype(np.float32)
 
 
 def accumulate(start: np.float32, log_probs) -> np.float32:
