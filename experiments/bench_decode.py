@@ -13,6 +13,12 @@ Methods, all with 10 beams (`--beams`) and length_penalty 0:
   (exact mode on the first `--exact-users` users only: an untrained model spreads its probability thinly,
   so proving its top-10 means scoring most of the catalog).
 
+With ``--prior-weight W`` (default 1.0; 0 skips them), the same methods again with an item prior in the
+mask (``item_log_prior``: ml-100k popularity, log of (interactions + 1), the same for every user; the LM
+score plus ``W * log M(title)``), in a second table: users/s, the CPU time relative to the same method
+without the prior (goal: fused beam decoding at most 1.1x), how many users get the same top-k as
+``generate+TitleTrieProcessor`` with the prior, and the overlap with exact search under the fused score.
+
 Per method: users/s (wall clock, and by the process's CPU time, steadier on a shared machine), model
 forwards per user, how many users get the same top-10 (same titles, same order) as
 ``generate+TitleTrieProcessor``, the mean total log-probability of the returned titles (higher is better;
@@ -39,15 +45,15 @@ from constrained_rec.model import load_model
 from constrained_rec.prompts import build_prompt
 from constrained_rec.tokenization import prompt_token_ids
 
-def ml100k_prompts(num_users: int, history: int) -> tuple[dict[int, str], list[str]]:
-    """The ml-100k catalog and, for the first `num_users` users, BIGRec's prompt over their last `history` items
-    before the held-out last one (the leave-one-out test prompt)."""
+def ml100k_prompts(num_users: int, history: int) -> tuple[dict[int, str], list[str], dict[int, int]]:
+    """The ml-100k catalog, for the first `num_users` users BIGRec's prompt over their last `history` items
+    before the held-out last one (the leave-one-out test prompt), and every item's interaction count."""
     data = load_interactions("ml-100k")
     prompts = []
     for _, items in itertools.islice(data.interactions.groupby("user_id", sort=True)["item_id"], num_users):
         history_items = items.tolist()[:-1][-history:]
         prompts.append(build_prompt([data.titles[i] for i in history_items], item_noun=data.item_noun))
-    return data.titles, prompts
+    return data.titles, prompts, data.interactions["item_id"].value_counts().to_dict()
 
 
 def nested_dict_trie(seqs: list[list[int]], eos: int) -> dict:
@@ -70,7 +76,8 @@ class ForwardCounter:
         self.calls += 1
 
 
-def run_generate(model, tokenizer, prompts, trie, beams, k, batch_size, processor_kind, dict_trie=None):
+def run_generate(model, tokenizer, prompts, trie, beams, k, batch_size, processor_kind, dict_trie=None, prior=None,
+                 prior_weight=1.0):
     """Top-k token lists per prompt from generate(num_beams=beams) under one of the two processors."""
     eos = trie.eos_token_id
     out_lists = []
@@ -80,7 +87,9 @@ def run_generate(model, tokenizer, prompts, trie, beams, k, batch_size, processo
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(c)) + c for c in chunk], device=model.device)
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], device=model.device)
         if processor_kind == "trie":
-            processor = TitleTrieProcessor(trie, prompt_length=width, pad_token_id=tokenizer.pad_token_id)
+            chunk_prior = None if prior is None else prior[start : start + len(chunk)]
+            processor = TitleTrieProcessor(trie, prompt_length=width, pad_token_id=tokenizer.pad_token_id,
+                                           item_log_prior=chunk_prior, prior_weight=prior_weight)
         else:
 
             def allowed(batch_id, sent, width=width):
@@ -119,13 +128,14 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: the 2 shared cores of the dev machine thrash with more)")
     parser.add_argument("--skip-dict-trie", action="store_true", help="skip the nested-dict-trie baseline")
+    parser.add_argument("--prior-weight", type=float, default=1.0, help="weight of the popularity prior rows (0: none)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model, tokenizer = load_model()
     model.to(args.device)
-    titles, prompts = ml100k_prompts(args.users, args.history)
+    titles, prompts, counts = ml100k_prompts(args.users, args.history)
     item_ids = sorted(titles)
     trie = TitleTrie.from_titles([titles[i] for i in item_ids], tokenizer, item_ids=item_ids)
     prompt_lengths = [len(prompt_token_ids(tokenizer, p)) for p in prompts]
@@ -203,6 +213,44 @@ def main(argv=None) -> None:
     changed_set = sum(set(a) != set(b) for a, b in zip(no_jump, with_jump))
     print(f"the jump changes the beam top-{args.k} for {changed}/{len(prompts)} users "
           f"(its set for {changed_set}/{len(prompts)})")
+    if args.prior_weight > 0:
+        log_prior = np.log(np.array([counts.get(i, 0) + 1.0 for i in item_ids]))
+        prior_rows(args, model, tokenizer, prompts, trie, np.tile(log_prior, (len(prompts), 1)), rows, timed)
+
+
+def prior_rows(args, model, tokenizer, prompts, trie, prior, rows, timed) -> None:
+    """The methods again with the item prior in the mask, and their table."""
+    unfused = {row["name"]: row for row in rows}
+    first = len(rows)
+    weight, batch = args.prior_weight, args.batch_size
+    timed("generate+TitleTrieProcessor", len(prompts), lambda: run_generate(
+        model, tokenizer, prompts, trie, args.beams, args.k, batch, "trie", prior=prior, prior_weight=weight))
+    for name, jump in (("recommend beam, no jump", False), ("recommend beam, jump", True)):
+        timed(name, len(prompts), lambda: recommend(model, tokenizer, prompts, trie, args.k, num_beams=args.beams,
+                                                    jump=jump, batch_size=batch, item_log_prior=prior,
+                                                    prior_weight=weight))
+    exact_users = min(args.exact_users, len(prompts))
+    if exact_users:
+        timed("recommend exact", exact_users, lambda: recommend(
+            model, tokenizer, prompts[:exact_users], trie, args.k, mode="exact", num_beams=args.exact_per_forward,
+            batch_size=batch, node_budget=args.node_budget, item_log_prior=prior[:exact_users], prior_weight=weight))
+    fused = rows[first:]
+    exact = fused[-1] if exact_users else None
+    print(f"\nLM + prior (popularity, weight {weight}):\n")
+    print(f"| method + prior | users | users/s (wall) | users/s (CPU time) | CPU time / without prior | forwards/user | "
+          f"same top-{args.k} as generate+TitleTrieProcessor+prior | overlap with exact top-{args.k} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in fused:
+        users, lists = row["users"], row["lists"]
+        plain = unfused[row["name"]]
+        ratio = (row["cpu"] / users) / (plain["cpu"] / plain["users"])
+        same = sum(a == b for a, b in zip(lists, fused[0]["lists"]))
+        overlap = "-"
+        if exact is not None:
+            pairs = list(zip(lists, exact["lists"]))
+            overlap = f"{np.mean([len(set(a) & set(b)) for a, b in pairs]):.1f}/{args.k} over {len(pairs)} users"
+        print(f"| {row['name']} | {users} | {users / row['wall']:.3f} | {users / row['cpu']:.3f} | {ratio:.2f}x | "
+              f"{row['forwards'] / users:.1f} | {same}/{users} | {overlap} |")
 
 
 if __name__ == "__main__":
