@@ -252,12 +252,53 @@ class TitleTrie:
         lo, hi = self.seq_item_offsets[state.seq_lo], self.seq_item_offsets[state.seq_lo + 1]
         return self.item_ids_by_position[lo:hi].tolist()
 
-    def output_item_ids(self, generated: Sequence[int]) -> list[int]:
-        """:meth:`item_ids` of a ``generate()`` output row: the ids up to its first EOS (the rest is padding)."""
+    def output_item_ids(self, generated: Sequence[int], strict: bool = False) -> list[int]:
+        """:meth:`item_ids` of a ``generate()`` output row: the ids up to its first EOS (the rest is padding).
+
+        Beam search returns *filler* rows (scored about -1e9) when ``num_return_sequences`` exceeds the
+        titles the trie lets it reach: repeats of a title already returned for that prompt (see
+        :meth:`distinct_output_item_ids`) or rows that are no title, which give ``[]`` here, or with
+        ``strict=True`` a ``ValueError``. Strict mode also requires the EOS, so a row cut short by
+        ``max_new_tokens`` is not taken for a shorter title.
+        """
         ids = [int(t) for t in generated]
         if self.eos_token_id in ids:
             ids = ids[: ids.index(self.eos_token_id) + 1]
-        return self.item_ids(ids)
+        items = self.item_ids(ids)
+        if strict and (not items or ids[-1] != self.eos_token_id):
+            raise ValueError(
+                f"generated ids {ids[:30]} are not a complete catalog title ending with EOS {self.eos_token_id}: "
+                "a filler row (num_return_sequences above the titles beam search could reach) or a row cut "
+                "short (max_new_tokens below trie.max_length)"
+            )
+        return items
+
+    def is_complete(self, generated: Sequence[int]) -> bool:
+        """Whether a ``generate()`` output row is a whole catalog title with its EOS."""
+        ids = [int(t) for t in generated]
+        return self.eos_token_id in ids and bool(self.output_item_ids(ids))
+
+    def distinct_output_item_ids(self, rows, num_return_sequences: int) -> list[list[list[int]]]:
+        """Per prompt, the items of each distinct complete title among its beam-search output rows, best first.
+
+        ``rows`` are the generated parts of a ``generate(num_beams=..., num_return_sequences=...)`` output,
+        ``num_return_sequences`` consecutive rows per prompt. Filler rows (no complete title, or a title an
+        earlier row of the prompt already returned) are dropped, so a prompt may get fewer than asked for.
+        Not for sampling, where independent samples may legitimately repeat a title.
+        """
+        rows = [[int(t) for t in row] for row in rows]
+        if num_return_sequences < 1 or len(rows) % num_return_sequences:
+            raise ValueError(f"{len(rows)} rows are not a multiple of num_return_sequences={num_return_sequences}")
+        prompts = []
+        for first in range(0, len(rows), num_return_sequences):
+            seen, titles = set(), []
+            for row in rows[first : first + num_return_sequences]:
+                items = self.output_item_ids(row) if self.is_complete(row) else []
+                if items and tuple(items) not in seen:
+                    seen.add(tuple(items))
+                    titles.append(items)
+            prompts.append(titles)
+        return prompts
 
     def sequences(self) -> Iterable[list[int]]:
         """Every distinct sequence, EOS included, in lexicographic order."""

@@ -258,3 +258,46 @@ def test_bad_input_is_named(seqs, kwargs, message):
 def test_load_of_a_missing_folder_says_what_it_wanted(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a saved TitleTrie"):
         TitleTrie.load(tmp_path)
+
+
+def test_filler_rows_of_generate_are_flagged(tiny_llama):
+    """Two reachable titles, four beams returned: two rows are fillers (repeats scored -1e9)."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    from constrained_rec import TitleTrieProcessor
+
+    trie = TitleTrie.from_token_sequences([[5, 6], [5, 7, 8]], eos_token_id=EOS, item_ids=[10, 11])
+    prompts = torch.tensor([[1, 9, 4], [1, 3, 4]])
+    out = tiny_llama.generate(
+        prompts, attention_mask=torch.ones_like(prompts), num_beams=4, num_return_sequences=4,
+        logits_processor=LogitsProcessorList([TitleTrieProcessor(trie, prompt_length=3, pad_token_id=0)]),
+        max_new_tokens=trie.max_length, do_sample=False, pad_token_id=0, eos_token_id=EOS, length_penalty=0.0,
+    )
+    rows = out[:, 3:].tolist()
+    distinct = trie.distinct_output_item_ids(rows, num_return_sequences=4)
+    assert [sorted(map(tuple, titles)) for titles in distinct] == [[(10,), (11,)], [(10,), (11,)]]
+    for row in rows:  # every row here is a complete title; the fillers are the repeats
+        assert trie.is_complete(row) and trie.output_item_ids(row, strict=True) in ([10], [11])
+    with pytest.raises(ValueError, match="not a multiple of num_return_sequences=3"):
+        trie.distinct_output_item_ids(rows, num_return_sequences=3)
+
+
+@pytest.mark.parametrize("row, complete, lenient", [
+    ([5, 6, EOS, 0], True, [10]),
+    ([5, 6], False, [10]),  # cut short: without strict mode it reads as the title [5, 6]
+    ([5, 7], False, []),
+    ([5, 7, 9, EOS], False, []),
+    ([0, 0, 0], False, []),
+])
+def test_strict_output_item_ids(row, complete, lenient):
+    trie = TitleTrie.from_token_sequences([[5, 6], [5, 7, 8]], eos_token_id=EOS, item_ids=[10, 11])
+    assert trie.is_complete(row) is complete
+    assert trie.output_item_ids(row) == lenient
+    if complete:
+        assert trie.output_item_ids(row, strict=True) == lenient
+    else:
+        with pytest.raises(ValueError, match="not a complete catalog title"):
+            trie.output_item_ids(row, strict=True)
+    expected = [[10], [11]] if complete else [[11]]
+    assert trie.distinct_output_item_ids([row, [5, 7, 8, EOS], [5, 7, 8, EOS, 0]], 3) == [expected]
