@@ -12,6 +12,9 @@ The CSVs hold no times. Each user's sequence is rebuilt from the rows (the histo
 then every row's target, train before valid before test, in file order) and checked: every later history
 must be the end of what came before. An interaction's ``timestamp`` is its position in that global order,
 which keeps the time order that the layout's files encode.
+
+Files as D3 and MiniOneRec write them are checked column-wise (:mod:`constrained_rec.data.given_columns`);
+others, and every error, go through the row-wise reader here, whose errors name the file, line and column.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from constrained_rec.data.tables import _frame, _raise_not_utf8, check_field_cou
 
 # split name (as make_splits names it) -> the layout's folder
 SPLIT_FOLDERS = {"train": "train", "validation": "valid", "test": "test"}
-REQUIRED_COLUMNS = ("user_id", "history_item_title", "item_title", "history_item_id", "item_id")
+REQUIRED_COLUMNS = given_columns.COLUMNS
 # MiniOneRec / D3 item files are named CATEGORY_K_YYYY-MM-YYYY-MM.txt
 _CATEGORY = re.compile(r"^(?P<category>.+?)_\d+_\d{4}-\d{1,2}-\d{4}-\d{1,2}$")
 

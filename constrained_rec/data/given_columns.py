@@ -16,7 +16,7 @@ import numpy as np
 
 from constrained_rec.data.tables import _encode_ids
 
-_COLUMNS = ("user_id", "history_item_title", "item_title", "history_item_id", "item_id")
+COLUMNS = ("user_id", "history_item_title", "item_title", "history_item_id", "item_id")
 _INT_LIST = r"^\[(?:-?\d+, )*-?\d+\]$"
 
 
@@ -70,11 +70,11 @@ def read_canonical(path: Path, catalog: Catalog) -> SplitColumns | None:
 
     try:
         table = arrow_csv.read_csv(path, convert_options=arrow_csv.ConvertOptions(
-            include_columns=list(_COLUMNS), column_types={c: pa.string() for c in _COLUMNS},
+            include_columns=list(COLUMNS), column_types={c: pa.string() for c in COLUMNS},
             strings_can_be_null=False))
     except (pa.ArrowInvalid, pa.ArrowKeyError, KeyError, OSError):
         return None
-    columns = {name: table.column(name).combine_chunks() for name in _COLUMNS}
+    columns = {name: table.column(name).combine_chunks() for name in COLUMNS}
     users = pc.utf8_trim_whitespace(columns["user_id"])
     if len(table) == 0 or not pc.all(pc.not_equal(users, "")).as_py():
         return None
