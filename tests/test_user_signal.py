@@ -258,3 +258,51 @@ def test_generic_prompt_is_the_project_prompt_without_history():
     with_history = build_prompt(["Doom"], "video games")
     assert prompt == with_history.replace(' "Doom"', "")
     assert "Doom" not in prompt and prompt.endswith("### Response:\n")
+
+
+# ------------------------------------------------------------------------------- the embedded model, real data
+@pytest.mark.slow
+def test_score_titles_equals_naive_forward_on_the_embedded_model():
+    from constrained_rec.catalog import catalog_trie
+    from constrained_rec.data import load_interactions
+    from constrained_rec.model import load_model
+    from constrained_rec.prompts import build_prompt
+    from constrained_rec.tokenization import prompt_token_ids
+
+    data = load_interactions("ml-100k")
+    model, tokenizer = load_model()
+    trie = catalog_trie(data, tokenizer)
+    titles = sorted(data.titles)
+    prompts = [build_prompt([data.titles[i] for i in titles[:3]]), build_prompt([data.titles[titles[10]]])]
+    candidates = [titles[20:25], titles[100:102]]
+    scores = score_titles(model, tokenizer, prompts, candidates, trie, batch_size=3)
+    for prompt, items, got in zip(prompts, candidates, scores):
+        ids = prompt_token_ids(tokenizer, prompt)
+        expected = [naive_log_prob(model, ids, tokens) for tokens in trie_title_token_ids(trie, items)]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_gpu_run_end_to_end_on_cpu_at_the_tiny_size(tmp_path):
+    """experiments/gpu_run.py --tiny: training (with the calibrated budget), decoding, the assistant, the control."""
+    import importlib.util
+    import json
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("gpu_run", REPO_ROOT / "experiments" / "gpu_run.py")
+    gpu_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_run)
+    results = gpu_run.run(["--tiny", "--train-budget-s", "600", "--output-dir", str(tmp_path)])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["dataset"]["eval_users"] == 2 and metrics["train"]["steps"] >= 1
+    assert metrics["train"]["seconds_per_step_calibration"] > 0
+    assert set(metrics["methods"]) == {"constrained", "popularity", "constrained+popularity"}
+    assert metrics["methods"]["constrained"]["validity_rate"] == 1.0
+    assert set(metrics["user_signal"]) == {"uniform", "popularity"}
+    assert metrics["user_signal"]["uniform"]["users"] == 2 and metrics["user_signal"]["uniform"]["num_candidates"] == 3
+    assert "proposed by popularity top-N" in metrics["user_signal"]["popularity"]["candidates"]
+    report = (tmp_path / "report.md").read_text()
+    assert report.count("## User signal") == 2
+    assert (tmp_path / "user_signal.png").stat().st_size > 0 and (tmp_path / "metrics.png").is_file()
+    assert results["user_signal"] == metrics["user_signal"]
