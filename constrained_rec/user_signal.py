@@ -309,6 +309,26 @@ def _figure(values: np.ndarray, confidence: float, num_resamples: int, seed: int
     return {"value": float(values.mean()), "ci": [low, high]}
 
 
+def _condition_ranks(model, tokenizer, samples, trie, candidates, others_of, generic, batch_size):
+    """Per condition, each user's target rank and AUC among their candidates."""
+    # One prefill per prompt: prompt j scores its own candidates and those of the user it is "other" for.
+    scored_items = [set(c) for c in candidates]
+    for i, j in enumerate(others_of):
+        scored_items[j] |= set(candidates[i])
+    scored_items.append(set().union(*candidates))  # the generic prompt scores every distinct candidate once
+    item_lists = [sorted(items) for items in scored_items]
+    scores = score_titles(model, tokenizer, [s.prompt for s in samples] + [generic], item_lists, trie,
+                          batch_size=batch_size)
+    lookup = [dict(zip(items, values)) for items, values in zip(item_lists, scores)]
+    ranks = {condition: np.zeros(len(samples)) for condition in CONDITIONS}
+    aucs = {condition: np.zeros(len(samples)) for condition in CONDITIONS}
+    for i, items in enumerate(candidates):
+        for condition, prompt in (("own", i), ("other", int(others_of[i])), ("generic", len(samples))):
+            values = [lookup[prompt][item] for item in items]
+            ranks[condition][i], aucs[condition][i] = rank_and_auc(values[0], values[1:])
+    return ranks, aucs
+
+
 def user_signal(model, tokenizer, samples: Sequence, trie: TitleTrie, *, num_candidates: int = 20, seed: int = 0,
                 proposer: Callable[[object, int, frozenset], Sequence[int]] | None = None,
                 exclude: Sequence[Collection[int]] | None = None, item_noun: str = "movies",
@@ -337,6 +357,26 @@ def user_signal(model, tokenizer, samples: Sequence, trie: TitleTrie, *, num_can
         `dict`, JSON-ready: ``conditions[c]["mean_rank" | "auc"]`` and ``differences["own_minus_other" |
         "own_minus_generic"]["mean_rank" | "auc"]`` as ``{"value", "ci"}``, the settings, ``seconds`` and
         ``per_user`` ranks. A user-specific signal shows as a positive AUC difference (a negative rank one).
+
+    Example (token-id prompts and a tiny random model; real runs pass ``EvalSample`` s and a tokenizer):
+
+    ```python
+    >>> from types import SimpleNamespace
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from constrained_rec import TitleTrie
+    >>> from constrained_rec.user_signal import user_signal
+    >>> _ = torch.manual_seed(0)
+    >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...     num_attention_heads=2, num_key_value_heads=1, bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()
+    >>> trie = TitleTrie.from_token_sequences([[5 + i, 20 + i] for i in range(8)], eos_token_id=2, item_ids=range(8))
+    >>> users = [SimpleNamespace(user_id=u, prompt=[1, 5 + u, 20 + u, 3], target_item_id=u + 1, exclude={u})
+    ...          for u in range(4)]
+    >>> signal = user_signal(model, None, users, trie, num_candidates=3, generic=[1, 3])
+    >>> sorted(signal["conditions"]), sorted(signal["differences"])
+    (['generic', 'other', 'own'], ['own_minus_generic', 'own_minus_other'])
+
+    ```
     """
     started = time.perf_counter()
     num_candidates = _check_positive_int("num_candidates", num_candidates)
@@ -350,22 +390,7 @@ def user_signal(model, tokenizer, samples: Sequence, trie: TitleTrie, *, num_can
     if generic is None:
         generic = generic_prompt(item_noun, template, tokenizer)
 
-    # One prefill per prompt: prompt j scores its own candidates and those of the user it is "other" for.
-    scored_items = [set(c) for c in candidates]
-    for i, j in enumerate(others_of):
-        scored_items[j] |= set(candidates[i])
-    scored_items.append(set().union(*candidates))  # the generic prompt scores every distinct candidate once
-    item_lists = [sorted(items) for items in scored_items]
-    scores = score_titles(model, tokenizer, [s.prompt for s in samples] + [generic], item_lists, trie,
-                          batch_size=batch_size)
-    lookup = [dict(zip(items, values)) for items, values in zip(item_lists, scores)]
-
-    ranks = {condition: np.zeros(len(samples)) for condition in CONDITIONS}
-    aucs = {condition: np.zeros(len(samples)) for condition in CONDITIONS}
-    for i, items in enumerate(candidates):
-        for condition, prompt in (("own", i), ("other", int(others_of[i])), ("generic", len(samples))):
-            values = [lookup[prompt][item] for item in items]
-            ranks[condition][i], aucs[condition][i] = rank_and_auc(values[0], values[1:])
+    ranks, aucs = _condition_ranks(model, tokenizer, samples, trie, candidates, others_of, generic, batch_size)
 
     def figures(rank_values, auc_values):
         return {"mean_rank": _figure(rank_values, confidence, num_resamples, seed),

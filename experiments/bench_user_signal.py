@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     trie = TitleTrie.from_titles([data.titles[i] for i in item_ids], tokenizer, item_ids=item_ids)
     user_signal(model, tokenizer, samples[:2], trie, num_candidates=2, batch_size=args.batch_size)  # warm-up
 
-    print(f"| N | users | s/user (wall) | s/user (CPU) | own AUC | other AUC | generic AUC |")
+    print("| N | users | s/user (wall) | s/user (CPU) | own AUC | other AUC | generic AUC |")
     print("|---|---|---|---|---|---|---|")
     for n in (int(part) for part in args.candidates.split(",")):
         wall, cpu = time.perf_counter(), time.process_time()

@@ -168,7 +168,7 @@ class PriorConstrainedRecommender:
         return {self.names[0]: records}
 
 
-def assistant_proposer(assistant, histories, num_items: int):
+def assistant_proposer(assistant, histories):
     """The user-signal proposer: the assistant's best ``N`` items outside ``banned`` (hard negatives)."""
     def proposer(sample, n, banned):
         scores = assistant.item_log_probs([histories[sample.index]])[0]
@@ -176,6 +176,58 @@ def assistant_proposer(assistant, histories, num_items: int):
         return [i for i in ranked if i not in banned][:n]
     proposer.__name__ = f"{assistant.name} top-N"
     return proposer
+
+
+def evaluate_methods(args, model, tokenizer, trie, loaded, output_dir: Path, device, bf16: bool):
+    """Constrained top-K for every test user, plus the assistant and the assistant-as-prior where available."""
+    from constrained_rec.evaluate import EvalConfig, evaluate
+    from constrained_rec.pipeline import RunConfig, evaluation_samples
+    from constrained_rec.recommenders import ConstrainedRecommender
+
+    data, test = loaded.data, loaded.splits["test"]
+    evaluation = EvalConfig(ks=tuple(int(k) for k in args.k.split(",")), seed=args.seed, batch_size=args.eval_batch_size)
+    inputs = evaluation_samples(RunConfig(constrained=True, seed=args.seed), loaded)
+    recommenders = [ConstrainedRecommender(model, tokenizer, trie, evaluation)]
+    assistant = load_assistant_or_none(args, data, loaded.split_config)
+    histories = None
+    if assistant is not None:
+        from constrained_rec.collaborative import AssistantRecommender, histories_before, sample_rows
+
+        histories = [h.tolist() for h in histories_before(data, sample_rows(data, test))]
+        recommenders.append(AssistantRecommender(assistant, histories, data.titles, evaluation))
+        recommenders.append(PriorConstrainedRecommender(model, tokenizer, trie, evaluation, assistant, histories,
+                                                        args.prior_weight))
+    with autocast(device, bf16):
+        records = evaluate(recommenders, inputs.samples, output_dir / "evaluation",
+                           identity={"catalog": trie.fingerprint(), "adapter": str(output_dir / "adapter")})
+    return evaluation, inputs, records, assistant, histories
+
+
+def run_controls(args, model, tokenizer, trie, samples, assistant, histories, device, bf16: bool) -> dict:
+    """The user-signal control with uniform candidates, and with the assistant's top-N where there is one."""
+    from constrained_rec.user_signal import user_signal
+
+    options = {"num_candidates": args.signal_candidates, "seed": args.seed,
+               "batch_size": 256 if device.type == "cuda" else 32}
+    with autocast(device, bf16):
+        signals = {"uniform": user_signal(model, tokenizer, samples, trie, **options)}
+        if assistant is not None:
+            proposer = assistant_proposer(assistant, histories)
+            signals[assistant.name] = user_signal(model, tokenizer, samples, trie, proposer=proposer, **options)
+    return signals
+
+
+def write_outputs(output_dir: Path, results: dict) -> None:
+    """The library's metrics.json / report.md / metrics.png, then the control's sections and user_signal.png."""
+    from constrained_rec.report import write_report
+    from constrained_rec.user_signal import signal_markdown
+
+    write_report(output_dir, results)
+    signals = results["user_signal"]
+    with open(output_dir / "report.md", "a") as report:
+        for name, signal in signals.items():
+            report.write("\n" + signal_markdown(signal).replace("## User signal", f"## User signal ({name} candidates)"))
+    plot_signals(signals, output_dir / "user_signal.png")
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -196,12 +248,10 @@ def run(argv: list[str] | None = None) -> dict:
 
     from constrained_rec.catalog import catalog_trie
     from constrained_rec.data import SplitConfig, load_interactions, make_splits
-    from constrained_rec.evaluate import EvalConfig, config_dict, evaluate, method_metrics
+    from constrained_rec.evaluate import config_dict, method_metrics
     from constrained_rec.model import load_model
-    from constrained_rec.pipeline import LoadedData, RunConfig, evaluation_samples
-    from constrained_rec.recommenders import ConstrainedRecommender
-    from constrained_rec.report import library_versions, machine_description, write_report
-    from constrained_rec.user_signal import signal_markdown, user_signal
+    from constrained_rec.pipeline import LoadedData
+    from constrained_rec.report import library_versions, machine_description
 
     set_seed(args.seed)
     tick = time.perf_counter()
@@ -219,34 +269,11 @@ def run(argv: list[str] | None = None) -> dict:
     timings["train_s"] = trained["seconds"]
 
     tick = time.perf_counter()
-    ks = tuple(int(k) for k in args.k.split(","))
-    evaluation = EvalConfig(ks=ks, seed=args.seed, batch_size=args.eval_batch_size)
-    inputs = evaluation_samples(RunConfig(constrained=True, seed=args.seed), loaded)
-    recommenders = [ConstrainedRecommender(model, tokenizer, trie, evaluation)]
-    assistant = load_assistant_or_none(args, data, split_config)
-    histories = None
-    if assistant is not None:
-        from constrained_rec.collaborative import AssistantRecommender, histories_before, sample_rows
-
-        histories = [h.tolist() for h in histories_before(data, sample_rows(data, splits["test"]))]
-        recommenders.append(AssistantRecommender(assistant, histories, data.titles, evaluation))
-        recommenders.append(PriorConstrainedRecommender(model, tokenizer, trie, evaluation, assistant, histories,
-                                                        args.prior_weight))
-    with autocast(device, bf16):
-        records = evaluate(recommenders, inputs.samples, output_dir / "evaluation",
-                           identity={"catalog": trie.fingerprint(), "adapter": str(output_dir / "adapter")})
+    evaluation, inputs, records, assistant, histories = evaluate_methods(args, model, tokenizer, trie, loaded,
+                                                                         output_dir, device, bf16)
     timings["evaluate_s"] = time.perf_counter() - tick
-
     tick = time.perf_counter()
-    signals = {}
-    with autocast(device, bf16):
-        signals["uniform"] = user_signal(model, tokenizer, inputs.samples, trie, num_candidates=args.signal_candidates,
-                                         seed=args.seed, batch_size=256 if device.type == "cuda" else 32)
-        if assistant is not None:
-            signals[assistant.name] = user_signal(
-                model, tokenizer, inputs.samples, trie, num_candidates=args.signal_candidates, seed=args.seed,
-                proposer=assistant_proposer(assistant, histories, len(trie)),
-                batch_size=256 if device.type == "cuda" else 32)
+    signals = run_controls(args, model, tokenizer, trie, inputs.samples, assistant, histories, device, bf16)
     timings["user_signal_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - started
 
@@ -265,11 +292,7 @@ def run(argv: list[str] | None = None) -> dict:
         "methods": method_metrics(records, evaluation, catalog_size=len(data.titles), popularity=inputs.popularity),
         "user_signal": signals,
     }
-    write_report(output_dir, results)
-    with open(output_dir / "report.md", "a") as report:
-        for name, signal in signals.items():
-            report.write("\n" + signal_markdown(signal).replace("## User signal", f"## User signal ({name} candidates)"))
-    plot_signals(signals, output_dir / "user_signal.png")
+    write_outputs(output_dir, results)
     print((output_dir / "report.md").read_text())
     print(json.dumps(timings))
     return results
