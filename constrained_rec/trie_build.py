@@ -26,8 +26,7 @@ def build_arrays(seqs: Sequence[Sequence[int]], eos_token_id: int, item_ids: Seq
     if (lengths == 0).any():
         bad = int(np.flatnonzero(lengths == 0)[0])
         raise ValueError(f"sequence {bad} (item {item_ids[bad]}) is empty; every title needs at least one token")
-    # No reference to the flat tokens stays here, so _compile can free them early (peak memory).
-    return _compile(*_flat_tokens(seqs, lengths, eos, item_ids), lengths, eos, item_ids)
+    return _compile(seqs, lengths, eos, item_ids)
 
 
 def check_item_ids(item_ids: Sequence[int] | None, num_items: int) -> np.ndarray:
@@ -183,9 +182,10 @@ def _index_dtype(max_value: int):
     return np.int32 if max_value < 2**31 else np.int64
 
 
-def _compile(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, eos: int, item_ids: np.ndarray) -> dict:
-    """Sorts the sequences and derives the flat arrays described in the module docstring."""
+def _compile(seqs: Iterable[Sequence[int]], lengths: np.ndarray, eos: int, item_ids: np.ndarray) -> dict:
+    """Sorts the sequences and derives the flat arrays described in ``constrained_rec.trie``."""
     num_rows = len(lengths)
+    flat, starts = _flat_tokens(seqs, lengths, eos, item_ids)
     order, first_diff = _sorted_rows(flat, starts, eos, item_ids)
     distinct = first_diff != _IDENTICAL
     index_dtype = _index_dtype(len(flat))
@@ -200,7 +200,7 @@ def _compile(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, eos: int
     seq_offsets = np.zeros(len(seq_rows) + 1, dtype=index_dtype)
     np.cumsum(row_lengths, out=seq_offsets[1:])
     seq_tokens = _gather_sequences(flat, starts, seq_rows, seq_offsets)
-    del flat, starts  # the caller keeps no reference: free them before the node arrays are built
+    del flat, starts  # free them before the node arrays are built (peak memory)
     return {
         "seq_tokens": seq_tokens,
         "seq_offsets": seq_offsets,
