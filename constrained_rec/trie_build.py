@@ -58,26 +58,35 @@ def check_item_ids(item_ids: Sequence[int] | None, num_items: int) -> np.ndarray
     return ids
 
 
-def _read_tokens(tokens: Iterable[int], count: int) -> np.ndarray:
+def _read_tokens(rows: Iterable[Sequence[int]], starts: np.ndarray, item_ids: np.ndarray, first_row: int):
+    """The tokens of ``rows`` (which start at ``starts``) as int64. numpy would truncate 1.5, parse "7" and
+    take True for 1, so anything but an int is an error naming it."""
+    tokens = list(chain.from_iterable(rows))
+    bad_types = {kind for kind in set(map(type, tokens)) if kind is not int and not issubclass(kind, np.integer)}
+    if bad_types:
+        pos = next(i for i, token in enumerate(tokens) if type(token) in bad_types)
+        _token_error(pos, starts, item_ids, first_row, f"{tokens[pos]!r} ({type(tokens[pos]).__name__})")
     try:
-        return np.fromiter(tokens, dtype=np.int64, count=count)
+        return np.fromiter(tokens, dtype=np.int64, count=len(tokens))
     except OverflowError:
         raise ValueError("token ids must fit in 64 bits") from None
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"token sequences must hold integer token ids: {err}") from None
+
+
+def _token_error(pos: int, starts: np.ndarray, item_ids: np.ndarray, first_row: int, what: str):
+    row = int(np.searchsorted(starts, pos, side="right") - 1)
+    seq = first_row + row
+    raise ValueError(
+        f"sequence {seq} (item {item_ids[seq]}) holds {what} at position {pos - starts[row]}; sequences are "
+        "given as int token ids >= 0, without EOS"
+    )
 
 
 def _check_tokens(tokens: np.ndarray, starts: np.ndarray, eos: int, item_ids: np.ndarray, first_row: int) -> None:
     """Rejects negative ids and EOS inside rows ``first_row, ...`` (``tokens``, rows starting at ``starts``)."""
-    for bad_mask, what in ((tokens < 0, "a negative token id"), (tokens == eos, f"the EOS id {eos}")):
+    for bad_mask, what in ((tokens < 0, "the negative token id {}"), (tokens == eos, "the EOS id {}")):
         if bad_mask.any():
             pos = int(np.flatnonzero(bad_mask)[0])
-            row = int(np.searchsorted(starts, pos, side="right") - 1)
-            seq = first_row + row
-            raise ValueError(
-                f"sequence {seq} (item {item_ids[seq]}) holds {what} at position {pos - starts[row]} "
-                f"(token {int(tokens[pos])}); sequences are given without EOS and with ids >= 0"
-            )
+            _token_error(pos, starts, item_ids, first_row, what.format(int(tokens[pos])))
 
 
 _IDENTICAL = np.iinfo(np.int32).max  # first_diff of a row equal to its predecessor
@@ -96,8 +105,9 @@ def _flat_tokens(seqs: Iterable[Sequence[int]], lengths: np.ndarray, eos: int, i
     chunk_rows = max(1, 2**20 * num_rows // int(starts[-1]))
     for lo in range(0, num_rows, chunk_rows):
         hi = min(lo + chunk_rows, num_rows)
-        tokens = _read_tokens(chain.from_iterable(islice(rows, hi - lo)), int(lengths[lo:hi].sum()))
-        _check_tokens(tokens, starts[lo:hi] - starts[lo] - np.arange(hi - lo), eos, item_ids, lo)
+        row_starts = starts[lo:hi] - starts[lo] - np.arange(hi - lo)  # without the EOS slots
+        tokens = _read_tokens(islice(rows, hi - lo), row_starts, item_ids, lo)
+        _check_tokens(tokens, row_starts, eos, item_ids, lo)
         if tokens.max() > np.iinfo(flat.dtype).max:
             flat = flat.astype(_token_dtype(int(tokens.max())))
         region = flat[starts[lo] : starts[hi]]

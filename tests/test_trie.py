@@ -223,6 +223,11 @@ def test_long_titles_among_short_ones(catalog, long_seqs):
         assert sorted(trie.item_ids(s)) == items_of(seqs, EOS, s)
 
 
+def test_numpy_integer_tokens_are_ints():
+    trie = TitleTrie.from_token_sequences([np.array([5, 6], dtype=np.int32), [np.int64(5), 7]], eos_token_id=EOS)
+    assert trie.next_tokens([5]) == [6, 7]
+
+
 def test_large_token_ids_use_wide_codes():
     big = 200_000  # beyond uint16 codes
     trie = TitleTrie.from_token_sequences([[big, 5], [big, 6], [70_000]], eos_token_id=EOS)
@@ -236,7 +241,11 @@ def test_large_token_ids_use_wide_codes():
         ([], {}, "empty list"),
         ([[5], []], {}, "sequence 1 .* is empty"),
         ([[5], [6, EOS, 7]], {}, "sequence 1 .* EOS id 2 at position 1"),
-        ([[5], [-3]], {}, "sequence 1 .* negative token id"),
+        ([[5], [-3]], {}, "sequence 1 .* negative token id -3 at position 0"),
+        ([[5], [6, 1.5]], {}, r"sequence 1 \(item 1\) holds 1.5 \(float\) at position 1"),
+        ([[5], [6], ["7"]], {"item_ids": [4, 5, 6]}, r"sequence 2 \(item 6\) holds '7' \(str\) at position 0"),
+        ([[5, True]], {}, r"sequence 0 .* holds True \(bool\) at position 1"),
+        ([[5, 2**64]], {}, "token ids must fit in 64 bits"),
         ([[5], [6]], {"item_ids": [1]}, "got 1 item_ids for 2 sequences"),
         ([[5], [6]], {"item_ids": [4, 4]}, "item id 4 is given for more than one"),
         ([[5], [6]], {"item_ids": ["a", "b"]}, r"item_ids\[0\] is 'a' \(str\)"),
