@@ -171,7 +171,10 @@ def test_unconstrained_tiny_model_does_not_write_titles_by_itself():
     assert not all(trie.output_item_ids(row[4:].tolist()) for row in out)
 
 
-def test_numba_and_torch_kernels_agree_on_a_larger_catalog():
+@pytest.mark.parametrize("with_prior", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_numba_and_torch_kernels_agree_on_a_larger_catalog(with_prior, dtype):
+    """Wide nodes (the dense pass, and the prior's cached root increments) need a catalog this large."""
     rng = np.random.default_rng(0)
     seqs = [rng.integers(3, 500, size=rng.integers(1, 8)).tolist() for _ in range(3000)]
     trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS)
@@ -184,11 +187,16 @@ def test_numba_and_torch_kernels_agree_on_a_larger_catalog():
             path = paths[kept[rng.integers(len(kept))]]
             rows.append((path + [PAD] * 4)[:4])
     input_ids = torch.tensor(rows)
-    scores = torch.randn(64, 512)
-    a = TitleTrieProcessor(trie, 0, exclude=exclude, pad_token_id=PAD, backend="numba")(input_ids, scores.clone())
-    b = TitleTrieProcessor(trie, 0, exclude=exclude, pad_token_id=PAD, backend="torch")(input_ids, scores.clone())
-    assert torch.equal(a, b)
-    assert torch.isinf(a).any() and torch.isfinite(a).any()
+    scores = torch.randn(64, 512).to(dtype)
+    prior = {"item_log_prior": rng.normal(size=(8, 3000))} if with_prior else {}
+    outs = []
+    for depth in (0, 1, 4):  # the root (wide), one token in (wide and narrow nodes), deeper
+        for backend in BACKENDS:
+            proc = TitleTrieProcessor(trie, 0, exclude=exclude, pad_token_id=PAD, backend=backend, **prior)
+            outs.append(proc(input_ids[:, :depth], scores.clone()))
+        torch.testing.assert_close(outs[-2].double(), outs[-1].double(), rtol=1e-6, atol=0)
+        assert torch.equal(torch.isfinite(outs[-2]), torch.isfinite(outs[-1]))
+        assert torch.isinf(outs[-1]).any() and torch.isfinite(outs[-1]).any()
 
 
 # ---------------------------------------------------------------- hardening (issue 10)
