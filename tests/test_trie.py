@@ -223,6 +223,20 @@ def test_long_titles_among_short_ones(catalog, long_seqs):
         assert sorted(trie.item_ids(s)) == items_of(seqs, EOS, s)
 
 
+@settings(max_examples=100, deadline=None)
+@given(catalogs())
+def test_huge_token_ids_sort_like_small_ones(catalog):
+    """Ids near 2**62 take the build's lexsort path instead of its one-int64-key sort."""
+    seqs, item_ids = catalog
+    huge = [[t + 2**62 if t > EOS else t for t in s] for s in seqs]
+    trie = TitleTrie.from_token_sequences(huge, eos_token_id=EOS, item_ids=item_ids)
+    assert [tuple(s) for s in trie.sequences()] == sorted({tuple(s) for s in complete(huge, EOS)})
+    for s in huge:
+        assert sorted(trie.item_ids(s)) == items_of(huge, EOS, s, item_ids)
+        for cut in range(len(s) + 1):
+            assert trie.next_tokens(s[:cut]) == allowed_next(huge, EOS, s[:cut])
+
+
 def test_numpy_integer_tokens_are_ints():
     trie = TitleTrie.from_token_sequences([np.array([5, 6], dtype=np.int32), [np.int64(5), 7]], eos_token_id=EOS)
     assert trie.next_tokens([5]) == [6, 7]
