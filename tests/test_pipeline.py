@@ -205,3 +205,23 @@ def test_data_parallel_training_equals_one_process_with_gradient_accumulation(tm
     saved = json.loads((tmp_path / "two" / "train_config.json").read_text())
     assert saved["global_step"] == one.global_step == 4  # 16 samples: 4 batches of 4, 2 steps per epoch
     assert saved["best_eval_loss"] == pytest.approx(one.best_eval_loss, rel=1e-5)
+
+
+def test_an_adapter_from_experiments_train_passes_the_run_check(tmp_path, tokenizer):
+    """experiments/train.py (train_job) and run.py build the catalog trie by one function: the adapter fits."""
+    from constrained_rec.catalog import catalog_trie
+    from constrained_rec.data import load_interactions
+    from constrained_rec.model import check_adapter
+    from constrained_rec.pipeline import TrainJob, train_job
+    from constrained_rec.train import TrainConfig
+
+    model_dir = tmp_path / "tiny"
+    make_tiny_llama(vocab_size=49152, seed=0).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    result = train_job(TrainJob(output_dir=str(tmp_path / "adapter"), model=str(model_dir), train_samples=8,
+                                eval_samples=4, train=TrainConfig(max_steps=1, batch_size=4)))
+    assert result.global_step == 1
+    trie = catalog_trie(load_interactions("ml-100k"), tokenizer)
+    assert check_adapter(tmp_path / "adapter", str(model_dir), trie)["catalog_fingerprint"] == trie.fingerprint()
+    with pytest.raises(ValueError, match="TrainJob.train must be a TrainConfig"):
+        TrainJob(output_dir="x", train={"epochs": 1})
