@@ -10,7 +10,6 @@ compiles without a cache (the JIT then runs in every new process) after one warn
 
 from __future__ import annotations
 
-import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,14 +17,14 @@ from pathlib import Path
 import numba
 from numba.core import config
 
-CACHE_ENV_VAR = "CONSTRAINED_REC_CACHE"  # the same folder constrained_rec.model caches converted models in
+from constrained_rec.hf import CACHE_ENV_VAR, cache_dir  # the library's cache folder (converted models too)
+
 _warned = False
 
 
 def fallback_cache_dir() -> Path:
     """Our own numba cache folder: ``$CONSTRAINED_REC_CACHE/numba`` or ``~/.cache/constrained-rec/numba``."""
-    root = os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "constrained-rec"
-    return Path(root) / "numba"
+    return cache_dir() / "numba"
 
 
 @contextmanager

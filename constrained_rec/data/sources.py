@@ -14,12 +14,12 @@ from pathlib import Path
 
 from constrained_rec.data.interactions import InteractionData, move_trailing_article
 from constrained_rec.data.readers import CsvFormat, RawData, read_file, read_folder
+from constrained_rec.hf import cache_dir as library_cache_dir
 from constrained_rec.prompts import ITEM_NOUNS
 
 logger = logging.getLogger("constrained_rec.data")
 
 DATA_ENV_VAR = "CONSTRAINED_REC_DATA"
-CACHE_ENV_VAR = "CONSTRAINED_REC_CACHE"
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens"
 # Data set name -> the folder its GroupLens archive unpacks to.
 GROUPLENS_FOLDERS = {
@@ -37,7 +37,7 @@ GROUPLENS_FOLDERS = {
 def _cache_dir(cache_dir) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "constrained-rec") / "data"
+    return library_cache_dir() / "data"
 
 
 def _recbole_ml100k() -> Path | None:

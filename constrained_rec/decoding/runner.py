@@ -7,6 +7,7 @@ import inspect
 
 import torch
 
+from constrained_rec.hf import cache_keyword, causal_lm, left_pad
 from constrained_rec.trie import TitleTrie
 
 # The price of one more forward, in padded tokens: on a CPU a forward costs about its tokens, on an
@@ -22,11 +23,9 @@ class ModelRunner:
         self.model = model
         self.trie = trie
         self.stats = stats
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        parameters = inspect.signature(base.forward).parameters
-        # transformers 5 renamed `past_key_values` to `cache`.
-        self.cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
-        self.keeps_logits = "logits_to_keep" in parameters
+        lm = causal_lm(model)
+        self.cache_kwarg = cache_keyword(lm)
+        self.keeps_logits = "logits_to_keep" in inspect.signature(lm.forward).parameters
         self.device = model.get_input_embeddings().weight.device
         on_cpu = self.device.type == "cpu"
         self.forward_cost = CPU_FORWARD_COST_TOKENS if on_cpu else ACCELERATOR_FORWARD_COST_TOKENS
@@ -71,12 +70,7 @@ class PromptBatch:
     """A left-padded batch of prompts, prefilled once: its cache, mask, lengths and last-position logits."""
 
     def __init__(self, prompts: list[list[int]], runner: ModelRunner):
-        width = max(len(p) for p in prompts)
-        ids = torch.zeros((len(prompts), width), dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            mask[row, width - len(prompt) :] = 1
+        ids, mask = left_pad(prompts, pad_token_id=0)  # padding is masked out: any id does
         ids, mask = ids.to(runner.device), mask.to(runner.device)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate() numbers left-padded prompts
         logits, self.cache = runner(ids, mask, positions, last_only=True)
