@@ -60,7 +60,7 @@ from constrained_rec.trie import TitleTrie
 
 MODES = ("beam", "exact")
 __all__ = ["recommend", "Recommendation", "DecodeStats", "DecodeResult", "MODES", "CPU_FORWARD_COST_TOKENS",
-           "ACCELERATOR_FORWARD_COST_TOKENS"]
+           "ACCELERATOR_FORWARD_COST_TOKENS", "checked_prompt_ids"]
 
 
 @dataclass
@@ -204,12 +204,8 @@ def recommend(
     ```
     """
     num_beams = _check_options(model, trie, k, num_beams, mode, length_penalty, batch_size, node_budget)
-    prompt_ids = _prompt_token_ids(tokenizer, prompts, trie)
+    prompt_ids = checked_prompt_ids(tokenizer, prompts, trie, model)
     constraints = _constraints(trie, len(prompt_ids), k, exclude, item_log_prior, prior_weight, constraints)
-    vocab = model.get_input_embeddings().weight.shape[0]
-    for p, ids in enumerate(prompt_ids):
-        if max(ids) >= vocab:
-            raise ValueError(f"prompt {p} holds token id {max(ids)}, but the model embeds only {vocab} tokens")
 
     stats = DecodeStats()
     runner = ModelRunner(model, trie, stats)
@@ -267,7 +263,10 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"`{name}` has to be a positive integer, but is {value!r}")
 
 
-def _prompt_token_ids(tokenizer, prompts, trie: TitleTrie) -> list[list[int]]:
+def checked_prompt_ids(tokenizer, prompts: Sequence[str | Sequence[int]], trie: TitleTrie, model=None) -> list[list[int]]:
+    """The token ids of each prompt, checked: string prompts are tokenized (`tokenization.prompt_token_ids`) by
+    `tokenizer`, whose EOS must be the trie's; token-id prompts must be non-empty lists of ints >= 0 and, given
+    `model`, ids its input embeddings cover."""
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise ValueError(f"`prompts` has to be a non-empty sequence of strings or token-id lists, but is {prompts!r}")
     if tokenizer is not None and eos_token_id(tokenizer) != trie.eos_token_id:
@@ -290,6 +289,11 @@ def _prompt_token_ids(tokenizer, prompts, trie: TitleTrie) -> list[list[int]]:
         if not ids or not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) and t >= 0 for t in ids):
             raise ValueError(f"prompt {p} has to be a string or a non-empty list of token ids >= 0, but is {prompt!r}")
         out.append([int(t) for t in ids])
+    if model is not None:
+        vocab = model.get_input_embeddings().weight.shape[0]
+        for p, ids in enumerate(out):
+            if max(ids) >= vocab:
+                raise ValueError(f"prompt {p} holds token id {max(ids)}, but the model embeds only {vocab} tokens")
     return out
 
 

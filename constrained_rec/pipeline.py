@@ -18,6 +18,8 @@ run is refused with the options that differ.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -29,7 +31,13 @@ from constrained_rec.run_config import (  # noqa: F401
     DEFAULT_KS, DEFAULT_MODEL, DEFAULTS, QUICK, QUICK_KS, RUN_IDENTITY, RunConfig, RunSize, check_run_identity,
     model_name, output_folder, parse_device, parse_ks, resolve_device, run_identity)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from constrained_rec.data import GROUPLENS_FOLDERS, SPLITS  # noqa: E402
+from constrained_rec.run_config import DATA_FILE_OPTIONS  # noqa: E402
+
+logger = logging.getLogger("constrained_rec.pipeline")
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -43,14 +51,68 @@ class LoadedData:
 
 
 def load_data(config: RunConfig) -> LoadedData:
-    """The data set and its splits: ``train_samples`` training windows, ``eval_users`` test users (seeded)."""
-    from constrained_rec.data import SplitConfig, load_interactions, make_splits
+    """The data set (``--dataset`` with ``--items`` and the column options) and its samples under ``--split``
+    with ``--max-history`` and the prompt's noun: ``train_samples`` training samples and ``eval_users`` test
+    samples, seeded, at most as many as the test split holds (all with ``--all-users``).
+
+    ``split_config`` comes back resolved (its ``protocol`` and ``item_noun`` made concrete). A run that will
+    train (training samples and no ``--adapter``) on a layout whose own split has no training rows fails here,
+    before the model is loaded, naming the folder and what to pass instead.
+    """
+    from constrained_rec.data import SplitConfig, load_interactions, make_splits, split_positions
 
     size = config.size
-    data = load_interactions(config.dataset, data_dir=config.data_dir)
-    split_config = SplitConfig(train_samples=size.train_samples or None, seed=config.seed,
-                               eval_samples=None if config.all_users else min(size.eval_users, data.num_users))
-    return LoadedData(data, split_config, make_splits(data, split_config))
+    data = load_interactions(config.dataset, data_dir=config.data_dir, **_data_file_options(config))
+    split_config = SplitConfig(max_history=config.max_history, protocol=config.split, item_noun=config.item_noun,
+                               seed=config.seed).resolve(data)
+    train_samples = size.train_samples or None
+    if split_config.protocol == "given":
+        data.given.require("test", "evaluation")
+        if size.train_samples and not config.adapter:
+            try:
+                data.given.require("train", f"training (--train-samples {size.train_samples} without --adapter)")
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"{error}; or pass --train-samples 0 to evaluate the base model zero-shot, "
+                                        "or --adapter DIR to evaluate a trained adapter") from None
+        if "train" in data.given.missing:
+            train_samples = None  # not trained on: the split stays empty
+    positions = split_positions(data, split_config)
+    available = {split: len(rows) for split, rows in positions.items()}
+    eval_samples = None if config.all_users else min(size.eval_users, available["test"])
+    if eval_samples is not None and eval_samples < size.eval_users:
+        logger.warning("%s: evaluating all %d test samples of the %s split (--eval-users %d asked for more)",
+                       data.name, eval_samples, split_config.protocol, size.eval_users)
+    if eval_samples is None or eval_samples <= available["validation"]:
+        split_config = dataclasses.replace(split_config, train_samples=train_samples, eval_samples=eval_samples)
+        return LoadedData(data, split_config, make_splits(data, split_config))
+    # Fewer validation samples than test samples asked for (a given split without valid/, or a short one):
+    # keep all validation samples and draw the test samples alone.
+    split_config = dataclasses.replace(split_config, train_samples=train_samples, eval_samples=None)
+    splits = make_splits(data, split_config)
+    splits["test"] = splits["test"].select(_test_draw(available["test"], eval_samples, config.seed))
+    return LoadedData(data, dataclasses.replace(split_config, eval_samples=eval_samples), splits)
+
+
+def _data_file_options(config: RunConfig) -> dict:
+    """The file and column options for ``load_interactions``; an error where the source has no use for them."""
+    options = {name: getattr(config, name) for name in DATA_FILE_OPTIONS if getattr(config, name) is not None}
+    columns = sorted(name for name in options if name != "items")
+    flags = ", ".join("--" + name.replace("_", "-") for name in sorted(options))
+    source = Path(config.dataset)
+    if options and (config.dataset in GROUPLENS_FOLDERS or source.is_dir()):
+        raise ValueError(f"{flags} describe an interactions file and its items file, but --dataset "
+                         f"{config.dataset!r} is a {'folder' if source.is_dir() else 'named data set'} whose layout "
+                         "fixes its files and columns; drop them, or pass the interactions CSV/TSV as --dataset")
+    if columns and {".json", ".jsonl"} & set(source.suffixes):
+        raise ValueError(f"{flags} describe CSV/TSV columns, but --dataset {config.dataset!r} is an Amazon reviews "
+                         "file whose fields are fixed; pass only --items (its metadata file)")
+    return options
+
+
+def _test_draw(size: int, count: int, seed: int) -> list[int]:
+    """Which of ``size`` test samples to evaluate: the draw ``make_splits`` makes for ``eval_samples=count``."""
+    rng = np.random.default_rng([seed, SPLITS.index("test")])
+    return np.sort(rng.choice(size, size=count, replace=False)).tolist()
 
 
 def load_base_model(config: RunConfig):
@@ -183,7 +245,8 @@ def assemble_results(config: RunConfig, loaded: LoadedData, name: str, adapter: 
         "command": config.command_line(),
         "dataset": {"name": data.name, "users": data.num_users, "items": len(data.titles),
                     "interactions": len(data.interactions), "eval_users": len(inputs.samples),
-                    "split": {"protocol": resolved.protocol, "max_history": split_config.max_history}},
+                    "split": {"protocol": resolved.protocol, "max_history": split_config.max_history,
+                              "item_noun": resolved.item_noun}},
         "model": name,
         "adapter": str(adapter.folder) if adapter.folder else None,
         "train": adapter.train_summary,

@@ -81,12 +81,16 @@ def markdown_report(results: Mapping) -> str:
         row += [_number(figures["validity_rate"]), _number(figures["coverage@10"]),
                 _number(figures["popularity_percentile@10"], 1), _number(figures["users_per_s"], 3)]
         lines.append("| " + " | ".join(row) + " |")
+    lines += _title_hits_table(methods, ks)
     for name, figures in methods.items():
         lines += ["", f"## {name}", "", f"| metric | value | {confidence}% CI |", "|---|---|---|"]
-        for k in ks:
-            for metric in ("hr", "ndcg"):
-                figure = figures[f"{metric}@{k}"]
-                lines.append(f"| {metric.upper()}@{k} | {_number(figure['value'])} | {_interval(figure)} |")
+        for prefix, label in (("", ""), ("title_", "title ")):
+            for k in ks:
+                for metric in ("hr", "ndcg"):
+                    figure = figures.get(f"{prefix}{metric}@{k}")
+                    if figure is not None:
+                        lines.append(f"| {label}{metric.upper()}@{k} | {_number(figure['value'])} | "
+                                     f"{_interval(figure)} |")
         valid = figures["validity_rate"]
         lines.append(f"| valid outputs | {_number(valid)} ({figures['outputs']} outputs) | |" if valid is not None
                      else "| valid outputs | n/a (no model outputs) | |")
@@ -94,6 +98,21 @@ def markdown_report(results: Mapping) -> str:
         lines.append(f"| mean popularity percentile of the top-10 | {_number(figures['popularity_percentile@10'], 1)} | |")
         lines.append(f"| {speed} | {_number(figures['users_per_s'], 3)} | |")
     return "\n".join(lines) + "\n"
+
+
+def _title_hits_table(methods: Mapping[str, dict], ks: list[int]) -> list[str]:
+    """The title hits (``title_hr@K`` / ``title_ndcg@K``) of the methods that have them, as a second table."""
+    titled = {name: figures for name, figures in methods.items() if f"title_hr@{ks[0]}" in figures} if ks else {}
+    if not titled:
+        return []
+    lines = ["", "Title hits, as D3 and MiniOneRec count them (a hit when a recommended title equals the target's "
+             "title, ranked among distinct titles); the item-id figures above are the headline:", ""]
+    header = ["method"] + [f"title HR@{k}" for k in ks] + [f"title NDCG@{k}" for k in ks]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, figures in titled.items():
+        row = [name] + [_number(figures[f"title_{metric}@{k}"]["value"]) for metric in ("hr", "ndcg") for k in ks]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def plot_metrics(methods: Mapping[str, dict], path: str | os.PathLike) -> None:

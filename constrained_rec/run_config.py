@@ -57,6 +57,14 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# The data flags: the generic interactions file's items file, columns and separator (passed to
+# load_interactions as they are), and how its samples are made (SplitConfig). "auto" is the layout's own
+# split where it has one (D3 / MiniOneRec folders), else leave-one-out.
+DATA_FILE_OPTIONS = ("items", "user_column", "item_column", "time_column", "title_column", "items_item_column", "sep")
+DATA_OPTIONS = (*DATA_FILE_OPTIONS, "split", "max_history", "item_noun")
+SPLIT_CHOICES = ("auto", "leave-one-out", "temporal", "given")
+
+
 @dataclass
 class RunConfig:
     """Every option of ``experiments/run.py`` (same names as its flags, same defaults); see ``--help``.
@@ -68,6 +76,17 @@ class RunConfig:
     constrained: bool = False
     dataset: str = "ml-100k"
     data_dir: str | None = None
+    # The data set's files, columns and split (see DATA_OPTIONS and constrained_rec.data.load_interactions).
+    items: str | None = None
+    user_column: str | None = None
+    item_column: str | None = None
+    time_column: str | None = None
+    title_column: str | None = None
+    items_item_column: str | None = None
+    sep: str | None = None
+    split: str = "auto"
+    max_history: int = 10
+    item_noun: str | None = None
     model: str | None = None
     train_samples: int | None = None
     epochs: int | None = None
@@ -119,9 +138,51 @@ class RunConfig:
             if value is not None and not (isinstance(value, str) and value):
                 raise ValueError(f"RunConfig.{name} must be a non-empty string or None, got {value!r}")
         parse_device(self.device)
+        self._check_data_options()
         if self.num_beams is not None and self.num_beams < max(self.ks):
             raise ValueError(f"--num-beams {self.num_beams} is smaller than the largest K = {max(self.ks)}: beam "
                              "search returns at most num_beams titles")
+
+    def _check_data_options(self) -> None:
+        """The data flags: non-empty strings, a known split and noun, a history of at least one item."""
+        from constrained_rec.data import PROTOCOL_ALIASES
+        from constrained_rec.prompts import ITEM_NOUNS
+
+        for name in DATA_FILE_OPTIONS:
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ValueError(f"RunConfig.{name} (--{name.replace('_', '-')}) must be a non-empty string or "
+                                 f"None, got {value!r}")
+        if self.split not in SPLIT_CHOICES and self.split not in PROTOCOL_ALIASES:
+            raise ValueError(f"RunConfig.split (--split) must be one of {list(SPLIT_CHOICES)}, got {self.split!r}")
+        if not (_is_int(self.max_history) and self.max_history >= 1):
+            raise ValueError(f"RunConfig.max_history (--max-history) must be an integer >= 1, got {self.max_history!r}")
+        if self.item_noun is not None and self.item_noun not in ITEM_NOUNS:
+            raise ValueError(f"RunConfig.item_noun (--item-noun) must be one of {sorted(ITEM_NOUNS)}, "
+                             f"got {self.item_noun!r}")
+
+    def _check_assistant_options(self) -> None:
+        """The assistant flags: a known assistant, a weight >= 0 or "auto", sizes, LM alone only with a prior."""
+        if self.assistant is not None and self.assistant not in ASSISTANT_CHOICES:
+            raise ValueError(f"RunConfig.assistant (--assistant) must be one of {list(ASSISTANT_CHOICES)}, "
+                             f"got {self.assistant!r}")
+        self.prior_weight = parse_prior_weight(self.prior_weight)
+        for name in ("lm_alone", "user_signal"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"RunConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name, least in (("search_error_users", 0), ("signal_candidates", 1)):
+            value = getattr(self, name)
+            if not (_is_int(value) and value >= least):
+                raise ValueError(f"RunConfig.{name} (--{name.replace('_', '-')}) must be an integer >= {least}, "
+                                 f"got {value!r}")
+        if not self.lm_alone and self.assistant_name == "none":
+            raise ValueError("--no-lm-alone skips the LM-alone decoding, which leaves nothing of the LM to evaluate "
+                             "without an assistant; pass --assistant popularity, ease or sasrec")
+
+    @property
+    def assistant_name(self) -> str:
+        """``--assistant``, else ``QUICK_ASSISTANT`` with ``--quick`` and ``DEFAULT_ASSISTANT`` otherwise."""
+        return self.assistant or (QUICK_ASSISTANT if self.quick else DEFAULT_ASSISTANT)
 
     @property
     def size(self) -> RunSize:
@@ -222,6 +283,7 @@ def run_identity(config: RunConfig) -> dict:
     size = config.size
     return {
         "dataset": config.dataset, "data_dir": config.data_dir, "model": model_name(config),
+        **{name: getattr(config, name) for name in DATA_OPTIONS},
         "adapter": str(Path(config.adapter).resolve()) if config.adapter else None,
         "train_samples": size.train_samples, "epochs": size.epochs, "validation_samples": size.validation_samples,
         "batch_size": config.batch_size, "learning_rate": config.learning_rate,

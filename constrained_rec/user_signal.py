@@ -36,8 +36,8 @@ from typing import Callable, Collection, Mapping, Sequence
 import numpy as np
 import torch
 
-from constrained_rec.decode import DecodeStats, _prompt_token_ids
-from constrained_rec.decoding.runner import ModelRunner, PromptBatch, select_rows
+from constrained_rec.decode import DecodeStats, checked_prompt_ids
+from constrained_rec.decoding.runner import ModelRunner, PromptBatch, teacher_forced
 from constrained_rec.metrics import bootstrap_interval
 from constrained_rec.prompts import build_prompt, history_text
 from constrained_rec.trie import TitleTrie
@@ -86,7 +86,8 @@ def _as_trie(trie_or_token_ids) -> TitleTrie:
 def _score_prompt_batch(runner: ModelRunner, prompts: list[list[int]], titles: list[list[list[int]]],
                         batch_size: int) -> list[np.ndarray]:
     """Total log-probabilities of ``titles[p]`` after ``prompts[p]``: one left-padded prefill of the prompts,
-    then every title's tokens but its last are fed right-padded after copies of its prompt's cache rows."""
+    then every title's tokens but its last are fed (decoding's ``teacher_forced``) after its prompt's cache rows,
+    ``batch_size`` titles at a time."""
     prompt = PromptBatch(prompts, runner)
     first = torch.log_softmax(prompt.last_logits.float(), dim=-1)
     rows = [(p, t) for p in range(len(prompts)) for t in range(len(titles[p]))]
@@ -97,31 +98,11 @@ def _score_prompt_batch(runner: ModelRunner, prompts: list[list[int]], titles: l
     rows = sorted((r for r in rows if len(titles[r[0]][r[1]]) > 1), key=lambda r: -len(titles[r[0]][r[1]]))
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        fed = [titles[p][t][:-1] for p, t in chunk]
-        span = max(len(f) for f in fed)
-        new_ids = torch.full((len(chunk), span), runner.trie.eos_token_id, dtype=torch.long)
-        new_mask = torch.zeros((len(chunk), span), dtype=torch.long)
-        for row, tokens in enumerate(fed):
-            new_ids[row, : len(tokens)] = torch.tensor(tokens)
-            new_mask[row, : len(tokens)] = 1
-        owners = torch.tensor([p for p, _ in chunk], device=prompt.device)
-        mask = prompt.rows_mask(owners, 0, new_mask.to(prompt.device))
-        positions = prompt.lengths[owners][:, None] + torch.arange(span, device=prompt.device)
-        logits, _ = runner(new_ids.to(prompt.device), mask, positions, cache=select_rows(prompt.cache, owners))
-        row_index, col_index, wanted = [], [], []
-        for row, (p, t) in enumerate(chunk):
-            scored = titles[p][t][1:]
-            row_index += [row] * len(scored)
-            col_index += range(len(scored))
-            wanted += scored
-        picked = logits[row_index, col_index].float()
-        log_probs = (picked.gather(1, torch.tensor(wanted, device=picked.device)[:, None])[:, 0]
-                     - torch.logsumexp(picked, dim=-1)).double().cpu().numpy()
-        at = 0
-        for p, t in chunk:
-            count = len(titles[p][t]) - 1
-            totals[p][t] += log_probs[at : at + count].sum()
-            at += count
+        owners = [p for p, _ in chunk]
+        log_probs = teacher_forced(runner, prompt, prompt.cache, owners, owners, 0,
+                                   [titles[p][t][:-1] for p, t in chunk], [titles[p][t][1:] for p, t in chunk])
+        for (p, t), title_log_probs in zip(chunk, log_probs):
+            totals[p][t] += title_log_probs.astype(np.float64).sum()
     return totals
 
 
@@ -171,16 +152,12 @@ def score_titles(model, tokenizer, prompts: Sequence[str | Sequence[int]], candi
     if getattr(model, "training", False):
         raise ValueError("the model is in training mode (dropout is active); call model.eval() first")
     trie = _as_trie(trie_or_token_ids)
-    prompt_ids = _prompt_token_ids(tokenizer, prompts, trie)  # also checks the tokenizer's EOS is the trie's
+    prompt_ids = checked_prompt_ids(tokenizer, prompts, trie, model)  # also: the tokenizer's EOS is the trie's
     if isinstance(candidates, (str, bytes)) or len(candidates) != len(prompt_ids):
         raise ValueError(f"`candidates` has to hold one sequence of items per prompt ({len(prompt_ids)}), "
                          f"but is {candidates!r}")
     titles = [trie_title_token_ids(trie, items) for items in candidates]
     runner = ModelRunner(model, trie, DecodeStats())
-    vocab = model.get_input_embeddings().weight.shape[0]
-    largest = max(max(p) for p in prompt_ids)
-    if largest >= vocab:
-        raise ValueError(f"a prompt holds token id {largest}, outside the model's vocabulary of {vocab} tokens")
     scores: list[np.ndarray] = []
     with torch.inference_mode():
         for start in range(0, len(prompt_ids), prompt_batch_size):

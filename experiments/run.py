@@ -29,7 +29,9 @@ import shlex
 import sys
 
 from constrained_rec.pipeline import DEFAULTS, QUICK, QUICK_KS, RunConfig, parse_ks, run
+from constrained_rec.prompts import ITEM_NOUNS
 from constrained_rec.recommenders import DECODERS
+from constrained_rec.run_config import SPLIT_CHOICES
 
 
 def _cli(parse):
@@ -56,6 +58,66 @@ non_negative_int, positive_int = _int_at_least(0), _int_at_least(1)
 parse_ks_flag = _cli(parse_ks)
 
 
+def separator(text: str) -> str:
+    """``--sep``: the text itself, with ``\\t`` or ``tab`` meaning a tab (what a shell passes most easily)."""
+    if not text:
+        raise argparse.ArgumentTypeError(f"--sep needs a field separator such as , or tab, got {text!r}")
+    return "\t" if text in ("\\t", "tab") else text
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data set's files, columns and split (RunConfig's DATA_OPTIONS)."""
+    group = parser.add_argument_group(
+        "data set", "--dataset is a GroupLens name, a folder in a supported layout (GroupLens, RecBole, Amazon 2018, "
+        "D3/MiniOneRec with its own train/valid/test CSVs), an Amazon reviews file, or an interactions CSV/TSV "
+        "with --items")
+    group.add_argument("--items", default=None, help="items file (item id, title) of an interactions CSV/TSV, or "
+                       "the metadata file of an Amazon reviews file")
+    for column, default, what in (("user", "user_id", "interactions file's user id"),
+                                  ("item", "item_id", "interactions file's item id"),
+                                  ("time", "timestamp", "interactions file's time (Unix seconds or ISO 8601)"),
+                                  ("title", "title", "items file's title"),
+                                  ("items-item", "--item-column", "items file's item id")):
+        group.add_argument(f"--{column}-column", default=None, help=f"column of the {what} [default {default}]")
+    group.add_argument("--sep", type=separator, default=None,
+                       help="field separator of the CSV/TSV files; \\t or tab for a tab [default: tab for .tsv, "
+                            "comma otherwise]")
+    group.add_argument("--split", choices=SPLIT_CHOICES, default="auto",
+                       help="leave-one-out (last item per user), temporal (D3's global time 8:1:1), given (the "
+                            "data set's own train/valid/test files), auto: given where the data set has its own "
+                            "split, else leave-one-out")
+    group.add_argument("--max-history", type=positive_int, default=10,
+                       help="at most this many previous items in a prompt (BIGRec's and D3's 10)")
+    group.add_argument("--item-noun", choices=sorted(ITEM_NOUNS), default=None,
+                       help="the prompt's noun for the items [default the data set's: movies for MovieLens, "
+                            "products for Amazon, items otherwise]")
+
+
+def add_assistant_arguments(parser: argparse.ArgumentParser) -> None:
+    """The collaborative assistant and LM + prior (issue 11), and the user-signal control (issue 13)."""
+    group = parser.add_argument_group(
+        "collaborative prior and controls", "a text-free assistant fit on the training split, listed alone and fused "
+        "into constrained decoding (LM + prior: titles ranked by log p_LM(title) + w log M(title)); most-popular is "
+        "always listed beside it")
+    group.add_argument("--assistant", choices=ASSISTANT_CHOICES, default=None,
+                       help=f"the assistant; none: no prior (no assistant methods) [default {DEFAULT_ASSISTANT}, "
+                            f"--quick {QUICK_ASSISTANT}; with an assistant the default K is "
+                            f"{','.join(map(str, ASSISTANT_KS))}]")
+    group.add_argument("--prior-weight", type=_cli(parse_prior_weight), default="auto",
+                       help="the prior's weight w >= 0, or auto: chosen on 50 validation users by NDCG@10 of the "
+                            "assistant's top-30 re-ranked by the fused objective (grid 0 .. 16)")
+    group.add_argument("--lm-alone", action=argparse.BooleanOptionalAction, default=True,
+                       help="also decode with the LM alone; --no-lm-alone lists only most-popular, the assistant "
+                            "and LM + prior (a long all-users run)")
+    group.add_argument("--search-error-users", type=non_negative_int, default=2,
+                       help="test users on which LM + prior's beam top-K is compared with exact search (0: off)")
+    group.add_argument("--user-signal", action=argparse.BooleanOptionalAction, default=True,
+                       help="the user-signal control: targets scored under the user's own, another user's and a "
+                            "generic prompt (constrained_rec.user_signal)")
+    group.add_argument("--signal-candidates", type=positive_int, default=5,
+                       help="candidates besides the target in the user-signal control (5: ~185 CPU s per 100 users)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train, recommend, evaluate and report (BIGRec with trie-constrained decoding).",
@@ -63,8 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--constrained", action="store_true",
                         help="decode with the title trie; without it, the BIGRec baseline (free decoding + grounding)")
     parser.add_argument("--dataset", default="ml-100k",
-                        help="data set name (ml-100k, ml-latest-small, ml-1m, ...) or path, see constrained_rec.data")
+                        help="data set name (ml-100k, ml-latest-small, ml-1m, ...) or path (see 'data set' below "
+                             "and constrained_rec.data)")
     parser.add_argument("--data-dir", default=None, help="folder of GroupLens data sets (default $CONSTRAINED_REC_DATA)")
+    add_data_arguments(parser)
     parser.add_argument("--model", default=None,
                         help="smollm2-135m (embedded), a local model folder, or a Hugging Face id in the local cache "
                              "[default: the base model of --adapter, else smollm2-135m]")
