@@ -78,8 +78,8 @@ class ItemConstraints:
             root_lo, root_hi = trie.item_range(np.array([lo]), np.array([hi]))
             root_increments = np.empty((len(prior_cum), len(los)))
             for p in range(len(prior_cum)):
-                parent = trie_walk.ranges_log_mass(kernel, p, root_lo, root_hi)[0]
-                child = trie_walk.ranges_log_mass(kernel, p, child_lo, child_hi)
+                parent = trie_walk.range_log_mass(kernel, p, root_lo, root_hi)[0]
+                child = trie_walk.range_log_mass(kernel, p, child_lo, child_hi)
                 root_increments[p] = self.prior_weight * np.minimum(child - parent, 0.0)
             kernel = kernel._replace(root_increments=root_increments)
         for array in (kernel.excluded, kernel.excluded_offsets, kernel.prior_cum, kernel.prior_floor,
@@ -181,14 +181,14 @@ class ItemConstraints:
     def allowed(self, prompt: int, item_lo: np.ndarray, item_hi: np.ndarray) -> np.ndarray:
         """Whether each item-position range item_lo:item_hi holds an item `prompt` may get (the kernels' rule)."""
         item_lo, item_hi = np.atleast_1d(item_lo).astype(np.int64), np.atleast_1d(item_hi).astype(np.int64)
-        return trie_walk.ranges_allowed(self._kernel, self._prompt(prompt), item_lo, item_hi)
+        return trie_walk.range_allowed(self._kernel, self._prompt(prompt), item_lo, item_hi)
 
     def log_mass(self, prompt: int, item_lo: np.ndarray, item_hi: np.ndarray) -> np.ndarray:
         """log M of allowed item-position ranges for `prompt` (float64); 0 without a prior."""
         item_lo, item_hi = np.atleast_1d(item_lo).astype(np.int64), np.atleast_1d(item_hi).astype(np.int64)
         if not self.has_prior:
             return np.zeros(len(item_lo))
-        return trie_walk.ranges_log_mass(self._kernel, self._prompt(prompt), item_lo, item_hi)
+        return trie_walk.range_log_mass(self._kernel, self._prompt(prompt), item_lo, item_hi)
 
     def excluded_positions(self, prompt: int) -> np.ndarray:
         """The sorted item positions `prompt` may not get (excluded, or of zero prior mass)."""

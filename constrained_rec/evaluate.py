@@ -240,7 +240,9 @@ def method_metrics(records: Sequence[dict], config: EvalConfig, catalog_size: in
                    popularity: Mapping[int, float]) -> dict[str, dict]:
     """Every figure of every method, from prediction records alone.
 
-    Per method: ``users``; ``hr@K`` / ``ndcg@K`` as ``{"value", "ci"}``; ``validity_rate`` (valid outputs /
+    Per method: ``users``; ``hr@K`` / ``ndcg@K`` as ``{"value", "ci"}`` (item-id hits, the headline);
+    ``title_hr@K`` / ``title_ndcg@K`` alike (title hits as D3 and MiniOneRec count them,
+    :func:`constrained_rec.metrics.title_ranking_metrics`; absent for records without titles); ``validity_rate`` (valid outputs /
     outputs, ``None`` for methods without model outputs); ``coverage@10``; ``popularity_percentile@10``
     (mean popularity percentile of the top-10 items, ``None`` when nothing was recommended); ``seconds`` and ``users_per_s`` of the recommender
     (per process under sharding).
@@ -258,6 +260,7 @@ def method_metrics(records: Sequence[dict], config: EvalConfig, catalog_size: in
             "users": len(rows),
             **metrics.ranking_metrics(rankings, [r["target_item_id"] for r in rows], config.ks,
                                       config.confidence, config.bootstrap_resamples, config.seed),
+            **_title_metrics(rows, config),
             "validity_rate": sum(r["num_valid_outputs"] for r in rows) / outputs if outputs else None,
             "outputs": outputs,
             "coverage@10": metrics.catalog_coverage(rankings, catalog_size, k=10),
@@ -266,6 +269,14 @@ def method_metrics(records: Sequence[dict], config: EvalConfig, catalog_size: in
             "users_per_s": len(rows) / seconds if seconds > 0 else None,
         }
     return figures
+
+
+def _title_metrics(rows: Sequence[dict], config: EvalConfig) -> dict[str, dict]:
+    """Title hits of one method's records; none where a record lacks titles (written by an older version)."""
+    if not all("titles" in r and "target_title" in r for r in rows):
+        return {}
+    return metrics.title_ranking_metrics([r["titles"] for r in rows], [r["target_title"] for r in rows], config.ks,
+                                         config.confidence, config.bootstrap_resamples, config.seed)
 
 
 def config_dict(config: EvalConfig) -> dict:

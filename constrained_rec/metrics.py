@@ -6,6 +6,11 @@ Each user has exactly one relevant item (the held-out next item), so for a ranke
 - HR@K = 1 if ``rank <= K`` else 0;
 - NDCG@K = ``1 / log2(rank + 1)`` if ``rank <= K`` else 0 (the ideal DCG of one relevant item is 1).
 
+Beside these item-id hits, the *title hits* of D3 and MiniOneRec (their ``calc.py``): a hit when a recommended
+title equals the target's title, ranked among the distinct recommended titles (:func:`title_rank`). With
+duplicate titles they differ: any item sharing the target's title counts, and an item repeating a title
+already ranked takes no place of its own.
+
 Figures are means over users; the 95% interval is the percentile bootstrap over users (resample users
 with replacement, recompute the mean), which says how sure a figure measured on a sample of users is.
 Beside accuracy: the validity rate of the model's outputs (catalog titles / outputs), the catalog
@@ -19,6 +24,8 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from constrained_rec.data.interactions import title_hit_rank
 
 
 def _check_k(k: int) -> int:
@@ -43,6 +50,23 @@ def target_rank(ranked_item_ids: Sequence[int], target_item_id: int) -> float:
         if item == target_item_id:
             return position
     return math.inf
+
+
+def title_rank(recommended_titles: Sequence[str], target_title: str) -> float:
+    """The 1-based position of ``target_title`` among the distinct ``recommended_titles`` (first occurrences, in
+    order); ``inf`` when it is absent. This is the rank D3 and MiniOneRec score: that of the generated title.
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.metrics import title_rank
+    >>> title_rank(["Tape", "Tape", "Glue", "Wire"], "Glue"), title_rank(["Tape"], "Glue")
+    (2, inf)
+
+    ```
+    """
+    rank = title_hit_rank(list(dict.fromkeys(recommended_titles)), target_title)
+    return math.inf if rank is None else rank + 1
 
 
 def hit_rate(ranks: Sequence[float], k: int) -> np.ndarray:
@@ -212,11 +236,51 @@ def ranking_metrics(
     """
     if len(rankings) != len(targets):
         raise ValueError(f"got {len(rankings)} rankings for {len(targets)} targets: one ranking per user is needed")
-    ranks = np.array([target_rank(r, t) for r, t in zip(rankings, targets)], dtype=np.float64)
+    ranks = [target_rank(r, t) for r, t in zip(rankings, targets)]
+    return rank_metrics(ranks, ks, confidence, num_resamples, seed)
+
+
+def title_ranking_metrics(
+    title_rankings: Sequence[Sequence[str]],
+    target_titles: Sequence[str],
+    ks: Sequence[int] = (1, 5, 10, 20),
+    confidence: float = 0.95,
+    num_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Title hits as D3 / MiniOneRec count them: ``title_hr@K`` and ``title_ndcg@K`` from :func:`title_rank`.
+
+    Args:
+        title_rankings (`Sequence[Sequence[str]]`): Per user, the titles of the recommended items, best first.
+        target_titles (`Sequence[str]`): The held-out item's title of each user.
+        ks, confidence, num_resamples, seed: As in :func:`ranking_metrics`.
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.metrics import title_ranking_metrics
+    >>> figures = title_ranking_metrics([["Tape", "Tape", "Glue"]], ["Glue"], ks=[2])
+    >>> figures["title_hr@2"]["value"], round(figures["title_ndcg@2"]["value"], 4)
+    (1.0, 0.6309)
+
+    ```
+    """
+    if len(title_rankings) != len(target_titles):
+        raise ValueError(f"got {len(title_rankings)} title rankings for {len(target_titles)} target titles: one "
+                         "ranking per user is needed")
+    ranks = [title_rank(r, t) for r, t in zip(title_rankings, target_titles)]
+    return rank_metrics(ranks, ks, confidence, num_resamples, seed, prefix="title_")
+
+
+def rank_metrics(ranks: Sequence[float], ks: Sequence[int], confidence: float = 0.95, num_resamples: int = 1000,
+                 seed: int = 0, prefix: str = "") -> dict[str, dict]:
+    """``{prefix}hr@K`` and ``{prefix}ndcg@K`` for every K from per-user 1-based ranks (``inf``: not ranked),
+    each as ``{"value": mean, "ci": [low, high]}``."""
+    ranks = np.asarray(ranks, dtype=np.float64)
     figures = {}
     for k in ks:
         for name, per_user in (("hr", hit_rate(ranks, k)), ("ndcg", ndcg(ranks, k))):
             low, high = bootstrap_interval(per_user, confidence, num_resamples, seed)
             value = float(per_user.mean()) if len(per_user) else math.nan
-            figures[f"{name}@{k}"] = {"value": value, "ci": [low, high]}
+            figures[f"{prefix}{name}@{k}"] = {"value": value, "ci": [low, high]}
     return figures

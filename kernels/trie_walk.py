@@ -100,7 +100,9 @@ def walk_prefix(ids, trie: TrieArrays) -> WalkState:
 def range_allowed(constraints, prompt, item_lo, item_hi):
     """True if the item positions item_lo:item_hi hold an item that `prompt` may still get.
 
-    The one place this rule is written for Numba (the torch kernel has its twin, ``torch_mask.ranges_allowed``).
+    For one range (ints) or, element-wise, for arrays of ranges (the Python searches in
+    ``constrained_rec.decoding`` ask through ``ItemConstraints.allowed``). The one place this rule is written
+    for Numba (the torch kernel has its twin, ``torch_mask.ranges_allowed``).
     """
     excluded = constraints.excluded[constraints.excluded_offsets[prompt] : constraints.excluded_offsets[prompt + 1]]
     if len(excluded) == 0:
@@ -111,31 +113,14 @@ def range_allowed(constraints, prompt, item_lo, item_hi):
 
 @cached_njit(nogil=True)
 def range_log_mass(constraints, prompt, item_lo, item_hi):
-    """log M: the log prior mass of the item positions item_lo:item_hi, for an allowed range.
+    """log M: the log prior mass of the item positions item_lo:item_hi, for an allowed range (or, element-wise,
+    arrays of them).
 
     Increments are ``w * min(log M(child) - log M(parent), 0)``: a child's mass never exceeds its parent's, but
     float64 cancellation could make it look so, and best-first search needs increments <= 0.
     """
     mass = constraints.prior_cum[prompt, item_hi] - constraints.prior_cum[prompt, item_lo]
-    return np.log(max(mass, constraints.prior_floor[prompt]))
-
-
-@cached_njit(nogil=True)
-def ranges_allowed(constraints, prompt, item_lo, item_hi):
-    """:func:`range_allowed` over arrays of ranges (for the Python searches in ``constrained_rec.decode``)."""
-    out = np.empty(len(item_lo), dtype=np.bool_)
-    for i in range(len(item_lo)):
-        out[i] = range_allowed(constraints, prompt, item_lo[i], item_hi[i])
-    return out
-
-
-@cached_njit(nogil=True)
-def ranges_log_mass(constraints, prompt, item_lo, item_hi):
-    """:func:`range_log_mass` over arrays of allowed ranges."""
-    out = np.empty(len(item_lo), dtype=np.float64)
-    for i in range(len(item_lo)):
-        out[i] = range_log_mass(constraints, prompt, item_lo[i], item_hi[i])
-    return out
+    return np.log(np.maximum(mass, constraints.prior_floor[prompt]))
 
 
 # ---------------------------------------------------------------------- masking

@@ -18,6 +18,8 @@ from constrained_rec.metrics import (
     popularity_percentiles,
     ranking_metrics,
     target_rank,
+    title_rank,
+    title_ranking_metrics,
 )
 
 
@@ -100,3 +102,50 @@ def test_bad_inputs_are_named():
         mean_popularity_percentile([[9]], {1: 50.0})
     with pytest.raises(ValueError, match="confidence must lie in"):
         bootstrap_interval([1.0], confidence=95)
+    with pytest.raises(ValueError, match="2 title rankings for 1 target titles"):
+        title_ranking_metrics([["a"], ["b"]], ["a"])
+
+
+def test_title_hits_differ_from_item_hits_with_duplicate_titles():
+    # items 2 and 3 share the title "Tape"; the target is item 3
+    titles = {1: "Glue", 2: "Tape", 3: "Tape", 4: "Saw"}
+    rankings = [[2, 1, 3], [1, 2, 4], [2, 3, 4], [4, 1, 3]]
+    targets = [3, 3, 3, 3]
+    items = ranking_metrics(rankings, targets, ks=[1, 2, 3], num_resamples=50)
+    by_title = title_ranking_metrics([[titles[i] for i in r] for r in rankings], ["Tape"] * 4, ks=[1, 2, 3],
+                                     num_resamples=50)
+    # item ranks 3, inf, 2, 3; title ranks (among distinct titles) 1, 2, 1, 3
+    assert [items[f"hr@{k}"]["value"] for k in (1, 2, 3)] == [0.0, 0.25, 0.75]
+    assert [by_title[f"title_hr@{k}"]["value"] for k in (1, 2, 3)] == [0.5, 0.75, 1.0]
+    assert by_title["title_ndcg@2"]["value"] == pytest.approx((1 + 1 / math.log2(3) + 1) / 4)
+    assert set(by_title) == {f"title_{m}@{k}" for m in ("hr", "ndcg") for k in (1, 2, 3)}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.sampled_from("abcdef"), max_size=8), min_size=1, max_size=10), st.data())
+def test_title_rank_is_the_rank_among_distinct_titles(rankings, data):
+    for ranking in rankings:
+        target = data.draw(st.sampled_from("abcdefg"))
+        distinct = []
+        for title in ranking:
+            if title not in distinct:
+                distinct.append(title)
+        expected = distinct.index(target) + 1 if target in distinct else math.inf
+        assert title_rank(ranking, target) == expected
+        # a title hit within K distinct titles whenever the target item's title is within the first K items
+        assert title_rank(ranking, target) <= target_rank(ranking, target)
+
+
+def test_method_metrics_report_item_and_title_hits():
+    from constrained_rec.evaluate import EvalConfig, method_metrics
+
+    record = {"method": "m", "target_item_id": 3, "target_title": "Tape", "num_outputs": 0, "num_valid_outputs": 0,
+              "seconds": 0.1}
+    records = [{**record, "item_ids": [2, 1], "titles": ["Tape", "Glue"]},
+               {**record, "item_ids": [3, 1], "titles": ["Tape", "Glue"]},
+               {**record, "method": "old", "item_ids": [3, 1]}]  # a record without titles (an older version's)
+    figures = method_metrics(records, EvalConfig(ks=(1, 2), bootstrap_resamples=50), catalog_size=4,
+                             popularity={i: 50.0 for i in range(1, 5)})
+    assert figures["m"]["hr@1"]["value"] == 0.5 and figures["m"]["title_hr@1"]["value"] == 1.0
+    assert figures["m"]["title_ndcg@2"]["ci"] == [1.0, 1.0]
+    assert "title_hr@1" not in figures["old"] and figures["old"]["hr@1"]["value"] == 1.0
