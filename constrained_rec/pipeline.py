@@ -8,8 +8,11 @@ code call :func:`run` directly. Each step is its own function, in the order :fun
 3. :func:`load_base_model` and :func:`constrained_rec.catalog.catalog_trie`: the model and the catalog trie;
 4. :func:`prepare_adapter`: train an adapter, or load and check a given or finished one;
 5. :func:`evaluation_samples`: the test samples with their exclusions, item counts and popularity;
-6. :func:`build_recommenders`: the methods to compare;
-7. :func:`constrained_rec.evaluate.evaluate`, then :func:`assemble_results` and the report.
+6. :func:`fit_assistant_step` (``--assistant``): the collaborative assistant, fit on the training split only,
+   and the prior's weight (:mod:`constrained_rec.assistant_prior`);
+7. :func:`build_recommenders`: the methods to compare;
+8. :func:`constrained_rec.evaluate.evaluate`, then :func:`run_controls` (the search error of LM + prior and
+   the user-signal control, :mod:`constrained_rec.user_signal`), :func:`assemble_results` and the report.
 
 A run folder can be resumed (finished training and finished users are not redone) only by a run with the
 same identity (:func:`run_identity`: data, split, model, adapter, training, decoding and seed); any other
@@ -204,9 +207,29 @@ def evaluation_samples(config: RunConfig, loaded: LoadedData) -> EvaluationInput
     return EvaluationInputs(samples, counts, popularity_percentiles(counts, data.titles), notes)
 
 
+def fit_assistant_step(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, output_dir: Path, state,
+                       timings: dict):
+    """The assistant fit on the training split (saved in ``OUTPUT_DIR/assistant``, reloaded on resume) with
+    its prior weight (given, or chosen on validation users); ``None`` with ``--assistant none``."""
+    from constrained_rec.assistant_prior import fit_assistant_step as fit, prior_weight_step
+
+    tick = time.perf_counter()
+    setup = fit(config.assistant_name, loaded, output_dir, config.seed, state)
+    if setup is None:
+        return None
+    timings["assistant_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    prior_weight_step(setup, config.prior_weight, model, tokenizer, trie, loaded, output_dir, config.exclude_history,
+                      config.seed, state)
+    timings["prior_weight_s"] = time.perf_counter() - tick
+    return setup
+
+
 def build_recommenders(config: RunConfig, model, tokenizer, trie, data, inputs: EvaluationInputs,
-                       evaluation) -> list:
-    """The methods of a run, in report order: most-popular, constrained, unconstrained (BIGRec), zero-shot.
+                       evaluation, assisted=None) -> list:
+    """The methods of a run, in report order: most-popular, constrained, unconstrained (BIGRec), zero-shot;
+    with an assistant (``assisted``, :func:`fit_assistant_step`): most-popular, the assistant alone, the LM
+    alone (unless ``--no-lm-alone``) and LM + prior (e.g. "constrained+sasrec").
 
     New methods plug in here: anything with ``names`` and ``__call__(samples)``
     (:class:`constrained_rec.recommenders.Recommender`), appended under the flag that asks for it.
@@ -217,8 +240,19 @@ def build_recommenders(config: RunConfig, model, tokenizer, trie, data, inputs: 
         ConstrainedRecommender, MostPopularRecommender, UnconstrainedRecommender)
 
     recommenders = []
-    if config.baselines:
+    if config.baselines or assisted is not None:  # with an assistant most-popular is the floor, always listed
         recommenders.append(MostPopularRecommender(inputs.counts, data.titles, evaluation))
+    if assisted is not None:
+        from constrained_rec.assistant_prior import AssistantPrior
+        from constrained_rec.collaborative import AssistantRecommender
+
+        recommenders.append(AssistantRecommender(assisted.assistant, assisted.histories, data.titles, evaluation,
+                                                 name=assisted.name))
+        fused = ConstrainedRecommender(model, tokenizer, trie, evaluation, name=assisted.fused_name,
+                                       prior=AssistantPrior(assisted.assistant, assisted.histories, trie),
+                                       prior_weight=assisted.prior_weight)
+        if not config.lm_alone:
+            return recommenders + [fused]
     if config.constrained or config.baselines:
         recommenders.append(ConstrainedRecommender(model, tokenizer, trie, evaluation))
     if not config.constrained or config.baselines:
@@ -230,17 +264,62 @@ def build_recommenders(config: RunConfig, model, tokenizer, trie, data, inputs: 
         else:
             inputs.notes.append("zero-shot-constrained is not listed separately: the evaluated model has no adapter, "
                                 "so 'constrained' already is the zero-shot base model")
-    return recommenders
+    return recommenders + ([fused] if assisted is not None else [])
+
+
+def run_controls(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, inputs: EvaluationInputs,
+                 evaluation, assisted, timings: dict) -> dict:
+    """After the evaluation (main process): the search error of LM + prior and the user-signal control."""
+    controls = {}
+    if assisted is not None and config.search_error_users:
+        from constrained_rec.assistant_prior import AssistantPrior, search_error
+
+        tick = time.perf_counter()
+        if evaluation.length_penalty != 0.0:
+            inputs.notes.append("search error not measured: exact search ranks by total log-probability and "
+                                "needs --length-penalty 0")
+        else:
+            controls["search_error"] = search_error(
+                model, tokenizer, trie, inputs.samples, AssistantPrior(assisted.assistant, assisted.histories, trie),
+                assisted.prior_weight, evaluation.max_k, evaluation.num_beams, config.exclude_history,
+                config.search_error_users, config.seed)
+        timings["search_error_s"] = time.perf_counter() - tick
+    if config.user_signal:
+        from constrained_rec.evaluate import consumed_items
+        from constrained_rec.user_signal import user_signal
+
+        if len(inputs.samples) < 2:
+            inputs.notes.append("user-signal control not run: it pairs users and needs at least 2")
+            return controls
+        tick = time.perf_counter()
+        split_config = loaded.split_config
+        controls["user_signal"] = user_signal(
+            model, tokenizer, inputs.samples, trie, num_candidates=config.signal_candidates, seed=config.seed,
+            # consumed items stay out of the candidates even with --no-exclude-history
+            exclude=consumed_items(loaded.data.interactions, loaded.splits["test"]),
+            item_noun=getattr(split_config, "item_noun", None) or getattr(loaded.data, "item_noun", "movies"),
+            template=getattr(split_config, "template", "alpaca"))
+        timings["user_signal_s"] = time.perf_counter() - tick
+    return controls
 
 
 def assemble_results(config: RunConfig, loaded: LoadedData, name: str, adapter: Adapter, evaluation,
-                     inputs: EvaluationInputs, records: list[dict], device, state, timings: dict) -> dict:
-    """The ``metrics.json`` of a run."""
+                     inputs: EvaluationInputs, records: list[dict], device, state, timings: dict,
+                     method_order: list[str] | None = None, assisted=None, controls: dict | None = None) -> dict:
+    """The ``metrics.json`` of a run; ``methods`` in ``method_order`` (the recommenders' order)."""
     from constrained_rec.evaluate import config_dict, method_metrics
     from constrained_rec.report import library_versions, machine_description
 
     data, split_config = loaded.data, loaded.split_config
     resolved = split_config.resolve(data) if hasattr(split_config, "resolve") else split_config
+    methods = method_metrics(records, evaluation, catalog_size=len(data.titles), popularity=inputs.popularity)
+    order = [m for m in method_order or [] if m in methods] + [m for m in methods if m not in (method_order or [])]
+    extra = {"assistant": None if assisted is None else {
+        "name": assisted.name, "method": assisted.fused_name, "prior_weight": assisted.prior_weight,
+        "prior_weight_option": config.prior_weight, "prior_weight_sweep": assisted.sweep,
+        "fit_seconds": assisted.fit_seconds, "search_error": (controls or {}).get("search_error")}}
+    if controls and "user_signal" in controls:
+        extra["user_signal"] = controls["user_signal"]
     return {
         "command": config.command_line(),
         "dataset": {"name": data.name, "users": data.num_users, "items": len(data.titles),
@@ -251,6 +330,7 @@ def assemble_results(config: RunConfig, loaded: LoadedData, name: str, adapter: 
         "adapter": str(adapter.folder) if adapter.folder else None,
         "train": adapter.train_summary,
         "config": {**config_dict(evaluation), "constrained": config.constrained, "baselines": config.baselines,
+                   "assistant": config.assistant_name, "lm_alone": config.lm_alone,
                    "train_samples": config.size.train_samples, "epochs": config.size.epochs, "device": str(device),
                    "processes": state.num_processes, "threads": torch.get_num_threads()},
         "seed": config.seed,
@@ -258,7 +338,8 @@ def assemble_results(config: RunConfig, loaded: LoadedData, name: str, adapter: 
         "machine": machine_description(),
         "timings": timings,
         "notes": inputs.notes,
-        "methods": method_metrics(records, evaluation, catalog_size=len(data.titles), popularity=inputs.popularity),
+        "methods": {m: methods[m] for m in order},
+        **extra,
     }
 
 
@@ -309,9 +390,12 @@ def run(config: RunConfig) -> dict:
 
     tick = time.perf_counter()
     inputs = evaluation_samples(config, loaded)
-    recommenders = build_recommenders(config, model, tokenizer, trie, loaded.data, inputs, evaluation)
+    assisted = fit_assistant_step(config, model, tokenizer, trie, loaded, output_dir, state, timings)
+    recommenders = build_recommenders(config, model, tokenizer, trie, loaded.data, inputs, evaluation, assisted)
     timings["eval_setup_s"] = time.perf_counter() - tick
     identity = {"eval": {k: v for k, v in config_dict(evaluation).items() if k != "batch_size"},
+                "assistant": assisted.name if assisted else None,
+                "prior_weight": assisted.prior_weight if assisted else None,
                 "model": model_fingerprint(model, include_adapter=True),
                 "adapter": str(adapter.folder) if adapter.folder else None,
                 "catalog": trie.fingerprint(), "dataset": loaded.data.name}
@@ -320,8 +404,10 @@ def run(config: RunConfig) -> dict:
     timings["evaluate_s"] = time.perf_counter() - tick
     if not state.is_main_process:
         return {}
+    controls = run_controls(config, model, tokenizer, trie, loaded, inputs, evaluation, assisted, timings)
     timings["total_s"] = time.perf_counter() - started
-    results = assemble_results(config, loaded, name, adapter, evaluation, inputs, records, device, state, timings)
+    results = assemble_results(config, loaded, name, adapter, evaluation, inputs, records, device, state, timings,
+                               [n for r in recommenders for n in r.names], assisted, controls)
     write_report(output_dir, results)
     print((output_dir / "report.md").read_text())
     print(f"results in {output_dir} ({timings['total_s']:.0f} s)")

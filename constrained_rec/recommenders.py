@@ -108,7 +108,8 @@ def _generate(model, tokenizer, prompts: Sequence[str], config, logits_processor
 
 def recommend_constrained(model, tokenizer, prompts: Sequence[str], trie: TitleTrie, k: int, num_beams: int,
                           length_penalty: float = 0.0, exclude: Sequence[Collection[int]] | None = None,
-                          decoder: str = "beam") -> tuple[list[list[RankedTitle]], list[int]]:
+                          decoder: str = "beam", item_log_prior=None,
+                          prior_weight: float = 1.0) -> tuple[list[list[RankedTitle]], list[int]]:
     """The top-``k`` catalog titles per prompt, by beam search under the title trie.
 
     Args:
@@ -116,6 +117,9 @@ def recommend_constrained(model, tokenizer, prompts: Sequence[str], trie: TitleT
             ``"beam"``: :func:`constrained_rec.decode.recommend` (one prefill per prompt, beams share its KV
             cache, unique suffixes scored in one forward). ``"generate"``: transformers' ``generate()`` with
             :class:`TitleTrieProcessor`, the drop-in path (B prefills of each prompt, one step per token).
+        item_log_prior (array-like `(len(prompts), trie.num_items)`, *optional*), prior_weight (`float`):
+            A collaborative prior fused into the search (columns in the trie's build order): titles rank by
+            ``log p_LM(title) + prior_weight * log M(title)``, see :func:`constrained_rec.decode.recommend`.
 
     Returns:
         `(rankings, invalid)`: per prompt its titles, best first, and the number of returned sequences
@@ -125,12 +129,14 @@ def recommend_constrained(model, tokenizer, prompts: Sequence[str], trie: TitleT
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; accepted: {list(DECODERS)}")
     if decoder == "beam":
-        return _recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude)
+        return _recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude,
+                               item_log_prior, prior_weight)
     config = _generation_config(tokenizer, num_beams, k, length_penalty, trie.max_length)
 
     def processor(prompt_length: int) -> TitleTrieProcessor:
         return TitleTrieProcessor(trie, prompt_length=prompt_length, exclude=exclude,
-                                  pad_token_id=tokenizer.pad_token_id)
+                                  pad_token_id=tokenizer.pad_token_id, item_log_prior=item_log_prior,
+                                  prior_weight=prior_weight)
 
     rows, scores = _generate(model, tokenizer, prompts, config, processor)
     outputs = []
@@ -140,11 +146,13 @@ def recommend_constrained(model, tokenizer, prompts: Sequence[str], trie: TitleT
     return _checked_rankings(trie, outputs, exclude)
 
 
-def _recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude):
+def _recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude, item_log_prior=None,
+                    prior_weight=1.0):
     from constrained_rec.decode import recommend
 
     result = recommend(model, tokenizer, list(prompts), trie, k, num_beams=num_beams, length_penalty=length_penalty,
-                       exclude=exclude, batch_size=len(prompts))
+                       exclude=exclude, batch_size=len(prompts), item_log_prior=item_log_prior,
+                       prior_weight=prior_weight)
     outputs = [[(r.token_ids, r.title, r.score) for r in recs] for recs in result.recommendations]
     return _checked_rankings(trie, outputs, exclude)
 
@@ -199,10 +207,15 @@ def _expand(ranked: Iterable[RankedTitle], limit: int):
 
 
 class ConstrainedRecommender:
-    """Beam search under the title trie ("constrained"); the base model of a LoRA model with ``use_adapter=False``."""
+    """Beam search under the title trie ("constrained"); the base model of a LoRA model with ``use_adapter=False``.
+
+    With ``prior`` (a callable ``samples -> float (len(samples), trie.num_items)`` log-prior rows, columns in the
+    trie's build order, e.g. :class:`constrained_rec.assistant_prior.AssistantPrior`) and ``prior_weight`` it is
+    LM + prior: the search ranks titles by ``log p_LM(title) + prior_weight * log M(title)`` (D3's assistant).
+    """
 
     def __init__(self, model, tokenizer, trie: TitleTrie, config: EvalConfig, use_adapter: bool = True,
-                 name: str | None = None):
+                 name: str | None = None, prior=None, prior_weight: float = 1.0):
         if eos_token_id(tokenizer) != trie.eos_token_id:
             raise ValueError(
                 f"the tokenizer's EOS id {eos_token_id(tokenizer)} is not the trie's EOS id {trie.eos_token_id}: "
@@ -212,6 +225,7 @@ class ConstrainedRecommender:
             raise ValueError(f"K = {config.max_k} is larger than the catalog's {len(trie)} distinct titles")
         self.model, self.tokenizer, self.trie, self.config = model, tokenizer, trie, config
         self.use_adapter = use_adapter
+        self.prior, self.prior_weight = prior, prior_weight
         self.names = (name or ("constrained" if use_adapter else "zero-shot-constrained"),)
 
     def __call__(self, samples: Sequence[EvalSample]) -> dict[str, list[dict]]:
@@ -219,7 +233,8 @@ class ConstrainedRecommender:
         with nullcontext() if self.use_adapter else adapter_disabled(self.model):
             rankings, invalid = recommend_constrained(
                 self.model, self.tokenizer, [s.prompt for s in samples], self.trie, self.config.max_k,
-                self.config.num_beams, self.config.length_penalty, exclude, self.config.decoder)
+                self.config.num_beams, self.config.length_penalty, exclude, self.config.decoder,
+                item_log_prior=self.prior(samples) if self.prior is not None else None, prior_weight=self.prior_weight)
         records = []
         for sample, ranked, bad in zip(samples, rankings, invalid):
             items, titles, scores = _expand(ranked, self.config.max_k)

@@ -97,7 +97,39 @@ def markdown_report(results: Mapping) -> str:
         lines.append(f"| catalog coverage of the top-10 | {_number(figures['coverage@10'])} | |")
         lines.append(f"| mean popularity percentile of the top-10 | {_number(figures['popularity_percentile@10'], 1)} | |")
         lines.append(f"| {speed} | {_number(figures['users_per_s'], 3)} | |")
+    if results.get("assistant"):
+        lines += ["", *assistant_markdown(results["assistant"])]
+    if results.get("user_signal"):
+        from constrained_rec.user_signal import signal_markdown
+
+        lines += ["", signal_markdown(results["user_signal"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def assistant_markdown(assistant: Mapping) -> list[str]:
+    """The collaborative prior's section: its weight (and the validation sweep that chose it), the search error."""
+    lines = ["## Collaborative prior", "",
+             f"Assistant: {assistant['name']} (fit on the training split only). {assistant['method']} ranks titles by "
+             f"log p_LM(title) + w log M(title), M the assistant's mass of the title's allowed items; "
+             f"w = {_number(assistant['prior_weight'], 3)}."]
+    sweep = assistant.get("prior_weight_sweep")
+    if sweep:
+        lines += ["", f"w chosen on {sweep['users']} validation users (second-to-last items; test targets unseen): "
+                      f"the assistant's top-{sweep['candidates']} re-ranked by the fused objective, each title scored "
+                      f"exactly by the LM ({sweep['targets_in_candidates']} targets among the candidates; a target "
+                      "outside them is a miss).", "",
+                  "| w | " + " | ".join(_number(w, 2) for w in sweep["grid"]) + " |",
+                  "|---|" + "---|" * len(sweep["grid"]),
+                  "| validation NDCG@10 | " + " | ".join(_number(v) for v in sweep["validation_ndcg@10"]) + " |"]
+    error = assistant.get("search_error")
+    if error:
+        k = error["k"]
+        proven = "exact search proved every top-K" if error["exact_proven_all"] else (
+            f"exact search did not prove every top-K within {error['node_budget']} prefixes per user")
+        lines += ["", f"Search error of {assistant['method']} on {error['users']} test users: beam ({error['num_beams']} "
+                      f"beams) vs exact top-{k} under the same fused score: overlap@{k} {_number(error[f'overlap@{k}'], 3)}, "
+                      f"mean fused score of exact minus beam top-{k} {_number(error['score_gap'], 4)} ({proven})."]
+    return lines
 
 
 def _title_hits_table(methods: Mapping[str, dict], ks: list[int]) -> list[str]:
@@ -115,15 +147,20 @@ def _title_hits_table(methods: Mapping[str, dict], ks: list[int]) -> list[str]:
     return lines
 
 
-def plot_metrics(methods: Mapping[str, dict], path: str | os.PathLike) -> None:
-    """HR@K and NDCG@K per method, with their intervals as error bars, in one figure."""
+def plot_metrics(methods: Mapping[str, dict], path: str | os.PathLike, user_signal: Mapping | None = None) -> None:
+    """HR@K and NDCG@K per method, with their intervals as error bars, in one figure; with ``user_signal`` a
+    third panel shows the control (:func:`constrained_rec.user_signal.plot_user_signal`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ks = _ks(methods)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    figure, axes = plt.subplots(1, 3 if user_signal else 2, figsize=(15 if user_signal else 10, 4))
+    if user_signal:
+        from constrained_rec.user_signal import plot_user_signal
+
+        plot_user_signal(axes[2], user_signal)
     for axis, metric in zip(axes, ("hr", "ndcg")):
         for name, figures in methods.items():
             values = [figures[f"{metric}@{k}"]["value"] for k in ks]
@@ -146,4 +183,4 @@ def write_report(output_dir: str | os.PathLike, results: Mapping) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
     (folder / "report.md").write_text(markdown_report(results))
-    plot_metrics(results["methods"], folder / "metrics.png")
+    plot_metrics(results["methods"], folder / "metrics.png", results.get("user_signal"))

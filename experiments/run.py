@@ -32,6 +32,8 @@ from constrained_rec.pipeline import DEFAULTS, QUICK, QUICK_KS, RunConfig, parse
 from constrained_rec.prompts import ITEM_NOUNS
 from constrained_rec.recommenders import DECODERS
 from constrained_rec.run_config import SPLIT_CHOICES
+from constrained_rec.run_config import (ASSISTANT_CHOICES, ASSISTANT_KS, DEFAULT_ASSISTANT, QUICK_ASSISTANT,
+                                        parse_prior_weight)
 
 
 def _cli(parse):
@@ -165,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--output-dir", default=None, help="where results go [default runs/<timestamp>]; "
                         "pass an interrupted run's folder to resume it")
+    add_assistant_arguments(parser)
     return parser
 
 

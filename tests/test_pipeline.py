@@ -10,6 +10,7 @@ import sys
 import textwrap
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -40,7 +41,7 @@ def test_bad_options_are_named(options, message):
 
 
 def test_sizes_and_ks_resolve_like_the_script_documents():
-    assert RunConfig().size.train_samples == 128 and RunConfig().ks == (1, 5, 10, 20)
+    assert RunConfig().size.train_samples == 128 and RunConfig(assistant="none").ks == (1, 5, 10, 20)
     quick = RunConfig(quick=True, epochs=2)
     assert (quick.size.train_samples, quick.size.epochs, quick.size.eval_users, quick.ks) == (16, 2, 10, (1, 5, 10))
     assert parse_ks("1,5,10") == (1, 5, 10)
@@ -225,3 +226,181 @@ def test_an_adapter_from_experiments_train_passes_the_run_check(tmp_path, tokeni
     assert check_adapter(tmp_path / "adapter", str(model_dir), trie)["catalog_fingerprint"] == trie.fingerprint()
     with pytest.raises(ValueError, match="TrainJob.train must be a TrainConfig"):
         TrainJob(output_dir="x", train={"epochs": 1})
+
+
+# ------------------------------------------------------------------------ the collaborative prior (issue 11)
+@pytest.mark.parametrize("options, message", [
+    (dict(assistant="foo"), r"assistant \(--assistant\) must be one of \['none', 'popularity', 'ease', 'sasrec'\], "
+                            r"got 'foo'"),
+    (dict(prior_weight=-1), r"--prior-weight takes a number >= 0 or 'auto', got -1"),
+    (dict(prior_weight="abc"), r"--prior-weight takes a number >= 0 or 'auto', got 'abc'"),
+    (dict(prior_weight=float("inf")), r"--prior-weight takes a number >= 0 or 'auto', got inf"),
+    (dict(signal_candidates=0), r"signal_candidates \(--signal-candidates\) must be an integer >= 1, got 0"),
+    (dict(search_error_users=-1), r"search_error_users \(--search-error-users\) must be an integer >= 0, got -1"),
+    (dict(assistant="none", lm_alone=False), r"--no-lm-alone .* pass --assistant popularity, ease or sasrec"),
+])
+def test_bad_assistant_options_are_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**options)
+
+
+def test_assistant_defaults_and_their_ks():
+    from constrained_rec.collaborative import ASSISTANTS
+    from constrained_rec.run_config import ASSISTANT_CHOICES
+
+    assert set(ASSISTANT_CHOICES) == {"none", *ASSISTANTS}
+    assert RunConfig().assistant_name == "sasrec" and RunConfig().ks == (1, 5, 10)
+    assert RunConfig(quick=True).assistant_name == "popularity"
+    assert RunConfig(assistant="none").ks == (1, 5, 10, 20)  # without an assistant: today's defaults
+    assert RunConfig(prior_weight="2").prior_weight == 2.0
+    assert RunConfig(assistant="ease", lm_alone=False, constrained=True).command_line() == (
+        "python experiments/run.py --constrained --assistant ease --no-lm-alone")
+
+
+def test_resuming_with_another_assistant_or_weight_is_refused(tmp_path):
+    check_run_identity(tmp_path, RunConfig(model="m", assistant="sasrec"), SINGLE)
+    (tmp_path / "adapter").mkdir()
+    check_run_identity(tmp_path, RunConfig(model="m", assistant="sasrec", user_signal=False, lm_alone=False,
+                                           search_error_users=0), SINGLE)  # controls and listing: same run
+    with pytest.raises(ValueError, match=r"assistant: 'sasrec' -> 'ease'"):
+        check_run_identity(tmp_path, RunConfig(model="m", assistant="ease"), SINGLE)
+    with pytest.raises(ValueError, match=r"prior_weight: 'auto' -> 0.5"):
+        check_run_identity(tmp_path, RunConfig(model="m", assistant="sasrec", prior_weight=0.5), SINGLE)
+
+
+class FixedAssistant:
+    """An assistant whose log-probabilities are a fixed table per history length (columns: sorted item ids)."""
+
+    name = "fixed"
+
+    def __init__(self, item_ids, table):
+        self.item_ids, self.table = np.asarray(item_ids), np.asarray(table, dtype=np.float32)
+
+    def item_log_probs(self, histories):
+        return np.stack([self.table[len(h) % len(self.table)] for h in histories])
+
+
+def _tiny_catalog(item_ids):
+    from constrained_rec import TitleTrie
+
+    sequences = [[5, 6, 7], [5, 9], [11, 12, 13], [11, 12], [5, 6, 8], [14]]
+    return TitleTrie.from_token_sequences(sequences, eos_token_id=2, item_ids=item_ids)
+
+
+def test_prior_columns_follow_the_trie_build_order_on_a_permuted_catalog():
+    from constrained_rec.assistant_prior import AssistantPrior
+
+    build_ids = [60, 10, 40, 20, 50, 30]  # the trie's build order; the assistant's columns are sorted ids
+    sorted_ids = sorted(build_ids)
+    table = np.log(np.array([[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1]], dtype=np.float64) / 21)
+    assistant = FixedAssistant(sorted_ids, table)
+    trie = _tiny_catalog(build_ids)
+    samples = [SimpleNamespace(index=0), SimpleNamespace(index=1)]
+    rows = AssistantPrior(assistant, [[1], [1, 2]], trie)(samples)
+    for j, item in enumerate(build_ids):
+        assert rows[0, j] == pytest.approx(table[1, sorted_ids.index(item)])
+        assert rows[1, j] == pytest.approx(table[0, sorted_ids.index(item)])
+    with pytest.raises(ValueError, match=r"the assistant's catalog \(6 items\) is not the trie's"):
+        AssistantPrior(FixedAssistant([10, 20, 30, 40, 50, 70], table), [[1]], trie)
+
+
+def test_lm_plus_prior_recommender_is_decode_recommend_with_the_prior():
+    from constrained_rec.assistant_prior import AssistantPrior
+    from constrained_rec.decode import recommend
+    from constrained_rec.evaluate import EvalConfig, EvalSample
+    from constrained_rec.recommenders import ConstrainedRecommender
+
+    build_ids = [60, 10, 40, 20, 50, 30]
+    table = np.log(np.array([[1, 2, 3, 4, 5, 6], [9, 1, 1, 1, 1, 8], [1, 1, 20, 1, 1, 1]], dtype=np.float64) / 21)
+    table -= np.logaddexp.reduce(table, axis=1, keepdims=True)
+    assistant, trie = FixedAssistant(sorted(build_ids), table), _tiny_catalog(build_ids)
+    model = make_tiny_llama(vocab_size=32, seed=1).eval()
+    tokenizer = SimpleNamespace(eos_token_id=2, pad_token_id=0)
+    samples = [EvalSample(i, user_id=i, prompt=[1, 20 + i, 21], target_item_id=10, target_title="",
+                          exclude=frozenset({40} if i == 1 else ())) for i in range(3)]
+    histories = [[1], [1, 2], [1, 2, 3]]
+    prior = AssistantPrior(assistant, histories, trie)
+    config = EvalConfig(ks=(1, 3), num_beams=4)
+    for weight in (0.0, 1.0, 4.0):
+        records = ConstrainedRecommender(model, tokenizer, trie, config, name="lm+prior", prior=prior,
+                                         prior_weight=weight)(samples)["lm+prior"]
+        expected = recommend(model, None, [s.prompt for s in samples], trie, 3, num_beams=4,
+                             exclude=[s.exclude for s in samples], item_log_prior=prior(samples), prior_weight=weight)
+        for record, recs in zip(records, expected.recommendations):
+            items = [i for r in recs for i in r.item_ids][:3]
+            assert record["item_ids"] == items
+            assert record["scores"][0] == pytest.approx(recs[0].score)
+
+
+def _fake_loaded(data, test_rows=True):
+    from constrained_rec.data import SplitConfig, make_splits
+    from constrained_rec.pipeline import LoadedData
+
+    split_config = SplitConfig(eval_samples=8, seed=0)
+    splits = make_splits(data, split_config)
+    if not test_rows:
+        splits = {"train": splits["train"], "validation": splits["validation"]}  # reading test would fail
+    return LoadedData(data, split_config, splits)
+
+
+@pytest.fixture(scope="module")
+def ml100k():
+    from constrained_rec.data import load_interactions
+
+    return load_interactions("ml-100k")
+
+
+def test_the_assistant_is_fit_on_training_interactions_only(ml100k, tmp_path):
+    from constrained_rec.assistant_prior import fit_assistant_step
+    from constrained_rec.data import split_positions
+    from constrained_rec.evaluate import training_item_counts
+
+    loaded = _fake_loaded(ml100k)
+    setup = fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE)
+    positions = split_positions(ml100k, loaded.split_config)
+    counts = training_item_counts(ml100k.interactions, list(positions["validation"]) + list(positions["test"]))
+    assert setup.assistant.counts.tolist() == [counts.get(int(i), 0) for i in setup.assistant.item_ids]
+    assert setup.assistant.counts.sum() == len(ml100k.interactions) - 2 * ml100k.num_users
+    # the test users' histories: every item before the target, in order (not only the prompt's 10)
+    test = loaded.splits["test"]
+    for history, row in zip(setup.histories, test):
+        assert list(history[-len(row["history_item_ids"]):]) == list(row["history_item_ids"])
+    assert max(len(h) for h in setup.histories) > 10
+    again = fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE)  # reloaded, not refit
+    assert again.fit_seconds is None and setup.fit_seconds is not None
+    with pytest.raises(ValueError, match=r"holds a 'popularity' assistant, not the 'ease'"):
+        fit_assistant_step("ease", loaded, tmp_path, seed=0, state=SINGLE)
+
+
+def test_auto_weight_sweep_uses_validation_users_only(ml100k, tmp_path, monkeypatch):
+    import constrained_rec.user_signal
+    from constrained_rec.assistant_prior import fit_assistant_step, prior_weight_step, sweep_prior_weight
+    from constrained_rec.catalog import catalog_trie
+    from constrained_rec.model import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    trie = catalog_trie(ml100k, tokenizer)
+    loaded = _fake_loaded(ml100k)
+    setup = fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE)
+    scored = []
+
+    def fake_scores(model, tokenizer, prompts, candidates, trie, **options):
+        scored.extend(prompts)
+        return [-np.arange(len(c), dtype=np.float64)[::-1] for c in candidates]  # the LM prefers the last candidate
+
+    monkeypatch.setattr(constrained_rec.user_signal, "score_titles", fake_scores)
+    validation_only = _fake_loaded(ml100k, test_rows=False)
+    sweep = sweep_prior_weight(setup.assistant, None, tokenizer, trie, validation_only, True, seed=0, users=5,
+                               candidates=10)
+    assert set(scored) <= set(loaded.splits["validation"]["prompt"]) and len(scored) == 5
+    assert not set(scored) & set(loaded.splits["test"]["prompt"])
+    assert sweep["users"] == 5 and sweep["grid"][0] == 0.0 and len(sweep["validation_ndcg@10"]) == len(sweep["grid"])
+    assert sweep["chosen"] == sweep["grid"][int(np.argmax(sweep["validation_ndcg@10"]))]
+    chosen = prior_weight_step(setup, "auto", None, tokenizer, trie, validation_only, tmp_path, True, 0, SINGLE,
+                               users=5, candidates=10)
+    assert chosen.prior_weight == sweep["chosen"] and chosen.sweep["grid"] == sweep["grid"]
+    assert prior_weight_step(setup, 1.5, None, tokenizer, trie, validation_only, tmp_path, True, 0).prior_weight == 1.5
+    empty = _fake_loaded(ml100k)
+    empty.splits["validation"] = empty.splits["validation"].select([])
+    with pytest.raises(ValueError, match=r"this split has none .*pass a number instead, e.g. --prior-weight 1"):
+        sweep_prior_weight(setup.assistant, None, tokenizer, trie, empty, True, seed=0)

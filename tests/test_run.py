@@ -17,7 +17,8 @@ from constrained_rec.pipeline import RunConfig
 from constrained_rec.pipeline import run as run_pipeline
 
 # a real slice of ml-100k: few training samples and users, small K, so the tiny model runs in seconds
-SMALL = dict(quick=True, train_samples=16, eval_users=6, k=(1, 3), eval_batch_size=2, threads=1)
+# (without an assistant: today's methods; the assistant methods have their own run below)
+SMALL = dict(quick=True, train_samples=16, eval_users=6, k=(1, 3), eval_batch_size=2, threads=1, assistant="none")
 
 
 class Runner:
@@ -71,6 +72,52 @@ def test_run_writes_every_file_and_every_method(full_run):
     assert saved["versions"]["torch"] and saved["dataset"]["name"] == "ml-100k"
     report = (folder / "report.md").read_text()
     assert all(f"## {method}" in report for method in results["methods"])
+    # the user-signal control is on by default: 6 users, 5 candidates each, in metrics.json and report.md
+    assert saved["user_signal"]["users"] == 6 and saved["user_signal"]["num_candidates"] == 5
+    assert "## User signal" in report and saved["assistant"] is None
+
+
+@pytest.fixture(scope="module")
+def assisted_run(run, tiny_model_dir, tmp_path_factory):
+    """--assistant popularity with --prior-weight auto, the search error on 2 users and the control."""
+    folder = tmp_path_factory.mktemp("assisted")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CONSTRAINED_REC_CACHE", str(folder / "cache"))
+        results = run.main(constrained=True, model=str(tiny_model_dir), **{**SMALL, "assistant": "popularity"},
+                           output_dir=str(folder / "out"))
+    return folder / "out", results
+
+
+def test_assistant_run_lists_the_four_methods_side_by_side(assisted_run):
+    folder, results = assisted_run
+    assert list(results["methods"]) == ["most-popular", "popularity", "constrained", "constrained+popularity"]
+    assert all(figures["users"] == 6 for figures in results["methods"].values())
+    assert (folder / "assistant" / "assistant.json").is_file() and (folder / "assistant" / "prior_weight.json").is_file()
+    saved = json.loads((folder / "metrics.json").read_text())
+    assistant = saved["assistant"]
+    sweep = assistant["prior_weight_sweep"]
+    assert assistant["name"] == "popularity" and assistant["prior_weight_option"] == "auto"
+    assert len(sweep["grid"]) == len(sweep["validation_ndcg@10"]) and sweep["users"] == 6
+    assert assistant["prior_weight"] == sweep["grid"][sweep["validation_ndcg@10"].index(max(sweep["validation_ndcg@10"]))]
+    error = assistant["search_error"]
+    assert error["users"] == 2 and 0.0 <= error["overlap@3"] <= 1.0 and len(error["per_user"]) == 2
+    assert saved["user_signal"]["users"] == 6
+    report = (folder / "report.md").read_text()
+    for section in ("## Collaborative prior", "validation NDCG@10", "Search error of constrained+popularity",
+                    "## User signal", "## constrained+popularity"):
+        assert section in report, section
+    for record in read_predictions(folder):  # history excluded for the assistant and LM + prior too
+        if record["method"] in ("popularity", "constrained+popularity"):
+            assert len(record["item_ids"]) == 3
+
+
+def test_resuming_with_another_assistant_is_refused(run, tiny_model_dir, assisted_run):
+    folder, _ = assisted_run
+    with pytest.raises(ValueError, match=r"assistant: 'popularity' -> 'ease'"):
+        run.main(constrained=True, model=str(tiny_model_dir), **{**SMALL, "assistant": "ease"}, output_dir=str(folder))
+    with pytest.raises(ValueError, match=r"prior_weight: 'auto' -> 2.0"):
+        run.main(constrained=True, model=str(tiny_model_dir), **{**SMALL, "assistant": "popularity"}, prior_weight=2,
+                 output_dir=str(folder))
 
 
 def test_metrics_recomputed_from_predictions_match_metrics_json(full_run):
@@ -153,8 +200,9 @@ def test_resuming_with_other_training_options_is_refused_before_anything_loads(r
 def test_zero_training_samples_evaluate_the_base_model(run, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("CONSTRAINED_REC_CACHE", str(tmp_path / "cache"))
     results = run.main(constrained=True, model=str(tiny_model_dir), **{**SMALL, "train_samples": 0},
-                       output_dir=str(tmp_path / "out"))
+                       user_signal=False, output_dir=str(tmp_path / "out"))
     assert results["train"] is None and results["adapter"] is None
+    assert "user_signal" not in results and "## User signal" not in (tmp_path / "out" / "report.md").read_text()
     assert not (tmp_path / "out" / "adapter").exists()
     assert results["methods"]["constrained"]["validity_rate"] == 1.0
 
@@ -199,7 +247,13 @@ def test_script_keeps_its_flags_and_reports_bad_ones():
     for flag in ("--constrained", "--dataset", "--data-dir", "--model", "--train-samples", "--epochs", "--batch-size",
                  "--learning-rate", "--adapter", "--eval-users", "--all-users", "--k", "--num-beams",
                  "--length-penalty", "--exclude-history", "--baselines", "--eval-batch-size", "--decoder", "--threads",
-                 "--quick", "--seed", "--device", "--output-dir"):
+                 "--quick", "--seed", "--device", "--output-dir", "--assistant", "--prior-weight", "--lm-alone",
+                 "--search-error-users", "--user-signal", "--signal-candidates"):
         assert flag in usage, flag
+    for flags, message in ((["--assistant", "foo"], "invalid choice: 'foo'"),
+                           (["--prior-weight", "-1"], "--prior-weight takes a number >= 0 or 'auto', got '-1'"),
+                           (["--prior-weight", "abc"], "--prior-weight takes a number >= 0 or 'auto', got 'abc'")):
+        bad = subprocess.run([*script, "--constrained", *flags], capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
     bad = subprocess.run([*script, "--constrained", "--k", "0,5"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--k takes comma-separated positive integers like 1,5,10,20, got '0,5'" in bad.stderr
