@@ -240,14 +240,9 @@ def ranking_metrics(
     return rank_metrics(ranks, ks, confidence, num_resamples, seed)
 
 
-def title_ranking_metrics(
-    title_rankings: Sequence[Sequence[str]],
-    target_titles: Sequence[str],
-    ks: Sequence[int] = (1, 5, 10, 20),
-    confidence: float = 0.95,
-    num_resamples: int = 1000,
-    seed: int = 0,
-) -> dict[str, dict]:
+def title_ranking_metrics(title_rankings: Sequence[Sequence[str]], target_titles: Sequence[str],
+                          ks: Sequence[int] = (1, 5, 10, 20), confidence: float = 0.95, num_resamples: int = 1000,
+                          seed: int = 0) -> dict[str, dict]:
     """Title hits as D3 / MiniOneRec count them: ``title_hr@K`` and ``title_ndcg@K`` from :func:`title_rank`.
 
     Args:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, make_tiny_llama
+from conftest import REPO_ROOT
 from constrained_rec.pipeline import RunConfig, load_data, run
 from constrained_rec.prompts import build_prompt
+from test_run import tiny_model_dir  # noqa: F401 (a fixture: a random 2-layer Llama with SmolLM2's tokenizer)
 
 
 def _run_script():
@@ -182,17 +183,6 @@ def test_bad_options_are_named(options, message):
 
 
 # ------------------------------------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A random 2-layer Llama with SmolLM2's tokenizer, saved as a local model folder."""
-    from constrained_rec.model import load_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama(vocab_size=49152, seed=0).save_pretrained(folder)
-    load_tokenizer().save_pretrained(folder)
-    return folder
-
-
 def test_a_d3_folder_end_to_end_reports_item_and_title_hits(tmp_path, tiny_model_dir):
     folder = write_layout(tmp_path / "industrial", splits=("valid", "test"))
     results = run(parse(["--constrained", "--baselines", "--dataset", str(folder), "--split", "given",
