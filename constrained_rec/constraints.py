@@ -203,10 +203,8 @@ class ItemConstraints:
 
     def titles_available(self, prompt: int) -> int:
         """How many distinct titles `prompt` can still get."""
-        excluded = self.excluded_positions(prompt)
-        seqs, counts = np.unique(self.trie.sequence_at(excluded), return_counts=True)
-        lo, hi = self.trie.item_range(seqs, seqs + 1)
-        return len(self.trie) - int(np.sum(counts == hi - lo))
+        touched = np.unique(self.trie.sequence_at(self.excluded_positions(prompt)))  # titles with an excluded item
+        return len(self.trie) - int(np.sum(~self.allowed(prompt, *self.trie.item_range(touched, touched + 1))))
 
     def __repr__(self) -> str:
         return (f"ItemConstraints(prompts={self.num_prompts}, excluded={len(self._kernel.excluded)}, "
