@@ -111,7 +111,8 @@ def fit_assistant_step(name: str, loaded, output_dir: Path, seed: int, state=Non
     fit_seconds = None
     if (state is None or state.is_main_process) and not (folder / "assistant.json").is_file():
         tick = time.perf_counter()
-        fit_assistant(name, loaded.data, loaded.split_config, seed=seed).save(folder)
+        progress = {"log": lambda line: print(line, flush=True)} if name == "sasrec" else {}  # one line per epoch
+        fit_assistant(name, loaded.data, loaded.split_config, seed=seed, **progress).save(folder)
         fit_seconds = time.perf_counter() - tick
     _wait(state)
     kind = read_config(folder)["kind"]

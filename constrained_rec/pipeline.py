@@ -317,7 +317,8 @@ def assemble_results(config: RunConfig, loaded: LoadedData, name: str, adapter: 
     extra = {"assistant": None if assisted is None else {
         "name": assisted.name, "method": assisted.fused_name, "prior_weight": assisted.prior_weight,
         "prior_weight_option": config.prior_weight, "prior_weight_sweep": assisted.sweep,
-        "fit_seconds": assisted.fit_seconds, "search_error": (controls or {}).get("search_error")}}
+        "fit_seconds": assisted.fit_seconds, "fit_info": getattr(assisted.assistant, "fit_info", None),
+        "search_error": (controls or {}).get("search_error")}}
     if controls and "user_signal" in controls:
         extra["user_signal"] = controls["user_signal"]
     return {
