@@ -9,6 +9,12 @@ adapter; with ``--train-samples 0`` it evaluates the base model zero-shot. ``--c
 title trie (every output is a catalog item); without it, the BIGRec baseline: free beam search, then
 grounding by exact title match and by L2 distance in the base model's embedding space.
 
+A collaborative assistant (``--assistant``, default sasrec; popularity with ``--quick``; ``none`` turns it off)
+is fit on the training split and listed beside most-popular, the LM alone and LM + prior ("constrained+sasrec":
+constrained decoding ranking titles by log p_LM(title) + w log M(title), ``--prior-weight W|auto``); every run
+also reports the user-signal control (``--no-user-signal`` turns it off). All test users without the LM-alone
+decoding: ``python experiments/run.py --constrained --all-users --no-lm-alone --no-user-signal``.
+
 Results land in ``--output-dir`` (default ``runs/<timestamp>``): ``metrics.json``, ``predictions.jsonl``,
 ``report.md`` and ``metrics.png``, plus the adapter. Run the same command with the same ``--output-dir``
 after an interruption: finished training and finished users are not redone.

@@ -404,3 +404,27 @@ def test_auto_weight_sweep_uses_validation_users_only(ml100k, tmp_path, monkeypa
     empty.splits["validation"] = empty.splits["validation"].select([])
     with pytest.raises(ValueError, match=r"this split has none .*pass a number instead, e.g. --prior-weight 1"):
         sweep_prior_weight(setup.assistant, None, tokenizer, trie, empty, True, seed=0)
+
+
+@pytest.mark.parametrize("options, names", [
+    (dict(constrained=True), ["most-popular", "fixed", "constrained", "constrained+fixed"]),
+    (dict(constrained=True, lm_alone=False), ["most-popular", "fixed", "constrained+fixed"]),
+    (dict(constrained=True, baselines=True, lm_alone=False), ["most-popular", "fixed", "constrained+fixed"]),
+])
+def test_methods_with_an_assistant_in_report_order(options, names):
+    from constrained_rec.assistant_prior import AssistantSetup
+    from constrained_rec.evaluate import EvalConfig
+    from constrained_rec.pipeline import EvaluationInputs, build_recommenders
+
+    build_ids = [60, 10, 40, 20, 50, 30]
+    trie = _tiny_catalog(build_ids)
+    assistant = FixedAssistant(sorted(build_ids), np.full((1, 6), -np.log(6)))
+    setup = AssistantSetup("fixed", assistant, [[1]], prior_weight=1.0)
+    data = SimpleNamespace(titles={i: f"title {i}" for i in build_ids})
+    inputs = EvaluationInputs([], {10: 3}, {}, [])
+    recommenders = build_recommenders(RunConfig(assistant="ease", **options), make_tiny_llama(vocab_size=32).eval(),
+                                      SimpleNamespace(eos_token_id=2, pad_token_id=0), trie, data, inputs,
+                                      EvalConfig(ks=(1, 3)), setup)
+    assert [name for r in recommenders for name in r.names] == names
+    fused = recommenders[-1]
+    assert fused.prior_weight == 1.0 and fused.prior.assistant is assistant
