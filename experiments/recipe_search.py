@@ -191,7 +191,7 @@ def _fmt(figure: dict, digits: int = 3) -> str:
 def table_markdown(results: list[dict]) -> str:
     """One row per recipe: settings, validation loss, AUCs and the two differences with their intervals."""
     lines = ["| recipe | LoRA | lr | samples x epochs | history | template | titles | val loss | AUC own / other / "
-             "generic | own - other AUC [95% CI] | own - generic AUC [95% CI] | CPU min | command |",
+             "generic | own - other AUC [95% CI] | own - generic AUC [95% CI] | wall min | command |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         recipe, signal = r["recipe"], r["signal"]
