@@ -78,6 +78,21 @@ def test_file_options_on_a_folder_or_a_name_are_refused(tmp_path):
         load_data(RunConfig(dataset="ml-100k", sep=";"))
 
 
+def test_an_amazon_reviews_file_with_its_metadata(tmp_path):
+    reviews = [{"reviewerID": f"U{u}", "asin": f"B{(u + step) % 4}", "unixReviewTime": 100 * u + step}
+               for u in range(3) for step in range(3)]
+    (tmp_path / "Video_Games_5.json").write_text("".join(json.dumps(r) + "\n" for r in reviews))
+    meta = tmp_path / "metadata.json"
+    meta.write_text("".join(json.dumps({"asin": f"B{i}", "title": f"Game {i}"}) + "\n" for i in range(4)))
+    loaded = load_data(parse(["--dataset", str(tmp_path / "Video_Games_5.json"), "--items", str(meta),
+                              "--train-samples", "0"]))
+    assert (loaded.split_config.protocol, loaded.split_config.item_noun) == ("leave_one_out", "video games")
+    assert len(loaded.splits["test"]) == 3 and "video games" in loaded.splits["test"][0]["prompt"]
+    with pytest.raises(ValueError, match=r"--item-column, --items describe CSV/TSV columns, but --dataset .* is an "
+                                         "Amazon reviews file"):
+        load_data(RunConfig(dataset=str(tmp_path / "Video_Games_5.json"), items=str(meta), item_column="asin"))
+
+
 def test_file_options_change_the_run_identity():
     from constrained_rec.pipeline import run_identity
 
@@ -210,7 +225,8 @@ def test_zero_shot_on_the_shared_industrial_test_users(shared_data_dir, tmp_path
     if not (folder / "test").is_dir():
         pytest.skip(f"{folder} (MiniOneRec's Industrial_and_Scientific CSVs) is absent from $CONSTRAINED_REC_DATA")
     results = run(parse(["--constrained", "--dataset", str(folder), "--split", "given", "--train-samples", "0",
-                         "--eval-users", "2", "--k", "1,5", "--threads", "1", "--output-dir", str(tmp_path / "out")]))
+                         "--eval-users", "2", "--k", "1,5", "--threads", "1", "--assistant", "none", "--no-user-signal",
+                         "--output-dir", str(tmp_path / "out")]))
     assert results["dataset"]["split"] == {"protocol": "given", "max_history": 10, "item_noun": "products"}
     assert results["dataset"]["items"] == 3686 and results["dataset"]["eval_users"] == 2
     constrained = results["methods"]["constrained"]
