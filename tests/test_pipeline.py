@@ -168,7 +168,10 @@ def test_sharded_evaluation_under_torchrun_equals_one_process(tmp_path, monkeypa
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["config"]["processes"] == 2 and one["config"]["processes"] == 1
     assert [r["item_ids"] for r in read_records(tmp_path / "two")] == [r["item_ids"] for r in read_records(tmp_path / "one")]
-    assert [r["sample"] for r in read_records(tmp_path / "two")] == list(range(6))
+    assert [r["sample"] for r in read_records(tmp_path / "two") if r["method"] == "constrained"] == list(range(6))
+    # --quick's popularity assistant: fit and weighed once (main process), every method sharded alike
+    assert list(two["methods"]) == ["most-popular", "popularity", "constrained", "constrained+popularity"]
+    assert two["assistant"]["prior_weight"] == one["assistant"]["prior_weight"]
     assert two["methods"]["constrained"]["hr@3"] == one["methods"]["constrained"]["hr@3"]
     assert not list((tmp_path / "two").glob("predictions.part*"))
 
