@@ -99,11 +99,17 @@ def markdown_report(results: Mapping) -> str:
         lines.append(f"| {speed} | {_number(figures['users_per_s'], 3)} | |")
     if results.get("assistant"):
         lines += ["", *assistant_markdown(results["assistant"])]
-    if results.get("user_signal"):
+    if _single_signal(results.get("user_signal")):
         from constrained_rec.user_signal import signal_markdown
 
         lines += ["", signal_markdown(results["user_signal"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def _single_signal(signal) -> bool:
+    """Whether ``results["user_signal"]`` is one control (run.py's) and not several keyed by candidate kind
+    (experiments/gpu_run.py's, which renders its own sections)."""
+    return isinstance(signal, Mapping) and "conditions" in signal
 
 
 def assistant_markdown(assistant: Mapping) -> list[str]:
@@ -183,4 +189,5 @@ def write_report(output_dir: str | os.PathLike, results: Mapping) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
     (folder / "report.md").write_text(markdown_report(results))
-    plot_metrics(results["methods"], folder / "metrics.png", results.get("user_signal"))
+    signal = results.get("user_signal")
+    plot_metrics(results["methods"], folder / "metrics.png", signal if _single_signal(signal) else None)
