@@ -30,7 +30,7 @@ MAY_READ_TRIE_ARRAYS = {"constrained_rec/trie.py", "constrained_rec/trie_build.p
 MAY_READ_CONSTRAINT_ARRAYS = {"constrained_rec/constraints.py", "kernels/trie_walk.py", "kernels/torch_mask.py"}
 # Tests that still load a script by path, until its body moves into the library (issue 9). A file leaves this
 # list when it is fixed: test_path_import_debt_is_real fails once a listed file no longer needs to be here.
-PATH_IMPORT_DEBT = {"tests/test_run_datasets.py", "tests/test_recipe_search.py"}
+PATH_IMPORT_DEBT = {"tests/test_recipe_search.py"}
 
 
 def _name(path: Path) -> str:

@@ -4,30 +4,19 @@ folder with its own split, a missing train split said before the model loads, ba
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
 from constrained_rec.pipeline import RunConfig, load_data, run
 from constrained_rec.prompts import build_prompt
+from experiments.run import build_parser  # the script's own parser (pytest puts the repository root on sys.path)
 from test_run import tiny_model_dir  # noqa: F401 (a fixture: a random 2-layer Llama with SmolLM2's tokenizer)
 
 
-def _run_script():
-    spec = importlib.util.spec_from_file_location("run_script", REPO_ROOT / "experiments" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_script = _run_script()
-
-
 def parse(argv: list[str]) -> RunConfig:
-    return RunConfig(**vars(run_script.build_parser().parse_args(argv)))
+    return RunConfig(**vars(build_parser().parse_args(argv)))
 
 
 # ------------------------------------------------------------------------------------------- generic CSV
