@@ -153,12 +153,19 @@ def _recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalt
     result = recommend(model, tokenizer, list(prompts), trie, k, num_beams=num_beams, length_penalty=length_penalty,
                        exclude=exclude, batch_size=len(prompts), item_log_prior=item_log_prior,
                        prior_weight=prior_weight)
-    outputs = [[(r.token_ids, r.title, r.score) for r in recs] for recs in result.recommendations]
-    return _checked_rankings(trie, outputs, exclude)
+    rankings, invalid = [], []
+    for recs in result.recommendations:
+        # recommend() already left the excluded items out of each title's items; the trie walk only re-checks
+        # (measures) that every output is a whole catalog title.
+        complete = [r for r in recs if trie.output_item_ids(r.token_ids)]
+        rankings.append([RankedTitle(r.item_ids, r.title, r.score) for r in complete])
+        invalid.append(len(recs) - len(complete))
+    return rankings, invalid
 
 
 def _checked_rankings(trie, outputs, exclude) -> tuple[list[list[RankedTitle]], list[int]]:
-    """Per prompt, the outputs ``(token ids, title, score)`` that are complete titles, and how many were not."""
+    """Per prompt, the ``generate()`` outputs ``(token ids, title, score)`` that are complete titles, with their
+    items less the prompt's excluded ones (a title keeps all its items in the trie), and how many were not titles."""
     rankings, invalid = [], []
     for p, prompt_outputs in enumerate(outputs):
         ranked, bad = [], 0
