@@ -1,4 +1,5 @@
-"""The files a run leaves: ``metrics.json``, ``report.md`` (a table per method) and ``metrics.png``."""
+"""The files a run leaves: ``metrics.json``, ``report.md`` (a table per method) and ``metrics.png``; with
+several user-signal controls keyed by candidate kind (the GPU-scale run's) also ``user_signal.png``."""
 
 from __future__ import annotations
 
@@ -99,17 +100,27 @@ def markdown_report(results: Mapping) -> str:
         lines.append(f"| {speed} | {_number(figures['users_per_s'], 3)} | |")
     if results.get("assistant"):
         lines += ["", *assistant_markdown(results["assistant"])]
-    if _single_signal(results.get("user_signal")):
+    if results.get("user_signal"):
         from constrained_rec.user_signal import signal_markdown
 
-        lines += ["", signal_markdown(results["user_signal"]).rstrip("\n")]
+        signal = results["user_signal"]
+        for name, control in ({None: signal} if _single_signal(signal) else _named_signals(signal)).items():
+            heading = "## User signal" if name is None else f"## User signal ({name} candidates)"
+            lines += ["", signal_markdown(control).rstrip("\n").replace("## User signal", heading, 1)]
     return "\n".join(lines) + "\n"
 
 
 def _single_signal(signal) -> bool:
-    """Whether ``results["user_signal"]`` is one control (run.py's) and not several keyed by candidate kind
-    (experiments/gpu_run.py's, which renders its own sections)."""
+    """Whether ``results["user_signal"]`` is one control (run.py's) and not several keyed by candidate kind."""
     return isinstance(signal, Mapping) and "conditions" in signal
+
+
+def _named_signals(signal) -> dict:
+    """Several controls keyed by candidate kind (:func:`constrained_rec.scale_run.run_at_scale`'s: ``"uniform"``
+    and the assistant's name), or ``{}`` where ``signal`` is not such a mapping."""
+    if not isinstance(signal, Mapping) or _single_signal(signal):
+        return {}
+    return dict(signal) if all(_single_signal(control) for control in signal.values()) else {}
 
 
 def assistant_markdown(assistant: Mapping) -> list[str]:
@@ -191,3 +202,23 @@ def write_report(output_dir: str | os.PathLike, results: Mapping) -> None:
     (folder / "report.md").write_text(markdown_report(results))
     signal = results.get("user_signal")
     plot_metrics(results["methods"], folder / "metrics.png", signal if _single_signal(signal) else None)
+    if _named_signals(signal):
+        plot_user_signals(_named_signals(signal), folder / "user_signal.png")
+
+
+def plot_user_signals(signals: Mapping[str, Mapping], path: str | os.PathLike) -> None:
+    """One panel per control of ``signals`` (keyed by candidate kind), in one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from constrained_rec.user_signal import plot_user_signal
+
+    figure, axes = plt.subplots(1, len(signals), figsize=(5 * len(signals), 4), squeeze=False)
+    for axis, (name, signal) in zip(axes[0], signals.items()):
+        plot_user_signal(axis, signal)
+        axis.set_xlabel(f"candidates: {name}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -281,27 +281,3 @@ def test_score_titles_equals_naive_forward_on_the_embedded_model():
         expected = [naive_log_prob(model, ids, tokens) for tokens in trie_title_token_ids(trie, items)]
         np.testing.assert_allclose(got, expected, rtol=0, atol=2e-3)
 
-
-@pytest.mark.slow
-def test_gpu_run_end_to_end_on_cpu_at_the_tiny_size(tmp_path):
-    """experiments/gpu_run.py --tiny: training (with the calibrated budget), decoding, the assistant, the control."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import REPO_ROOT
-
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "experiments" / "gpu_run.py"), "--tiny", "--train-budget-s",
-                           "600", "--output-dir", str(tmp_path)], capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stderr[-4000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["dataset"]["eval_users"] == 2 and metrics["train"]["steps"] >= 1
-    assert metrics["train"]["seconds_per_step_calibration"] > 0
-    assert set(metrics["methods"]) == {"constrained", "popularity", "constrained+popularity"}
-    assert metrics["methods"]["constrained"]["validity_rate"] == 1.0
-    assert set(metrics["user_signal"]) == {"uniform", "popularity"}
-    assert metrics["user_signal"]["uniform"]["users"] == 2 and metrics["user_signal"]["uniform"]["num_candidates"] == 3
-    assert "proposed by popularity top-N" in metrics["user_signal"]["popularity"]["candidates"]
-    report = (tmp_path / "report.md").read_text()
-    assert report.count("## User signal") == 2
-    assert (tmp_path / "user_signal.png").stat().st_size > 0 and (tmp_path / "metrics.png").is_file()
