@@ -280,4 +280,3 @@ def test_score_titles_equals_naive_forward_on_the_embedded_model():
         ids = prompt_token_ids(tokenizer, prompt)
         expected = [naive_log_prob(model, ids, tokens) for tokens in trie_title_token_ids(trie, items)]
         np.testing.assert_allclose(got, expected, rtol=0, atol=2e-3)
-
