@@ -33,12 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--epochs", type=int, default=None, help=f"training epochs {_sized('epochs')}")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"training samples per step {_sized('batch_size')}")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"training samples per step {_sized('batch_size')}")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--train-budget-s", type=float, default=None,
                         help=f"wall-clock cap of training, enforced through a calibrated max_steps; 0: no cap "
                              f"{_sized('train_budget_s')}")
-    parser.add_argument("--train-samples", type=int, default=None, help=f"draw this many windows {_sized('train_samples')}")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help=f"draw this many windows {_sized('train_samples')}")
     parser.add_argument("--eval-users", type=int, default=None,
                         help=f"seeded test users {_sized('eval_users', 'all 943')}")
     parser.add_argument("--validation-samples", type=int, default=None, help=_sized("validation_samples"))
