@@ -28,9 +28,6 @@ CONSTRAINT_ARRAYS = {"excluded_offsets", "prior_cum", "prior_floor", "root_incre
 MAY_READ_TRIE_ARRAYS = {"constrained_rec/trie.py", "constrained_rec/trie_build.py", "constrained_rec/trie_io.py",
                         "kernels/trie_walk.py", "kernels/torch_mask.py", "tests/test_trie.py", "tests/test_trie_io.py"}
 MAY_READ_CONSTRAINT_ARRAYS = {"constrained_rec/constraints.py", "kernels/trie_walk.py", "kernels/torch_mask.py"}
-# Tests that still load a script by path, until its body moves into the library (issue 9). A file leaves this
-# list when it is fixed: test_path_import_debt_is_real fails once a listed file no longer needs to be here.
-PATH_IMPORT_DEBT = {"tests/test_recipe_search.py"}
 
 
 def _name(path: Path) -> str:
@@ -115,17 +112,10 @@ def test_the_scan_finds_array_reads():
     assert _attribute_reads(probe, TRIE_ARRAYS), "test_trie.py reads trie arrays; the scan must see them"
 
 
-@pytest.mark.parametrize("path", [p for p in sorted((REPO_ROOT / "tests").glob("*.py")) if _name(p) not in PATH_IMPORT_DEBT],
-                         ids=_name)
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "tests").glob("*.py")), ids=_name)
 def test_tests_import_nothing_by_file_path(path):
     found = _path_imports(path)
     assert found == [], f"import the library by name (scripts: run them, or call the library function they wrap): {found}"
-
-
-@pytest.mark.parametrize("name", sorted(PATH_IMPORT_DEBT))
-def test_path_import_debt_is_real(name):
-    path = REPO_ROOT / name
-    assert path.is_file() and _path_imports(path), f"{name} imports nothing by path now: remove it from PATH_IMPORT_DEBT"
 
 
 def test_the_path_import_scan_finds_them(tmp_path):
