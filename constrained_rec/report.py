@@ -131,10 +131,9 @@ def assistant_markdown(assistant: Mapping) -> list[str]:
              f"w = {_number(assistant['prior_weight'], 3)}."]
     sweep = assistant.get("prior_weight_sweep")
     if sweep:
-        lines += ["", f"w chosen on {sweep['users']} validation users (second-to-last items; test targets unseen): "
-                      f"the assistant's top-{sweep['candidates']} re-ranked by the fused objective, each title scored "
-                      f"exactly by the LM ({sweep['targets_in_candidates']} targets among the candidates; a target "
-                      "outside them is a miss).", "",
+        lines += ["", f"w chosen on {sweep['users']} validation users (second-to-last items; test targets unseen), "
+                      f"decoded as the test users are: LM + prior beam search ({sweep['num_beams']} beams) at each w "
+                      "(w = 0: the LM alone).", "",
                   "| w | " + " | ".join(_number(w, 2) for w in sweep["grid"]) + " |",
                   "|---|" + "---|" * len(sweep["grid"]),
                   "| validation NDCG@10 | " + " | ".join(_number(v) for v in sweep["validation_ndcg@10"]) + " |"]

@@ -112,8 +112,8 @@ def add_assistant_arguments(parser: argparse.ArgumentParser) -> None:
                             f"--quick {QUICK_ASSISTANT}; with an assistant the default K is "
                             f"{','.join(map(str, ASSISTANT_KS))}]")
     group.add_argument("--prior-weight", type=_cli(parse_prior_weight), default="auto",
-                       help="the prior's weight w >= 0, or auto: chosen on 50 validation users by NDCG@10 of the "
-                            "assistant's top-30 re-ranked by the fused objective (grid 0 .. 16)")
+                       help="the prior's weight w >= 0, or auto: chosen on 30 validation users by the NDCG@10 of "
+                            "LM + prior beam search at each w of the grid 0, 1, 4, 16, 64")
     group.add_argument("--lm-alone", action=argparse.BooleanOptionalAction, default=True,
                        help="also decode with the LM alone; --no-lm-alone lists only most-popular, the assistant "
                             "and LM + prior (a long all-users run)")

@@ -376,7 +376,9 @@ def test_the_assistant_is_fit_on_training_interactions_only(ml100k, tmp_path):
 
 
 def test_auto_weight_sweep_uses_validation_users_only(ml100k, tmp_path, monkeypatch):
-    import constrained_rec.user_signal
+    from types import SimpleNamespace
+
+    import constrained_rec.decode
     from constrained_rec.assistant_prior import fit_assistant_step, prior_weight_step, sweep_prior_weight
     from constrained_rec.catalog import catalog_trie
     from constrained_rec.model import load_tokenizer
@@ -385,22 +387,28 @@ def test_auto_weight_sweep_uses_validation_users_only(ml100k, tmp_path, monkeypa
     trie = catalog_trie(ml100k, tokenizer)
     loaded = _fake_loaded(ml100k)
     setup = fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE)
-    scored = []
+    decoded = []
+    validation_targets = dict(zip(loaded.splits["validation"]["prompt"], loaded.splits["validation"]["target_item_id"]))
 
-    def fake_scores(model, tokenizer, prompts, candidates, trie, **options):
-        scored.extend(prompts)
-        return [-np.arange(len(c), dtype=np.float64)[::-1] for c in candidates]  # the LM prefers the last candidate
+    def fake_recommend(model, tokenizer, prompts, trie, k, *, item_log_prior, prior_weight, exclude, **options):
+        decoded.append((list(prompts), prior_weight))
+        assert item_log_prior.shape == (len(prompts), trie.num_items) and exclude is not None
+        # only w = 4 finds the targets: the sweep must choose it
+        hit = prior_weight == 4.0
+        return SimpleNamespace(recommendations=[
+            [SimpleNamespace(item_ids=[validation_targets[p] if hit else -1])] for p in prompts])
 
-    monkeypatch.setattr(constrained_rec.user_signal, "score_titles", fake_scores)
+    monkeypatch.setattr(constrained_rec.decode, "recommend", fake_recommend)
     validation_only = _fake_loaded(ml100k, test_rows=False)
-    sweep = sweep_prior_weight(setup.assistant, None, tokenizer, trie, validation_only, True, seed=0, users=5,
-                               candidates=10)
-    assert set(scored) <= set(loaded.splits["validation"]["prompt"]) and len(scored) == 5
-    assert not set(scored) & set(loaded.splits["test"]["prompt"])
+    sweep = sweep_prior_weight(setup.assistant, None, tokenizer, trie, validation_only, True, seed=0, users=5)
+    prompts = {p for batch, _ in decoded for p in batch}
+    assert prompts <= set(loaded.splits["validation"]["prompt"]) and len(prompts) == 5
+    assert not prompts & set(loaded.splits["test"]["prompt"])
+    assert [w for _, w in decoded] == list(sweep["grid"])  # every weight decodes the same users
     assert sweep["users"] == 5 and sweep["grid"][0] == 0.0 and len(sweep["validation_ndcg@10"]) == len(sweep["grid"])
-    assert sweep["chosen"] == sweep["grid"][int(np.argmax(sweep["validation_ndcg@10"]))]
+    assert sweep["chosen"] == 4.0 and sweep["validation_ndcg@10"][sweep["grid"].index(4.0)] == 1.0
     chosen = prior_weight_step(setup, "auto", None, tokenizer, trie, validation_only, tmp_path, True, 0, SINGLE,
-                               users=5, candidates=10)
+                               users=5)
     assert chosen.prior_weight == sweep["chosen"] and chosen.sweep["grid"] == sweep["grid"]
     assert prior_weight_step(setup, 1.5, None, tokenizer, trie, validation_only, tmp_path, True, 0).prior_weight == 1.5
     empty = _fake_loaded(ml100k)
