@@ -154,6 +154,7 @@ def sweep_prior_weight(assistant, model, tokenizer, trie, loaded, exclude_histor
     (``w = 0`` is the LM alone); the ``w`` with the best validation NDCG@10 wins, the smaller ``w`` on ties.
     Returns the sweep, JSON-ready: ``grid``, ``validation_ndcg@10`` per ``w``, ``chosen`` and settings.
     """
+    from constrained_rec.constraints import ItemConstraints
     from constrained_rec.decode import recommend
     from constrained_rec.evaluate import consumed_items, samples_from_split
     from constrained_rec.metrics import ndcg, target_rank
@@ -171,16 +172,19 @@ def sweep_prior_weight(assistant, model, tokenizer, trie, loaded, exclude_histor
     log_prior = AssistantPrior(assistant, full_histories(data, rows), trie)(samples)
     prompts = [s.prompt for s in samples]
     exclude = [s.exclude for s in samples] if exclude_history else None
+    # top-10, or fewer where a small catalog leaves a user fewer titles (NDCG@10 is then over what exists)
+    available = ItemConstraints.build(trie, num_prompts=len(samples), exclude=exclude)
+    k = min([SWEEP_K] + [available.titles_available(p) for p in range(len(samples))])
     figures = []
     for w in grid:
-        result = recommend(model, tokenizer, prompts, trie, SWEEP_K, num_beams=max(num_beams, SWEEP_K),
+        result = recommend(model, tokenizer, prompts, trie, k, num_beams=max(num_beams, k),
                            exclude=exclude, item_log_prior=log_prior, prior_weight=w, batch_size=SWEEP_BATCH)
         ranks = [target_rank([i for r in recs for i in r.item_ids], s.target_item_id)
                  for s, recs in zip(samples, result.recommendations)]
         figures.append(float(ndcg(ranks, SWEEP_K).mean()))
     best = int(np.argmax(figures))  # the first maximum: the smallest such w
     return {"chosen": float(grid[best]), "grid": [float(w) for w in grid], "validation_ndcg@10": figures,
-            "users": len(rows), "num_beams": max(num_beams, SWEEP_K), "seed": seed,
+            "users": len(rows), "k": k, "num_beams": max(num_beams, k), "seed": seed,
             "objective": "validation NDCG@10 of LM + prior beam search at each w, decoded as the test users are",
             "seconds": time.perf_counter() - started}
 
