@@ -163,10 +163,6 @@ class TitleTrie:
         return trie_walk.TrieArrays(self.seq_tokens, self.seq_offsets, self.seq_item_offsets, self.child_offsets,
                                     self.node_tokens, self.node_seq_lo, self.node_seq_hi, self.eos_token_id)
 
-    def walk_arrays(self) -> trie_walk.TrieArrays:
-        """Deprecated alias of :attr:`arrays`."""
-        return self.arrays
-
     def device_arrays(self, device) -> torch_mask.DeviceTrie:
         """:attr:`arrays` copied to a torch ``device`` for the torch kernel, once per device."""
         cache = self.__dict__.setdefault("_device_arrays", {})
