@@ -226,9 +226,9 @@ def run_recipe(recipe: Recipe, settings: SearchSettings) -> dict:
 # -------------------------------------------------------------------------------------------------- the table
 def interval_text(figure: dict, digits: int = 3) -> str:
     """``"+0.028 [+0.010, +0.049]"``: a signed figure with its interval."""
-    from constrained_rec.user_signal import _cell
+    from constrained_rec.user_signal import interval_cells
 
-    return " ".join(_cell(figure, digits, signed=True))
+    return " ".join(interval_cells(figure, digits, signed=True))
 
 
 def table_markdown(results: list[dict]) -> str:

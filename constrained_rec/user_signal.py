@@ -390,7 +390,8 @@ def user_signal(model, tokenizer, samples: Sequence, trie: TitleTrie, *, num_can
 
 
 # ---------------------------------------------------------------------------------------------- reporting
-def _cell(figure: Mapping, digits: int, signed: bool = False) -> tuple[str, str]:
+def interval_cells(figure: Mapping, digits: int, signed: bool = False) -> tuple[str, str]:
+    """A ``{value, ci}`` figure as two table cells: the value and ``[low, high]``."""
     sign = "+" if signed else ""
     low, high = figure["ci"]
     return f"{figure['value']:{sign}.{digits}f}", f"[{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
@@ -417,12 +418,12 @@ def signal_markdown(signal: Mapping) -> str:
              f"| prompt | mean rank | {confidence}% CI | AUC | {confidence}% CI |", "|---|---|---|---|---|"]
     for condition in CONDITIONS:
         figures = signal["conditions"][condition]
-        lines.append("| " + " | ".join([CONDITION_LABELS[condition], *_cell(figures["mean_rank"], 2),
-                                         *_cell(figures["auc"], 3)]) + " |")
+        lines.append("| " + " | ".join([CONDITION_LABELS[condition], *interval_cells(figures["mean_rank"], 2),
+                                         *interval_cells(figures["auc"], 3)]) + " |")
     for name, (a, b) in DIFFERENCES.items():
         figures = signal["differences"][name]
-        rank, rank_ci = _cell(figures["mean_rank"], 2, signed=True)
-        auc, auc_ci = _cell(figures["auc"], 3, signed=True)
+        rank, rank_ci = interval_cells(figures["mean_rank"], 2, signed=True)
+        auc, auc_ci = interval_cells(figures["auc"], 3, signed=True)
         lines.append(f"| difference {a} - {b} | {rank} | {rank_ci} | {auc} | {auc_ci} |")
     return "\n".join(lines) + "\n"
 
