@@ -37,7 +37,7 @@ from constrained_rec.run_config import (  # noqa: F401
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from constrained_rec.data import GROUPLENS_FOLDERS, SPLITS  # noqa: E402
+from constrained_rec.data import GROUPLENS_FOLDERS, draw_samples  # noqa: E402
 from constrained_rec.run_config import DATA_FILE_OPTIONS  # noqa: E402
 
 logger = logging.getLogger("constrained_rec.pipeline")
@@ -92,7 +92,7 @@ def load_data(config: RunConfig) -> LoadedData:
     # keep all validation samples and draw the test samples alone.
     split_config = dataclasses.replace(split_config, train_samples=train_samples, eval_samples=None)
     splits = make_splits(data, split_config)
-    splits["test"] = splits["test"].select(_test_draw(available["test"], eval_samples, config.seed))
+    splits["test"] = splits["test"].select(draw_samples(np.arange(available["test"]), eval_samples, config.seed, "test").tolist())
     return LoadedData(data, dataclasses.replace(split_config, eval_samples=eval_samples), splits)
 
 
@@ -110,12 +110,6 @@ def _data_file_options(config: RunConfig) -> dict:
         raise ValueError(f"{flags} describe CSV/TSV columns, but --dataset {config.dataset!r} is an Amazon reviews "
                          "file whose fields are fixed; pass only --items (its metadata file)")
     return options
-
-
-def _test_draw(size: int, count: int, seed: int) -> list[int]:
-    """Which of ``size`` test samples to evaluate: the draw ``make_splits`` makes for ``eval_samples=count``."""
-    rng = np.random.default_rng([seed, SPLITS.index("test")])
-    return np.sort(rng.choice(size, size=count, replace=False)).tolist()
 
 
 def load_base_model(config: RunConfig):

@@ -49,12 +49,13 @@ from constrained_rec.data.interactions import COLUMNS, InteractionData, move_tra
 from constrained_rec.data.readers import LAYOUTS, CsvFormat
 from constrained_rec.data.sources import (
     DATA_ENV_VAR, GROUPLENS_FOLDERS, GROUPLENS_URL, download_grouplens, load_interactions)
-from constrained_rec.data.splits import PROTOCOL_ALIASES, PROTOCOLS, SPLITS, SplitConfig, make_splits, split_positions
+from constrained_rec.data.splits import (
+    PROTOCOL_ALIASES, PROTOCOLS, SPLITS, SplitConfig, draw_samples, make_splits, split_positions)
 from constrained_rec.hf import CACHE_ENV_VAR
 
 __all__ = [
     "CACHE_ENV_VAR", "COLUMNS", "CsvFormat", "DATA_ENV_VAR", "GROUPLENS_FOLDERS", "GROUPLENS_URL", "GivenSplits",
     "InteractionData", "LAYOUTS", "PROTOCOLS", "PROTOCOL_ALIASES", "SPLITS", "SPLIT_FOLDERS", "SplitConfig",
-    "download_grouplens", "load_interactions", "make_splits", "move_trailing_article", "split_positions",
+    "download_grouplens", "draw_samples", "load_interactions", "make_splits", "move_trailing_article", "split_positions",
     "title_hit_rank",
 ]

@@ -170,7 +170,8 @@ def _given_table(data: InteractionData, split: str):
     return table
 
 
-def _draw(rows: np.ndarray, count: int | None, seed: int, split: str) -> np.ndarray:
+def draw_samples(rows: np.ndarray, count: int | None, seed: int, split: str) -> np.ndarray:
+    """``count`` of ``rows`` (all with ``None``), sorted: the seeded draw of ``split`` that ``make_splits`` makes."""
     if count is None:
         return rows
     if count > len(rows):
@@ -255,7 +256,7 @@ def make_splits(data: InteractionData, config: SplitConfig | None = None, tokeni
         if config.protocol == "given":
             rows, lengths = _given_rows(data, split, count, config)
         else:
-            rows = _draw(rows, count, config.seed, split)
+            rows = draw_samples(rows, count, config.seed, split)
             lengths = np.full(len(rows), config.max_history)
         table = _samples_table(context, rows, lengths, config, tokenizer)
         splits[split] = datasets.Dataset(table, fingerprint=_fingerprint(data, config, tokenizer, split, rows, lengths))
@@ -300,7 +301,7 @@ def _given_rows(data: InteractionData, split: str, count: int | None, config: Sp
         logger.warning("%s: the %s split is empty: %s", data.name, split,
                        f"no {SPLIT_FOLDERS[split]}/*.csv in {data.given.folder}")
     table = _given_table(data, split)
-    chosen = _draw(np.arange(len(table)), count, config.seed, split)
+    chosen = draw_samples(np.arange(len(table)), count, config.seed, split)
     lengths = table["history_length"].to_numpy(np.int64)
     return table["row"].to_numpy(np.int64)[chosen], np.minimum(lengths[chosen], config.max_history)
 
