@@ -27,6 +27,7 @@ from constrained_rec.evaluation.recommenders import (
     ConstrainedRecommender,
     MostPopularRecommender,
     UnconstrainedRecommender,
+    prediction_record,
 )
 from constrained_rec.trie.tokenization import prompt_token_ids, title_token_ids
 
@@ -173,7 +174,7 @@ class CountingRecommender:
         if self.fail_after_batches is not None and len(self.calls) >= 2 * self.fail_after_batches:
             raise KeyboardInterrupt
         self.calls += [s.index for s in samples]
-        return {"fixed": [ev.prediction_record(s, [s.target_item_id, 1, 2][: 1 + s.index % 3], ["t"] * (1 + s.index % 3),
+        return {"fixed": [prediction_record(s, [s.target_item_id, 1, 2][: 1 + s.index % 3], ["t"] * (1 + s.index % 3),
                                      [0.0] * (1 + s.index % 3), 1, 1) for s in samples]}
 
 
