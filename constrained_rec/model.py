@@ -10,11 +10,11 @@ any local model folder, works too; nothing is ever downloaded at run time.
 Every tokenizer returned here is set up the same way, so that training, the trie and generation agree:
 
 - ``padding_side = "left"``, because batched generation appends new tokens on the right. (Training builds
-  its own right-padded tensors, see :mod:`constrained_rec.train`.)
+  its own right-padded tensors, see :mod:`constrained_rec.training.train`.)
 - a pad token: the tokenizer's own if it has one, else EOS. For SmolLM2 pad and EOS are both
   ``<|im_end|>`` (id 2). Sharing the id is harmless: the training loss selects target positions by each
   sample's length, never by comparing ids with the pad id, so an EOS that ends a title is always learned.
-- an EOS token, which ends every title (:func:`constrained_rec.tokenization.eos_token_id`).
+- an EOS token, which ends every title (:func:`constrained_rec.trie.tokenization.eos_token_id`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from constrained_rec.hf import CACHE_ENV_VAR, cache_dir  # noqa: F401  (cache_dir: the folder of converted models)
+from constrained_rec.hf import cache_dir
 
 EMBEDDED_MODEL = "smollm2-135m"
 EMBEDDED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -210,7 +210,7 @@ def load_model(name_or_path: str = EMBEDDED_MODEL, dtype: torch.dtype = torch.fl
 
 
 def load_adapter(folder: str | os.PathLike, base_model=None, dtype: torch.dtype = torch.float32):
-    """The model saved by :func:`constrained_rec.train.train`: base model + LoRA adapter, and its tokenizer.
+    """The model saved by :func:`constrained_rec.training.train.train`: base model + LoRA adapter, and its tokenizer.
 
     Args:
         folder (`str` or `os.PathLike`):
@@ -239,11 +239,11 @@ def load_adapter(folder: str | os.PathLike, base_model=None, dtype: torch.dtype 
     adapter_config = folder / "adapter_config.json"
     if not folder.is_dir():
         raise FileNotFoundError(f"the adapter folder {str(folder)!r} does not exist; pass the output folder of "
-                                "constrained_rec.train.train")
+                                "constrained_rec.training.train.train")
     if not adapter_config.is_file():
         raise FileNotFoundError(
             f"{str(folder)!r} holds no LoRA adapter (no adapter_config.json); pass the output folder of "
-            "constrained_rec.train.train"
+            "constrained_rec.training.train.train"
         )
     if base_model is None:
         base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
@@ -258,7 +258,7 @@ def load_adapter(folder: str | os.PathLike, base_model=None, dtype: torch.dtype 
 
 
 def adapter_train_config(adapter_dir: str | os.PathLike) -> dict:
-    """The ``train_config.json`` that :func:`constrained_rec.train.train` writes beside an adapter.
+    """The ``train_config.json`` that :func:`constrained_rec.training.train.train` writes beside an adapter.
 
     It records the training settings, the base model's name and the fingerprint of the catalog trie the
     adapter was trained for; :func:`check_adapter` compares a run against it.
@@ -266,11 +266,11 @@ def adapter_train_config(adapter_dir: str | os.PathLike) -> dict:
     folder = Path(adapter_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"the adapter folder {str(folder)!r} does not exist; pass the output folder of "
-                                "constrained_rec.train.train (it holds adapter_config.json and train_config.json)")
+                                "constrained_rec.training.train.train (it holds adapter_config.json and train_config.json)")
     config_path = folder / TRAIN_CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(
-            f"{folder} has no {TRAIN_CONFIG}: not an adapter written by constrained_rec.train, so its "
+            f"{folder} has no {TRAIN_CONFIG}: not an adapter written by constrained_rec.training.train, so its "
             "base model, catalog and tokenizer cannot be checked"
         )
     return json.loads(config_path.read_text())
@@ -280,9 +280,9 @@ def check_adapter(adapter_dir: str | os.PathLike, base_model: str, trie) -> dict
     """An adapter must have been trained on this base model, for this catalog tokenized by this tokenizer.
 
     Args:
-        adapter_dir: the adapter's folder (an output folder of :func:`constrained_rec.train.train`).
+        adapter_dir: the adapter's folder (an output folder of :func:`constrained_rec.training.train.train`).
         base_model: the name the run loads the base model by (``--model``).
-        trie: the run's catalog trie (:func:`constrained_rec.catalog.catalog_trie`).
+        trie: the run's catalog trie (:func:`constrained_rec.experiment.catalog.catalog_trie`).
 
     Returns:
         The adapter's ``train_config.json``.

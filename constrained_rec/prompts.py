@@ -3,7 +3,7 @@
 The default ``"alpaca"`` template is BIGRec's (Bao et al., 2023) Alpaca-style prompt: an instruction
 ("Given a list of movies the user has watched before, please recommend a new movie that the user likes to
 the user."), an input listing the user's history titles in double quotes, and an empty response section
-that the model completes with the quoted target title (:func:`constrained_rec.tokenization.response_text`).
+that the model completes with the quoted target title (:func:`constrained_rec.trie.tokenization.response_text`).
 BIGRec's own files carry a few stray spaces ("request. \\n", ``before:"Title"``, an input ending in
 ``"\\n "``); they are normalised here, which changes nothing a model learns about the task.
 

@@ -5,7 +5,7 @@
 Each assistant is fitted on the training interactions only (validation targets choose EASE's lambda and
 temperature and SASRec's stopping epoch), then ranks the whole catalog for every test user with the user's
 history excluded, exactly as ``experiments/run.py`` evaluates (HR@10 / NDCG@10, 95% bootstrap intervals over
-users). The most-popular row of ``constrained_rec.evaluate`` is printed as a cross-check of Popularity.
+users). The most-popular row of ``constrained_rec.evaluation.evaluate`` is printed as a cross-check of Popularity.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import time
 import numpy as np
 import torch
 
-from constrained_rec import metrics
 from constrained_rec.collaborative import AssistantRecommender, fit_assistant, histories_before
 from constrained_rec.data import SplitConfig, load_interactions, split_positions
-from constrained_rec.evaluate import EvalConfig, EvalSample, MostPopularRecommender, training_item_counts
+from constrained_rec.evaluation import metrics
+from constrained_rec.evaluation.evaluate import EvalConfig, EvalSample, training_item_counts
+from constrained_rec.evaluation.recommenders import MostPopularRecommender
 
 K = 10
 

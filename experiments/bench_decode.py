@@ -9,7 +9,7 @@ Methods, all with 10 beams (`--beams`) and length_penalty 0:
   processor, the drop-in path.
 * ``generate+PrefixConstrained``: the same with transformers' ``PrefixConstrainedLogitsProcessor`` over a
   nested-dict trie, what D3 / BIGRec-style code does.
-* ``recommend beam, no jump``, ``recommend beam, jump``, ``recommend exact``: ``constrained_rec.decode``
+* ``recommend beam, no jump``, ``recommend beam, jump``, ``recommend exact``: ``constrained_rec.decoding.recommend``
   (exact mode on the first `--exact-users` users only: an untrained model spreads its probability thinly,
   so proving its top-10 means scoring most of the catalog).
 
@@ -40,10 +40,11 @@ from transformers import LogitsProcessorList, PrefixConstrainedLogitsProcessor
 
 from constrained_rec import TitleTrie, TitleTrieProcessor
 from constrained_rec.data import load_interactions
-from constrained_rec.decode import recommend
+from constrained_rec.decoding.recommend import recommend
 from constrained_rec.model import load_model
 from constrained_rec.prompts import build_prompt
-from constrained_rec.tokenization import prompt_token_ids
+from constrained_rec.trie.tokenization import prompt_token_ids
+
 
 def ml100k_prompts(num_users: int, history: int) -> tuple[dict[int, str], list[str], dict[int, int]]:
     """The ml-100k catalog, for the first `num_users` users BIGRec's prompt over their last `history` items

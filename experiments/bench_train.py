@@ -32,14 +32,10 @@ import torch
 
 from constrained_rec.data import SplitConfig, load_interactions, make_splits
 from constrained_rec.model import load_model
-from constrained_rec.train import (
-    ResponseLoss,
-    TrainConfig,
-    collate,
-    epoch_batches,
-    full_logits_loss,
-    tokenize_examples,
-)
+from constrained_rec.training.batching import collate, epoch_batches, tokenize_examples
+from constrained_rec.training.loss import ResponseLoss, full_logits_loss
+from constrained_rec.training.train import TrainConfig
+
 
 def ml100k_samples(n: int, seed: int = 0):
     """``n`` training samples (BIGRec prompts over up to 10 watched titles) of the embedded ml-100k."""

@@ -3,7 +3,7 @@
     python experiments/bench_user_signal.py                         # 12 users, N = 20 and 50, one thread
     python experiments/bench_user_signal.py --users 24 --candidates 10,20 --batch-size 16
 
-For each N, :func:`constrained_rec.user_signal.user_signal` on the first `--users` seeded ml-100k test users
+For each N, :func:`constrained_rec.evaluation.user_signal.user_signal` on the first `--users` seeded ml-100k test users
 (leave-one-out, history excluded), as ``experiments/run.py`` builds them: wall seconds and process CPU seconds
 per user, and the scored titles per user. The generic prompt scores each distinct candidate once, so its cost
 per user falls as users are added (candidates repeat); a run over more users costs at most what this reports.
@@ -19,9 +19,9 @@ import torch
 
 from constrained_rec import TitleTrie
 from constrained_rec.data import SplitConfig, load_interactions, make_splits
-from constrained_rec.evaluate import consumed_items, samples_from_split
+from constrained_rec.evaluation.evaluate import consumed_items, samples_from_split
+from constrained_rec.evaluation.user_signal import user_signal
 from constrained_rec.model import load_model
-from constrained_rec.user_signal import user_signal
 
 
 def main(argv=None) -> None:

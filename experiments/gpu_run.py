@@ -1,4 +1,4 @@
-"""The GPU-scale run (issue 13 item 3): train on ALL ml-100k training windows, evaluate all 943 test users.
+"""The GPU-scale run: train on ALL ml-100k training windows, evaluate all 943 test users.
 
     python experiments/gpu_run.py --output-dir runs/gpu-h200          # one H200: <= 8 minutes in all
     python experiments/gpu_run.py --tiny --output-dir /tmp/gpu-tiny   # the same code end to end on a CPU, ~2 min
@@ -6,9 +6,9 @@
 LoRA training in bf16 (on CUDA) cut to a calibrated wall-clock budget, constrained top-K for every test user,
 the collaborative assistant (default EASE) alone and as the LM's decoding prior, and the user-signal control
 with uniform and with assistant-proposed candidates. ``metrics.json``, ``report.md``, ``metrics.png`` and
-``user_signal.png`` land in ``--output-dir``. Sizing: see :mod:`constrained_rec.scale_run`.
+``user_signal.png`` land in ``--output-dir``. Sizing: see :mod:`constrained_rec.experiment.scale_run`.
 
-Everything below is argparse; the run itself is :func:`constrained_rec.scale_run.run_at_scale`.
+Everything below is argparse; the run itself is :func:`constrained_rec.experiment.scale_run.run_at_scale`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import argparse
 import shlex
 import sys
 
-from constrained_rec.run_config import ASSISTANT_CHOICES
-from constrained_rec.scale_run import SCALE, TINY, ScaleRunConfig, run_at_scale
+from constrained_rec.experiment.run_config import ASSISTANT_CHOICES
+from constrained_rec.experiment.scale_run import SCALE, TINY, ScaleRunConfig, run_at_scale
 
 
 def _sized(name: str, what: str = "") -> str:

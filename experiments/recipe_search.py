@@ -1,4 +1,4 @@
-"""Recipe search at CPU scale: which LoRA recipe makes the LM read the user's history? (issue 13, item 2)
+"""Recipe search at CPU scale: which LoRA recipe makes the LM read the user's history?
 
     python experiments/recipe_search.py --list                                            # the recipes
     python experiments/recipe_search.py --recipe qv-r8-lr1e-3                             # train + control, one recipe
@@ -7,12 +7,12 @@
 
 Each recipe trains a LoRA adapter on seeded ml-100k windows and runs the user-signal control on seeded test
 users (own / another user's / generic prompt, AUC differences with 95% bootstrap intervals); see
-:mod:`constrained_rec.recipes` for the recipes and the measurement, and experiments/RECIPES.md for the results.
+:mod:`constrained_rec.experiment.recipes` for the recipes and the measurement, and experiments/RECIPES.md for the results.
 
 Writes ``RESULTS/NAME.json`` (recipe, command, training summary, control) and ``RESULTS/table.md`` (every
 recipe with a JSON in ``RESULTS``, with its exact command); adapters go to ``--output-dir/NAME``.
 
-Everything below is argparse; the search itself is :func:`constrained_rec.recipes.run_search`.
+Everything below is argparse; the search itself is :func:`constrained_rec.experiment.recipes.run_search`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import argparse
 import dataclasses
 import sys
 
-from constrained_rec.recipes import RECIPES, SearchSettings, run_search
+from constrained_rec.experiment.recipes import RECIPES, SearchSettings, run_search
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ flags alone, e.g. ``--train-samples 1024 --epochs 3 --eval-users 943``, and shar
 ``accelerate launch --multi_gpu --num_processes 4 ...`` (each process takes a disjoint slice of the users; the
 main one merges them into one report). A folder is resumed only by a run with the same options (``run.json``).
 
-Everything below is argparse; the job itself is :func:`constrained_rec.pipeline.run`.
+Everything below is argparse; the job itself is :func:`constrained_rec.experiment.pipeline.run`.
 """
 
 from __future__ import annotations
@@ -34,12 +34,22 @@ import argparse
 import shlex
 import sys
 
-from constrained_rec.pipeline import DEFAULTS, QUICK, QUICK_KS, RunConfig, parse_ks, run
+from constrained_rec.evaluation.evaluate import DECODERS
+from constrained_rec.experiment.pipeline import run
+from constrained_rec.experiment.run_config import (
+    ASSISTANT_CHOICES,
+    ASSISTANT_KS,
+    DEFAULT_ASSISTANT,
+    DEFAULTS,
+    QUICK,
+    QUICK_ASSISTANT,
+    QUICK_KS,
+    SPLIT_CHOICES,
+    RunConfig,
+    parse_ks,
+    parse_prior_weight,
+)
 from constrained_rec.prompts import ITEM_NOUNS
-from constrained_rec.recommenders import DECODERS
-from constrained_rec.run_config import SPLIT_CHOICES
-from constrained_rec.run_config import (ASSISTANT_CHOICES, ASSISTANT_KS, DEFAULT_ASSISTANT, QUICK_ASSISTANT,
-                                        parse_prior_weight)
 
 
 def _cli(parse):
@@ -102,7 +112,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_assistant_arguments(parser: argparse.ArgumentParser) -> None:
-    """The collaborative assistant and LM + prior (issue 11), and the user-signal control (issue 13)."""
+    """The collaborative assistant and LM + prior, and the user-signal control."""
     group = parser.add_argument_group(
         "collaborative prior and controls", "a text-free assistant fit on the training split, listed alone and fused "
         "into constrained decoding (LM + prior: titles ranked by log p_LM(title) + w log M(title)); most-popular is "
@@ -121,7 +131,7 @@ def add_assistant_arguments(parser: argparse.ArgumentParser) -> None:
                        help="test users on which LM + prior's beam top-K is compared with exact search (0: off)")
     group.add_argument("--user-signal", action=argparse.BooleanOptionalAction, default=True,
                        help="the user-signal control: targets scored under the user's own, another user's and a "
-                            "generic prompt (constrained_rec.user_signal)")
+                            "generic prompt (constrained_rec.evaluation.user_signal)")
     group.add_argument("--signal-candidates", type=positive_int, default=5,
                        help="candidates besides the target in the user-signal control (5: ~185 CPU s per 100 users)")
 
@@ -163,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-batch-size", type=positive_int, default=None,
                         help="prompts decoded together [default 8 on a GPU, 4 on a CPU]")
     parser.add_argument("--decoder", choices=DECODERS, default="beam",
-                        help="constrained decoding: beam (constrained_rec.decode, fast) or generate "
+                        help="constrained decoding: beam (constrained_rec.decoding.recommend, fast) or generate "
                              "(transformers generate() with TitleTrieProcessor)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads [default half the cores: on a shared 2-core machine two threads "

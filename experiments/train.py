@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 
+from constrained_rec.experiment.pipeline import TrainJob, train_job
 from constrained_rec.model import EMBEDDED_MODEL
-from constrained_rec.pipeline import TrainJob, train_job
-from constrained_rec.train import LR_SCHEDULES, TrainConfig
+from constrained_rec.training.train import LR_SCHEDULES, TrainConfig
 
 
 def main(argv: list[str] | None = None):

@@ -15,8 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from constrained_rec.kernels.trie_walk import (ALL_BANNED, FINISHED, IN_TRIE, NOTHING_ALLOWED, OFF_TRIE, MaskConstraints,
-                                               TrieArrays)
+from constrained_rec.kernels.trie_walk import (
+    ALL_BANNED,
+    FINISHED,
+    IN_TRIE,
+    NOTHING_ALLOWED,
+    OFF_TRIE,
+    MaskConstraints,
+    TrieArrays,
+)
 
 
 @dataclass

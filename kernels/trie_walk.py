@@ -1,6 +1,6 @@
 """Numba kernels: walk generated ids through a ``TitleTrie``'s flat arrays and mask scores in place.
 
-The arrays are those of ``constrained_rec.trie`` (see its module docstring), handed over as one
+The arrays are those of ``constrained_rec.trie.trie`` (see its module docstring), handed over as one
 :class:`TrieArrays`; what a request allows (excluded items, an item prior) arrives as one
 :class:`MaskConstraints`. Every kernel is compiled with a disk cache (``kernels/jit.py``), so a new
 process loads machine code instead of paying the JIT. Without a prior, scores reach the mask kernel as an
@@ -26,7 +26,7 @@ ALL_BANNED = 4  # the trie allows tokens, but every one of them already scored -
 
 
 class TrieArrays(NamedTuple):
-    """The flat arrays of a ``TitleTrie`` that every walk reads, and its EOS id (see ``constrained_rec.trie``)."""
+    """The flat arrays of a ``TitleTrie`` that every walk reads, and its EOS id (see ``constrained_rec.trie.trie``)."""
 
     seq_tokens: np.ndarray
     seq_offsets: np.ndarray
@@ -39,7 +39,7 @@ class TrieArrays(NamedTuple):
 
 
 class MaskConstraints(NamedTuple):
-    """What the kernels read of a ``constrained_rec.constraints.ItemConstraints``, per prompt ``p``.
+    """What the kernels read of a ``constrained_rec.decoding.constraints.ItemConstraints``, per prompt ``p``.
 
     ``excluded[excluded_offsets[p]:excluded_offsets[p + 1]]`` are the sorted positions of the items ``p`` may
     not get (excluded, or of zero prior mass). With a prior, ``prior_cum[p, i]`` is the prior mass of the

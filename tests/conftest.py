@@ -63,3 +63,33 @@ def shared_data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} is absent; set CONSTRAINED_REC_DATA")
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A random 2-layer Llama with SmolLM2's tokenizer, saved as a local model folder."""
+    from constrained_rec.model import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama(vocab_size=49152, seed=0).save_pretrained(folder)
+    load_tokenizer().save_pretrained(folder)
+    return folder
+
+
+# The library's examples run as doctests (--doctest-modules); these take 10 s to minutes on a loaded 2-core CPU
+# (Numba compiles the mask kernels, an assistant or a model trains), so they are marked slow like the tests that
+# load the real model: the full suite (CI) runs them, `-m 'not slow'` skips them.
+SLOW_DOCTESTS = {
+    "constrained_rec.decoding.processor.TitleTrieProcessor",
+    "constrained_rec.decoding.constraints.ItemConstraints",
+    "constrained_rec.collaborative.recommend.fit_assistant",
+    "constrained_rec.collaborative.sasrec.SASRec",
+    "constrained_rec.training.train.train",
+    "constrained_rec.experiment.catalog.catalog_trie",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if isinstance(item, pytest.DoctestItem) and item.name in SLOW_DOCTESTS:
+            item.add_marker(pytest.mark.slow)

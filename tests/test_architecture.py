@@ -18,16 +18,16 @@ MAX_FUNCTION_LINES = 80  # docstring excluded
 # The library: the package, and the kernels once (constrained_rec/kernels is a link to kernels/).
 LIBRARY = sorted(p for p in (REPO_ROOT / "constrained_rec").rglob("*.py") if "kernels" not in p.parts) + sorted(
     (REPO_ROOT / "kernels").glob("*.py"))
-ALL_SOURCES = LIBRARY + sorted((REPO_ROOT / "experiments").glob("*.py")) + sorted((REPO_ROOT / "tests").glob("*.py"))
+ALL_SOURCES = LIBRARY + sorted((REPO_ROOT / "experiments").glob("*.py")) + sorted((REPO_ROOT / "tests").rglob("*.py"))
 
-# The trie's flat arrays (constrained_rec.trie._ARRAYS) and the constraints' kernel arrays: only their owners,
+# The trie's flat arrays (constrained_rec.trie.trie._ARRAYS) and the constraints' kernel arrays: only their owners,
 # the kernels, and the tests of the trie's own storage index them; everyone else asks the query methods.
 TRIE_ARRAYS = {"seq_tokens", "seq_offsets", "seq_item_offsets", "item_ids_by_position", "child_offsets",
                "node_tokens", "node_seq_lo", "node_seq_hi", "build_positions"}
 CONSTRAINT_ARRAYS = {"excluded_offsets", "prior_cum", "prior_floor", "root_increments"}
-MAY_READ_TRIE_ARRAYS = {"constrained_rec/trie.py", "constrained_rec/trie_build.py", "constrained_rec/trie_io.py",
-                        "kernels/trie_walk.py", "kernels/torch_mask.py", "tests/test_trie.py", "tests/test_trie_io.py"}
-MAY_READ_CONSTRAINT_ARRAYS = {"constrained_rec/constraints.py", "kernels/trie_walk.py", "kernels/torch_mask.py"}
+MAY_READ_TRIE_ARRAYS = {"constrained_rec/trie/trie.py", "constrained_rec/trie/build.py", "constrained_rec/trie/io.py",
+                        "kernels/trie_walk.py", "kernels/torch_mask.py", "tests/trie/test_trie.py", "tests/trie/test_trie_io.py"}
+MAY_READ_CONSTRAINT_ARRAYS = {"constrained_rec/decoding/constraints.py", "kernels/trie_walk.py", "kernels/torch_mask.py"}
 
 
 def _name(path: Path) -> str:
@@ -67,12 +67,12 @@ def _path_imports(path: Path) -> list[str]:
 
 def test_the_scans_see_the_library():
     names = {_name(p) for p in LIBRARY}
-    assert {"constrained_rec/trie.py", "constrained_rec/decode.py", "kernels/trie_walk.py"} <= names
+    assert {"constrained_rec/trie/trie.py", "constrained_rec/decoding/recommend.py", "kernels/trie_walk.py"} <= names
     assert not any(name.startswith("constrained_rec/kernels/") for name in names)  # the link is read once
 
 
 def test_trie_array_names_are_the_tries():
-    from constrained_rec.trie import _ARRAYS
+    from constrained_rec.trie.trie import _ARRAYS
 
     assert set(_ARRAYS) == TRIE_ARRAYS
 
@@ -108,7 +108,7 @@ def test_only_the_constraints_and_the_kernels_read_the_constraint_arrays():
 
 
 def test_the_scan_finds_array_reads():
-    probe = REPO_ROOT / "tests" / "test_trie.py"
+    probe = REPO_ROOT / "tests" / "trie" / "test_trie.py"
     assert _attribute_reads(probe, TRIE_ARRAYS), "test_trie.py reads trie arrays; the scan must see them"
 
 

@@ -12,19 +12,19 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = ROOT / "pyproject.toml"
 LIBRARY_AND_SCRIPTS = ("constrained_rec", "kernels", "experiments")
 
 def _first_party() -> list[str]:
-    # pytest puts tests/ on sys.path, so tests import each other's helpers (conftest, brute, ...) as top-level
-    # modules; deptry must count those as ours, not as undeclared packages.
-    modules = [*LIBRARY_AND_SCRIPTS, *(path.stem for path in (ROOT / "tests").glob("*.py"))]
+    # pytest puts tests/ on sys.path (pythonpath in pyproject.toml), so tests in any subfolder import the helpers
+    # (conftest, brute, ...) as top-level modules; deptry must count those as ours, not as undeclared packages.
+    modules = [*LIBRARY_AND_SCRIPTS, *sorted({path.stem for path in (ROOT / "tests").rglob("*.py")})]
     return [argument for module in modules for argument in ("--known-first-party", module)]
 
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from constrained_rec.prompts import ITEM_NOUNS, build_prompt, history_text, instruction_text
-from constrained_rec.tokenization import prompt_token_ids, title_token_ids
+from constrained_rec.trie.tokenization import prompt_token_ids, title_token_ids
 
 
 def test_alpaca_prompt_is_bigrec_text():

@@ -12,7 +12,7 @@ targets only choose hyper-parameters, test targets are never seen), and gives
 Assistants: :class:`Popularity` (smoothed training counts), :class:`EASE` (closed form; lambda and a softmax
 temperature chosen on validation), :class:`SASRec` (causal Transformer, full softmax, early stopping on
 validation NDCG@10). :func:`fit_assistant` fits one by name; :class:`AssistantRecommender` ranks the whole
-catalog with one for :func:`constrained_rec.evaluate.evaluate`.
+catalog with one for :func:`constrained_rec.evaluation.evaluate.evaluate`.
 """
 
 from constrained_rec.collaborative.base import (

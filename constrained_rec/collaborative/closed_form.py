@@ -10,7 +10,6 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from constrained_rec import metrics
 from constrained_rec.collaborative.base import (
     Assistant,
     AssistantData,
@@ -21,6 +20,7 @@ from constrained_rec.collaborative.base import (
     target_ranks,
     write_config,
 )
+from constrained_rec.evaluation import metrics
 
 EASE_LAMBDAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 

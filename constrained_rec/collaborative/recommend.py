@@ -75,11 +75,11 @@ def rank_columns(log_probs: np.ndarray, excluded: np.ndarray, k: int) -> list[np
 
 
 class AssistantRecommender:
-    """An assistant as a recommender for :func:`constrained_rec.evaluate.evaluate`: exact full-catalog ranking.
+    """An assistant as a recommender for :func:`constrained_rec.evaluation.evaluate.evaluate`: exact full-catalog ranking.
 
     Every catalog item is ranked by the assistant's log-probability (ties by item id); with
     ``config.exclude_history`` the sample's ``exclude`` items never appear. Records have the format of
-    :class:`constrained_rec.evaluate.MostPopularRecommender`'s, with the log-probabilities as scores.
+    :class:`constrained_rec.evaluation.recommenders.MostPopularRecommender`'s, with the log-probabilities as scores.
 
     Args:
         assistant ([`Assistant`]): A fitted assistant.
@@ -94,7 +94,7 @@ class AssistantRecommender:
     ```python
     >>> import numpy as np
     >>> from constrained_rec.collaborative import AssistantData, AssistantRecommender, Popularity
-    >>> from constrained_rec.evaluate import EvalConfig, EvalSample
+    >>> from constrained_rec.evaluation.evaluate import EvalConfig, EvalSample
     >>> view = AssistantData(np.array([1, 2, 3]), [np.array([2, 2, 3, 1, 2])], [], np.zeros(0, np.int64))
     >>> sample = EvalSample(0, user_id=7, prompt="...", target_item_id=3, target_title="C", exclude=frozenset({2}))
     >>> recommender = AssistantRecommender(Popularity.fit(view), [[2]], {1: "A", 2: "B", 3: "C"}, EvalConfig(ks=(2,)))

@@ -23,7 +23,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from constrained_rec import metrics
 from constrained_rec.collaborative.base import (
     Assistant,
     AssistantData,
@@ -33,6 +32,7 @@ from constrained_rec.collaborative.base import (
     target_ranks,
     write_config,
 )
+from constrained_rec.evaluation import metrics
 
 WEIGHTS_FILE = "model.pt"
 

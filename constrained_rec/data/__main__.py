@@ -7,8 +7,8 @@ import dataclasses
 import logging
 
 from constrained_rec.data import __doc__ as package_doc
-from constrained_rec.data.sources import DATA_ENV_VAR, load_interactions
 from constrained_rec.data.given import SPLIT_FOLDERS
+from constrained_rec.data.sources import DATA_ENV_VAR, load_interactions
 from constrained_rec.data.splits import PROTOCOL_ALIASES, SplitConfig, make_splits, split_positions
 from constrained_rec.prompts import ITEM_NOUNS, TEMPLATES
 

@@ -10,10 +10,10 @@ from typing import Iterator
 
 import numpy as np
 
-from constrained_rec.data.tables import _encode_ids, _frame, _open_binary
+from constrained_rec.data.tables import encode_ids, interaction_frame, open_binary
 
 # Amazon 2018 category file stem -> the item noun of the prompt; other categories get "products".
-_AMAZON_NOUNS = {
+AMAZON_NOUNS = {
     "Video_Games": "video games",
     "Movies_and_TV": "movies",
     "Books": "books",
@@ -26,7 +26,7 @@ _AMAZON_NOUNS = {
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, record) for each non-blank line; Amazon 2014 metadata lines are Python literals."""
-    with _open_binary(path) as handle:
+    with open_binary(path) as handle:
         for number, raw in enumerate(handle, 1):
             if not raw.strip():
                 continue
@@ -49,7 +49,7 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
             yield number, record
 
 
-def _amazon_category(path: Path) -> str:
+def amazon_category(path: Path) -> str:
     name = path.name
     for suffix in (".gz", ".json", ".jsonl"):
         name = name.removesuffix(suffix)
@@ -57,8 +57,8 @@ def _amazon_category(path: Path) -> str:
     return name.removesuffix("_5")
 
 
-def _amazon_meta_beside(reviews: Path) -> Path:
-    category = _amazon_category(reviews)
+def amazon_meta_beside(reviews: Path) -> Path:
+    category = amazon_category(reviews)
     candidates = [reviews.parent / f"meta_{category}{ext}" for ext in (".json.gz", ".json", ".jsonl.gz", ".jsonl")]
     for candidate in candidates:
         if candidate.is_file():
@@ -69,7 +69,7 @@ def _amazon_meta_beside(reviews: Path) -> Path:
     )
 
 
-def _read_amazon(reviews_path: Path, meta_path: Path):
+def read_amazon(reviews_path: Path, meta_path: Path):
     users, items, times = [], [], []
     for number, record in _json_lines(reviews_path):
         for key in ("reviewerID", "asin", "unixReviewTime"):
@@ -99,17 +99,17 @@ def _read_amazon(reviews_path: Path, meta_path: Path):
         if not title:
             empty_titles += 1
         meta[asin] = title
-    (user_codes,), user_keys = _encode_ids(np.asarray(users))
+    (user_codes,), user_keys = encode_ids(np.asarray(users))
     item_keys_sorted = sorted(set(items))
     item_index = {asin: i for i, asin in enumerate(item_keys_sorted)}
     item_codes = np.fromiter((item_index[a] for a in items), dtype=np.int64, count=len(items))
     catalog = {i: meta[a] for a, i in item_index.items() if meta.get(a)}
     extra = {"amazon_meta_duplicate_rows": duplicate_rows, "amazon_meta_empty_titles": empty_titles}
     item_keys = dict(enumerate(item_keys_sorted))
-    return _frame(user_codes, item_codes, times), catalog, user_keys, item_keys, extra
+    return interaction_frame(user_codes, item_codes, times), catalog, user_keys, item_keys, extra
 
 
-def _amazon_pair_in(folder: Path) -> tuple[Path, Path] | None:
+def amazon_pair_in(folder: Path) -> tuple[Path, Path] | None:
     metas = [p for p in folder.iterdir() if p.name.startswith("meta_") and ".json" in p.name]
     reviews = [p for p in folder.iterdir() if not p.name.startswith("meta_") and ".json" in p.name]
     if not metas or not reviews:
@@ -119,5 +119,5 @@ def _amazon_pair_in(folder: Path) -> tuple[Path, Path] | None:
             f"{folder} holds several Amazon review files {sorted(p.name for p in reviews)}; pass the one to load "
             "as the source and its metadata as items="
         )
-    return reviews[0], _amazon_meta_beside(reviews[0])
+    return reviews[0], amazon_meta_beside(reviews[0])
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from constrained_rec.data import given_columns
-from constrained_rec.data.tables import _frame, _raise_not_utf8, check_field_counts
+from constrained_rec.data.tables import check_field_counts, interaction_frame, raise_not_utf8
 
 # split name (as make_splits names it) -> the layout's folder
 SPLIT_FOLDERS = {"train": "train", "validation": "valid", "test": "test"}
@@ -121,7 +121,7 @@ def read_item_file(path: Path) -> tuple[dict[int, str], dict[int, str] | None]:
     try:
         lines = raw.decode("utf-8-sig").split("\n")
     except UnicodeDecodeError:
-        _raise_not_utf8(path)
+        raise_not_utf8(path)
     titles: dict[int, str] = {}
     semantic_ids: dict[int, str] = {}
     first_line: dict[int, int] = {}
@@ -187,7 +187,7 @@ def _read_split_csv(path: Path, titles: dict[int, str]) -> list[tuple[str, list[
                 rows.append(_checked_row(path, line, [fields[k] for k in index], titles))
                 line = reader.line_num + 1
     except UnicodeDecodeError:
-        _raise_not_utf8(path)
+        raise_not_utf8(path)
     except csv.Error as error:
         raise ValueError(f"{path}, line {line}: malformed CSV ({error})") from None
     return rows
@@ -269,7 +269,7 @@ def read_given(folder: Path):
     rebuilt = given_columns.rebuild(list(columns.values()))
     if rebuilt is None:
         _explain_discontinuity(columns, files)
-    frame = _frame(rebuilt.users, rebuilt.items, rebuilt.times)
+    frame = interaction_frame(rebuilt.users, rebuilt.items, rebuilt.times)
     tables, start = {}, 0
     for split, split_columns in columns.items():
         end = start + len(split_columns.targets)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from constrained_rec.data.tables import _encode_ids
+from constrained_rec.data.tables import encode_ids
 
 COLUMNS = ("user_id", "history_item_title", "item_title", "history_item_id", "item_id")
 _INT_LIST = r"^\[(?:-?\d+, )*-?\d+\]$"
@@ -129,7 +129,7 @@ def rebuild(splits: list[SplitColumns]) -> Rebuilt | None:
     history = np.concatenate([s.history for s in splits])
     targets = np.concatenate([s.targets for s in splits])
     longest = int(lengths.max()) if len(lengths) else 0
-    (codes,), user_keys = _encode_ids(users)
+    (codes,), user_keys = encode_ids(users)
     _, first = np.unique(codes, return_index=True)
     starts = np.r_[0, np.cumsum(lengths)[:-1]]
     first_lengths = lengths[first]

@@ -167,7 +167,7 @@ class InteractionData:
         """Summary: counts, density, history-length and title-length distributions, what was dropped.
 
         Title lengths are in characters, and also in tokens of ``tokenizer`` (as the trie sees them:
-        :func:`constrained_rec.tokenization.titles_token_ids`) when one is given.
+        :func:`constrained_rec.trie.tokenization.titles_token_ids`) when one is given.
 
         Example:
 
@@ -205,7 +205,7 @@ class InteractionData:
                 "missing": ", ".join(self.given.missing) or "none",
             }
         if tokenizer is not None:
-            from constrained_rec.tokenization import titles_token_ids
+            from constrained_rec.trie.tokenization import titles_token_ids
 
             lengths = [len(ids) for ids in titles_token_ids(tokenizer, titles)]
             stats["title_tokens"] = _distribution(lengths)

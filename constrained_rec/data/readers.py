@@ -9,10 +9,22 @@ import numpy as np
 import pandas as pd
 
 from constrained_rec.data.amazon import (
-    _AMAZON_NOUNS, _amazon_category, _amazon_meta_beside, _amazon_pair_in, _read_amazon)
+    AMAZON_NOUNS,
+    amazon_category,
+    amazon_meta_beside,
+    amazon_pair_in,
+    read_amazon,
+)
 from constrained_rec.data.given import GivenSplits, category_of, is_given_layout, read_given
 from constrained_rec.data.tables import (
-    _catalog, _encode_ids, _frame, _integers, _read_table, _timestamps, _titles_column)
+    encode_ids,
+    integer_column,
+    interaction_frame,
+    read_table,
+    timestamp_column,
+    title_catalog,
+    titles_column,
+)
 
 # ml-100k names its one untitled item (267) "unknown"; RecBole's copy spells it "unkonwn".
 _PLACEHOLDER_TITLES = {"unknown", "unkonwn"}
@@ -66,22 +78,22 @@ def _read_recbole(folder: Path, stem: str) -> RawData:
                 raise ValueError(f"{path}, line 1: no column {name!r}; the header has {header}")
         names = [n for n in [*required, *optional] if n in typed]
         columns = [typed[n] for n in names]
-        frame = _read_table(path, columns, sep="\t", string_columns=tuple(c for c in columns if "token_seq" in c))
+        frame = read_table(path, columns, sep="\t", string_columns=tuple(c for c in columns if "token_seq" in c))
         return frame.rename(columns=dict(zip(columns, names)))
 
     inter_path, item_path = folder / f"{stem}.inter", folder / f"{stem}.item"
     inter = read(inter_path, ["user_id", "item_id", "timestamp"])
-    frame = _frame(
-        _integers(inter["user_id"], "user id", inter_path, 2),
-        _integers(inter["item_id"], "item id", inter_path, 2),
-        _timestamps(inter["timestamp"], inter_path, 2),
+    frame = interaction_frame(
+        integer_column(inter["user_id"], "user id", inter_path, 2),
+        integer_column(inter["item_id"], "item id", inter_path, 2),
+        timestamp_column(inter["timestamp"], inter_path, 2),
     )
     # RecBole's MovieLens files keep the year apart (movie_title, release_year); other sets use `title`.
     items = read(item_path, ["item_id"], ["movie_title", "title", "release_year"])
     title_column = "movie_title" if "movie_title" in items else "title"
     if title_column not in items:
         raise ValueError(f"{item_path}, line 1: no column 'movie_title' or 'title'")
-    item_ids = _integers(items["item_id"], "item id", item_path, 2)
+    item_ids = integer_column(items["item_id"], "item id", item_path, 2)
     titles, placeholders = [], 0
     years = items["release_year"].astype(str).str.strip() if "release_year" in items else None
     for row, title in enumerate(items[title_column].astype(str).str.strip()):
@@ -97,7 +109,7 @@ def _read_recbole(folder: Path, stem: str) -> RawData:
     if title_column == "movie_title":
         noun = "movies"
     elif stem.startswith("Amazon_"):
-        noun = _AMAZON_NOUNS.get(stem.removeprefix("Amazon_"), "products")
+        noun = AMAZON_NOUNS.get(stem.removeprefix("Amazon_"), "products")
     else:
         noun = "items"
     return RawData(frame, catalog, noun, extra={"placeholder_titles": placeholders})
@@ -106,17 +118,17 @@ def _read_recbole(folder: Path, stem: str) -> RawData:
 def _read_ml100k_raw(folder: Path) -> tuple[pd.DataFrame, dict[int, str], int]:
     """GroupLens ml-100k: ``u.data`` (tab-separated, no header) and ``u.item`` (``|``-separated, Latin-1)."""
     data_path, item_path = folder / "u.data", folder / "u.item"
-    data = _read_table(data_path, [0, 1, 3], sep="\t", header=False, fields=4)
-    frame = _frame(
-        _integers(data[0], "user id", data_path, 1),
-        _integers(data[1], "item id", data_path, 1),
-        _integers(data[3], "timestamp", data_path, 1),
+    data = read_table(data_path, [0, 1, 3], sep="\t", header=False, fields=4)
+    frame = interaction_frame(
+        integer_column(data[0], "user id", data_path, 1),
+        integer_column(data[1], "item id", data_path, 1),
+        integer_column(data[3], "timestamp", data_path, 1),
     )
-    items = _read_table(item_path, [0, 1], sep="|", header=False, encoding="latin-1", string_columns=(1,))
-    item_ids = _integers(items[0], "item id", item_path, 1)
+    items = read_table(item_path, [0, 1], sep="|", header=False, encoding="latin-1", string_columns=(1,))
+    item_ids = integer_column(items[0], "item id", item_path, 1)
     titles = items[1].astype(str).str.strip()
     placeholder = titles.str.lower().isin(_PLACEHOLDER_TITLES).to_numpy()
-    catalog = _catalog(item_ids[~placeholder], _titles_column(titles[~placeholder], item_path, 1), item_path, 1)
+    catalog = title_catalog(item_ids[~placeholder], titles_column(titles[~placeholder], item_path, 1), item_path, 1)
     return frame, catalog, int(placeholder.sum())
 
 
@@ -124,35 +136,35 @@ def _read_movielens_dat(folder: Path) -> tuple[pd.DataFrame, dict[int, str], int
     """GroupLens ml-1m / ml-10m: ``ratings.dat`` and ``movies.dat``, fields separated by ``::``."""
     ratings_path, movies_path = folder / "ratings.dat", folder / "movies.dat"
     # pandas' fast parser takes one-character separators only; \x1f (unit separator) never occurs in text.
-    ratings = _read_table(
+    ratings = read_table(
         ratings_path, [0, 1, 3], sep="\x1f", header=False, text=_decode_dat(ratings_path).replace("::", "\x1f"),
         fields=4,
     )
-    frame = _frame(
-        _integers(ratings[0], "user id", ratings_path, 1),
-        _integers(ratings[1], "item id", ratings_path, 1),
-        _integers(ratings[3], "timestamp", ratings_path, 1),
+    frame = interaction_frame(
+        integer_column(ratings[0], "user id", ratings_path, 1),
+        integer_column(ratings[1], "item id", ratings_path, 1),
+        integer_column(ratings[3], "timestamp", ratings_path, 1),
     )
-    movies = _read_table(
+    movies = read_table(
         movies_path, [0, 1], sep="\x1f", header=False, text=_decode_dat(movies_path).replace("::", "\x1f"),
         string_columns=(1,), fields=3,
     )
-    item_ids = _integers(movies[0], "item id", movies_path, 1)
-    return frame, _catalog(item_ids, _titles_column(movies[1], movies_path, 1), movies_path, 1), 0
+    item_ids = integer_column(movies[0], "item id", movies_path, 1)
+    return frame, title_catalog(item_ids, titles_column(movies[1], movies_path, 1), movies_path, 1), 0
 
 
 def _read_movielens_csv(folder: Path) -> tuple[pd.DataFrame, dict[int, str], int]:
     """GroupLens ml-latest-small / ml-20m / ml-25m / ml-32m: ``ratings.csv`` and ``movies.csv`` (UTF-8)."""
     ratings_path, movies_path = folder / "ratings.csv", folder / "movies.csv"
-    ratings = _read_table(ratings_path, ["userId", "movieId", "timestamp"])
-    frame = _frame(
-        _integers(ratings["userId"], "user id", ratings_path, 2),
-        _integers(ratings["movieId"], "item id", ratings_path, 2),
-        _integers(ratings["timestamp"], "timestamp", ratings_path, 2),
+    ratings = read_table(ratings_path, ["userId", "movieId", "timestamp"])
+    frame = interaction_frame(
+        integer_column(ratings["userId"], "user id", ratings_path, 2),
+        integer_column(ratings["movieId"], "item id", ratings_path, 2),
+        integer_column(ratings["timestamp"], "timestamp", ratings_path, 2),
     )
-    movies = _read_table(movies_path, ["movieId", "title"], string_columns=("title",))
-    item_ids = _integers(movies["movieId"], "item id", movies_path, 2)
-    return frame, _catalog(item_ids, _titles_column(movies["title"], movies_path, 2), movies_path, 2), 0
+    movies = read_table(movies_path, ["movieId", "title"], string_columns=("title",))
+    item_ids = integer_column(movies["movieId"], "item id", movies_path, 2)
+    return frame, title_catalog(item_ids, titles_column(movies["title"], movies_path, 2), movies_path, 2), 0
 
 
 def _read_csv_pair(path: Path, items_path: Path, fmt: CsvFormat):
@@ -162,10 +174,10 @@ def _read_csv_pair(path: Path, items_path: Path, fmt: CsvFormat):
         return "\t" if ".tsv" in p.suffixes else ","
 
     item_column = fmt.items_item or fmt.item
-    inter = _read_table(
+    inter = read_table(
         path, [fmt.user, fmt.item, fmt.timestamp], sep=sep_for(path), string_columns=(fmt.user, fmt.item)
     )
-    items = _read_table(
+    items = read_table(
         items_path, [item_column, fmt.title], sep=sep_for(items_path), string_columns=(item_column, fmt.title)
     )
     for frame, p, columns in ((inter, path, (fmt.user, fmt.item)), (items, items_path, (item_column,))):
@@ -173,14 +185,14 @@ def _read_csv_pair(path: Path, items_path: Path, fmt: CsvFormat):
             empty = (frame[column].astype(str).str.strip() == "").to_numpy()
             if empty.any():
                 raise ValueError(f"{p}, line {int(np.flatnonzero(empty)[0]) + 2}: empty {column!r}")
-    timestamps = _timestamps(inter[fmt.timestamp], path, 2)
-    titles = _titles_column(items[fmt.title], items_path, 2)
-    (users,), user_keys = _encode_ids(inter[fmt.user].str.strip().to_numpy())
-    (inter_items, item_items), item_keys = _encode_ids(
+    timestamps = timestamp_column(inter[fmt.timestamp], path, 2)
+    titles = titles_column(items[fmt.title], items_path, 2)
+    (users,), user_keys = encode_ids(inter[fmt.user].str.strip().to_numpy())
+    (inter_items, item_items), item_keys = encode_ids(
         inter[fmt.item].str.strip().to_numpy(), items[item_column].str.strip().to_numpy()
     )
-    catalog = _catalog(item_items, titles, items_path, 2)
-    return _frame(users, inter_items, timestamps), catalog, user_keys, item_keys
+    catalog = title_catalog(item_items, titles, items_path, 2)
+    return interaction_frame(users, inter_items, timestamps), catalog, user_keys, item_keys
 
 
 
@@ -211,7 +223,7 @@ def read_folder(path: Path) -> RawData:
     if is_given_layout(path):
         frame, catalog, user_keys, given = read_given(path)
         category = category_of(given.item_file)
-        return RawData(frame, catalog, _AMAZON_NOUNS.get(category, "products"), user_keys=user_keys, given=given)
+        return RawData(frame, catalog, AMAZON_NOUNS.get(category, "products"), user_keys=user_keys, given=given)
     if inter_files and (path / f"{inter_files[0].stem}.item").is_file():
         return _read_recbole(path, inter_files[0].stem)
     if (path / "u.data").is_file() and (path / "u.item").is_file():
@@ -220,7 +232,7 @@ def read_folder(path: Path) -> RawData:
         return _movies(*_read_movielens_dat(path))
     if (path / "ratings.csv").is_file() and (path / "movies.csv").is_file():
         return _movies(*_read_movielens_csv(path))
-    amazon = _amazon_pair_in(path)
+    amazon = amazon_pair_in(path)
     if amazon is not None:
         return _amazon(*amazon)
     raise ValueError(
@@ -231,7 +243,7 @@ def read_folder(path: Path) -> RawData:
 def read_file(path: Path, items: Path | None, fmt: CsvFormat) -> RawData:
     """An Amazon reviews file (metadata ``items`` or beside it) or an interactions CSV/TSV with its items file."""
     if ".json" in path.suffixes or ".jsonl" in path.suffixes:
-        meta = items if items is not None else _amazon_meta_beside(path)
+        meta = items if items is not None else amazon_meta_beside(path)
         if not meta.is_file():
             raise FileNotFoundError(f"Amazon metadata file {meta} does not exist")
         return _amazon(path, meta)
@@ -251,6 +263,6 @@ def _movies(frame: pd.DataFrame, catalog: dict[int, str], placeholders: int) -> 
 
 
 def _amazon(reviews: Path, meta: Path) -> RawData:
-    frame, catalog, user_keys, item_keys, extra = _read_amazon(reviews, meta)
-    category = _amazon_category(reviews)
-    return RawData(frame, catalog, _AMAZON_NOUNS.get(category, "products"), category, user_keys, item_keys, extra)
+    frame, catalog, user_keys, item_keys, extra = read_amazon(reviews, meta)
+    category = amazon_category(reviews)
+    return RawData(frame, catalog, AMAZON_NOUNS.get(category, "products"), category, user_keys, item_keys, extra)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
-
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -222,7 +221,7 @@ def make_splits(data: InteractionData, config: SplitConfig | None = None, tokeni
     Each row is one sample: ``user_id``, ``history_item_ids`` / ``history_titles`` (up to
     ``config.max_history`` items just before the target, oldest first), ``target_item_id``,
     ``target_title``, ``prompt`` (:func:`constrained_rec.prompts.build_prompt`) and ``response``
-    (:func:`constrained_rec.tokenization.response_text` of the target title). Training samples are sliding
+    (:func:`constrained_rec.trie.tokenization.response_text` of the target title). Training samples are sliding
     windows over each user's training interactions; no history ever contains its target's interaction or
     anything later.
 

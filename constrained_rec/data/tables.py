@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 
 
-def _open_binary(path: Path):
+def open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def _raise_not_utf8(path: Path) -> None:
-    with _open_binary(path) as handle:
+def raise_not_utf8(path: Path) -> None:
+    with open_binary(path) as handle:
         for number, raw in enumerate(handle, 1):
             try:
                 raw.decode("utf-8")
@@ -82,7 +82,7 @@ def check_field_counts(path: Path, raw: bytes, sep: str, *, quoted: bool, expect
         )
 
 
-def _read_table(
+def read_table(
     path: Path,
     columns: list,
     *,
@@ -123,14 +123,14 @@ def _read_table(
             quoting=quoting,
         )
     except UnicodeDecodeError:
-        _raise_not_utf8(path)
+        raise_not_utf8(path)
     except pd.errors.ParserError as error:
         raise ValueError(f"{path}: malformed table ({error})") from None
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: the file is empty") from None
 
 
-def _integers(values: pd.Series, what: str, path: Path, first_line: int) -> np.ndarray:
+def integer_column(values: pd.Series, what: str, path: Path, first_line: int) -> np.ndarray:
     """``values`` as int64, or an error naming the first line whose value is not an integer."""
     if pd.api.types.is_integer_dtype(values.dtype):
         return values.to_numpy(np.int64)
@@ -143,7 +143,7 @@ def _integers(values: pd.Series, what: str, path: Path, first_line: int) -> np.n
     return numbers.astype(np.int64)
 
 
-def _timestamps(values: pd.Series, path: Path, first_line: int) -> np.ndarray:
+def timestamp_column(values: pd.Series, path: Path, first_line: int) -> np.ndarray:
     """Unix seconds from integer seconds or ISO 8601 text (naive times are UTC); errors name the line."""
     if pd.api.types.is_integer_dtype(values.dtype):
         return values.to_numpy(np.int64)
@@ -163,7 +163,7 @@ def _timestamps(values: pd.Series, path: Path, first_line: int) -> np.ndarray:
     return seconds.astype(np.int64)
 
 
-def _titles_column(values: pd.Series, path: Path, first_line: int) -> list[str]:
+def titles_column(values: pd.Series, path: Path, first_line: int) -> list[str]:
     titles = values.astype(str).str.strip()
     empty = (titles == "").to_numpy()
     if empty.any():
@@ -172,7 +172,7 @@ def _titles_column(values: pd.Series, path: Path, first_line: int) -> list[str]:
     return titles.tolist()
 
 
-def _catalog(item_ids: np.ndarray, titles: list[str], path: Path, first_line: int) -> dict[int, str]:
+def title_catalog(item_ids: np.ndarray, titles: list[str], path: Path, first_line: int) -> dict[int, str]:
     """item id -> title; an item listed twice with different titles is an error naming both lines."""
     catalog: dict[int, str] = {}
     first_row: dict[int, int] = {}
@@ -187,7 +187,7 @@ def _catalog(item_ids: np.ndarray, titles: list[str], path: Path, first_line: in
     return catalog
 
 
-def _frame(users, items, timestamps) -> pd.DataFrame:
+def interaction_frame(users, items, timestamps) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "user_id": np.asarray(users, np.int64),
@@ -197,7 +197,7 @@ def _frame(users, items, timestamps) -> pd.DataFrame:
     )
 
 
-def _encode_ids(*columns: np.ndarray) -> tuple[list[np.ndarray], dict[int, str] | None]:
+def encode_ids(*columns: np.ndarray) -> tuple[list[np.ndarray], dict[int, str] | None]:
     """Integer ids stay as they are; otherwise the sorted distinct strings get ids 0, 1, 2, ..."""
     texts = [np.asarray(c, dtype=str) for c in columns]
     distinct = pd.unique(np.concatenate(texts)) if texts else np.array([], dtype=str)

@@ -1,6 +1,6 @@
-"""Beam mode of ``constrained_rec.decode.recommend``: transformers' beam search, with only live beams and the jump.
+"""Beam mode of ``constrained_rec.decoding.recommend.recommend``: transformers' beam search, with only live beams and the jump.
 
-See the ``constrained_rec.decode`` module docstring for the rules it reproduces.
+See the ``constrained_rec.decoding.recommend`` module docstring for the rules it reproduces.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from constrained_rec.constraints import ItemConstraints
+from constrained_rec.decoding.constraints import ItemConstraints
 from constrained_rec.decoding.runner import ModelRunner, PromptBatch, teacher_forced
 from constrained_rec.decoding.steps import Hypothesis, accumulate, allowed_children, fuse
-from constrained_rec.trie import TitleTrie
+from constrained_rec.trie.trie import TitleTrie
 
 
 def penalised(scores: np.ndarray, length: int, length_penalty: float) -> np.ndarray:
@@ -87,7 +87,7 @@ def _still_running(cands: _Beams, running: np.ndarray, finished, num_beams, step
 
 def beam_search(runner: ModelRunner, trie: TitleTrie, prompt: PromptBatch, constraints: ItemConstraints,
                 batch: list[int], num_beams: int, jump: bool, length_penalty: float) -> list[list[Hypothesis]]:
-    """Beam search for every prompt of the batch at once; see the ``constrained_rec.decode`` docstring for the rules."""
+    """Beam search for every prompt of the batch at once; see the ``constrained_rec.decoding.recommend`` docstring for the rules."""
     eos = trie.eos_token_id
     num_prompts = len(batch)
     finished: list[list[Hypothesis]] = [[] for _ in range(num_prompts)]

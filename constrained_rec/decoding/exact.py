@@ -1,4 +1,4 @@
-"""Exact mode of ``constrained_rec.decode.recommend``: best-first search that proves its top-k titles."""
+"""Exact mode of ``constrained_rec.decoding.recommend.recommend``: best-first search that proves its top-k titles."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from constrained_rec.constraints import ItemConstraints
+from constrained_rec.decoding.constraints import ItemConstraints
 from constrained_rec.decoding.runner import ModelRunner, PromptBatch, teacher_forced
 from constrained_rec.decoding.steps import Hypothesis, accumulate, allowed_children, fuse
-from constrained_rec.trie import TitleTrie
+from constrained_rec.trie.trie import TitleTrie
 
 
 class _Entry(NamedTuple):

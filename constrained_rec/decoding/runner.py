@@ -8,7 +8,7 @@ import inspect
 import torch
 
 from constrained_rec.hf import cache_keyword, causal_lm, left_pad
-from constrained_rec.trie import TitleTrie
+from constrained_rec.trie.trie import TitleTrie
 
 # The price of one more forward, in padded tokens: on a CPU a forward costs about its tokens, on an
 # accelerator mostly its launch. Rows of different lengths are split into forwards by it (length_groups).

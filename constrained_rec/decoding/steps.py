@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from constrained_rec.constraints import ItemConstraints
-from constrained_rec.trie import TitleTrie
+from constrained_rec.decoding.constraints import ItemConstraints
+from constrained_rec.trie.trie import TitleTrie
 
 
 @dataclass

@@ -1,0 +1,325 @@
+"""Fast constrained top-k: the k best catalog titles for each prompt, by beam search or exact search.
+
+`recommend` is what evaluation calls; `TitleTrieProcessor` inside `generate()` stays the drop-in path for
+users' own calls. Three things make it faster than `generate(num_beams=B)` with the processor:
+
+* **One prefill per prompt.** `generate()` copies each prompt B times before the first step, so it runs
+  B prefills of the same prompt. Here a (left-padded) batch of prompts is prefilled once, the first step
+  is taken from those logits, and the beams are made by expanding the prompt's KV cache (an
+  ``index_select`` of its rows, the same operation beam search uses to reorder beams), never the prompt.
+* **Only live beams.** `generate()` keeps B rows per prompt even when fewer continuations exist (the
+  rest are fillers scored -1e9 that are computed and thrown away); here a step forwards only the beams
+  that are still running, and a prompt whose search is over leaves the batch.
+* **Unique-suffix jump** (``jump=True``). Once a beam's prefix has a single completion in the trie (a
+  *tail* of :class:`~constrained_rec.trie.trie.TitleTrie`), its whole remaining suffix is scored in one
+  teacher-forced forward instead of one step per token. The score of a title is the same either way (up
+  to float rounding of a different batch shape).
+
+Beam mode (``mode="beam"``) with ``jump=False`` is transformers' beam search (5.x, ``early_stopping=False``)
+with `TitleTrieProcessor`: the same candidates (the top ``2 * num_beams`` continuations of the live
+beams), the same rule for finished titles (an EOS candidate counts only when it ranks among the top
+``num_beams``; scores are ``log_prob / length ** length_penalty`` with the length counting EOS), the same
+choice of running beams and the same stopping heuristic, so it returns the same titles in the same order
+with the same scores (float rounding aside: a forward over fewer rows may differ in the last bits).
+
+With ``jump=True`` a beam leaves the running set at the step it enters a tail and joins the finished titles
+at once with its final score. Step by step, that beam would hold a running slot until its EOS, and at each
+of those steps it could be pushed out of the top beams by other candidates (its score keeps falling), or
+push them out. With the jump it can no longer be pruned, and its slot goes to other, still branching
+prefixes at the next step. The two modes therefore agree on the score of every title both find, but
+their top-k lists can differ; ``experiments/bench_decode.py`` reports how often. A beam whose title could
+not enter the finished titles even at its current score (its final length is known, so its penalised
+score is bounded) is dropped rather than jumped. The jump saves forwards, which is what costs on an
+accelerator; on a CPU, where a forward costs about its tokens, it saves little, since a jumped suffix
+costs its tokens either way.
+
+Exact mode (``mode="exact"``) returns the true top-k titles under the model: a best-first search over the
+trie, ranked by total log-probability. Log-probabilities only fall along a path, so a complete title that
+reaches the top of the queue beats everything still in it. It is bounded by ``node_budget``, the most trie
+prefixes the model may score per prompt; a prompt that hits it is reported in
+:attr:`DecodeStats.budget_exhausted` (and a warning), its proven titles first.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Collection, Sequence
+
+import numpy as np
+import torch
+
+from constrained_rec.decoding.beam import beam_search
+from constrained_rec.decoding.constraints import ItemConstraints
+from constrained_rec.decoding.exact import exact_search
+from constrained_rec.decoding.runner import (
+    ACCELERATOR_FORWARD_COST_TOKENS,
+    CPU_FORWARD_COST_TOKENS,
+    ModelRunner,
+    PromptBatch,
+)
+from constrained_rec.decoding.steps import Hypothesis
+from constrained_rec.trie.tokenization import eos_token_id, prompt_token_ids
+from constrained_rec.trie.trie import TitleTrie
+
+MODES = ("beam", "exact")
+__all__ = ["recommend", "Recommendation", "DecodeStats", "DecodeResult", "MODES", "CPU_FORWARD_COST_TOKENS",
+           "ACCELERATOR_FORWARD_COST_TOKENS", "checked_prompt_ids"]
+
+
+@dataclass
+class Recommendation:
+    """One recommended title.
+
+    ``item_ids`` are the catalog items with this title that the prompt does not exclude (several items may
+    share a title). ``log_prob`` is the total log-probability of the title's tokens, EOS included, given the
+    prompt (the model alone). ``prior_log_mass`` is ``log M(title)``, the log of the prior mass of its allowed
+    items (renormalised over the prompt's allowed items; 0.0 without a prior), and ``fused_log_prob`` the
+    search's total ``log_prob + prior_weight * log M(title)`` (float32 sums, as step-by-step decoding adds).
+    ``score`` is what the search ranks by, ``fused_log_prob / len(token_ids) ** length_penalty``.
+    """
+
+    item_ids: list[int]
+    title: str | None
+    log_prob: float
+    score: float
+    token_ids: list[int]
+    prior_log_mass: float = 0.0
+    fused_log_prob: float | None = None
+
+
+@dataclass
+class DecodeStats:
+    """What a `recommend` call cost, and where exact search stopped early.
+
+    ``model_forwards`` counts calls of the model (prefills included), ``forward_tokens`` the tokens they
+    fed (rows x positions, padding excluded). ``jumped`` counts suffixes scored in one forward. Per prompt:
+    ``expanded`` is how many trie prefixes exact search scored, ``budget_exhausted`` whether ``node_budget``
+    stopped it, and ``proven`` how many of its returned titles are proven to be the true top ones (all of
+    them unless the budget stopped it; 0 in beam mode, which proves nothing).
+    """
+
+    model_forwards: int = 0
+    forward_tokens: int = 0
+    jumped: int = 0
+    expanded: list[int] = field(default_factory=list)
+    budget_exhausted: list[bool] = field(default_factory=list)
+    proven: list[int] = field(default_factory=list)
+
+
+@dataclass
+class DecodeResult:
+    """``recommendations[p]`` is the best-first list of titles for prompt ``p``."""
+
+    recommendations: list[list[Recommendation]]
+    stats: DecodeStats
+
+
+def recommend(
+    model,
+    tokenizer,
+    prompts: Sequence[str | Sequence[int]],
+    trie: TitleTrie,
+    k: int,
+    *,
+    num_beams: int | None = None,
+    mode: str = "beam",
+    jump: bool = True,
+    length_penalty: float = 0.0,
+    exclude: Sequence[Collection[int]] | None = None,
+    batch_size: int = 8,
+    node_budget: int = 2000,
+    item_log_prior=None,
+    prior_weight: float = 1.0,
+    constraints: ItemConstraints | None = None,
+) -> DecodeResult:
+    r"""
+    The top-`k` catalog titles of `trie` for each prompt, by constrained beam search or exact best-first search.
+
+    Args:
+        model (`PreTrainedModel`):
+            Any causal LM with a KV cache (a PEFT model too), in eval mode, on any device.
+        tokenizer (`PreTrainedTokenizerBase` or `None`):
+            Tokenizes string prompts with `tokenization.prompt_token_ids`; its EOS must be the trie's.
+            May be `None` when every prompt is given as token ids.
+        prompts (`Sequence[str | Sequence[int]]`):
+            One prompt per user: a string, or its token ids (BOS included where the model uses one).
+        trie (`TitleTrie`):
+            The catalog's titles, tokenized as the model writes them.
+        k (`int`):
+            How many titles to return per prompt.
+        num_beams (`int`, *optional*, defaults to `k`):
+            Beam mode: the beam width (at least `k`). Exact mode: how many queued prefixes of a prompt one
+            forward scores (more means fewer forwards but possibly wasted work).
+        mode (`str`, *optional*, defaults to `"beam"`):
+            `"beam"` (transformers' beam search, see the module docstring) or `"exact"` (the true top-`k`).
+        jump (`bool`, *optional*, defaults to `True`):
+            Score a prefix's unique remaining suffix in one forward. Exact mode gives the same result either way;
+            beam mode may differ from `jump=False` (module docstring).
+        length_penalty (`float`, *optional*, defaults to 0.0):
+            Beam mode ranks finished titles by `log_prob / length ** length_penalty`, as transformers does.
+            Exact mode ranks by `log_prob` and needs 0.0.
+        exclude (`Sequence[Collection[int]]`, *optional*):
+            One collection of catalog item ids per prompt never to recommend to it (e.g. its history). A title
+            stays allowed while one of its items is not excluded.
+        batch_size (`int`, *optional*, defaults to 8):
+            Prompts decoded together (left-padded into one batch).
+        node_budget (`int`, *optional*, defaults to 2000):
+            Exact mode: the most trie prefixes the model scores per prompt before the search gives up.
+        item_log_prior (array-like of shape `(len(prompts), trie.num_items)`, *optional*):
+            Per prompt, a log-probability per catalog item (column `j`: the `j`-th item id the trie was built
+            with; `-inf`: zero mass, excluded). Each allowed token then scores
+            `log p(t) + prior_weight * (log M(h + t) - log M(h))` (see `constrained_rec.decoding.constraints`), so titles
+            are ranked by `log p_LM(title) + prior_weight * log M(title)`; exact mode proves its top-`k` under
+            that fused score.
+        prior_weight (`float`, *optional*, defaults to 1.0):
+            The prior's weight `w` >= 0.
+        constraints (`ItemConstraints`, *optional*):
+            Instead of `exclude`/`item_log_prior`/`prior_weight`: constraints built for `trie` and these prompts.
+
+    Returns:
+        `DecodeResult`: `recommendations[p]`, a best-first list of `k` `Recommendation`s per prompt (fewer only
+        where beam search finished fewer titles, or exact search ran out of budget first; both warn), and `stats`.
+
+    Examples:
+
+    ```python
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from constrained_rec import TitleTrie
+    >>> from constrained_rec.decoding.recommend import recommend
+
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...     num_attention_heads=2, num_key_value_heads=1, bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()
+    >>> trie = TitleTrie.from_token_sequences([[5, 6, 7], [5, 9], [11, 12, 13, 14], [11, 12]], eos_token_id=2,
+    ...     item_ids=[100, 200, 300, 400])
+    >>> prompts = [[1, 20, 21], [1, 22]]  # token ids; strings need a tokenizer
+    >>> beam = recommend(model, None, prompts, trie, k=2, num_beams=3, exclude=[{100}, set()])
+    >>> exact = recommend(model, None, prompts, trie, k=2, mode="exact")
+    >>> [len(recs) for recs in exact.recommendations]
+    [2, 2]
+    >>> any(100 in rec.item_ids for rec in beam.recommendations[0])  # excluded for the first prompt
+    False
+    >>> exact.stats.budget_exhausted
+    [False, False]
+
+    ```
+    """
+    num_beams = _check_options(model, trie, k, num_beams, mode, length_penalty, batch_size, node_budget)
+    prompt_ids = checked_prompt_ids(tokenizer, prompts, trie, model)
+    constraints = _constraints(trie, len(prompt_ids), k, exclude, item_log_prior, prior_weight, constraints)
+
+    stats = DecodeStats()
+    runner = ModelRunner(model, trie, stats)
+    recommendations: list[list[Recommendation]] = []
+    with torch.inference_mode():
+        for start in range(0, len(prompt_ids), batch_size):
+            batch = list(range(start, min(start + batch_size, len(prompt_ids))))
+            prompt = PromptBatch([prompt_ids[p] for p in batch], runner)
+            if mode == "beam":
+                found = beam_search(runner, trie, prompt, constraints, batch, num_beams, jump, float(length_penalty))
+                stats.expanded += [0] * len(batch)
+                stats.budget_exhausted += [False] * len(batch)
+                stats.proven += [0] * len(batch)
+            else:
+                found = exact_search(runner, trie, prompt, constraints, batch, k, num_beams, jump, node_budget)
+            for p, hypotheses in zip(batch, found):
+                recommendations.append([_recommendation(trie, constraints, p, h) for h in hypotheses[:k]])
+    short = [p for p, recs in enumerate(recommendations) if len(recs) < k]
+    if short and mode == "beam":
+        warnings.warn(
+            f"beam search finished fewer than k={k} titles for prompts {short[:10]}; raise num_beams", stacklevel=2
+        )
+    return DecodeResult(recommendations, stats)
+
+
+# ---------------------------------------------------------------------- inputs
+def _check_options(model, trie, k, num_beams, mode, length_penalty, batch_size, node_budget) -> int:
+    """Validates `recommend`'s options; returns `num_beams` (defaulting to `k`)."""
+    if not isinstance(trie, TitleTrie):
+        raise ValueError(f"`trie` has to be a TitleTrie, but is {type(trie).__name__}")
+    _check_positive_int("k", k)
+    num_beams = int(k) if num_beams is None else num_beams
+    for name, value in (("num_beams", num_beams), ("batch_size", batch_size), ("node_budget", node_budget)):
+        _check_positive_int(name, value)
+    if mode not in MODES:
+        raise ValueError(f"`mode` has to be one of {MODES}, but is {mode!r}")
+    if mode == "beam" and num_beams < k:
+        raise ValueError(f"beam search returns at most `num_beams` titles: num_beams={num_beams} < k={k}")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or not np.isfinite(length_penalty):
+        raise ValueError(f"`length_penalty` has to be a finite number, but is {length_penalty!r}")
+    if mode == "exact" and length_penalty != 0.0:
+        raise ValueError(
+            f"exact mode ranks titles by total log-probability and needs length_penalty=0.0, got {length_penalty!r}; "
+            "a length penalty breaks the falling-score bound best-first search relies on"
+        )
+    if getattr(model, "training", False):
+        raise ValueError("the model is in training mode (dropout is active); call model.eval() before recommend()")
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ValueError(f"recommend() needs a decoder-only causal LM, got the encoder-decoder {type(model).__name__}")
+    return num_beams
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` has to be a positive integer, but is {value!r}")
+
+
+def checked_prompt_ids(tokenizer, prompts: Sequence[str | Sequence[int]], trie: TitleTrie, model=None) -> list[list[int]]:
+    """The token ids of each prompt, checked: string prompts are tokenized (`tokenization.prompt_token_ids`) by
+    `tokenizer`, whose EOS must be the trie's; token-id prompts must be non-empty lists of ints >= 0 and, given
+    `model`, ids its input embeddings cover."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ValueError(f"`prompts` has to be a non-empty sequence of strings or token-id lists, but is {prompts!r}")
+    if tokenizer is not None and eos_token_id(tokenizer) != trie.eos_token_id:
+        raise ValueError(
+            f"the tokenizer's EOS id {eos_token_id(tokenizer)} is not the trie's EOS id {trie.eos_token_id}: "
+            "build the trie with this tokenizer"
+        )
+    out = []
+    for p, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            if tokenizer is None:
+                raise ValueError(f"prompt {p} is a string, which needs a tokenizer; pass one or give token ids")
+            out.append(prompt_token_ids(tokenizer, prompt))
+            continue
+        ids = None
+        if isinstance(prompt, (np.ndarray, torch.Tensor)):
+            ids = prompt.tolist()
+        elif isinstance(prompt, Sequence):
+            ids = list(prompt)
+        if not ids or not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) and t >= 0 for t in ids):
+            raise ValueError(f"prompt {p} has to be a string or a non-empty list of token ids >= 0, but is {prompt!r}")
+        out.append([int(t) for t in ids])
+    if model is not None:
+        vocab = model.get_input_embeddings().weight.shape[0]
+        for p, ids in enumerate(out):
+            if max(ids) >= vocab:
+                raise ValueError(f"prompt {p} holds token id {max(ids)}, but the model embeds only {vocab} tokens")
+    return out
+
+
+def _constraints(trie, num_prompts: int, k: int, exclude, item_log_prior, prior_weight, constraints) -> ItemConstraints:
+    if constraints is None:
+        constraints = ItemConstraints.build(trie, num_prompts=num_prompts, exclude=exclude,
+                                            item_log_prior=item_log_prior, prior_weight=prior_weight)
+    elif not isinstance(constraints, ItemConstraints) or exclude is not None or item_log_prior is not None:
+        raise ValueError("pass either `constraints` (an ItemConstraints) or `exclude`/`item_log_prior`, not both")
+    elif constraints.num_prompts not in (None, num_prompts):
+        raise ValueError(f"`constraints` cover {constraints.num_prompts} prompts, but {num_prompts} prompts were given")
+    constraints.check_trie(trie)
+    for p in range(num_prompts):
+        count = constraints.titles_available(p)
+        if count < k:
+            raise ValueError(f"prompt {p} can be recommended only {count} titles (after `exclude`), fewer than k={k}")
+    return constraints
+
+
+def _recommendation(trie: TitleTrie, constraints: ItemConstraints, prompt: int, hypothesis: Hypothesis) -> Recommendation:
+    items = constraints.allowed_items(prompt, hypothesis.seq)
+    title = trie.titles.title(items[0]) if trie.titles is not None else None
+    prior_log_mass = float(constraints.log_mass(prompt, *trie.item_range(hypothesis.seq, hypothesis.seq + 1))[0])
+    return Recommendation(items, title, float(hypothesis.log_prob), float(hypothesis.score), list(hypothesis.tokens),
+                          prior_log_mass, float(hypothesis.fused))

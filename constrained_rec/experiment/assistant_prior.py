@@ -1,0 +1,223 @@
+"""The collaborative assistant in the main job: fit it, weigh its prior, measure the search error.
+
+:func:`constrained_rec.experiment.pipeline.run` calls these steps in order when ``--assistant`` is not ``none``:
+
+1. :func:`fit_assistant_step`: fit the assistant on the *training* interactions of the split (validation
+   targets only choose its hyper-parameters, test targets are never seen), save it into
+   ``OUTPUT_DIR/assistant``; a resumed run reloads it.
+2. :func:`prior_weight_step`: the prior's weight ``w``, given or chosen on validation users
+   (:func:`sweep_prior_weight`), saved beside the assistant.
+3. The recommenders (:class:`AssistantPrior` feeds :class:`~constrained_rec.evaluation.recommenders.ConstrainedRecommender`).
+4. :func:`search_error`: on a few test users, beam top-K of LM + prior against the exact top-K.
+
+**The fused objective.** Decoding with ``item_log_prior`` and ``prior_weight = w`` ranks every title by
+``log p_LM(title) + w * log M(title)``, where ``M(title)`` is the prior mass of the title's allowed items,
+renormalised over the user's allowed items (the per-token increments telescope to exactly this; see
+:mod:`constrained_rec.decoding.constraints`). :func:`sweep_prior_weight` decodes a sample of
+validation users exactly as the run decodes its test users (LM + prior beam search) at every ``w`` of the grid
+and keeps the ``w`` with the best validation NDCG@10, so the choice accounts for the search error too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+ASSISTANT_FOLDER = "assistant"
+PRIOR_WEIGHT_FILE = "prior_weight.json"
+WEIGHT_GRID = (0.0, 1.0, 4.0, 16.0, 64.0)
+SWEEP_USERS = 30
+SWEEP_BEAMS = 10
+SWEEP_K = 10
+SWEEP_BATCH = 4
+EXACT_NODE_BUDGET = 2000
+
+
+@dataclass
+class AssistantSetup:
+    """A fitted assistant and what the run needs of it: test histories, the prior weight and its sweep."""
+
+    name: str
+    assistant: object  # constrained_rec.collaborative.Assistant
+    histories: list  # histories[sample.index]: the test user's items before the target, oldest first
+    prior_weight: float | None = None
+    sweep: dict | None = None
+    fit_seconds: float | None = None
+
+    @property
+    def fused_name(self) -> str:
+        """The LM + prior method's name in reports, e.g. ``"constrained+sasrec"``."""
+        return f"constrained+{self.name}"
+
+
+class AssistantPrior:
+    """Per-sample item log-prior rows for decoding: the assistant's log-probabilities, in the trie's column order.
+
+    ``decode.recommend(item_log_prior=...)`` reads column ``j`` as the ``j``-th item id the trie was built
+    with; the assistant's column ``j`` is ``assistant.item_ids[j]``. The two orders are matched here by item
+    id (they coincide for :func:`constrained_rec.experiment.catalog.catalog_trie`, which builds from sorted ids), and a
+    catalog mismatch is an error.
+    """
+
+    def __init__(self, assistant, histories: Sequence[Sequence[int]], trie):
+        from constrained_rec.collaborative.base import columns_of
+
+        build_ids = np.asarray(trie.items_at(trie.positions_in_build_order()), dtype=np.int64)
+        assistant_ids = np.asarray(assistant.item_ids, dtype=np.int64)
+        if len(build_ids) != len(assistant_ids) or set(build_ids.tolist()) != set(assistant_ids.tolist()):
+            raise ValueError(f"the assistant's catalog ({len(assistant_ids)} items) is not the trie's "
+                             f"({len(build_ids)} items): fit the assistant on the data set the trie was built from")
+        self.columns = columns_of(assistant_ids, build_ids, "trie catalog")  # trie column j <- assistant column
+        self.assistant, self.histories = assistant, histories
+
+    def __call__(self, samples) -> np.ndarray:
+        """float32 ``(len(samples), items)``: row ``i`` is sample ``i``'s log-prior, trie build order."""
+        for sample in samples:
+            if not 0 <= sample.index < len(self.histories):
+                raise ValueError(f"sample {sample.index} has no history: {len(self.histories)} histories were given")
+        log_probs = self.assistant.item_log_probs([self.histories[s.index] for s in samples])
+        return np.ascontiguousarray(log_probs[:, self.columns])
+
+
+def full_histories(data, split) -> list:
+    """Each sample's user's full ordered history before its target (not only the prompt's window)."""
+    from constrained_rec.collaborative import histories_before, sample_rows
+
+    return histories_before(data, sample_rows(data, split)) if len(split) else []
+
+
+def _wait(state) -> None:
+    if state is not None:
+        state.wait_for_everyone()
+
+
+def fit_assistant_step(name: str, loaded, output_dir: Path, seed: int, state=None) -> AssistantSetup | None:
+    """Fit ``name`` on the training split (main process), save it into ``OUTPUT_DIR/assistant``, load it.
+
+    A folder that already holds the assistant (an interrupted run of the same identity) is reloaded, not refit.
+    Returns ``None`` for ``"none"``.
+    """
+    from constrained_rec.collaborative import fit_assistant, load_assistant
+    from constrained_rec.collaborative.base import read_config
+
+    if name == "none":
+        return None
+    folder = Path(output_dir) / ASSISTANT_FOLDER
+    fit_seconds = None
+    if (state is None or state.is_main_process) and not (folder / "assistant.json").is_file():
+        tick = time.perf_counter()
+        progress = {"log": lambda line: print(line, flush=True)} if name == "sasrec" else {}  # one line per epoch
+        fit_assistant(name, loaded.data, loaded.split_config, seed=seed, **progress).save(folder)
+        fit_seconds = time.perf_counter() - tick
+    _wait(state)
+    kind = read_config(folder)["kind"]
+    if kind != name:
+        raise ValueError(f"{folder} holds a {kind!r} assistant, not the {name!r} this run asks for")
+    return AssistantSetup(name, load_assistant(folder), full_histories(loaded.data, loaded.splits["test"]),
+                          fit_seconds=fit_seconds)
+
+
+def prior_weight_step(setup: AssistantSetup, prior_weight, model, tokenizer, trie, loaded, output_dir: Path,
+                      exclude_history: bool, seed: int, state=None, users: int = SWEEP_USERS,
+                      num_beams: int = SWEEP_BEAMS) -> AssistantSetup:
+    """Set ``setup.prior_weight``: the given number, or (``"auto"``) the sweep's choice, computed once on the
+    main process and saved in ``OUTPUT_DIR/assistant/prior_weight.json`` (a resumed run reads it back)."""
+    if prior_weight != "auto":
+        setup.prior_weight = float(prior_weight)
+        return setup
+    path = Path(output_dir) / ASSISTANT_FOLDER / PRIOR_WEIGHT_FILE
+    if (state is None or state.is_main_process) and not path.is_file():
+        sweep = sweep_prior_weight(setup.assistant, model, tokenizer, trie, loaded, exclude_history, seed,
+                                   users=users, num_beams=num_beams)
+        path.write_text(json.dumps(sweep, indent=1) + "\n")
+    _wait(state)
+    setup.sweep = json.loads(path.read_text())
+    setup.prior_weight = float(setup.sweep["chosen"])
+    return setup
+
+
+def sweep_prior_weight(assistant, model, tokenizer, trie, loaded, exclude_history: bool, seed: int,
+                       users: int = SWEEP_USERS, num_beams: int = SWEEP_BEAMS,
+                       grid: Sequence[float] = WEIGHT_GRID) -> dict:
+    """Choose ``w`` on validation users (their second-to-last item; test targets are never read).
+
+    A seeded sample of ``users`` validation samples is decoded as the run decodes its test users: LM + prior
+    beam search (``num_beams``, consumed items excluded when ``exclude_history``) for every ``w`` of ``grid``
+    (``w = 0`` is the LM alone); the ``w`` with the best validation NDCG@10 wins, the smaller ``w`` on ties.
+    Returns the sweep, JSON-ready: ``grid``, ``validation_ndcg@10`` per ``w``, ``chosen`` and settings.
+    """
+    from constrained_rec.decoding.constraints import ItemConstraints
+    from constrained_rec.decoding.recommend import recommend
+    from constrained_rec.evaluation.evaluate import consumed_items, samples_from_split
+    from constrained_rec.evaluation.metrics import ndcg, target_rank
+
+    started = time.perf_counter()
+    validation = loaded.splits["validation"] if "validation" in loaded.splits else []
+    if len(validation) == 0:
+        raise ValueError("--prior-weight auto chooses the weight on validation users, but this split has none "
+                         "(a given split without valid/); pass a number instead, e.g. --prior-weight 1")
+    rng = np.random.default_rng([int(seed), 11])
+    chosen_rows = np.sort(rng.choice(len(validation), size=min(users, len(validation)), replace=False))
+    rows = validation.select(chosen_rows.tolist())
+    data = loaded.data
+    samples = samples_from_split(rows, consumed_items(data.interactions, rows) if exclude_history else None)
+    log_prior = AssistantPrior(assistant, full_histories(data, rows), trie)(samples)
+    prompts = [s.prompt for s in samples]
+    exclude = [s.exclude for s in samples] if exclude_history else None
+    # top-10, or fewer where a small catalog leaves a user fewer titles (NDCG@10 is then over what exists)
+    available = ItemConstraints.build(trie, num_prompts=len(samples), exclude=exclude)
+    k = min([SWEEP_K] + [available.titles_available(p) for p in range(len(samples))])
+    figures = []
+    for w in grid:
+        result = recommend(model, tokenizer, prompts, trie, k, num_beams=max(num_beams, k),
+                           exclude=exclude, item_log_prior=log_prior, prior_weight=w, batch_size=SWEEP_BATCH)
+        ranks = [target_rank([i for r in recs for i in r.item_ids], s.target_item_id)
+                 for s, recs in zip(samples, result.recommendations)]
+        figures.append(float(ndcg(ranks, SWEEP_K).mean()))
+    best = int(np.argmax(figures))  # the first maximum: the smallest such w
+    return {"chosen": float(grid[best]), "grid": [float(w) for w in grid], "validation_ndcg@10": figures,
+            "users": len(rows), "k": k, "num_beams": max(num_beams, k), "seed": seed,
+            "objective": "validation NDCG@10 of LM + prior beam search at each w, decoded as the test users are",
+            "seconds": time.perf_counter() - started}
+
+
+def search_error(model, tokenizer, trie, samples, prior: AssistantPrior, prior_weight: float, k: int,
+                 num_beams: int, exclude_history: bool, users: int, seed: int,
+                 node_budget: int = EXACT_NODE_BUDGET) -> dict:
+    """Beam top-``k`` of LM + prior against the exact top-``k`` (same prior, exclusions and weight) on a
+    seeded sample of ``users`` test samples: overlap@k of their titles and the fused-score gap.
+
+    ``score_gap`` is the mean fused log-probability (``log p_LM + w log M``) of the exact top-``k`` minus
+    that of the beam top-``k`` (>= 0 where exact search proved its list; 0 means beam search lost nothing).
+    """
+    from constrained_rec.decoding.recommend import recommend
+
+    started = time.perf_counter()
+    rng = np.random.default_rng([int(seed), 4])
+    picked = [samples[i] for i in sorted(rng.choice(len(samples), size=min(users, len(samples)), replace=False))]
+    options = dict(exclude=[s.exclude for s in picked] if exclude_history else None,
+                   item_log_prior=prior(picked), prior_weight=prior_weight, batch_size=len(picked))
+    prompts = [s.prompt for s in picked]
+    beam = recommend(model, tokenizer, prompts, trie, k, num_beams=num_beams, **options)
+    exact = recommend(model, tokenizer, prompts, trie, k, num_beams=num_beams, mode="exact",
+                      node_budget=node_budget, **options)
+    per_user = []
+    for sample, found, best, proven in zip(picked, beam.recommendations, exact.recommendations, exact.stats.proven):
+        beam_titles = {tuple(r.token_ids) for r in found}
+        overlap = len(beam_titles & {tuple(r.token_ids) for r in best}) / k
+        gap = (float(np.mean([r.fused_log_prob for r in best]) - np.mean([r.fused_log_prob for r in found]))
+               if best and found else None)
+        per_user.append({"user_id": int(sample.user_id), f"overlap@{k}": overlap, "score_gap": gap,
+                         "exact_proven": int(proven)})
+    gaps = [u["score_gap"] for u in per_user if u["score_gap"] is not None]
+    return {"users": len(picked), "k": k, "num_beams": num_beams, "node_budget": node_budget,
+            "prior_weight": prior_weight,
+            f"overlap@{k}": float(np.mean([u[f"overlap@{k}"] for u in per_user])),
+            "score_gap": float(np.mean(gaps)) if gaps else None,
+            "exact_proven_all": all(u["exact_proven"] >= k for u in per_user),
+            "per_user": per_user, "seconds": time.perf_counter() - started}

@@ -1,0 +1,223 @@
+"""The files a run leaves: ``metrics.json``, ``report.md`` (a table per method) and ``metrics.png``; with
+several user-signal controls keyed by candidate kind (the GPU-scale run's) also ``user_signal.png``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Mapping
+
+LIBRARIES = ("constrained-rec", "torch", "transformers", "peft", "accelerate", "datasets", "numpy", "numba")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Python and the versions of the libraries a result depends on (``None`` where one is absent)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine_description() -> str:
+    """E.g. ``"Linux x86_64, 2 CPU cores"`` plus the GPU name where torch sees one."""
+    import torch
+
+    text = f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def _ks(methods: Mapping[str, dict]) -> list[int]:
+    names = {name for figures in methods.values() for name in figures if name.startswith("hr@")}
+    return sorted(int(name[3:]) for name in names)
+
+
+def _number(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _interval(figure: Mapping) -> str:
+    low, high = figure["ci"]
+    return f"[{_number(low)}, {_number(high)}]"
+
+
+def markdown_report(results: Mapping) -> str:
+    """``report.md``: the run in one paragraph, a summary row per method, then a table per method."""
+    methods = results["methods"]
+    ks = _ks(methods)
+    config = results.get("config", {})
+    lines = [f"# Results: {results.get('dataset', {}).get('name', '?')} with {results.get('model', '?')}", ""]
+    if results.get("command"):
+        lines += [f"Command: `{results['command']}`", ""]
+    facts = [f"machine: {results.get('machine', '?')}",
+             f"evaluation users: {max((m['users'] for m in methods.values()), default=0)}",
+             f"beams: {config.get('num_beams')}", f"length penalty: {config.get('length_penalty')}",
+             f"history excluded: {config.get('exclude_history')}", f"seed: {results.get('seed')}"]
+    if results.get("train"):
+        facts.append(f"training samples: {results['train'].get('train_samples')}")
+    elif "train" in results:
+        facts.append("zero-shot (no training)")
+    lines += ["; ".join(facts) + ".", ""]
+    lines += [f"Note: {note}" for note in results.get("notes", [])]
+    if results.get("notes"):
+        lines.append("")
+    confidence = int(round(config.get("confidence", 0.95) * 100))
+    header = ["method", "users"] + [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks]
+    speed = "users/s per process" if config.get("processes", 1) > 1 else "users/s"
+    header += ["valid", "coverage@10", "popularity pct@10", speed]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, figures in methods.items():
+        row = [name, str(figures["users"])]
+        row += [_number(figures[f"hr@{k}"]["value"]) for k in ks] + [_number(figures[f"ndcg@{k}"]["value"]) for k in ks]
+        row += [_number(figures["validity_rate"]), _number(figures["coverage@10"]),
+                _number(figures["popularity_percentile@10"], 1), _number(figures["users_per_s"], 3)]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += _title_hits_table(methods, ks)
+    for name, figures in methods.items():
+        lines += ["", f"## {name}", "", f"| metric | value | {confidence}% CI |", "|---|---|---|"]
+        for prefix, label in (("", ""), ("title_", "title ")):
+            for k in ks:
+                for metric in ("hr", "ndcg"):
+                    figure = figures.get(f"{prefix}{metric}@{k}")
+                    if figure is not None:
+                        lines.append(f"| {label}{metric.upper()}@{k} | {_number(figure['value'])} | "
+                                     f"{_interval(figure)} |")
+        valid = figures["validity_rate"]
+        lines.append(f"| valid outputs | {_number(valid)} ({figures['outputs']} outputs) | |" if valid is not None
+                     else "| valid outputs | n/a (no model outputs) | |")
+        lines.append(f"| catalog coverage of the top-10 | {_number(figures['coverage@10'])} | |")
+        lines.append(f"| mean popularity percentile of the top-10 | {_number(figures['popularity_percentile@10'], 1)} | |")
+        lines.append(f"| {speed} | {_number(figures['users_per_s'], 3)} | |")
+    if results.get("assistant"):
+        lines += ["", *assistant_markdown(results["assistant"])]
+    if results.get("user_signal"):
+        from constrained_rec.evaluation.user_signal import signal_markdown
+
+        signal = results["user_signal"]
+        for name, control in ({None: signal} if _single_signal(signal) else _named_signals(signal)).items():
+            heading = "## User signal" if name is None else f"## User signal ({name} candidates)"
+            lines += ["", signal_markdown(control).rstrip("\n").replace("## User signal", heading, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def _single_signal(signal) -> bool:
+    """Whether ``results["user_signal"]`` is one control (run.py's) and not several keyed by candidate kind."""
+    return isinstance(signal, Mapping) and "conditions" in signal
+
+
+def _named_signals(signal) -> dict:
+    """Several controls keyed by candidate kind (:func:`constrained_rec.experiment.scale_run.run_at_scale`'s: ``"uniform"``
+    and the assistant's name), or ``{}`` where ``signal`` is not such a mapping."""
+    if not isinstance(signal, Mapping) or _single_signal(signal):
+        return {}
+    return dict(signal) if all(_single_signal(control) for control in signal.values()) else {}
+
+
+def assistant_markdown(assistant: Mapping) -> list[str]:
+    """The collaborative prior's section: its weight (and the validation sweep that chose it), the search error."""
+    lines = ["## Collaborative prior", "",
+             f"Assistant: {assistant['name']} (fit on the training split only). {assistant['method']} ranks titles by "
+             f"log p_LM(title) + w log M(title), M the assistant's mass of the title's allowed items; "
+             f"w = {_number(assistant['prior_weight'], 3)}."]
+    sweep = assistant.get("prior_weight_sweep")
+    if sweep:
+        lines += ["", f"w chosen on {sweep['users']} validation users (second-to-last items; test targets unseen), "
+                      f"decoded as the test users are: LM + prior beam search ({sweep['num_beams']} beams) at each w "
+                      "(w = 0: the LM alone).", "",
+                  "| w | " + " | ".join(_number(w, 2) for w in sweep["grid"]) + " |",
+                  "|---|" + "---|" * len(sweep["grid"]),
+                  "| validation NDCG@10 | " + " | ".join(_number(v) for v in sweep["validation_ndcg@10"]) + " |"]
+    error = assistant.get("search_error")
+    if error:
+        k = error["k"]
+        proven = "exact search proved every top-K" if error["exact_proven_all"] else (
+            f"exact search did not prove every top-K within {error['node_budget']} prefixes per user")
+        lines += ["", f"Search error of {assistant['method']} on {error['users']} test users: beam ({error['num_beams']} "
+                      f"beams) vs exact top-{k} under the same fused score: overlap@{k} {_number(error[f'overlap@{k}'], 3)}, "
+                      f"mean fused score of exact minus beam top-{k} {_number(error['score_gap'], 4)} ({proven})."]
+    return lines
+
+
+def _title_hits_table(methods: Mapping[str, dict], ks: list[int]) -> list[str]:
+    """The title hits (``title_hr@K`` / ``title_ndcg@K``) of the methods that have them, as a second table."""
+    titled = {name: figures for name, figures in methods.items() if f"title_hr@{ks[0]}" in figures} if ks else {}
+    if not titled:
+        return []
+    lines = ["", "Title hits, as D3 and MiniOneRec count them (a hit when a recommended title equals the target's "
+             "title, ranked among distinct titles); the item-id figures above are the headline:", ""]
+    header = ["method"] + [f"title HR@{k}" for k in ks] + [f"title NDCG@{k}" for k in ks]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, figures in titled.items():
+        row = [name] + [_number(figures[f"title_{metric}@{k}"]["value"]) for metric in ("hr", "ndcg") for k in ks]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def plot_metrics(methods: Mapping[str, dict], path: str | os.PathLike, user_signal: Mapping | None = None) -> None:
+    """HR@K and NDCG@K per method, with their intervals as error bars, in one figure; with ``user_signal`` a
+    third panel shows the control (:func:`constrained_rec.evaluation.user_signal.plot_user_signal`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = _ks(methods)
+    figure, axes = plt.subplots(1, 3 if user_signal else 2, figsize=(15 if user_signal else 10, 4))
+    if user_signal:
+        from constrained_rec.evaluation.user_signal import plot_user_signal
+
+        plot_user_signal(axes[2], user_signal)
+    for axis, metric in zip(axes, ("hr", "ndcg")):
+        for name, figures in methods.items():
+            values = [figures[f"{metric}@{k}"]["value"] for k in ks]
+            lows = [v - figures[f"{metric}@{k}"]["ci"][0] for v, k in zip(values, ks)]
+            highs = [figures[f"{metric}@{k}"]["ci"][1] - v for v, k in zip(values, ks)]
+            axis.errorbar(ks, values, yerr=[lows, highs], marker="o", capsize=3, label=name)
+        axis.set_xlabel("K")
+        axis.set_ylabel(f"{metric.upper()}@K")
+        axis.set_xticks(ks)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(output_dir: str | os.PathLike, results: Mapping) -> None:
+    """Write ``metrics.json``, ``report.md`` and ``metrics.png`` for ``results`` (with a ``methods`` entry)."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    (folder / "report.md").write_text(markdown_report(results))
+    signal = results.get("user_signal")
+    plot_metrics(results["methods"], folder / "metrics.png", signal if _single_signal(signal) else None)
+    if _named_signals(signal):
+        plot_user_signals(_named_signals(signal), folder / "user_signal.png")
+
+
+def plot_user_signals(signals: Mapping[str, Mapping], path: str | os.PathLike) -> None:
+    """One panel per control of ``signals`` (keyed by candidate kind), in one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from constrained_rec.evaluation.user_signal import plot_user_signal
+
+    figure, axes = plt.subplots(1, len(signals), figsize=(5 * len(signals), 4), squeeze=False)
+    for axis, (name, signal) in zip(axes[0], signals.items()):
+        plot_user_signal(axis, signal)
+        axis.set_xlabel(f"candidates: {name}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

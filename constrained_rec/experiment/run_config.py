@@ -1,0 +1,344 @@
+"""The options of the main job (:class:`RunConfig`, one per flag of ``experiments/run.py``) and the checks that
+run before anything is loaded: the device exists, and a resumed folder belongs to a run with the same options.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from constrained_rec.evaluation.evaluate import DECODERS
+
+if TYPE_CHECKING:
+    import torch
+
+RUN_IDENTITY = "run.json"
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_KS = (1, 5, 10, 20)
+
+
+@dataclass(frozen=True)
+class RunSize:
+    """How much a run trains and evaluates."""
+
+    train_samples: int
+    epochs: int
+    eval_users: int
+    validation_samples: int
+
+
+# Measured on the project's 2-core CPU machine (see the README): the defaults finish in <= 20 minutes,
+# --quick in <= 3 minutes.
+DEFAULTS = RunSize(train_samples=128, epochs=1, eval_users=100, validation_samples=32)
+QUICK = RunSize(train_samples=16, epochs=1, eval_users=10, validation_samples=8)
+QUICK_KS = (1, 5, 10)
+# The collaborative assistant and the user-signal control. SASRec is the default: the
+# strongest assistant measured on ml-100k (NDCG@10 .101 vs EASE .071, README); --quick uses popularity (fit in
+# no time). With an assistant the defaults decode twice (LM alone and LM + prior), so K stops at 10 (10 beams)
+# to keep the main job within 20 minutes on the 2-core CPU.
+ASSISTANT_CHOICES = ("none", "popularity", "ease", "sasrec")
+DEFAULT_ASSISTANT, QUICK_ASSISTANT = "sasrec", "popularity"
+ASSISTANT_KS = (1, 5, 10)
+
+
+def parse_prior_weight(text) -> float | str:
+    """``--prior-weight``: ``"auto"`` or a finite number >= 0; a ``ValueError`` naming anything else."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text) if not isinstance(text, bool) else math.nan
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"--prior-weight takes a number >= 0 or 'auto', got {text!r}")
+    return value
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    """``"1,5,10"`` -> ``(1, 5, 10)``; a ``ValueError`` naming the text unless all are positive integers."""
+    try:
+        ks = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        ks = ()
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--k takes comma-separated positive integers like 1,5,10,20, got {text!r}")
+    return ks
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The data flags: the generic interactions file's items file, columns and separator (passed to
+# load_interactions as they are), and how its samples are made (SplitConfig). "auto" is the layout's own
+# split where it has one (D3 / MiniOneRec folders), else leave-one-out.
+DATA_FILE_OPTIONS = ("items", "user_column", "item_column", "time_column", "title_column", "items_item_column", "sep")
+DATA_OPTIONS = (*DATA_FILE_OPTIONS, "split", "max_history", "item_noun")
+SPLIT_CHOICES = ("auto", "leave-one-out", "temporal", "given")
+
+
+@dataclass
+class RunConfig:
+    """Every option of ``experiments/run.py`` (same names as its flags, same defaults); see ``--help``.
+
+    ``None`` means "the default for this size": :attr:`size`, :attr:`ks` and :func:`resolve_device` resolve them.
+    ``command`` is the command line recorded in ``metrics.json`` (by default rebuilt from the options).
+    """
+
+    constrained: bool = False
+    dataset: str = "ml-100k"
+    data_dir: str | None = None
+    # The data set's files, columns and split (see DATA_OPTIONS and constrained_rec.data.load_interactions).
+    items: str | None = None
+    user_column: str | None = None
+    item_column: str | None = None
+    time_column: str | None = None
+    title_column: str | None = None
+    items_item_column: str | None = None
+    sep: str | None = None
+    split: str = "auto"
+    max_history: int = 10
+    item_noun: str | None = None
+    model: str | None = None
+    train_samples: int | None = None
+    epochs: int | None = None
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    adapter: str | None = None
+    eval_users: int | None = None
+    all_users: bool = False
+    k: tuple[int, ...] | None = None
+    num_beams: int | None = None
+    length_penalty: float = 0.0
+    exclude_history: bool = True
+    baselines: bool = False
+    eval_batch_size: int | None = None
+    decoder: str = "beam"
+    threads: int | None = None
+    quick: bool = False
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str | None = None
+    command: str | None = None
+    # The collaborative assistant, LM + prior and the controls (see ASSISTANT_CHOICES; validated in
+    # _check_assistant_options).
+    assistant: str | None = None
+    prior_weight: float | str = "auto"
+    lm_alone: bool = True
+    search_error_users: int = 2
+    user_signal: bool = True
+    signal_candidates: int = 5
+
+    def __post_init__(self):
+        for name in ("constrained", "all_users", "exclude_history", "baselines", "quick"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"RunConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name, least in (("train_samples", 0), ("epochs", 1), ("batch_size", 1), ("eval_users", 1),
+                            ("num_beams", 1), ("eval_batch_size", 1), ("threads", 1)):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value >= least):
+                raise ValueError(f"RunConfig.{name} (--{name.replace('_', '-')}) must be an integer >= {least}, "
+                                 f"got {value!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"RunConfig.seed must be an integer, got {self.seed!r}")
+        if self.k is not None:
+            self.k = tuple(self.k)
+            if not self.k or not all(_is_int(k) and k >= 1 for k in self.k):
+                raise ValueError(f"RunConfig.k (--k) must be positive integers like (1, 5, 10, 20), got {self.k!r}")
+        for name in ("learning_rate", "length_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"RunConfig.{name} must be a finite number, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"RunConfig.learning_rate (--learning-rate) must be > 0, got {self.learning_rate!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"RunConfig.decoder (--decoder) must be one of {list(DECODERS)}, got {self.decoder!r}")
+        for name in ("dataset", "data_dir", "model", "adapter", "output_dir", "command"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ValueError(f"RunConfig.{name} must be a non-empty string or None, got {value!r}")
+        parse_device(self.device)
+        self._check_data_options()
+        self._check_assistant_options()
+        if self.num_beams is not None and self.num_beams < max(self.ks):
+            raise ValueError(f"--num-beams {self.num_beams} is smaller than the largest K = {max(self.ks)}: beam "
+                             "search returns at most num_beams titles")
+
+    def _check_data_options(self) -> None:
+        """The data flags: non-empty strings, a known split and noun, a history of at least one item."""
+        from constrained_rec.data import PROTOCOL_ALIASES
+        from constrained_rec.prompts import ITEM_NOUNS
+
+        for name in DATA_FILE_OPTIONS:
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ValueError(f"RunConfig.{name} (--{name.replace('_', '-')}) must be a non-empty string or "
+                                 f"None, got {value!r}")
+        if self.split not in SPLIT_CHOICES and self.split not in PROTOCOL_ALIASES:
+            raise ValueError(f"RunConfig.split (--split) must be one of {list(SPLIT_CHOICES)}, got {self.split!r}")
+        if not (_is_int(self.max_history) and self.max_history >= 1):
+            raise ValueError(f"RunConfig.max_history (--max-history) must be an integer >= 1, got {self.max_history!r}")
+        if self.item_noun is not None and self.item_noun not in ITEM_NOUNS:
+            raise ValueError(f"RunConfig.item_noun (--item-noun) must be one of {sorted(ITEM_NOUNS)}, "
+                             f"got {self.item_noun!r}")
+
+    def _check_assistant_options(self) -> None:
+        """The assistant flags: a known assistant, a weight >= 0 or "auto", sizes, LM alone only with a prior."""
+        if self.assistant is not None and self.assistant not in ASSISTANT_CHOICES:
+            raise ValueError(f"RunConfig.assistant (--assistant) must be one of {list(ASSISTANT_CHOICES)}, "
+                             f"got {self.assistant!r}")
+        self.prior_weight = parse_prior_weight(self.prior_weight)
+        for name in ("lm_alone", "user_signal"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"RunConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name, least in (("search_error_users", 0), ("signal_candidates", 1)):
+            value = getattr(self, name)
+            if not (_is_int(value) and value >= least):
+                raise ValueError(f"RunConfig.{name} (--{name.replace('_', '-')}) must be an integer >= {least}, "
+                                 f"got {value!r}")
+        if not self.lm_alone and self.assistant_name == "none":
+            raise ValueError("--no-lm-alone skips the LM-alone decoding, which leaves nothing of the LM to evaluate "
+                             "without an assistant; pass --assistant popularity, ease or sasrec")
+
+    @property
+    def assistant_name(self) -> str:
+        """``--assistant``, else ``QUICK_ASSISTANT`` with ``--quick`` and ``DEFAULT_ASSISTANT`` otherwise."""
+        return self.assistant or (QUICK_ASSISTANT if self.quick else DEFAULT_ASSISTANT)
+
+    @property
+    def size(self) -> RunSize:
+        """Training and evaluation sizes: the flags where given, else ``QUICK`` or ``DEFAULTS``."""
+        base = QUICK if self.quick else DEFAULTS
+        return RunSize(
+            train_samples=base.train_samples if self.train_samples is None else self.train_samples,
+            epochs=base.epochs if self.epochs is None else self.epochs,
+            eval_users=base.eval_users if self.eval_users is None else self.eval_users,
+            validation_samples=base.validation_samples,
+        )
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        if self.k:
+            return self.k
+        return QUICK_KS if self.quick else (DEFAULT_KS if self.assistant_name == "none" else ASSISTANT_KS)
+
+    def command_line(self) -> str:
+        """``command``, or the ``experiments/run.py`` command line that gives this config."""
+        if self.command is not None:
+            return self.command
+        words = ["python", "experiments/run.py"]
+        for spec in fields(self):
+            value, default = getattr(self, spec.name), spec.default
+            flag = "--" + spec.name.replace("_", "-")
+            if spec.name == "command" or value == default:
+                continue
+            if isinstance(value, bool):
+                words.append(flag if value else f"--no-{flag[2:]}")
+            else:
+                words += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+        return " ".join(words)
+
+
+# ------------------------------------------------------------------------------------- validation first
+def parse_device(text: str) -> torch.device | None:
+    """The device ``text`` names (``None`` for ``"auto"``); a ``ValueError`` naming it if it is not a device."""
+    import torch  # here, not at the top: reading the options must not import torch
+
+    if text == "auto":
+        return None
+    try:
+        return torch.device(text)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {text!r} is not a device; accepted: auto, cpu, cuda, cuda:N (N a GPU index), "
+                         "mps") from None
+
+
+def resolve_device(text: str, state=None) -> torch.device:
+    """The device to compute on, checked to exist before anything is loaded.
+
+    ``auto`` is CUDA when available, else the CPU; under ``torchrun`` / ``accelerate launch`` on GPUs each
+    process takes its own GPU (``state.device``).
+    """
+    import torch
+    device = parse_device(text) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+            raise ValueError(f"--device {text!r} asks for a CUDA GPU, but this torch ({torch.__version__}, {built}) "
+                             "sees none; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {text!r}: there are only {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"indices 0 to {torch.cuda.device_count() - 1}")
+        if state is not None and state.num_processes > 1:
+            device = state.device
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {text!r}: MPS is not available on this machine; use --device cpu (or auto)")
+    elif device.type not in ("cpu", "mps"):
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as error:
+            raise ValueError(f"--device {text!r} is not usable here ({error}); use --device cpu (or auto)") from None
+    return device
+
+
+def output_folder(config: RunConfig, state) -> Path:
+    """``--output-dir``, or ``runs/<timestamp>`` in a single process (sharded processes must share a folder)."""
+    if config.output_dir is not None:
+        return Path(config.output_dir)
+    if state.num_processes > 1:
+        raise ValueError("a sharded run (torchrun / accelerate launch with several processes) needs --output-dir: "
+                         "every process must write into the same folder")
+    return Path(f"runs/{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def model_name(config: RunConfig) -> str:
+    """``--model``, else the base model the adapter was trained on, else the embedded model."""
+    from constrained_rec.model import adapter_train_config
+
+    if config.model is not None:
+        return config.model
+    return adapter_train_config(config.adapter)["base_model"] if config.adapter else DEFAULT_MODEL
+
+
+def run_identity(config: RunConfig) -> dict:
+    """Every option that changes a run's results: data, split, model, adapter, training, decoding, seed.
+
+    Left out are options that change only speed or which methods are listed (``--constrained``,
+    ``--baselines``, batch size of decoding, threads, device, output folder).
+    """
+    size = config.size
+    return {
+        "dataset": config.dataset, "data_dir": config.data_dir, "model": model_name(config),
+        **{name: getattr(config, name) for name in DATA_OPTIONS},
+        "adapter": str(Path(config.adapter).resolve()) if config.adapter else None,
+        "train_samples": size.train_samples, "epochs": size.epochs, "validation_samples": size.validation_samples,
+        "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+        "eval_users": None if config.all_users else size.eval_users, "ks": list(config.ks),
+        "num_beams": config.num_beams or max(config.ks), "length_penalty": config.length_penalty,
+        "exclude_history": config.exclude_history, "decoder": config.decoder, "seed": config.seed,
+        "assistant": config.assistant_name, "prior_weight": config.prior_weight,
+    }
+
+
+def check_run_identity(output_dir: Path, config: RunConfig, state) -> None:
+    """Refuse to resume a folder written by a run with other options, naming them (old -> new).
+
+    The main process writes ``run.json`` on the first run; the others wait for it. A folder with results
+    but no ``run.json`` was written by an older version whose options are unknown: also refused.
+    """
+    from constrained_rec.evaluation.predictions import check_identity
+
+    path = output_dir / RUN_IDENTITY
+    earlier = [name for name in ("adapter", "evaluation.json") if (output_dir / name).exists()]
+    if earlier and not path.is_file():
+        raise ValueError(f"{output_dir} holds results ({', '.join(earlier)}) of a run whose options were not "
+                         f"recorded (no {RUN_IDENTITY}); it cannot be resumed safely: choose a new --output-dir")
+    if not earlier and state.is_main_process and path.is_file():
+        path.unlink()  # a run that failed before producing anything: nothing to resume, its options do not bind
+    try:
+        check_identity(path, run_identity(config), state, "a run")
+    except ValueError as error:
+        raise ValueError(f"{error}. A new run needs a new folder: pass another --output-dir") from None

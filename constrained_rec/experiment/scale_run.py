@@ -1,0 +1,327 @@
+"""The GPU-scale run: train on ALL ml-100k training windows, evaluate all 943 test users.
+
+``experiments/gpu_run.py`` is its command line (argparse -> :class:`ScaleRunConfig` -> :func:`run_at_scale`).
+
+Steps, in the order :func:`run_at_scale` calls them, reusing the main job's (:mod:`constrained_rec.experiment.pipeline`)
+wherever the run is the same: :func:`~constrained_rec.experiment.pipeline.load_data` (leave-one-out, every training
+window), :func:`~constrained_rec.experiment.pipeline.load_base_model` and the catalog trie; :func:`train_within_budget`
+(LoRA training cut to a wall-clock budget, bf16 autocast on CUDA); the assistant fit on the training split
+(:func:`constrained_rec.experiment.pipeline.fit_assistant_step`, ``assistant="none"`` turns it off) and the methods of
+:func:`~constrained_rec.experiment.pipeline.build_recommenders` (most-popular, the assistant, the LM alone, LM + prior);
+the user-signal control twice (:func:`run_controls`: uniform candidates and the assistant's top-N as hard
+negatives); :func:`~constrained_rec.experiment.pipeline.assemble_results` and
+:func:`constrained_rec.experiment.report.write_report` (``metrics.json``, ``report.md``, ``metrics.png`` and, for the
+two controls, ``user_signal.png``).
+
+Sizing. Training gets a wall-clock budget (``train_budget_s``, default 180 s): runs of 2 and 8 calibration
+steps measure seconds per step on this machine, and ``max_steps`` is cut so that ``epochs`` over all windows
+stops inside the budget (the log says how far it got). On the project's CPU one thread trains about 0.5
+samples/s and decodes about 0.45 users/s (README), so 3 epochs of the ~97k windows (290k samples) are out of
+reach there; on an H200 a 135M-parameter model at batch 64 does a few hundred to a thousand samples/s, which
+the budget turns into one to three epochs. Decoding 943 users at 32 prompts a batch and the control (N = 50
+candidates) take one to two minutes; loading the embedded model the first time (GGUF -> safetensors) about 30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from constrained_rec.experiment.run_config import (
+    ASSISTANT_CHOICES,
+    DEFAULT_MODEL,
+    RunConfig,
+    parse_device,
+    parse_ks,
+    parse_prior_weight,
+    resolve_device,
+)
+
+# The sizes whose default depends on ``tiny``: the GPU run, and the CPU smoke size where every step runs in a
+# couple of minutes. ``None`` in SCALE means "all" (training windows, test users).
+SCALE = {"epochs": 3, "batch_size": 64, "train_budget_s": 180.0, "train_samples": None, "eval_users": None,
+         "validation_samples": 256, "k": (1, 5, 10, 20), "eval_batch_size": 32, "signal_candidates": 50,
+         "assistant": "ease"}
+TINY = {"epochs": 1, "batch_size": 8, "train_budget_s": 0.0, "train_samples": 16, "eval_users": 2,
+        "validation_samples": 8, "k": (1, 5), "eval_batch_size": 2, "signal_candidates": 3,
+        "assistant": "popularity"}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class ScaleRunConfig:
+    """Every option of ``experiments/gpu_run.py`` (same names as its flags, same defaults).
+
+    ``None`` in a field of :data:`SCALE` means "the default for this size": ``SCALE``'s value, or ``TINY``'s
+    with ``tiny=True`` (16 windows, 1 epoch at batch 8, no training budget, 2 users, K = 1,5, N = 3, the
+    popularity assistant). Options given explicitly are kept under ``tiny`` too. ``__post_init__`` resolves
+    them in place, so a constructed config holds the values the run uses. ``train_samples`` / ``eval_users``
+    ``None`` after resolution: every training window / every test user. ``bf16`` ``None``: on CUDA only.
+    ``prior_weight``: the assistant's weight as decoding prior, a number >= 0 or ``"auto"`` (chosen on
+    validation users, :func:`constrained_rec.experiment.assistant_prior.sweep_prior_weight`). ``command`` is recorded
+    in ``metrics.json`` (by default the Python call that gives this config).
+    """
+
+    output_dir: str
+    model: str = DEFAULT_MODEL
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float = 1e-3
+    train_budget_s: float | None = None
+    train_samples: int | None = None
+    eval_users: int | None = None
+    validation_samples: int | None = None
+    k: tuple[int, ...] | str | None = None
+    eval_batch_size: int | None = None
+    signal_candidates: int | None = None
+    assistant: str | None = None
+    prior_weight: float | str = 1.0
+    bf16: bool | None = None
+    device: str = "auto"
+    seed: int = 0
+    tiny: bool = False
+    command: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.tiny, bool):
+            raise ValueError(f"ScaleRunConfig.tiny (--tiny) must be True or False, got {self.tiny!r}")
+        if self.command is None:
+            given = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+                              if f.name != "command" and getattr(self, f.name) != f.default)
+            self.command = f"run_at_scale(ScaleRunConfig({given}))"
+        for name, value in (TINY if self.tiny else SCALE).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name, value in (("output_dir", self.output_dir), ("model", self.model), ("command", self.command)):
+            if not (isinstance(value, (str, os.PathLike)) and str(value)):
+                raise ValueError(f"ScaleRunConfig.{name} must be a non-empty string, got {value!r}")
+        for name, least in (("epochs", 1), ("batch_size", 1), ("train_samples", 1), ("eval_users", 2),
+                            ("validation_samples", 1), ("eval_batch_size", 1), ("signal_candidates", 1)):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value >= least):
+                why = " (the user-signal control pairs users)" if name == "eval_users" else ""
+                raise ValueError(f"ScaleRunConfig.{name} (--{name.replace('_', '-')}) must be an integer >= "
+                                 f"{least}{why}, got {value!r}")
+        for name, positive in (("learning_rate", True), ("train_budget_s", False)):
+            value = getattr(self, name)
+            number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            if not (number and (value > 0 if positive else value >= 0)):
+                bound = "> 0" if positive else ">= 0 (0: no budget)"
+                raise ValueError(f"ScaleRunConfig.{name} (--{name.replace('_', '-')}) must be a finite number "
+                                 f"{bound}, got {value!r}")
+        self.k = parse_ks(self.k) if isinstance(self.k, str) else tuple(self.k)
+        if not self.k or not all(_is_int(k) and k >= 1 for k in self.k):
+            raise ValueError(f"ScaleRunConfig.k (--k) must be positive integers like (1, 5, 10, 20), got {self.k!r}")
+        if self.assistant not in ASSISTANT_CHOICES:
+            raise ValueError(f"ScaleRunConfig.assistant (--assistant) must be one of {list(ASSISTANT_CHOICES)}, "
+                             f"got {self.assistant!r}")
+        self.prior_weight = parse_prior_weight(self.prior_weight)
+        if self.bf16 is not None and not isinstance(self.bf16, bool):
+            raise ValueError(f"ScaleRunConfig.bf16 (--bf16) must be True, False or None (on CUDA), got {self.bf16!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"ScaleRunConfig.seed (--seed) must be an integer, got {self.seed!r}")
+        parse_device(self.device)
+
+    def pipeline_config(self) -> RunConfig:
+        """The main job's options for the steps shared with :mod:`constrained_rec.experiment.pipeline`: ml-100k, the
+        constrained LM with the assistant (no baselines), every test user where ``eval_users`` is ``None``.
+
+        ``train_samples=0`` there asks :func:`~constrained_rec.experiment.pipeline.load_data` to draw no sample, which
+        keeps every training window (``train_samples`` ``None`` here); training itself is
+        :func:`train_within_budget`'s, not the pipeline's.
+        """
+        return RunConfig(constrained=True, model=self.model, train_samples=self.train_samples or 0,
+                         epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                         eval_users=self.eval_users, all_users=self.eval_users is None, k=self.k,
+                         eval_batch_size=self.eval_batch_size, seed=self.seed, device=self.device,
+                         output_dir=str(self.output_dir), command=self.command, assistant=self.assistant,
+                         prior_weight=self.prior_weight, search_error_users=0,
+                         signal_candidates=self.signal_candidates)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on ``device`` when ``enabled``, else nothing."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def calibrate(config: ScaleRunConfig, model, tokenizer, windows, train_config, output_dir: Path, device,
+              bf16: bool) -> float:
+    """Seconds per optimizer step on this machine: runs of 2 and 8 steps on a copy of the model and a few windows;
+    their difference cancels the set-up (tokenizing, wrapping, the first CUDA kernels).
+    ``train_config(max_steps, checkpoint_every)`` gives the run's :class:`~constrained_rec.training.train.TrainConfig`."""
+    import copy
+
+    from constrained_rec.training.train import train
+
+    subset = windows.select(range(min(len(windows), 8 * config.batch_size)))
+    elapsed = {}
+    for steps in (2, 8):
+        tick = time.perf_counter()
+        with autocast(device, bf16):
+            train(copy.deepcopy(model), tokenizer, subset, train_config(steps, 10 ** 6),
+                  output_dir=output_dir / f"calibration-{steps}")
+        elapsed[steps] = time.perf_counter() - tick
+    per_step = (elapsed[8] - elapsed[2]) / 6
+    return per_step if per_step > 0 else elapsed[8] / 8
+
+
+def train_within_budget(config: ScaleRunConfig, model, tokenizer, trie, splits, output_dir: Path, device,
+                        bf16: bool) -> dict:
+    """LoRA training for ``config.epochs`` over the windows into ``OUTPUT_DIR/adapter``, cut by ``max_steps``
+    to fit ``config.train_budget_s`` (0: no cut); the trained model (``"model"``) and the training figures."""
+    from constrained_rec.training.train import TrainConfig, train
+
+    validation = splits["validation"].select(range(min(config.validation_samples, len(splits["validation"]))))
+    steps_per_epoch = math.ceil(len(splits["train"]) / config.batch_size)
+    wanted = steps_per_epoch * config.epochs
+
+    def train_config(max_steps: int, checkpoint_every: int) -> TrainConfig:
+        return TrainConfig(epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                           seed=config.seed, catalog_fingerprint=trie.fingerprint(), max_steps=max_steps,
+                           warmup_steps=min(100, max(1, wanted // 20)), checkpoint_every=checkpoint_every,
+                           log_every=10, eval_every=max(1, min(max_steps, steps_per_epoch)))
+
+    seconds_per_step, max_steps = None, wanted
+    if config.train_budget_s > 0:
+        seconds_per_step = calibrate(config, model, tokenizer, splits["train"], train_config, output_dir, device,
+                                     bf16)
+        max_steps = min(wanted, max(1, int(config.train_budget_s / seconds_per_step)))
+    print(f"training: {len(splits['train'])} windows, {steps_per_epoch} steps an epoch; calibrated "
+          f"{seconds_per_step} s a step -> {max_steps} of {wanted} steps ({max_steps / steps_per_epoch:.2f} epochs)",
+          flush=True)
+    tick = time.perf_counter()
+    with autocast(device, bf16):
+        result = train(model, tokenizer, splits["train"], train_config(max_steps, max(50, max_steps // 4)),
+                       eval_dataset=validation, output_dir=output_dir / "adapter")
+    return {"model": result.model, "seconds": time.perf_counter() - tick, "train_samples": len(splits["train"]),
+            "steps": result.global_step, "planned_steps": wanted, "steps_per_epoch": steps_per_epoch,
+            "epochs_done": result.global_step / steps_per_epoch, "seconds_per_step_calibration": seconds_per_step,
+            "train_loss": result.train_loss, "best_eval_loss": result.best_eval_loss}
+
+
+def assistant_proposer(assisted):
+    """The user-signal proposer of an :class:`~constrained_rec.experiment.assistant_prior.AssistantSetup`: the assistant's
+    best ``N`` items outside ``banned`` (hard negatives), ties by item id."""
+    from constrained_rec.collaborative import rank_columns
+
+    item_ids = np.asarray(assisted.assistant.item_ids, dtype=np.int64)
+
+    def proposer(sample, n, banned):
+        log_probs = assisted.assistant.item_log_probs([assisted.histories[sample.index]])
+        excluded = np.isin(item_ids, np.fromiter(banned, dtype=np.int64, count=len(banned)))[None, :]
+        return item_ids[rank_columns(log_probs, excluded, n)[0]].tolist()
+    proposer.__name__ = f"{assisted.name} top-N"
+    return proposer
+
+
+def run_controls(config: ScaleRunConfig, model, tokenizer, trie, loaded, inputs, assisted, device,
+                 bf16: bool) -> dict:
+    """The user-signal control with uniform candidates, and with the assistant's top-N where there is one;
+    keyed ``"uniform"`` and by the assistant's name."""
+    from constrained_rec.evaluation.user_signal import user_signal
+
+    options = {"num_candidates": config.signal_candidates, "seed": config.seed,
+               "batch_size": 256 if device.type == "cuda" else 32,
+               "item_noun": loaded.split_config.item_noun, "template": loaded.split_config.template}
+    with autocast(device, bf16):
+        signals = {"uniform": user_signal(model, tokenizer, inputs.samples, trie, **options)}
+        if assisted is not None:
+            signals[assisted.name] = user_signal(model, tokenizer, inputs.samples, trie,
+                                                 proposer=assistant_proposer(assisted), **options)
+    return signals
+
+
+def run_at_scale(config: ScaleRunConfig) -> dict:
+    """Train within the budget, evaluate every method on the test users, run both controls, write the report.
+
+    Returns:
+        The results written to ``metrics.json``: the main job's (:func:`constrained_rec.experiment.pipeline.assemble_results`)
+        plus the training figures (``train``), ``dataset.train_windows``, the training options in ``config`` and
+        ``user_signal``, a dict of controls keyed by candidate kind (``"uniform"``, the assistant's name).
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.experiment.scale_run import ScaleRunConfig, run_at_scale
+    >>> results = run_at_scale(ScaleRunConfig(output_dir="/tmp/gpu-tiny", tiny=True))  # doctest: +SKIP
+    >>> sorted(results["user_signal"])  # doctest: +SKIP
+    ['popularity', 'uniform']
+
+    ```
+    """
+    from transformers import set_seed
+
+    from constrained_rec.evaluation.evaluate import config_dict, evaluate
+    from constrained_rec.evaluation.grounding import model_fingerprint
+    from constrained_rec.experiment.catalog import catalog_trie
+    from constrained_rec.experiment.pipeline import (
+        Adapter,
+        assemble_results,
+        build_recommenders,
+        eval_config,
+        evaluation_samples,
+        fit_assistant_step,
+        load_base_model,
+        load_data,
+    )
+    from constrained_rec.experiment.report import write_report
+    from constrained_rec.hf import process_state
+
+    started, timings = time.perf_counter(), {}
+    state, run_config = process_state(), config.pipeline_config()
+    device = resolve_device(config.device)
+    bf16 = device.type == "cuda" if config.bf16 is None else config.bf16
+    torch.set_num_threads(1 if device.type == "cpu" else min(8, os.cpu_count() or 1))
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(config.seed)
+
+    tick = time.perf_counter()
+    loaded = load_data(run_config)
+    name, model, tokenizer = load_base_model(run_config)
+    trie = catalog_trie(loaded.data, tokenizer)
+    model.to(device)
+    timings["load_s"] = time.perf_counter() - tick
+
+    trained = train_within_budget(config, model, tokenizer, trie, loaded.splits, output_dir, device, bf16)
+    model = trained.pop("model").to(device).eval()
+    timings["train_s"] = trained.pop("seconds")
+
+    tick = time.perf_counter()
+    evaluation = eval_config(run_config, device)
+    inputs = evaluation_samples(run_config, loaded)
+    assisted = fit_assistant_step(run_config, model, tokenizer, trie, loaded, output_dir, state, timings)
+    recommenders = build_recommenders(run_config, model, tokenizer, trie, loaded.data, inputs, evaluation, assisted)
+    identity = {"catalog": trie.fingerprint(), "adapter": str(output_dir / "adapter"),
+                "model": model_fingerprint(model, include_adapter=True), "eval": config_dict(evaluation),
+                "assistant": assisted.name if assisted else None,
+                "prior_weight": assisted.prior_weight if assisted else None}
+    with autocast(device, bf16):
+        records = evaluate(recommenders, inputs.samples, output_dir / "evaluation", identity=identity)
+    timings["evaluate_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    signals = run_controls(config, model, tokenizer, trie, loaded, inputs, assisted, device, bf16)
+    timings["user_signal_s"] = time.perf_counter() - tick
+    timings["total_s"] = time.perf_counter() - started
+
+    results = assemble_results(run_config, loaded, name, Adapter(model, output_dir / "adapter", trained), evaluation,
+                               inputs, records, device, state, timings, [n for r in recommenders for n in r.names],
+                               assisted, {"user_signal": signals})
+    results["dataset"]["train_windows"] = len(loaded.splits["train"])
+    results["config"].update(train_samples=config.train_samples, batch_size=config.batch_size,
+                             learning_rate=config.learning_rate, train_budget_s=config.train_budget_s, bf16=bf16)
+    write_report(output_dir, results)
+    print((output_dir / "report.md").read_text())
+    print(json.dumps(timings))
+    return results

@@ -1,0 +1,136 @@
+"""Training samples and batches: tokenized examples, the seeded epoch order, and padded batches with target positions.
+
+The order of samples is a function of ``(lengths, batch_size, seed, epoch)`` only, which is what makes
+training resumable mid-epoch (:mod:`constrained_rec.training.checkpoint`) and identical under data parallelism.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from constrained_rec.trie.tokenization import example_token_ids
+
+
+@dataclass
+class Example:
+    """One tokenized sample: ``ids = prompt ids + title ids + EOS``; the first ``prompt_length`` are the prompt."""
+
+    ids: list[int]
+    prompt_length: int
+
+
+def tokenize_examples(tokenizer, dataset) -> list[Example]:
+    """Tokenize the ``prompt`` and ``target_title`` columns of ``dataset`` with ``example_token_ids``."""
+    missing = [c for c in ("prompt", "target_title") if c not in getattr(dataset, "column_names", dataset)]
+    if missing:
+        raise ValueError(
+            f"the data set lacks the column(s) {missing}; training needs 'prompt' (str) and 'target_title' (str) "
+            "as built by constrained_rec.data.make_splits"
+        )
+    prompts, titles = dataset["prompt"], dataset["target_title"]
+    if len(prompts) == 0:
+        raise ValueError("the data set is empty; training needs at least one sample")
+    return [Example(*example_token_ids(tokenizer, p, t)) for p, t in zip(prompts, titles)]
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                  length_group_batches: int = 64) -> list[list[int]]:
+    """The batches of one epoch, as sample indices: a function of ``(lengths, batch_size, seed, epoch)`` only.
+
+    Samples are shuffled, cut into groups of ``batch_size * length_group_batches``, sorted by length
+    (longest first) inside each group and cut into batches; then the batches are shuffled. Every
+    sample appears in exactly one batch.
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.training.batching import epoch_batches
+    >>> batches = epoch_batches([5, 9, 3, 7, 4], batch_size=2, seed=0, epoch=0)
+    >>> sorted(i for b in batches for i in b)
+    [0, 1, 2, 3, 4]
+
+    ```
+    """
+    lengths = np.asarray(lengths)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    group = batch_size * length_group_batches
+    batches = []
+    for start in range(0, len(order), group):
+        chunk = order[start:start + group]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size].tolist() for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+@dataclass
+class Batch:
+    """Right-padded ids, the flat positions (into ``batch * length``) whose hidden state predicts a target,
+    and the length of the token prefix that all rows share (computed once, see :class:`ResponseLoss`)."""
+
+    input_ids: torch.Tensor  # (batch, length)
+    attention_mask: torch.Tensor  # (batch, length)
+    positions: torch.Tensor  # (targets,) flat index b * length + t: the token at t + 1 is the target
+    targets: torch.Tensor  # (targets,)
+    shared_prefix_length: int = 0
+
+    def tensors(self) -> tuple:
+        """The arguments of :class:`ResponseLoss`."""
+        return self.input_ids, self.attention_mask, self.positions, self.targets, self.shared_prefix_length
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in self.tensors()[:4]), self.shared_prefix_length)
+
+    def labels(self) -> torch.Tensor:
+        """transformers-style labels (-100 where there is no target), for the full-logits reference loss."""
+        labels = torch.full_like(self.input_ids, -100)
+        labels.view(-1)[self.positions + 1] = self.targets
+        return labels
+
+
+# Below this many shared tokens a second decoder call costs more than it saves.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Tokens that all ``sequences`` start with, leaving every one at least one token of its own;
+    0 for a single sequence or when fewer than ``MIN_SHARED_PREFIX`` would be shared."""
+    if len(sequences) < 2:
+        return 0
+    limit = min(len(s) for s in sequences) - 1
+    first = sequences[0]
+    length = 0
+    while length < limit and all(s[length] == first[length] for s in sequences):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def collate(examples: Sequence[Example], pad_token_id: int, train_on_inputs: bool = False,
+            share_prefix: bool = True) -> Batch:
+    """Pad ``examples`` on the right to the longest of them and list their target positions.
+
+    The targets of a sample are its response tokens (title + EOS), or all tokens after the first with
+    ``train_on_inputs``. They are chosen by the sample's prompt length and length, never by comparing
+    ids with ``pad_token_id`` (which may equal EOS). With ``share_prefix``, the batch records how many
+    leading tokens all samples share (the instruction of a prompt template), so they are run once.
+    """
+    width = max(len(e.ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    positions, targets = [], []
+    for row, example in enumerate(examples):
+        n = len(example.ids)
+        if not 0 < example.prompt_length < n:
+            raise ValueError(f"a sample needs a prompt and a response, got prompt length "
+                             f"{example.prompt_length} of {n} tokens")
+        input_ids[row, :n] = torch.tensor(example.ids)
+        attention_mask[row, :n] = 1
+        first = 0 if train_on_inputs else example.prompt_length - 1
+        positions.append(torch.arange(first, n - 1) + row * width)
+        targets += example.ids[first + 1:]
+    prefix = shared_prefix_length([e.ids for e in examples]) if share_prefix else 0
+    return Batch(input_ids, attention_mask, torch.cat(positions), torch.tensor(targets, dtype=torch.long), prefix)

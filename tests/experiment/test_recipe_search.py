@@ -1,0 +1,99 @@
+"""constrained_rec.experiment.recipes end to end on a tiny random model (seconds), its data transforms, table and settings;
+experiments/recipe_search.py's parser."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import make_tiny_llama
+from constrained_rec.experiment.recipes import (
+    RECIPES,
+    SearchSettings,
+    drop_history_items,
+    recipe_command,
+    recipe_named,
+    run_search,
+    strip_years,
+    table_markdown,
+)
+from experiments.recipe_search import build_parser, main
+
+
+def test_strip_years_removes_only_a_trailing_year():
+    import pandas as pd
+
+    from constrained_rec.data import InteractionData
+
+    frame = pd.DataFrame({"user_id": [1, 1], "item_id": [7, 8], "timestamp": [1, 2]})
+    data = InteractionData("x", frame, {7: "Heat (1995)", 8: "1984 (1956)"}, item_noun="movies")
+    assert strip_years(data).titles == {7: "Heat", 8: "1984"}
+    assert data.titles[7] == "Heat (1995)"
+
+
+def test_history_dropout_keeps_at_least_one_title_and_rerenders_the_prompt():
+    import datasets
+
+    from constrained_rec.prompts import build_prompt
+
+    titles = [[f"t{i}" for i in range(5)], ["only"]] * 10
+    item_ids = [list(range(len(t))) for t in titles]
+    split = datasets.Dataset.from_dict({"history_titles": titles, "history_item_ids": item_ids,
+                                        "prompt": ["stale"] * len(titles)})
+    thinned = drop_history_items(split, 0.9, seed=0, item_noun="movies", template="alpaca", tokenizer=None)
+    kept = [len(row["history_titles"]) for row in thinned]
+    assert all(k >= 1 for k in kept) and sum(kept) < sum(map(len, titles))
+    for row in thinned:
+        assert set(row["history_titles"]) <= {f"t{i}" for i in range(5)} | {"only"}
+        assert row["history_item_ids"] == [int(t[1:]) if t != "only" else 0 for t in row["history_titles"]]
+        assert row["prompt"] == build_prompt(row["history_titles"], "movies", "alpaca", None)
+    with pytest.raises(ValueError, match="history_dropout must be in"):
+        drop_history_items(split, 1.0, seed=0, item_noun="movies", template="alpaca", tokenizer=None)
+
+
+def test_settings_and_names_are_checked():
+    with pytest.raises(ValueError, match="--users must be at least 2, got 1"):
+        SearchSettings(users=1)
+    with pytest.raises(ValueError, match="--train-samples must be at least 1"):
+        SearchSettings(train_samples=0)
+    with pytest.raises(ValueError, match="unknown recipe 'nope'; known:"):
+        recipe_named("nope")
+    with pytest.raises(ValueError, match="unknown recipe"):
+        run_search(["nope"], SearchSettings(), "unused")  # checked before anything is written
+
+
+def test_the_command_names_only_options_off_their_defaults():
+    recipe = RECIPES["all-r16-lr1e-3"]
+    assert recipe_command(recipe, SearchSettings()) == "python experiments/recipe_search.py --recipe all-r16-lr1e-3"
+    assert recipe_command(recipe, SearchSettings(users=50, train_samples=8, model="a b")).endswith(
+        "--recipe all-r16-lr1e-3 --users 50 --train-samples 8 --model 'a b'")
+
+
+def test_one_recipe_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    from constrained_rec.model import load_tokenizer
+
+    model_dir = tmp_path / "tiny"
+    make_tiny_llama(vocab_size=49152, seed=0).save_pretrained(model_dir)
+    load_tokenizer().save_pretrained(model_dir)
+    results = tmp_path / "results"
+    main(["--recipe", "all-r16-hdrop", "--train-samples", "8", "--users", "3", "--candidates", "2",
+          "--eval-samples", "3", "--model", str(model_dir), "--output-dir", str(tmp_path / "runs"),
+          "--results", str(results)])
+    result = json.loads((results / "all-r16-hdrop.json").read_text())
+    assert result["steps"] == 1 and result["signal"]["users"] == 3
+    assert "--train-samples 8" in result["command"] and "--recipe all-r16-hdrop" in result["command"]
+    table = (results / "table.md").read_text()
+    assert "all-r16-hdrop" in table and "dropout 0.3" in table
+    assert table_markdown([result]) == table
+    printed = capsys.readouterr().out
+    assert printed.startswith("all-r16-hdrop: val loss ") and table in printed
+
+
+def test_the_parser_refuses_unknown_recipes_and_idle_runs():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--recipe", "nope"])
+    with pytest.raises(SystemExit):
+        main(["--users", "1", "--list"])
+    with pytest.raises(SystemExit):
+        main([])
