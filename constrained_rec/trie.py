@@ -155,7 +155,10 @@ class TitleTrie:
 
     def walk(self, prefix: Sequence[int]) -> trie_walk.WalkState:
         """Where ``prefix`` leads: the kernel's :class:`~constrained_rec.kernels.trie_walk.WalkState`."""
-        return trie_walk.walk_prefix(np.asarray(prefix, dtype=np.int64).reshape(-1), self.arrays)
+        return self._walk(trie_build.query_ids(prefix, "prefix"))
+
+    def _walk(self, ids: list[int]) -> trie_walk.WalkState:
+        return trie_walk.walk_prefix(np.asarray(ids, dtype=np.int64), self.arrays)
 
     @property
     def arrays(self) -> trie_walk.TrieArrays:
@@ -219,17 +222,19 @@ class TitleTrie:
 
     def next_tokens(self, prefix: Sequence[int]) -> list[int]:
         """Sorted token ids allowed after ``prefix``; empty if ``prefix`` is not a trie path or is complete."""
-        state = self.walk(prefix)
+        state = self._walk(trie_build.query_ids(prefix, "prefix"))
         if state.status != trie_walk.IN_TRIE:
             return []
         return self.children(state.node, state.seq_lo, state.seq_hi, state.depth)[0].tolist()
 
     def item_ids(self, generated: Sequence[int]) -> list[int]:
         """Catalog item ids whose sequence equals ``generated`` (EOS optional at the end); ``[]`` if none."""
-        ids = [int(t) for t in generated]
+        return self._item_ids(trie_build.query_ids(generated, "generated"))
+
+    def _item_ids(self, ids: list[int]) -> list[int]:
         if not ids or ids[-1] != self.eos_token_id:
-            ids.append(self.eos_token_id)
-        state = self.walk(ids)
+            ids = ids + [self.eos_token_id]  # a copy: callers keep their row as it was
+        state = self._walk(ids)
         if state.status != trie_walk.FINISHED or state.depth != len(ids):
             return []
         lo, hi = self.seq_item_offsets[state.seq_lo], self.seq_item_offsets[state.seq_lo + 1]
@@ -244,10 +249,12 @@ class TitleTrie:
         ``strict=True`` a ``ValueError``. Strict mode also requires the EOS, so a row cut short by
         ``max_new_tokens`` is not taken for a shorter title.
         """
-        ids = [int(t) for t in generated]
+        return self._output_item_ids(trie_build.query_ids(generated, "generated"), strict)
+
+    def _output_item_ids(self, ids: list[int], strict: bool = False) -> list[int]:
         if self.eos_token_id in ids:
             ids = ids[: ids.index(self.eos_token_id) + 1]
-        items = self.item_ids(ids)
+        items = self._item_ids(ids)
         if strict and (not items or ids[-1] != self.eos_token_id):
             raise ValueError(
                 f"generated ids {ids[:30]} are not a complete catalog title ending with EOS {self.eos_token_id}: "
@@ -258,8 +265,8 @@ class TitleTrie:
 
     def is_complete(self, generated: Sequence[int]) -> bool:
         """Whether a ``generate()`` output row is a whole catalog title with its EOS."""
-        ids = [int(t) for t in generated]
-        return self.eos_token_id in ids and bool(self.output_item_ids(ids))
+        ids = trie_build.query_ids(generated, "generated")
+        return self.eos_token_id in ids and bool(self._output_item_ids(ids))
 
     def distinct_output_item_ids(self, rows, num_return_sequences: int) -> list[list[list[int]]]:
         """Per prompt, the items of each distinct complete title among its beam-search output rows, best first.
@@ -269,14 +276,14 @@ class TitleTrie:
         earlier row of the prompt already returned) are dropped, so a prompt may get fewer than asked for.
         Not for sampling, where independent samples may legitimately repeat a title.
         """
-        rows = [[int(t) for t in row] for row in rows]
+        rows = [trie_build.query_ids(row, f"rows[{r}]") for r, row in enumerate(rows)]
         if num_return_sequences < 1 or len(rows) % num_return_sequences:
             raise ValueError(f"{len(rows)} rows are not a multiple of num_return_sequences={num_return_sequences}")
         prompts = []
         for first in range(0, len(rows), num_return_sequences):
             seen, titles = set(), []
             for row in rows[first : first + num_return_sequences]:
-                items = self.output_item_ids(row) if self.is_complete(row) else []
+                items = self._output_item_ids(row) if self.eos_token_id in row else []
                 if items and tuple(items) not in seen:
                     seen.add(tuple(items))
                     titles.append(items)
@@ -293,7 +300,7 @@ class TitleTrie:
         if self._id_order is None:
             self._id_order = np.argsort(self.item_ids_by_position, kind="stable")
             self._sorted_ids = self.item_ids_by_position[self._id_order]
-        ids = np.fromiter((int(i) for i in item_ids), dtype=np.int64)
+        ids = np.asarray(trie_build.query_item_ids(item_ids), dtype=np.int64)
         where = np.searchsorted(self._sorted_ids, ids)
         where_clipped = np.minimum(where, len(self._sorted_ids) - 1)
         unknown = ids[self._sorted_ids[where_clipped] != ids]
@@ -404,6 +411,7 @@ class TitleIndex:
 
     def title(self, item_id: int) -> str:
         """The title of ``item_id``; a KeyError naming it if it is not in the catalog."""
+        (item_id,) = trie_build.query_item_ids([item_id])
         where = int(np.searchsorted(self.sorted_item_ids, item_id))
         if where == len(self.sorted_item_ids) or self.sorted_item_ids[where] != item_id:
             raise KeyError(f"item {item_id} is not in the catalog")
