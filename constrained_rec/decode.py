@@ -309,7 +309,8 @@ def _constraints(trie, num_prompts: int, k: int, exclude, item_log_prior, prior_
     for p in range(num_prompts):
         count = constraints.titles_available(p)
         if count < k:
-            raise ValueError(f"prompt {p} can be recommended only {count} titles (after `exclude`), fewer than k={k}")
+            raise ValueError(f"prompt {p} can be recommended only {count} titles ({constraints.removal_cause(p)}), "
+                             f"fewer than k={k}")
     return constraints
 
 

@@ -285,6 +285,21 @@ def test_bad_arguments_are_clear_errors(model, kwargs, message):
         recommend(model, None, call.pop("prompts"), trie, call.pop("k"), **call)
 
 
+@pytest.mark.parametrize("exclude, zeroed, cause", [
+    (None, [0, 1, 2], r"only 2 titles \(3 titles removed by the -inf \(zero-mass\) entries of `item_log_prior\[0\]`\)"),
+    ([{13}], [0, 1, 2], r"only 1 titles \(1 title removed by `exclude`, 3 more by the -inf .* `item_log_prior\[0\]`\)"),
+    ([{12, 13, 14}], [], r"only 2 titles \(after `exclude`\)"),
+    ([{12, 13, 14}], [2], r"only 2 titles \(after `exclude`\)"),  # the prior's -inf item is excluded anyway
+])
+def test_too_few_titles_blame_what_removed_them(model, exclude, zeroed, cause):
+    trie = TitleTrie.from_token_sequences([[5, 6], [5, 7], [8], [9, 10], [11]], eos_token_id=EOS,
+                                          item_ids=[10, 11, 12, 13, 14])
+    prior = np.zeros((1, 5))
+    prior[0, zeroed] = -np.inf
+    with pytest.raises(ValueError, match=cause):
+        recommend(model, None, PROMPTS[:1], trie, 3, exclude=exclude, item_log_prior=prior)
+
+
 def test_model_and_trie_mismatches_are_clear_errors(model):
     trie = TitleTrie.from_token_sequences([[5, 6], [5, VOCAB + 3]], eos_token_id=EOS)
     with pytest.raises(ValueError, match=f"trie holds token id {VOCAB + 3} but the model scores only {VOCAB}"):
