@@ -39,7 +39,8 @@ from constrained_rec import trie_build, trie_io
 from constrained_rec.kernels import torch_mask, trie_walk
 from constrained_rec.tokenization import eos_token_id, titles_token_ids
 
-FORMAT_VERSION = 2  # 2: build_positions; items of one sequence sorted by id
+FORMAT_VERSION = 3  # 2: build_positions; items of one sequence sorted by id. 3: digests of the title index
+READABLE_VERSIONS = (2, 3)  # the arrays are the same; a format-2 title index cannot be verified
 _ARRAYS = (
     "seq_tokens",
     "seq_offsets",
@@ -336,6 +337,7 @@ class TitleTrie:
         meta = {"format_version": FORMAT_VERSION, "eos_token_id": self.eos_token_id, "fingerprint": self.fingerprint()}
         if self.titles is not None:
             self.titles.save(folder)
+            meta["title_files"] = trie_io.file_digests(folder, TitleIndex.FILES, self.fingerprint())
         meta["has_titles"] = self.titles is not None
         (folder / "trie.json").write_text(json.dumps(meta, indent=1))
 
@@ -345,14 +347,16 @@ class TitleTrie:
 
         Args:
             path: the folder :meth:`save` wrote.
-            check: recompute the fingerprint and check every array (``constrained_rec.trie_io``: linear
-                in the arrays' size) so that a damaged folder is an error naming the file, never a wrong
-                mask or a kernel reading out of bounds. ``False`` skips that for a folder you trust and
-                opens at any size in milliseconds.
+            check: recompute the fingerprint, check every array (``constrained_rec.trie_io``: linear
+                in the arrays' size) and the title index against the digests ``save`` recorded (another
+                catalog's ``titles.marisa`` or an edited one would return wrong titles), so that a damaged
+                folder is an error naming the file, never a wrong mask, a wrong title or a kernel reading out
+                of bounds. ``False`` skips that for a folder you trust and opens at any size in milliseconds.
+                A title index saved by format 2 (before the digests) can only be opened with ``False``.
         """
         folder = Path(path)
         meta = trie_io.read_meta(folder)
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(
                 f"{folder / 'trie.json'}: trie format {meta.get('format_version')!r}, this version reads "
                 f"{FORMAT_VERSION}; rebuild the trie and save it again"
@@ -371,6 +375,8 @@ class TitleTrie:
         trie._fingerprint = meta.get("fingerprint")
         if meta.get("has_titles"):
             trie.titles = TitleIndex.load(folder, trie.item_ids_by_position if check else None)
+            if check:
+                trie_io.check_digests(folder, meta, "title_files", TitleIndex.FILES, trie.fingerprint())
         return trie
 
 
@@ -380,6 +386,9 @@ class TitleIndex:
     The marisa trie stores each distinct title once; ``key_item_offsets`` and ``key_item_ids`` map its
     key ids to item ids, and ``item_key`` maps (sorted) item ids back to key ids.
     """
+
+    _ARRAYS = ("key_item_offsets", "key_item_ids", "sorted_item_ids", "item_key")
+    FILES = ("titles.marisa",) + tuple(f"titles_{name}.npy" for name in _ARRAYS)
 
     def __init__(self, keys: marisa_trie.Trie, key_item_offsets: np.ndarray, key_item_ids: np.ndarray,
                  sorted_item_ids: np.ndarray, item_key: np.ndarray):
@@ -419,18 +428,17 @@ class TitleIndex:
 
     def save(self, folder: Path) -> None:
         self.keys.save(str(folder / "titles.marisa"))
-        for name in ("key_item_offsets", "key_item_ids", "sorted_item_ids", "item_key"):
+        for name in self._ARRAYS:
             np.save(folder / f"titles_{name}.npy", getattr(self, name))
 
     @classmethod
     def load(cls, folder: Path, item_ids: np.ndarray | None = None) -> "TitleIndex":
         """Opens the index :meth:`save` wrote; with ``item_ids`` (the trie's), checks it indexes exactly them."""
         keys = trie_io.open_marisa(folder / "titles.marisa")
-        names = ("key_item_offsets", "key_item_ids", "sorted_item_ids", "item_key")
-        arrays = {name: trie_io.read_array(folder / f"titles_{name}.npy") for name in names}
+        arrays = {name: trie_io.read_array(folder / f"titles_{name}.npy") for name in cls._ARRAYS}
         if item_ids is not None:
             trie_io.check_title_index(folder, keys, arrays, item_ids)
-        return cls(keys, *(arrays[name] for name in names))
+        return cls(keys, *(arrays[name] for name in cls._ARRAYS))
 
 
 # marisa-trie keys end at NUL, so titles are stored escaped: \x01 -> \x01\x01, NUL -> \x01\x02 (a
