@@ -1,5 +1,5 @@
-"""Hugging Face plumbing in one place: PEFT unwrapping, the KV-cache keyword, left padding, the cache folder,
-and the accelerate process state.
+"""Hugging Face plumbing in one place: PEFT unwrapping, the KV-cache keyword, left padding, the model's position
+limit, the cache folder, and the accelerate process state.
 
 These helpers exist once so that every module agrees on them (the adapter that grounding switches off is
 the one decoding keeps on; the process that writes a run's files is the one all others wait for). Importing
