@@ -55,12 +55,13 @@ from constrained_rec.decoding.exact import exact_search
 from constrained_rec.decoding.runner import (ACCELERATOR_FORWARD_COST_TOKENS, CPU_FORWARD_COST_TOKENS, ModelRunner,
                                              PromptBatch)
 from constrained_rec.decoding.steps import Hypothesis
+from constrained_rec.hf import check_positions
 from constrained_rec.tokenization import eos_token_id, prompt_token_ids
 from constrained_rec.trie import TitleTrie
 
 MODES = ("beam", "exact")
 __all__ = ["recommend", "Recommendation", "DecodeStats", "DecodeResult", "MODES", "CPU_FORWARD_COST_TOKENS",
-           "ACCELERATOR_FORWARD_COST_TOKENS", "checked_prompt_ids"]
+           "ACCELERATOR_FORWARD_COST_TOKENS", "checked_prompt_ids", "check_prompt_positions"]
 
 
 @dataclass
@@ -205,6 +206,10 @@ def recommend(
     """
     num_beams = _check_options(model, trie, k, num_beams, mode, length_penalty, batch_size, node_budget)
     prompt_ids = checked_prompt_ids(tokenizer, prompts, trie, model)
+    longest = max(range(len(prompt_ids)), key=lambda p: len(prompt_ids[p]))
+    check_positions(model, len(prompt_ids[longest]) + trie.max_length - 1,
+                    f"prompt {longest} ({len(prompt_ids[longest])} tokens, the longest) and the trie's longest title "
+                    f"({trie.max_length - 1} tokens; its EOS is never fed back)")
     constraints = _constraints(trie, len(prompt_ids), k, exclude, item_log_prior, prior_weight, constraints)
 
     stats = DecodeStats()
@@ -297,6 +302,18 @@ def checked_prompt_ids(tokenizer, prompts: Sequence[str | Sequence[int]], trie: 
     return out
 
 
+def check_prompt_positions(model, tokenizer, prompts: Sequence[str], trie: TitleTrie, what: str) -> None:
+    """:func:`constrained_rec.hf.check_positions` for string ``prompts`` decoded under ``trie``, before any
+    forward (a run checks all its prompts up front): the longest one plus the longest title must fit."""
+    longest = 0
+    for start in range(0, len(prompts), 1024):
+        batch = list(prompts[start : start + 1024])
+        longest = max([longest] + [len(ids) for ids in tokenizer(batch, add_special_tokens=True)["input_ids"]])
+    check_positions(model, longest + trie.max_length - 1,
+                    f"{what} (the longest has {longest} tokens) and the catalog's longest title ({trie.max_length - 1} "
+                    "tokens; its EOS is never fed back)")
+
+
 def _constraints(trie, num_prompts: int, k: int, exclude, item_log_prior, prior_weight, constraints) -> ItemConstraints:
     if constraints is None:
         constraints = ItemConstraints.build(trie, num_prompts=num_prompts, exclude=exclude,
@@ -309,7 +326,8 @@ def _constraints(trie, num_prompts: int, k: int, exclude, item_log_prior, prior_
     for p in range(num_prompts):
         count = constraints.titles_available(p)
         if count < k:
-            raise ValueError(f"prompt {p} can be recommended only {count} titles (after `exclude`), fewer than k={k}")
+            raise ValueError(f"prompt {p} can be recommended only {count} titles ({constraints.removal_cause(p)}), "
+                             f"fewer than k={k}")
     return constraints
 
 

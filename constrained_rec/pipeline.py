@@ -356,6 +356,7 @@ def run(config: RunConfig) -> dict:
     from transformers import set_seed
 
     from constrained_rec.catalog import catalog_trie
+    from constrained_rec.decode import check_prompt_positions
     from constrained_rec.evaluate import config_dict, evaluate
     from constrained_rec.grounding import model_fingerprint
     from constrained_rec.hf import process_state
@@ -380,6 +381,8 @@ def run(config: RunConfig) -> dict:
     if evaluation.max_k > len(trie):
         raise ValueError(f"K = {evaluation.max_k} is larger than the catalog of {loaded.data.name}: "
                          f"{len(trie)} distinct titles; use smaller --k values")
+    check_prompt_positions(model, tokenizer, [p for split in loaded.splits.values() for p in split["prompt"]], trie,
+                           "the run's prompts")  # before training and evaluation, not in their middle
     adapter = prepare_adapter(config, model, tokenizer, trie, loaded, output_dir, timings)
     model = adapter.model.to(device).eval()
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Collection, Iterable, Mapping, Protocol, Seque
 import torch
 
 from constrained_rec.grounding import TitleGrounder, last_token_hidden_states, parse_generated_title
-from constrained_rec.hf import adapter_disabled, left_pad
+from constrained_rec.hf import adapter_disabled, check_positions, left_pad
 from constrained_rec.processor import TitleTrieProcessor
 from constrained_rec.tokenization import eos_token_id, prompt_token_ids
 from constrained_rec.trie import TitleTrie
@@ -86,6 +86,9 @@ def _generate(model, tokenizer, prompts: Sequence[str], config, logits_processor
     input_ids, attention_mask = left_pad([prompt_token_ids(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
     device = next(model.parameters()).device
     prompt_length = input_ids.shape[1]
+    check_positions(model, prompt_length + config.max_new_tokens - 1,
+                    f"the longest prompt ({prompt_length} tokens) and max_new_tokens={config.max_new_tokens} (the last "
+                    "token is never fed back)")
     processors = LogitsProcessorList([logits_processor(prompt_length)] if logits_processor else [])
     with torch.no_grad():
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),

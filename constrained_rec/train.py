@@ -50,7 +50,7 @@ from constrained_rec.batching import (  # noqa: F401
     MIN_SHARED_PREFIX, Batch, Example, collate, epoch_batches, shared_prefix_length, tokenize_examples)
 from constrained_rec.checkpoint import (  # noqa: F401
     RESUMABLE_CHANGES, Checkpoint, TrainState, data_fingerprint, load_trainable_state, trainable_state)
-from constrained_rec.hf import base_model_name, has_accelerator, process_state
+from constrained_rec.hf import base_model_name, check_positions, has_accelerator, process_state
 from constrained_rec.loss import ResponseLoss, full_logits_loss  # noqa: F401
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
@@ -255,6 +255,10 @@ class _TrainingRun:
         self.eval_examples = tokenize_examples(tokenizer, eval_dataset) if eval_dataset is not None else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.lengths = [len(e.ids) for e in self.examples]
+        for name, examples in (("training", self.examples), ("validation", self.eval_examples or [])):
+            if examples:  # before any step: a learned position table would fail mid-epoch
+                longest = max(len(e.ids) for e in examples)
+                check_positions(model, longest, f"the longest {name} example (prompt, title and EOS: {longest} tokens)")
         batches_per_epoch = math.ceil(len(self.examples) / config.batch_size)
         batches_per_epoch += -batches_per_epoch % self.world  # every process gets a batch in every step
         self.batches_per_step = self.world * config.gradient_accumulation_steps

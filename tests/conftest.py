@@ -42,11 +42,10 @@ def make_tiny_llama(vocab_size: int = 64, seed: int = 0, **overrides):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
-        **overrides,
+        **{"max_position_embeddings": 256, **overrides},
     )
     return LlamaForCausalLM(config).eval()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -257,3 +258,42 @@ def test_script_keeps_its_flags_and_reports_bad_ones():
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
     bad = subprocess.run([*script, "--constrained", "--k", "0,5"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--k takes comma-separated positive integers like 1,5,10,20, got '0,5'" in bad.stderr
+
+
+class _ReachedTraining(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_prompts_past_the_models_positions_are_checked_before_training(run, tmp_path, monkeypatch, kind):
+    """ml-100k prompts run to about 200 tokens: a 64-position GPT-2 failed with a bare IndexError in training or
+    decoding, a 64-position Llama ran on without a word. Both are caught before training starts."""
+    import warnings
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import constrained_rec.pipeline
+    from constrained_rec.model import load_tokenizer
+
+    def reached(*args, **kwargs):
+        raise _ReachedTraining
+
+    folder = tmp_path / kind
+    if kind == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=49152, n_positions=64, n_embd=16, n_layer=1, n_head=2,
+                                           bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    else:
+        model = make_tiny_llama(vocab_size=49152, max_position_embeddings=64)
+    model.save_pretrained(folder)
+    load_tokenizer().save_pretrained(folder)
+    monkeypatch.setattr(constrained_rec.pipeline, "prepare_adapter", reached)
+    message = r"the run's prompts \(the longest has \d+ tokens\) .*: \d+ positions, .* max_position_embeddings=64"
+    options = dict(constrained=True, model=str(folder), **SMALL, output_dir=str(tmp_path / "out"))
+    if kind == "gpt2":
+        with pytest.raises(ValueError, match=message + ", the end of its learned position embeddings"):
+            run.main(**options)
+        return
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(_ReachedTraining):
+        warnings.simplefilter("always")
+        run.main(**options)
+    assert any(re.search(message + ": positions past 64 were never trained", str(w.message)) for w in caught)

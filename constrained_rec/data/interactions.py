@@ -253,7 +253,10 @@ def _distribution(values) -> dict:
 
 
 def _iso_date(timestamp) -> str:
-    return pd.Timestamp(int(timestamp), unit="s").strftime("%Y-%m-%d")
+    try:
+        return pd.Timestamp(int(timestamp), unit="s").strftime("%Y-%m-%d")
+    except (OverflowError, ValueError):  # beyond the years 1-9999 that a date can show
+        return f"{int(timestamp)} s"
 
 
 def move_trailing_article(title: str) -> str:
