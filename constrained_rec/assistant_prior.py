@@ -212,7 +212,8 @@ def search_error(model, tokenizer, trie, samples, prior: AssistantPrior, prior_w
     per_user = []
     for sample, found, best, proven in zip(picked, beam.recommendations, exact.recommendations, exact.stats.proven):
         beam_titles = {tuple(r.token_ids) for r in found}
-        overlap = len(beam_titles & {tuple(r.token_ids) for r in best}) / k
+        # over what exists: a user whose history leaves fewer than k titles gets fewer from both searches
+        overlap = len(beam_titles & {tuple(r.token_ids) for r in best}) / max(1, len(best))
         gap = (float(np.mean([r.fused_log_prob for r in best]) - np.mean([r.fused_log_prob for r in found]))
                if best and found else None)
         per_user.append({"user_id": int(sample.user_id), f"overlap@{k}": overlap, "score_gap": gap,

@@ -107,6 +107,26 @@ def test_duplicate_titles_expand_to_all_their_items(model, tokenizer):
     assert ConstrainedRecommender(model, tokenizer, trie, config)([sample])["constrained"][0]["item_ids"] == [2]
 
 
+@pytest.mark.parametrize("decoder", ["beam", "generate"])
+def test_a_user_with_fewer_titles_than_k_gets_them_with_a_warning_naming_the_user(model, tokenizer, trie, decoder):
+    """Issue 17 item 1: a long history on a small catalog leaves a user 2 titles for K = 5; the evaluation gives that
+    user 2 recommendations (the missing ranks count as misses) and names the user, and a user who consumed every
+    item gets an empty list; nobody's decoding is lost."""
+    config = EvalConfig(ks=(1, 5), num_beams=5, decoder=decoder)
+    samples = make_samples(3)
+    short = EvalSample(3, 777, samples[0].prompt, 5, CATALOG[5], exclude=frozenset(set(CATALOG) - {5, 6}))
+    everything = EvalSample(4, 778, samples[1].prompt, 5, CATALOG[5], exclude=frozenset(CATALOG))
+    with pytest.warns(UserWarning, match=r"constrained: 2 user\(s\) got fewer than K=5 recommendations.*user 777 "
+                                         r"\(2\), user 778 \(0\).*missing ranks as misses"):
+        records = ConstrainedRecommender(model, tokenizer, trie, config)(samples + [short, everything])["constrained"]
+    assert [len(r["item_ids"]) for r in records] == [5, 5, 5, 2, 0]
+    assert set(records[3]["item_ids"]) == {5, 6} and records[3]["num_valid_outputs"] == records[3]["num_outputs"] == 2
+    assert records[4]["num_outputs"] == 0
+    rows = [{"method": "m", "seconds": 0.0, **r} for r in records[3:]]
+    figures = method_metrics(rows, config, catalog_size=8, popularity={i: 50.0 for i in CATALOG})["m"]
+    assert figures["hr@5"]["value"] == pytest.approx(0.5) and figures["validity_rate"] == 1.0
+
+
 def test_k_larger_than_the_catalog_is_an_error(model, tokenizer, trie):
     with pytest.raises(ValueError, match="K = 20 is larger than the catalog's 7 distinct titles"):
         ConstrainedRecommender(model, tokenizer, trie, EvalConfig(ks=(1, 20)))
