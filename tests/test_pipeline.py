@@ -375,6 +375,24 @@ def test_the_assistant_is_fit_on_training_interactions_only(ml100k, tmp_path):
         fit_assistant_step("ease", loaded, tmp_path, seed=0, state=SINGLE)
 
 
+def test_a_damaged_assistant_folder_is_refit_with_a_message(ml100k, tmp_path, capsys):
+    """Issue 17 item 2: an assistant folder left damaged (here: its counts cut short, as a save killed by the old
+    non-atomic writer left it) is detected on resume and refit, saying so; every resume used to die on numpy."""
+    from constrained_rec.assistant_prior import fit_assistant_step
+
+    loaded = _fake_loaded(ml100k)
+    first = fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE)
+    counts = tmp_path / "assistant" / "counts.npy"
+    counts.write_bytes(counts.read_bytes()[:100])
+    (tmp_path / "assistant" / "prior_weight.json").write_text("{}")  # chosen for the damaged assistant
+    again = fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE)
+    assert "is damaged" in capsys.readouterr().out and again.fit_seconds is not None
+    assert np.array_equal(again.assistant.counts, first.assistant.counts)
+    assert not (tmp_path / "assistant" / "prior_weight.json").exists()
+    (tmp_path / "assistant" / "counts.npy").unlink()
+    assert fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE).fit_seconds is not None
+
+
 def test_auto_weight_sweep_uses_validation_users_only(ml100k, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
