@@ -280,7 +280,21 @@ def test_method_metrics_from_records():
     assert m["users"] == 3 and m["hr@1"]["value"] == pytest.approx(1 / 3) and m["hr@2"]["value"] == pytest.approx(2 / 3)
     assert m["ndcg@2"]["value"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
     assert m["validity_rate"] == pytest.approx(5 / 6)
-    assert m["coverage@10"] == pytest.approx(0.4)
-    assert m["popularity_percentile@10"] == pytest.approx((50 + 10 + 10 + 50 + 20 + 30) / 6)
+    assert m["coverage@2"] == pytest.approx(0.4)  # K stops at 2: the top-2 (items beyond max K never exist)
+    assert m["popularity_percentile@2"] == pytest.approx((50 + 10 + 10 + 50 + 20 + 30) / 6)
     assert m["users_per_s"] == pytest.approx(2.0)
     assert figures["p"]["validity_rate"] is None
+
+
+def test_coverage_is_labelled_with_the_cut_off_it_measures():
+    """Issue 17 item 12: with --k 1 every method recommends one item, and the report called its coverage @10."""
+    from constrained_rec.report import markdown_report
+
+    records = [{"method": "m", "target_item_id": 5, "num_outputs": 1, "num_valid_outputs": 1, "seconds": 0.5,
+                "item_ids": [item]} for item in (5, 1, 1)]
+    figures = method_metrics(records, EvalConfig(ks=(1,), bootstrap_resamples=10), catalog_size=10,
+                             popularity={i: 10.0 * i for i in range(1, 11)})["m"]
+    assert figures["coverage@1"] == pytest.approx(0.2) and figures["popularity_percentile@1"] == pytest.approx(70 / 3)
+    assert not any(name.endswith("@10") for name in figures)
+    report = markdown_report({"methods": {"m": figures}})
+    assert "coverage@1 |" in report and "catalog coverage of the top-1 |" in report and "@10" not in report

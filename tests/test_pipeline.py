@@ -241,6 +241,11 @@ def test_an_adapter_from_experiments_train_passes_the_run_check(tmp_path, tokeni
     (dict(signal_candidates=0), r"signal_candidates \(--signal-candidates\) must be an integer >= 1, got 0"),
     (dict(search_error_users=-1), r"search_error_users \(--search-error-users\) must be an integer >= 0, got -1"),
     (dict(assistant="none", lm_alone=False), r"--no-lm-alone .* pass --assistant popularity, ease or sasrec"),
+    # issue 17 item 12: options of the prior with no prior were silently ignored
+    (dict(assistant="none", prior_weight=2), r"--prior-weight applies to the collaborative prior, but --assistant none "
+                                             r"turns it off .*drop --prior-weight, or pass --assistant popularity"),
+    (dict(assistant="none", search_error_users=3), r"--search-error-users applies to the collaborative prior"),
+    (dict(seed=-1), r"seed \(--seed\) must be an integer >= 0 \(numpy takes no negative seed\), got -1"),
 ])
 def test_bad_assistant_options_are_named(options, message):
     with pytest.raises(ValueError, match=message):
@@ -256,6 +261,8 @@ def test_assistant_defaults_and_their_ks():
     assert RunConfig(quick=True).assistant_name == "popularity"
     assert RunConfig(assistant="none").ks == (1, 5, 10, 20)  # without an assistant: today's defaults
     assert RunConfig(prior_weight="2").prior_weight == 2.0
+    assert RunConfig().search_error_count == 2 and RunConfig(assistant="none").search_error_count == 0
+    assert RunConfig(assistant="none", search_error_users=0).search_error_count == 0  # "off" agrees with no prior
     assert RunConfig(assistant="ease", lm_alone=False, constrained=True).command_line() == (
         "python experiments/run.py --constrained --assistant ease --no-lm-alone")
 
