@@ -24,6 +24,7 @@ whole catalog turned into NDCG@10 0.019 against SASRec's 0.102 on the default ru
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,23 +107,40 @@ def fit_assistant_step(name: str, loaded, output_dir: Path, seed: int, state=Non
     Returns ``None`` for ``"none"``.
     """
     from constrained_rec.collaborative import fit_assistant, load_assistant
-    from constrained_rec.collaborative.base import read_config
 
     if name == "none":
         return None
     folder = Path(output_dir) / ASSISTANT_FOLDER
     fit_seconds = None
-    if (state is None or state.is_main_process) and not (folder / "assistant.json").is_file():
+    if (state is None or state.is_main_process) and not _saved_assistant(folder, name):
         tick = time.perf_counter()
         progress = {"log": lambda line: print(line, flush=True)} if name == "sasrec" else {}  # one line per epoch
         fit_assistant(name, loaded.data, loaded.split_config, seed=seed, **progress).save(folder)
         fit_seconds = time.perf_counter() - tick
     _wait(state)
-    kind = read_config(folder)["kind"]
-    if kind != name:
-        raise ValueError(f"{folder} holds a {kind!r} assistant, not the {name!r} this run asks for")
     return AssistantSetup(name, load_assistant(folder), full_histories(loaded.data, loaded.splits["test"]),
                           fit_seconds=fit_seconds)
+
+
+def _saved_assistant(folder: Path, name: str) -> bool:
+    """Whether ``folder`` holds a readable ``name`` assistant to reuse. A damaged folder (a save killed by an
+    older, non-atomic version, a lost file) is removed with a message, to be refit; another kind is an error."""
+    from constrained_rec.collaborative import DamagedAssistantError, load_assistant
+    from constrained_rec.collaborative.base import read_config
+
+    if not folder.exists():
+        return False
+    try:
+        kind = read_config(folder)["kind"]
+        if kind == name:
+            load_assistant(folder)
+    except DamagedAssistantError as error:
+        print(f"the saved assistant in {folder} is damaged ({error}); refitting the {name} assistant", flush=True)
+        shutil.rmtree(folder)  # its prior_weight.json belonged to the damaged assistant: chosen again
+        return False
+    if kind != name:
+        raise ValueError(f"{folder} holds a {kind!r} assistant, not the {name!r} this run asks for")
+    return True
 
 
 def prior_weight_step(setup: AssistantSetup, prior_weight, model, tokenizer, trie, loaded, output_dir: Path,
@@ -212,7 +230,8 @@ def search_error(model, tokenizer, trie, samples, prior: AssistantPrior, prior_w
     per_user = []
     for sample, found, best, proven in zip(picked, beam.recommendations, exact.recommendations, exact.stats.proven):
         beam_titles = {tuple(r.token_ids) for r in found}
-        overlap = len(beam_titles & {tuple(r.token_ids) for r in best}) / k
+        # over what exists: a user whose history leaves fewer than k titles gets fewer from both searches
+        overlap = len(beam_titles & {tuple(r.token_ids) for r in best}) / max(1, len(best))
         gap = (float(np.mean([r.fused_log_prob for r in best]) - np.mean([r.fused_log_prob for r in found]))
                if best and found else None)
         per_user.append({"user_id": int(sample.user_id), f"overlap@{k}": overlap, "score_gap": gap,

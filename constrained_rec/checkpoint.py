@@ -65,8 +65,9 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
-def _replace_folder(tmp: Path, target: Path) -> None:
-    """Swap ``tmp`` in for ``target`` so that a kill at any moment leaves one complete checkpoint."""
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Swap ``tmp`` in for ``target`` so that a kill at any moment leaves one complete folder (a checkpoint, an
+    assistant): ``target``, or ``target.old`` between the two renames."""
     old = target.with_name(target.name + ".old")
     if target.exists():
         if old.exists():
@@ -158,4 +159,4 @@ class Checkpoint:
         torch.save(rng, tmp / f"rng_{accelerator.process_index}.pt")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _replace_folder(tmp, self.output_dir / "checkpoint")
+            replace_folder(tmp, self.output_dir / "checkpoint")

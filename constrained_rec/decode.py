@@ -61,7 +61,13 @@ from constrained_rec.trie import TitleTrie
 
 MODES = ("beam", "exact")
 __all__ = ["recommend", "Recommendation", "DecodeStats", "DecodeResult", "MODES", "CPU_FORWARD_COST_TOKENS",
-           "ACCELERATOR_FORWARD_COST_TOKENS", "checked_prompt_ids", "check_prompt_positions"]
+           "ACCELERATOR_FORWARD_COST_TOKENS", "checked_prompt_ids", "check_prompt_positions", "FewerTitlesWarning"]
+
+
+class FewerTitlesWarning(UserWarning):
+    """A prompt can still reach fewer than `k` titles (a small catalog, or `exclude` removing most of it), so
+    `recommend` returns fewer titles for it. Callers that know who the prompts belong to (the evaluation) filter
+    this category and warn naming their users instead."""
 
 
 @dataclass
@@ -175,8 +181,10 @@ def recommend(
             Instead of `exclude`/`item_log_prior`/`prior_weight`: constraints built for `trie` and these prompts.
 
     Returns:
-        `DecodeResult`: `recommendations[p]`, a best-first list of `k` `Recommendation`s per prompt (fewer only
-        where beam search finished fewer titles, or exact search ran out of budget first; both warn), and `stats`.
+        `DecodeResult`: `recommendations[p]`, a best-first list of `k` `Recommendation`s per prompt, and `stats`.
+        A prompt gets fewer only where it can reach fewer than `k` titles at all (after `exclude` and the prior's
+        zero-mass items: a `FewerTitlesWarning` naming it, and every title it can reach), where beam search
+        finished fewer titles, or where exact search ran out of budget first; each warns.
 
     Examples:
 
@@ -210,7 +218,7 @@ def recommend(
     check_positions(model, len(prompt_ids[longest]) + trie.max_length - 1,
                     f"prompt {longest} ({len(prompt_ids[longest])} tokens, the longest) and the trie's longest title "
                     f"({trie.max_length - 1} tokens; its EOS is never fed back)")
-    constraints = _constraints(trie, len(prompt_ids), k, exclude, item_log_prior, prior_weight, constraints)
+    constraints = _constraints(trie, len(prompt_ids), exclude, item_log_prior, prior_weight, constraints)
 
     stats = DecodeStats()
     runner = ModelRunner(model, trie, stats)
@@ -228,7 +236,15 @@ def recommend(
                 found = exact_search(runner, trie, prompt, constraints, batch, k, num_beams, jump, node_budget)
             for p, hypotheses in zip(batch, found):
                 recommendations.append([_recommendation(trie, constraints, p, h) for h in hypotheses[:k]])
-    short = [p for p, recs in enumerate(recommendations) if len(recs) < k]
+    available = [constraints.titles_available(p) for p in range(len(prompt_ids))]
+    fewer = [p for p, count in enumerate(available) if count < k]
+    if fewer:
+        warnings.warn(
+            f"prompts {fewer[:10]} can be recommended only {[available[p] for p in fewer[:10]]} titles "
+            f"({'; '.join(f'prompt {p}: {constraints.removal_cause(p)}' for p in fewer[:10])}), fewer than k={k}: "
+            "they get those titles only", FewerTitlesWarning, stacklevel=2
+        )
+    short = [p for p, recs in enumerate(recommendations) if len(recs) < min(k, available[p])]
     if short and mode == "beam":
         warnings.warn(
             f"beam search finished fewer than k={k} titles for prompts {short[:10]}; raise num_beams", stacklevel=2
@@ -314,7 +330,7 @@ def check_prompt_positions(model, tokenizer, prompts: Sequence[str], trie: Title
                     "tokens; its EOS is never fed back)")
 
 
-def _constraints(trie, num_prompts: int, k: int, exclude, item_log_prior, prior_weight, constraints) -> ItemConstraints:
+def _constraints(trie, num_prompts: int, exclude, item_log_prior, prior_weight, constraints) -> ItemConstraints:
     if constraints is None:
         constraints = ItemConstraints.build(trie, num_prompts=num_prompts, exclude=exclude,
                                             item_log_prior=item_log_prior, prior_weight=prior_weight)
@@ -323,11 +339,6 @@ def _constraints(trie, num_prompts: int, k: int, exclude, item_log_prior, prior_
     elif constraints.num_prompts not in (None, num_prompts):
         raise ValueError(f"`constraints` cover {constraints.num_prompts} prompts, but {num_prompts} prompts were given")
     constraints.check_trie(trie)
-    for p in range(num_prompts):
-        count = constraints.titles_available(p)
-        if count < k:
-            raise ValueError(f"prompt {p} can be recommended only {count} titles ({constraints.removal_cause(p)}), "
-                             f"fewer than k={k}")
     return constraints
 
 

@@ -3,8 +3,10 @@
 ``experiments/run.py`` is its command line (argparse -> :class:`RunConfig` -> :func:`run`); tests and other
 code call :func:`run` directly. Each step is its own function, in the order :func:`run` calls them:
 
-1. :func:`resolve_device` and :func:`check_run_identity`: validate before anything is loaded;
-2. :func:`load_data`: the data set and its leave-one-out splits;
+1. :func:`resolve_device`, the folder's lock (:func:`constrained_rec.run_folder.folder_lock`) and
+   :func:`check_run_identity`: validate before anything is loaded;
+2. :func:`load_data`: the data set and its leave-one-out splits, then
+   :func:`constrained_rec.run_folder.check_data_files` (a resume only on the same data files);
 3. :func:`load_base_model` and :func:`constrained_rec.catalog.catalog_trie`: the model and the catalog trie;
 4. :func:`prepare_adapter`: train an adapter, or load and check a given or finished one;
 5. :func:`evaluation_samples`: the test samples with their exclusions, item counts and popularity;
@@ -32,7 +34,8 @@ from pathlib import Path
 # huggingface_hub is imported); their names are public here too.
 from constrained_rec.run_config import (  # noqa: F401
     DEFAULT_KS, DEFAULT_MODEL, DEFAULTS, QUICK, QUICK_KS, RUN_IDENTITY, RunConfig, RunSize, check_run_identity,
-    model_name, output_folder, parse_device, parse_ks, resolve_device, run_identity)
+    check_signal_candidates, check_splits, model_name, output_folder, parse_device, parse_ks, resolve_device,
+    run_identity)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -58,9 +61,10 @@ def load_data(config: RunConfig) -> LoadedData:
     with ``--max-history`` and the prompt's noun: ``train_samples`` training samples and ``eval_users`` test
     samples, seeded, at most as many as the test split holds (all with ``--all-users``).
 
-    ``split_config`` comes back resolved (its ``protocol`` and ``item_noun`` made concrete). A run that will
-    train (training samples and no ``--adapter``) on a layout whose own split has no training rows fails here,
-    before the model is loaded, naming the folder and what to pass instead.
+    ``split_config`` comes back resolved (its ``protocol`` and ``item_noun`` made concrete). A split the run needs
+    without samples (test; train and validation for training; validation for EASE, SASRec or ``--prior-weight
+    auto``), e.g. a D3 layout's missing or header-only CSV, fails here, before the model is loaded, naming the CSV
+    and what to pass instead (:func:`~constrained_rec.run_config.check_splits`).
     """
     from constrained_rec.data import SplitConfig, load_interactions, make_splits, split_positions
 
@@ -69,18 +73,11 @@ def load_data(config: RunConfig) -> LoadedData:
     split_config = SplitConfig(max_history=config.max_history, protocol=config.split, item_noun=config.item_noun,
                                seed=config.seed).resolve(data)
     train_samples = size.train_samples or None
-    if split_config.protocol == "given":
-        data.given.require("test", "evaluation")
-        if size.train_samples and not config.adapter:
-            try:
-                data.given.require("train", f"training (--train-samples {size.train_samples} without --adapter)")
-            except FileNotFoundError as error:
-                raise FileNotFoundError(f"{error}; or pass --train-samples 0 to evaluate the base model zero-shot, "
-                                        "or --adapter DIR to evaluate a trained adapter") from None
-        if "train" in data.given.missing:
-            train_samples = None  # not trained on: the split stays empty
     positions = split_positions(data, split_config)
     available = {split: len(rows) for split, rows in positions.items()}
+    check_splits(config, data, split_config, available)  # a missing or empty CSV is named before the model loads
+    if not available["train"]:
+        train_samples = None  # not trained on (zero-shot, --adapter): the split stays empty
     eval_samples = None if config.all_users else min(size.eval_users, available["test"])
     if eval_samples is not None and eval_samples < size.eval_users:
         logger.warning("%s: evaluating all %d test samples of the %s split (--eval-users %d asked for more)",
@@ -265,7 +262,7 @@ def run_controls(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, 
                  evaluation, assisted, timings: dict) -> dict:
     """After the evaluation (main process): the search error of LM + prior and the user-signal control."""
     controls = {}
-    if assisted is not None and config.search_error_users:
+    if assisted is not None and config.search_error_count:
         from constrained_rec.assistant_prior import AssistantPrior, search_error
 
         tick = time.perf_counter()
@@ -276,7 +273,7 @@ def run_controls(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, 
             controls["search_error"] = search_error(
                 model, tokenizer, trie, inputs.samples, AssistantPrior(assisted.assistant, assisted.histories, trie),
                 assisted.prior_weight, evaluation.max_k, evaluation.num_beams, config.exclude_history,
-                config.search_error_users, config.seed)
+                config.search_error_count, config.seed)
         timings["search_error_s"] = time.perf_counter() - tick
     if config.user_signal:
         from constrained_rec.evaluate import consumed_items
@@ -353,19 +350,29 @@ def run(config: RunConfig) -> dict:
 
     ```
     """
+    from constrained_rec.hf import process_state
+    from constrained_rec.run_folder import folder_lock
+
+    started = time.perf_counter()
+    state = process_state()
+    device = resolve_device(config.device, state)  # before anything is loaded
+    output_dir = output_folder(config, state)
+    with folder_lock(output_dir, state, config.command_line()):  # one run per folder; a second is refused
+        return _run_in_folder(config, state, device, output_dir, started)
+
+
+def _run_in_folder(config: RunConfig, state, device, output_dir: Path, started: float) -> dict:
+    """:func:`run` once the folder is locked."""
     from transformers import set_seed
 
     from constrained_rec.catalog import catalog_trie
     from constrained_rec.decode import check_prompt_positions
     from constrained_rec.evaluate import config_dict, evaluate
     from constrained_rec.grounding import model_fingerprint
-    from constrained_rec.hf import process_state
     from constrained_rec.report import write_report
+    from constrained_rec.run_folder import check_data_files
 
-    started, timings = time.perf_counter(), {}
-    state = process_state()
-    device = resolve_device(config.device, state)  # before anything is loaded
-    output_dir = output_folder(config, state)
+    timings = {}
     check_run_identity(output_dir, config, state)
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 2) // 2))
     evaluation = eval_config(config, device)
@@ -373,6 +380,8 @@ def run(config: RunConfig) -> dict:
 
     tick = time.perf_counter()
     loaded = load_data(config)
+    check_data_files(output_dir, RUN_IDENTITY, loaded.data, state)  # before anything of the folder is reused
+    check_signal_candidates(config, loaded.data, loaded.splits["test"])
     timings["data_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
     name, model, tokenizer = load_base_model(config)
@@ -422,6 +431,8 @@ class TrainJob:
         output_dir: receives the adapter, ``train_config.json`` and the checkpoint.
         model: the base model (embedded name, local folder or cached Hugging Face id).
         data: a name or path accepted by :func:`constrained_rec.data.load_interactions`.
+        data_options: its ``items`` file and column options (``user_column``, ``sep``, ...; see
+            ``DATA_FILE_OPTIONS``), for an interactions CSV/TSV or an Amazon reviews file.
         train_samples: training windows drawn (seeded); ``None`` keeps all.
         eval_samples: validation samples for the loss.
         template: the prompt template.
@@ -432,6 +443,7 @@ class TrainJob:
     output_dir: str
     model: str = DEFAULT_MODEL
     data: str = "ml-100k"
+    data_options: dict = dataclasses.field(default_factory=dict)
     train_samples: int | None = 1024
     eval_samples: int = 200
     template: str = "alpaca"
@@ -446,11 +458,23 @@ class TrainJob:
             raise ValueError(f"TrainJob.train must be a TrainConfig, got {type(self.train).__name__}")
         if not (isinstance(self.output_dir, (str, os.PathLike)) and str(self.output_dir)):
             raise ValueError(f"TrainJob.output_dir must name a folder, got {self.output_dir!r}")
+        unknown = sorted(set(self.data_options) - set(DATA_FILE_OPTIONS))
+        if unknown:
+            raise ValueError(f"TrainJob.data_options takes {list(DATA_FILE_OPTIONS)}, got {unknown}")
 
 
 def train_job(job: TrainJob):
     """Train an adapter for the catalog trie of ``job.data`` (:func:`constrained_rec.catalog.catalog_trie`, the
     trie :func:`run` checks it against); returns :class:`constrained_rec.train.TrainResult`."""
+    from constrained_rec.hf import process_state
+    from constrained_rec.run_folder import folder_lock
+
+    command = f"train_job(data={job.data!r}, output_dir={str(job.output_dir)!r})"
+    with folder_lock(job.output_dir, process_state(), command):  # one training per folder
+        return _train_in_folder(job)
+
+
+def _train_in_folder(job: TrainJob):
     import dataclasses
 
     from constrained_rec.catalog import catalog_trie
@@ -459,7 +483,7 @@ def train_job(job: TrainJob):
     from constrained_rec.train import train
 
     model, tokenizer = load_model(job.model)
-    data = load_interactions(job.data)
+    data = load_interactions(job.data, **{k: v for k, v in job.data_options.items() if v is not None})
     split = SplitConfig(train_samples=job.train_samples, eval_samples=job.eval_samples, seed=job.train.seed,
                         template=job.template)
     splits = make_splits(data, split, tokenizer=tokenizer)

@@ -40,6 +40,11 @@ def _ks(methods: Mapping[str, dict]) -> list[int]:
     return sorted(int(name[3:]) for name in names)
 
 
+def _top(figures: Mapping) -> int:
+    """The cut-off of a method's coverage and popularity figures (``coverage@10``, or ``@K`` for a smaller K)."""
+    return next(int(name.split("@")[1]) for name in figures if name.startswith("coverage@"))
+
+
 def _number(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -74,13 +79,14 @@ def markdown_report(results: Mapping) -> str:
     confidence = int(round(config.get("confidence", 0.95) * 100))
     header = ["method", "users"] + [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks]
     speed = "users/s per process" if config.get("processes", 1) > 1 else "users/s"
-    header += ["valid", "coverage@10", "popularity pct@10", speed]
+    top = _top(next(iter(methods.values()))) if methods else 10
+    header += ["valid", f"coverage@{top}", f"popularity pct@{top}", speed]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, figures in methods.items():
         row = [name, str(figures["users"])]
         row += [_number(figures[f"hr@{k}"]["value"]) for k in ks] + [_number(figures[f"ndcg@{k}"]["value"]) for k in ks]
-        row += [_number(figures["validity_rate"]), _number(figures["coverage@10"]),
-                _number(figures["popularity_percentile@10"], 1), _number(figures["users_per_s"], 3)]
+        row += [_number(figures["validity_rate"]), _number(figures[f"coverage@{top}"]),
+                _number(figures[f"popularity_percentile@{top}"], 1), _number(figures["users_per_s"], 3)]
         lines.append("| " + " | ".join(row) + " |")
     lines += _title_hits_table(methods, ks)
     for name, figures in methods.items():
@@ -95,8 +101,9 @@ def markdown_report(results: Mapping) -> str:
         valid = figures["validity_rate"]
         lines.append(f"| valid outputs | {_number(valid)} ({figures['outputs']} outputs) | |" if valid is not None
                      else "| valid outputs | n/a (no model outputs) | |")
-        lines.append(f"| catalog coverage of the top-10 | {_number(figures['coverage@10'])} | |")
-        lines.append(f"| mean popularity percentile of the top-10 | {_number(figures['popularity_percentile@10'], 1)} | |")
+        lines.append(f"| catalog coverage of the top-{top} | {_number(figures[f'coverage@{top}'])} | |")
+        lines.append(f"| mean popularity percentile of the top-{top} | "
+                     f"{_number(figures[f'popularity_percentile@{top}'], 1)} | |")
         lines.append(f"| {speed} | {_number(figures['users_per_s'], 3)} | |")
     if results.get("assistant"):
         lines += ["", *assistant_markdown(results["assistant"])]

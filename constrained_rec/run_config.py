@@ -47,6 +47,7 @@ QUICK_KS = (1, 5, 10)
 ASSISTANT_CHOICES = ("none", "popularity", "ease", "sasrec")
 DEFAULT_ASSISTANT, QUICK_ASSISTANT = "sasrec", "popularity"
 ASSISTANT_KS = (1, 5, 10)
+DEFAULT_SEARCH_ERROR_USERS = 2
 
 
 def parse_prior_weight(text) -> float | str:
@@ -83,6 +84,19 @@ def _is_int(value) -> bool:
 DATA_FILE_OPTIONS = ("items", "user_column", "item_column", "time_column", "title_column", "items_item_column", "sep")
 DATA_OPTIONS = (*DATA_FILE_OPTIONS, "split", "max_history", "item_noun")
 SPLIT_CHOICES = ("auto", "leave-one-out", "temporal", "given")
+
+
+def add_data_file_arguments(parser) -> None:
+    """The ``DATA_FILE_OPTIONS`` flags (``--items``, the column options) on an argparse parser or group, for
+    ``experiments/run.py`` and ``experiments/train.py`` alike; ``--sep`` is left to each script."""
+    parser.add_argument("--items", default=None, help="items file (item id, title) of an interactions CSV/TSV, or "
+                        "the metadata file of an Amazon reviews file")
+    for column, default, what in (("user", "user_id", "interactions file's user id"),
+                                  ("item", "item_id", "interactions file's item id"),
+                                  ("time", "timestamp", "interactions file's time (Unix seconds or ISO 8601)"),
+                                  ("title", "title", "items file's title"),
+                                  ("items-item", "--item-column", "items file's item id")):
+        parser.add_argument(f"--{column}-column", default=None, help=f"column of the {what} [default {default}]")
 
 
 @dataclass
@@ -133,7 +147,7 @@ class RunConfig:
     assistant: str | None = None
     prior_weight: float | str = "auto"
     lm_alone: bool = True
-    search_error_users: int = 2
+    search_error_users: int | None = None  # None: DEFAULT_SEARCH_ERROR_USERS with an assistant
     user_signal: bool = True
     signal_candidates: int = 5
 
@@ -147,8 +161,9 @@ class RunConfig:
             if value is not None and not (_is_int(value) and value >= least):
                 raise ValueError(f"RunConfig.{name} (--{name.replace('_', '-')}) must be an integer >= {least}, "
                                  f"got {value!r}")
-        if not _is_int(self.seed):
-            raise ValueError(f"RunConfig.seed must be an integer, got {self.seed!r}")
+        if not (_is_int(self.seed) and self.seed >= 0):
+            raise ValueError(f"RunConfig.seed (--seed) must be an integer >= 0 (numpy takes no negative seed), "
+                             f"got {self.seed!r}")
         if self.k is not None:
             self.k = tuple(self.k)
             if not self.k or not all(_is_int(k) and k >= 1 for k in self.k):
@@ -201,12 +216,27 @@ class RunConfig:
                 raise ValueError(f"RunConfig.{name} must be True or False, got {getattr(self, name)!r}")
         for name, least in (("search_error_users", 0), ("signal_candidates", 1)):
             value = getattr(self, name)
-            if not (_is_int(value) and value >= least):
+            if not (_is_int(value) and value >= least) and not (name == "search_error_users" and value is None):
                 raise ValueError(f"RunConfig.{name} (--{name.replace('_', '-')}) must be an integer >= {least}, "
                                  f"got {value!r}")
         if not self.lm_alone and self.assistant_name == "none":
             raise ValueError("--no-lm-alone skips the LM-alone decoding, which leaves nothing of the LM to evaluate "
                              "without an assistant; pass --assistant popularity, ease or sasrec")
+        if self.assistant_name == "none":
+            # these act on the assistant's prior only: ignoring them without a word would hide a mistaken command
+            for flag, given in (("--prior-weight", self.prior_weight != "auto"),
+                                ("--search-error-users", bool(self.search_error_users))):
+                if given:
+                    raise ValueError(f"{flag} applies to the collaborative prior, but --assistant none turns it off "
+                                     f"(nothing of it would run); drop {flag}, or pass --assistant popularity, ease "
+                                     "or sasrec")
+
+    @property
+    def search_error_count(self) -> int:
+        """``--search-error-users``: the given number, else ``DEFAULT_SEARCH_ERROR_USERS`` (0 without an assistant)."""
+        if self.search_error_users is not None:
+            return self.search_error_users
+        return 0 if self.assistant_name == "none" else DEFAULT_SEARCH_ERROR_USERS
 
     @property
     def assistant_name(self) -> str:
@@ -325,6 +355,77 @@ def run_identity(config: RunConfig) -> dict:
     }
 
 
+def check_splits(config: RunConfig, data, split_config, available: dict[str, int]) -> None:
+    """Before the model loads: every split this run needs holds samples, or an error naming the missing or empty
+    CSV (D3 / MiniOneRec layouts) or split, who needs it and what to pass instead.
+
+    ``available`` is the number of samples of each split (``train``, ``validation``, ``test``).
+    """
+    training = bool(config.size.train_samples) and not config.adapter
+    needs = {"test": [("the evaluation", "")]}
+    if training:
+        needs["train"] = [(f"training (--train-samples {config.size.train_samples} without --adapter)",
+                           "--train-samples 0 to evaluate the base model zero-shot, or --adapter DIR")]
+    validation = []
+    if training:
+        validation.append(("training (its validation loss picks the saved adapter)",
+                           "--train-samples 0 or --adapter DIR"))
+    if config.assistant_name in ("ease", "sasrec"):
+        validation.append((f"the {config.assistant_name} assistant (it chooses its settings on validation samples)",
+                           "--assistant popularity or none"))
+    if config.assistant_name != "none" and config.prior_weight == "auto":
+        validation.append(("--prior-weight auto (it weighs the prior on validation users)", "--prior-weight 1"))
+    needs["validation"] = validation
+    for split, purposes in needs.items():
+        if purposes and not available[split]:
+            raise _empty_split(data, split_config, split, purposes)
+
+
+def check_signal_candidates(config: RunConfig, data, test_split) -> None:
+    """Before the model loads: every test user has ``--signal-candidates`` items to draw for the user-signal
+    control (the catalog less the user's consumed items and the items titled like the target), or an error
+    naming the flag, the user and the largest value that works (it used to fail after the whole evaluation)."""
+    if not config.user_signal or len(test_split) < 2:  # with fewer than 2 users the control is not run
+        return
+    from collections import Counter
+
+    from constrained_rec.evaluate import consumed_items
+
+    same_title = Counter(data.titles.values())
+    fewest = None
+    for row, consumed in zip(test_split, consumed_items(data.interactions, test_split)):
+        title = data.titles[int(row["target_item_id"])]
+        banned = same_title[title] + sum(data.titles[i] != title for i in consumed if i in data.titles)
+        left = len(data.titles) - banned
+        if fewest is None or left < fewest[0]:
+            fewest = (left, int(row["user_id"]))
+    if fewest[0] < config.signal_candidates:
+        raise ValueError(f"--signal-candidates {config.signal_candidates} is more than test user {fewest[1]} has to "
+                         f"draw: {fewest[0]} items of the catalog's {len(data.titles)} remain once the user's consumed "
+                         f"items and the target's title are left out; pass --signal-candidates {max(1, fewest[0])} or "
+                         "less, or --no-user-signal")
+
+
+def _empty_split(data, split_config, split: str, purposes: list[tuple[str, str]]) -> Exception:
+    """The error for a split without samples that ``purposes`` (``(who needs it, what to pass instead)``) need."""
+    from constrained_rec.data import SPLIT_FOLDERS
+
+    who = " and ".join(purpose for purpose, _ in purposes)
+    instead = "; or pass " + ", or ".join(alternative for _, alternative in purposes if alternative)
+    instead = instead if any(alternative for _, alternative in purposes) else ""
+    given = getattr(data, "given", None)
+    if split_config.protocol == "given" and given is not None:
+        if split not in given.files:
+            try:
+                given.require(split, who)
+            except FileNotFoundError as error:
+                return FileNotFoundError(f"{error}{instead}")
+        return ValueError(f"{given.files[split]} holds no samples (only its header): {who} needs "
+                          f"{SPLIT_FOLDERS[split]} samples; add its rows{instead}")
+    return ValueError(f"{data.name}: the {split_config.protocol} split leaves no {split} samples (too few "
+                      f"interactions per user or in time): {who} needs them{instead}")
+
+
 def check_run_identity(output_dir: Path, config: RunConfig, state) -> None:
     """Refuse to resume a folder written by a run with other options, naming them (old -> new).
 
@@ -332,6 +433,7 @@ def check_run_identity(output_dir: Path, config: RunConfig, state) -> None:
     but no ``run.json`` was written by an older version whose options are unknown: also refused.
     """
     from constrained_rec.predictions import check_identity
+    from constrained_rec.run_folder import DATA_FILES_KEY
 
     path = output_dir / RUN_IDENTITY
     earlier = [name for name in ("adapter", "evaluation.json") if (output_dir / name).exists()]
@@ -341,6 +443,6 @@ def check_run_identity(output_dir: Path, config: RunConfig, state) -> None:
     if not earlier and state.is_main_process and path.is_file():
         path.unlink()  # a run that failed before producing anything: nothing to resume, its options do not bind
     try:
-        check_identity(path, run_identity(config), state, "a run")
+        check_identity(path, run_identity(config), state, "a run", ignore=(DATA_FILES_KEY,))
     except ValueError as error:
         raise ValueError(f"{error}. A new run needs a new folder: pass another --output-dir") from None

@@ -15,6 +15,7 @@ import argparse
 
 from constrained_rec.model import EMBEDDED_MODEL
 from constrained_rec.pipeline import TrainJob, train_job
+from constrained_rec.run_config import DATA_FILE_OPTIONS, add_data_file_arguments
 from constrained_rec.train import LR_SCHEDULES, TrainConfig
 
 
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--model", default=EMBEDDED_MODEL, help="embedded name, local folder or cached HF id")
     parser.add_argument("--data", default="ml-100k", help="a name or path accepted by load_interactions")
+    add_data_file_arguments(parser)  # the data-file flags of run.py, e.g. --items (its error messages name them)
+    parser.add_argument("--sep", default=None, help="field separator of the CSV/TSV files [default: tab for .tsv, "
+                        "comma otherwise]")
     parser.add_argument("--train-samples", type=int, default=1024, help="0 keeps all sliding windows")
     parser.add_argument("--eval-samples", type=int, default=200, help="validation samples for the loss")
     parser.add_argument("--template", default="alpaca")
@@ -54,7 +58,8 @@ def main(argv: list[str] | None = None):
         eval_every=args.eval_every, early_stopping_patience=args.early_stopping_patience,
         checkpoint_every=args.checkpoint_every,
     )
-    result = train_job(TrainJob(output_dir=args.output_dir, model=args.model, data=args.data,
+    data_options = {name: getattr(args, name) for name in DATA_FILE_OPTIONS}
+    result = train_job(TrainJob(output_dir=args.output_dir, model=args.model, data=args.data, data_options=data_options,
                                 train_samples=args.train_samples or None, eval_samples=args.eval_samples,
                                 template=args.template, train=config, resume=not args.no_resume))
     print(f"{result.global_step} steps, last training loss {result.train_loss:.4f}, best validation loss "

@@ -271,7 +271,6 @@ def test_titles_and_string_prompts_with_a_tokenizer(smollm2_tokenizer):
         ({"mode": "exact", "length_penalty": 1.0}, "needs length_penalty=0.0"),
         ({"exclude": [set()]}, r"disagree on the number of prompts \(num_prompts: 3, exclude: 1\)"),
         ({"exclude": [{999}, set(), set()]}, r"item ids \[999\] are not in the trie"),
-        ({"k": 40}, "only 9 titles"),
         ({"prompts": "just a string"}, "`prompts` has to be a non-empty sequence"),
         ({"prompts": [[1, -2]]}, "prompt 0 has to be a string or a non-empty list of token ids"),
         ({"prompts": ["text"]}, "prompt 0 is a string, which needs a tokenizer"),
@@ -286,18 +285,34 @@ def test_bad_arguments_are_clear_errors(model, kwargs, message):
 
 
 @pytest.mark.parametrize("exclude, zeroed, cause", [
-    (None, [0, 1, 2], r"only 2 titles \(3 titles removed by the -inf \(zero-mass\) entries of `item_log_prior\[0\]`\)"),
-    ([{13}], [0, 1, 2], r"only 1 titles \(1 title removed by `exclude`, 3 more by the -inf .* `item_log_prior\[0\]`\)"),
-    ([{12, 13, 14}], [], r"only 2 titles \(after `exclude`\)"),
-    ([{12, 13, 14}], [2], r"only 2 titles \(after `exclude`\)"),  # the prior's -inf item is excluded anyway
+    (None, [0, 1, 2], r"only \[2\] titles \(prompt 0: 3 titles removed by the -inf \(zero-mass\) entries of `item_log_prior\[0\]`\)"),
+    ([{13}], [0, 1, 2], r"only \[1\] titles \(prompt 0: 1 title removed by `exclude`, 3 more by the -inf .* `item_log_prior\[0\]`\)"),
+    ([{12, 13, 14}], [], r"only \[2\] titles \(prompt 0: after `exclude`\)"),
+    ([{12, 13, 14}], [2], r"only \[2\] titles \(prompt 0: after `exclude`\)"),  # the prior's -inf item is excluded anyway
 ])
 def test_too_few_titles_blame_what_removed_them(model, exclude, zeroed, cause):
     trie = TitleTrie.from_token_sequences([[5, 6], [5, 7], [8], [9, 10], [11]], eos_token_id=EOS,
                                           item_ids=[10, 11, 12, 13, 14])
     prior = np.zeros((1, 5))
     prior[0, zeroed] = -np.inf
-    with pytest.raises(ValueError, match=cause):
+    with pytest.warns(constrained_rec.decode.FewerTitlesWarning, match=cause):
         recommend(model, None, PROMPTS[:1], trie, 3, exclude=exclude, item_log_prior=prior)
+
+
+@pytest.mark.parametrize("mode", ["beam", "exact"])
+def test_a_prompt_with_fewer_titles_than_k_gets_all_it_can_reach_with_a_warning(model, mode):
+    """Issue 17 item 1: k above what a prompt can reach (after `exclude`) returns those titles, warning, not an error."""
+    trie = TitleTrie.from_token_sequences([[5, 6], [5, 7], [8], [9, 10], [11], [12], [13], [14], [15]], eos_token_id=EOS)
+    exclude = [set(), set(range(6)), set(range(1, 9))]  # default item ids: 0..8, in title order
+    with pytest.warns(constrained_rec.decode.FewerTitlesWarning,
+                      match=r"prompts \[1, 2\] can be recommended only \[3, 1\] titles .*fewer than k=5"):
+        result = recommend(model, None, PROMPTS, trie, 5, num_beams=5, exclude=exclude, mode=mode)
+    assert [len(recs) for recs in result.recommendations] == [5, 3, 1]
+    assert {i for r in result.recommendations[1] for i in r.item_ids} == {6, 7, 8}
+    assert result.recommendations[2][0].item_ids == [0]
+    with pytest.warns(constrained_rec.decode.FewerTitlesWarning, match=r"only \[9, 9, 9\] titles"):
+        whole = recommend(model, None, PROMPTS, trie, 40, num_beams=40, mode=mode)
+    assert [len(recs) for recs in whole.recommendations] == [9, 9, 9]
 
 
 def test_model_and_trie_mismatches_are_clear_errors(model):

@@ -241,6 +241,11 @@ def test_an_adapter_from_experiments_train_passes_the_run_check(tmp_path, tokeni
     (dict(signal_candidates=0), r"signal_candidates \(--signal-candidates\) must be an integer >= 1, got 0"),
     (dict(search_error_users=-1), r"search_error_users \(--search-error-users\) must be an integer >= 0, got -1"),
     (dict(assistant="none", lm_alone=False), r"--no-lm-alone .* pass --assistant popularity, ease or sasrec"),
+    # issue 17 item 12: options of the prior with no prior were silently ignored
+    (dict(assistant="none", prior_weight=2), r"--prior-weight applies to the collaborative prior, but --assistant none "
+                                             r"turns it off .*drop --prior-weight, or pass --assistant popularity"),
+    (dict(assistant="none", search_error_users=3), r"--search-error-users applies to the collaborative prior"),
+    (dict(seed=-1), r"seed \(--seed\) must be an integer >= 0 \(numpy takes no negative seed\), got -1"),
 ])
 def test_bad_assistant_options_are_named(options, message):
     with pytest.raises(ValueError, match=message):
@@ -256,6 +261,8 @@ def test_assistant_defaults_and_their_ks():
     assert RunConfig(quick=True).assistant_name == "popularity"
     assert RunConfig(assistant="none").ks == (1, 5, 10, 20)  # without an assistant: today's defaults
     assert RunConfig(prior_weight="2").prior_weight == 2.0
+    assert RunConfig().search_error_count == 2 and RunConfig(assistant="none").search_error_count == 0
+    assert RunConfig(assistant="none", search_error_users=0).search_error_count == 0  # "off" agrees with no prior
     assert RunConfig(assistant="ease", lm_alone=False, constrained=True).command_line() == (
         "python experiments/run.py --constrained --assistant ease --no-lm-alone")
 
@@ -373,6 +380,24 @@ def test_the_assistant_is_fit_on_training_interactions_only(ml100k, tmp_path):
     assert again.fit_seconds is None and setup.fit_seconds is not None
     with pytest.raises(ValueError, match=r"holds a 'popularity' assistant, not the 'ease'"):
         fit_assistant_step("ease", loaded, tmp_path, seed=0, state=SINGLE)
+
+
+def test_a_damaged_assistant_folder_is_refit_with_a_message(ml100k, tmp_path, capsys):
+    """Issue 17 item 2: an assistant folder left damaged (here: its counts cut short, as a save killed by the old
+    non-atomic writer left it) is detected on resume and refit, saying so; every resume used to die on numpy."""
+    from constrained_rec.assistant_prior import fit_assistant_step
+
+    loaded = _fake_loaded(ml100k)
+    first = fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE)
+    counts = tmp_path / "assistant" / "counts.npy"
+    counts.write_bytes(counts.read_bytes()[:100])
+    (tmp_path / "assistant" / "prior_weight.json").write_text("{}")  # chosen for the damaged assistant
+    again = fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE)
+    assert "is damaged" in capsys.readouterr().out and again.fit_seconds is not None
+    assert np.array_equal(again.assistant.counts, first.assistant.counts)
+    assert not (tmp_path / "assistant" / "prior_weight.json").exists()
+    (tmp_path / "assistant" / "counts.npy").unlink()
+    assert fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE).fit_seconds is not None
 
 
 def test_auto_weight_sweep_uses_validation_users_only(ml100k, tmp_path, monkeypatch):

@@ -48,7 +48,7 @@ from constrained_rec.data.given import SPLIT_FOLDERS, GivenSplits
 from constrained_rec.data.interactions import COLUMNS, InteractionData, move_trailing_article, title_hit_rank
 from constrained_rec.data.readers import LAYOUTS, CsvFormat
 from constrained_rec.data.sources import (
-    DATA_ENV_VAR, GROUPLENS_FOLDERS, GROUPLENS_URL, download_grouplens, load_interactions)
+    DATA_ENV_VAR, GROUPLENS_FOLDERS, GROUPLENS_URL, download_grouplens, file_fingerprints, load_interactions)
 from constrained_rec.data.splits import (
     PROTOCOL_ALIASES, PROTOCOLS, SPLITS, SplitConfig, draw_samples, make_splits, split_positions)
 from constrained_rec.hf import CACHE_ENV_VAR
@@ -56,6 +56,6 @@ from constrained_rec.hf import CACHE_ENV_VAR
 __all__ = [
     "CACHE_ENV_VAR", "COLUMNS", "CsvFormat", "DATA_ENV_VAR", "GROUPLENS_FOLDERS", "GROUPLENS_URL", "GivenSplits",
     "InteractionData", "LAYOUTS", "PROTOCOLS", "PROTOCOL_ALIASES", "SPLITS", "SPLIT_FOLDERS", "SplitConfig",
-    "download_grouplens", "draw_samples", "load_interactions", "make_splits", "move_trailing_article", "split_positions",
-    "title_hit_rank",
+    "download_grouplens", "draw_samples", "file_fingerprints", "load_interactions", "make_splits",
+    "move_trailing_article", "split_positions", "title_hit_rank",
 ]
