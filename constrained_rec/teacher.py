@@ -135,7 +135,8 @@ def teacher_outputs(model, tokenizer, trie, samples: Sequence, k: int, *, num_be
     from constrained_rec.user_signal import score_titles
 
     if candidates is not None and len(candidates) != len(samples):
-        raise ValueError(f"got candidates for {len(candidates)} users and {len(samples)} samples; give one list per user")
+        raise ValueError(f"got candidates for {len(candidates)} users and {len(samples)} samples; "
+                         "give one list per user")
     prompts = [s.prompt for s in samples]
     result = recommend(model, tokenizer, prompts, trie, k, num_beams=num_beams,
                        exclude=[s.exclude for s in samples] if exclude_history else None,

@@ -79,7 +79,8 @@ def _trainer(config, output_dir: Path, has_validation: bool):
                       devices=1, accumulate_grad_batches=config.gradient_accumulation_steps,
                       gradient_clip_val=config.max_grad_norm, callbacks=[checkpoint], use_distributed_sampler=False,
                       logger=CSVLogger(output_dir, name="logs"), default_root_dir=output_dir,
-                      num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=False), checkpoint
+                      num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=False,
+                      limit_val_batches=None if has_validation else 0), checkpoint
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir = Path(config.output_dir)
     model, tokenizer = load_model(config.llm_model_name)
     data = BigRecDataModule.from_dataset(
-        config.dataset, tokenizer, split_config=config.split_config(), train_samples=config.train_samples or None,
+        config.dataset, tokenizer, split_config=config.split_config(), train_samples=config.train_samples,
         eval_users=config.eval_users, exclude_history=config.exclude_history, limits=config.prompt_limits(),
         data_dir=config.data_dir, train_config=config.train_config(), eval_batch_size=config.eval_batch_size)
     trie = TitleTrie.load(config.catalog) if config.catalog else catalog_trie(data.data, tokenizer)

@@ -228,6 +228,7 @@ def test_source_and_target_limits_drop_oldest_titles_or_refuse(setup):
                                             limits=PromptLimits(max_source_length=limit))
     assert all(len(prompt_token_ids(tokenizer, p)) <= limit for p in limited.train["prompt"])
     assert all(len(prompt_token_ids(tokenizer, s.prompt)) <= limit for s in limited.test)
+    assert BigRecDataModule.from_dataset("ml-100k", tokenizer, train_samples=0, eval_users=2).train is None
 
 
 def test_the_yaml_config_loads_and_refuses_unknown_or_mistyped_keys(tmp_path):
@@ -254,7 +255,8 @@ def test_run_lightning_from_the_yaml_file(tiny_model_dir, tmp_path):
     from constrained_rec.teacher import load_teacher_outputs
     from experiments import run_lightning
 
-    sets = [f"llm_model_name={tiny_model_dir}", "train_samples=8", "eval_users=2", "ks=[1, 2]", "batch_size=4", "max_steps=2",
+    sets = [f"llm_model_name={tiny_model_dir}", "train_samples=8", "eval_users=2", "ks=[1, 2]", "batch_size=4",
+            "max_steps=2",
             f"output_dir={tmp_path}", f"teacher_export={tmp_path / 'teacher.npz'}", "teacher_candidates=2",
             "accelerator=cpu"]
     results = run_lightning.main(["--config", str(REPO_ROOT / "conf" / "bigrec.yaml")]

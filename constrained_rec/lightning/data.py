@@ -113,7 +113,8 @@ class SequencePrompter:
         self.limits.check_target(self.tokenizer, target_title)
         user = row.get("user_id", row_number)
         return {"prompt": self.limits.prompt(self.tokenizer, history), "target_title": target_title,
-                "target_item_id": int(row["target"]), "user_id": int(user), "history_item_ids": ids, "consumed_item_ids": consumed}
+                "target_item_id": int(row["target"]), "user_id": int(user), "history_item_ids": ids,
+                "consumed_item_ids": consumed}
 
     def __call__(self, rows: Sequence[Mapping]) -> list[dict]:
         return [self.row(row, n) for n, row in enumerate(rows)]
@@ -201,15 +202,20 @@ class BigRecDataModule(pl.LightningDataModule):
                      eval_users: int | None = None, exclude_history: bool = True, limits: PromptLimits | None = None,
                      data_dir: str | None = None, train_config=None, eval_batch_size: int = 4,
                      **file_options) -> "BigRecDataModule":
-        """From a data set name or path: seeded ``train_samples`` training windows and ``eval_users`` validation
-        and test users (all when ``None``) under ``split_config`` (:class:`constrained_rec.data.SplitConfig`),
+        """From a data set name or path: seeded ``train_samples`` training windows (0: none) and ``eval_users``
+        validation and test users (all when ``None``) under ``split_config`` (:class:`constrained_rec.data.SplitConfig`),
         each user's consumed items excluded from the rankings when ``exclude_history``. ``file_options``
         (``items``, ``user_column``, ...) go to :func:`constrained_rec.data.load_interactions`."""
         from constrained_rec.data import SplitConfig, load_interactions, make_splits
 
+        if train_samples is not None and (isinstance(train_samples, bool) or not isinstance(train_samples, int)
+                                          or train_samples < 0):
+            raise ValueError(f"train_samples must be an integer >= 0 (0: no training rows) or None (all), "
+                             f"got {train_samples!r}")
         data = load_interactions(dataset, data_dir=data_dir, **file_options)
-        split_config = replace(split_config or SplitConfig(), train_samples=train_samples,
-                               eval_samples=eval_users).resolve(data)
+        # SplitConfig has no "none": draw one training window and drop it
+        split_config = replace(split_config or SplitConfig(), train_samples=train_samples or (None if train_samples
+                               is None else 1), eval_samples=eval_users).resolve(data)
         splits = make_splits(data, split_config, tokenizer=tokenizer)
         limits = replace(limits or PromptLimits(), item_noun=split_config.item_noun, template=split_config.template)
         rebuild = limits.max_source_length is not None
@@ -220,9 +226,12 @@ class BigRecDataModule(pl.LightningDataModule):
                 limits.check_target(tokenizer, sample.target_title)
             if not rebuild:
                 return samples
-            return [replace(s, prompt=limits.prompt(tokenizer, row["history_titles"])) for s, row in zip(samples, split)]
+            return [replace(s, prompt=limits.prompt(tokenizer, row["history_titles"]))
+                    for s, row in zip(samples, split)]
 
-        train = _training_rows(splits["train"], tokenizer, limits, rebuild) if len(splits["train"]) else None
+        train = None
+        if train_samples != 0 and len(splits["train"]):
+            train = _training_rows(splits["train"], tokenizer, limits, rebuild)
         module = cls(tokenizer, train, users(splits["validation"]), users(splits["test"]), train_config,
                      eval_batch_size)
         module.data, module.splits, module.split_config = data, splits, split_config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
@@ -83,7 +84,7 @@ class BigRecModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.targets))
         return loss
 
-    def on_train_start(self) -> None:
+    def on_fit_start(self) -> None:
         self.model.train()  # load_model hands the model over in eval mode; train() trains with dropout
 
     def configure_optimizers(self):
@@ -174,8 +175,7 @@ class BigRecModule(pl.LightningModule):
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
-        config = self.train_config.__class__(**{**self.train_config.to_dict(),
-                                                "catalog_fingerprint": self.trie.fingerprint()})
+        config = dataclasses.replace(self.train_config, catalog_fingerprint=self.trie.fingerprint())
         global_step = self.trainer.global_step if self._trainer is not None else None
         return write_train_config(folder, config, self.model, trainer="lightning",
                                   **{"global_step": global_step, **progress})
