@@ -7,7 +7,6 @@ experiments/run.py accepts; the YAML config refuses unknown keys; teacher output
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ import torch
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from conftest import REPO_ROOT, make_tiny_llama  # noqa: E402
+from conftest import REPO_ROOT  # noqa: E402
 from constrained_rec.batching import collate  # noqa: E402
 from constrained_rec.catalog import catalog_trie  # noqa: E402
 from constrained_rec.evaluate import ConstrainedRecommender, EvalConfig, evaluate, method_metrics  # noqa: E402
@@ -33,17 +32,6 @@ EVAL = EvalConfig(ks=(1, 3), batch_size=2)
 def quiet_trainer(**options):
     return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0, **options)
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A random 2-layer Llama with SmolLM2's tokenizer, saved as a local model folder (as tests/test_run.py)."""
-    from constrained_rec.model import load_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama(vocab_size=49152, seed=0).save_pretrained(folder)
-    load_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def fresh_model(tiny_model_dir):
