@@ -246,7 +246,7 @@ def test_run_lightning_from_the_yaml_file(tiny_model_dir, tmp_path):
     sets = [f"llm_model_name={tiny_model_dir}", "train_samples=8", "eval_users=2", "ks=[1, 2]", "batch_size=4",
             "max_steps=2",
             f"output_dir={tmp_path}", f"teacher_export={tmp_path / 'teacher.npz'}", "teacher_candidates=2",
-            "accelerator=cpu"]
+            "accelerator=cpu", "assistant=popularity", "prior_weight=2.0"]
     results = run_lightning.main(["--config", str(REPO_ROOT / "conf" / "bigrec.yaml")]
                                  + [a for s in sets for a in ("--set", s)])
     assert {"test/hr@1", "test/ndcg@2", "test/loss"} <= set(results["test"])
@@ -254,6 +254,11 @@ def test_run_lightning_from_the_yaml_file(tiny_model_dir, tmp_path):
     teacher = load_teacher_outputs(tmp_path / "teacher.npz")
     assert teacher.topk_item_ids.shape == (2, 2) and teacher.candidate_item_ids.shape == (2, 3)
     assert (teacher.candidate_item_ids[:, 0] == teacher.target_item_ids).all()
+    # LM + popularity prior: the fused score is log_prob + w * log M(title), with a real (negative) prior mass
+    assert teacher.metadata["prior"] and teacher.metadata["prior_weight"] == 2.0
+    assert (teacher.topk_prior_log_mass < 0).all()
+    np.testing.assert_allclose(teacher.topk_fused_log_prob,
+                               teacher.topk_log_prob + 2.0 * teacher.topk_prior_log_mass, rtol=1e-4)
 
 
 def test_the_core_never_imports_lightning():
