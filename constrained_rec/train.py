@@ -186,11 +186,34 @@ def _plot_losses(log: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def _schedule(optimizer, config: TrainConfig, total_steps: int):
+def lr_scheduler(optimizer, config: TrainConfig, total_steps: int):
+    """The learning-rate schedule of ``config`` (linear warm-up, then ``config.lr_schedule``) over ``total_steps``
+    optimizer steps; shared by :func:`train` and :class:`constrained_rec.lightning.BigRecModule`."""
     from transformers import get_scheduler
 
     name = {"constant": "constant_with_warmup"}.get(config.lr_schedule, config.lr_schedule)
     return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
+
+
+def with_lora(model, config: TrainConfig):
+    """``model`` with a new LoRA adapter of ``config``, initialised under ``config.seed``; a ``peft.PeftModel``
+    is returned as it is. The one place LoRA layers are inserted, for :func:`train` and the Lightning module."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    torch.manual_seed(config.seed)  # LoRA initialisation (seeded for a PeftModel too, as train always did)
+    if isinstance(model, PeftModel):
+        return model
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def write_train_config(folder: Path, config: TrainConfig, model, **progress) -> dict:
+    """Write ``folder/train_config.json`` beside an adapter: the settings, the base model's name and ``progress``
+    (samples, steps, ...). :func:`constrained_rec.model.check_adapter` reads it back (base model, catalog)."""
+    summary = {**config.to_dict(), "base_model": base_model_name(model), **progress}
+    (Path(folder) / "train_config.json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 def train(model, tokenizer, train_dataset, config: TrainConfig | None = None, eval_dataset=None,
@@ -250,8 +273,6 @@ class _TrainingRun:
 
     def __init__(self, model, tokenizer, train_dataset, eval_dataset, config: TrainConfig, output_dir: Path,
                  accelerator):
-        from peft import LoraConfig, PeftModel, get_peft_model
-
         self.config, self.output_dir, self.accelerator, self.tokenizer = config, output_dir, accelerator, tokenizer
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.examples = tokenize_examples(tokenizer, train_dataset)
@@ -269,15 +290,10 @@ class _TrainingRun:
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
 
-        torch.manual_seed(config.seed)  # LoRA initialisation
-        if not isinstance(model, PeftModel):
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM")
-            model = get_peft_model(model, lora)
-        self.model = model
+        self.model = model = with_lora(model, config)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.scheduler = _schedule(optimizer, config, self.total_steps)
+        self.scheduler = lr_scheduler(optimizer, config, self.total_steps)
         self.loss_module, self.optimizer = accelerator.prepare(ResponseLoss(model), optimizer)
         self.state, self.log, self.best_weights = TrainState(), [], None
         identity = {"config": config.to_dict(), "data": data_fingerprint(self.examples), "world_size": self.world}
@@ -427,10 +443,9 @@ class _TrainingRun:
         if self.accelerator.is_main_process:
             model.save_pretrained(self.output_dir)
             self.tokenizer.save_pretrained(self.output_dir)
-            summary = {**self.config.to_dict(), "base_model": base_model_name(model),
-                       "train_samples": len(self.examples), "global_step": state.global_step,
-                       "best_eval_loss": state.best_eval_loss, "stopped_early": state.stopped_early}
-            (self.output_dir / "train_config.json").write_text(json.dumps(summary, indent=1))
+            write_train_config(self.output_dir, self.config, model, train_samples=len(self.examples),
+                               global_step=state.global_step, best_eval_loss=state.best_eval_loss,
+                               stopped_early=state.stopped_early)
         self.accelerator.wait_for_everyone()
         train_losses = [r["loss"] for r in self.log if "loss" in r]
         return TrainResult(model, self.output_dir, state.global_step, train_losses[-1] if train_losses else None,

@@ -56,6 +56,17 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random 2-layer Llama with SmolLM2's tokenizer, saved as a local model folder (read-only for tests)."""
+    from constrained_rec.model import load_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama(vocab_size=49152, seed=0).save_pretrained(folder)
+    load_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """``../shared/data`` (or ``$CONSTRAINED_REC_DATA``); skips with the reason when absent."""
     path = Path(os.environ.get("CONSTRAINED_REC_DATA", REPO_ROOT.parent / "shared" / "data"))

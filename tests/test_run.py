@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, make_tiny_llama
+from conftest import REPO_ROOT
 from constrained_rec import recommenders
 from constrained_rec.pipeline import RunConfig
 from constrained_rec.pipeline import run as run_pipeline
@@ -33,17 +33,6 @@ class Runner:
 @pytest.fixture(scope="module")
 def run():
     return Runner()
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A random 2-layer Llama with SmolLM2's tokenizer, saved as a local model folder."""
-    from constrained_rec.model import load_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama(vocab_size=49152, seed=0).save_pretrained(folder)
-    load_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
