@@ -166,6 +166,7 @@ def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData,
     validation = loaded.splits["validation"]
     validation = validation.select(range(min(size.validation_samples, len(validation))))
     train_config = TrainConfig(epochs=size.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                               history_loss_weight=config.history_loss_weight,
                                seed=config.seed, catalog_fingerprint=trie.fingerprint(),
                                warmup_steps=min(20, max(1, size.train_samples // config.batch_size // 10)))
     return train(model, tokenizer, loaded.splits["train"], train_config, eval_dataset=validation,
