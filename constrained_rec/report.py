@@ -155,8 +155,9 @@ def assistant_markdown(assistant: Mapping) -> list[str]:
 def _sweep_markdown(sweep: Mapping, name: str) -> list[str]:
     """The weight sweep: validation NDCG@10 per arm with its interval, and each weight against the assistant alone."""
     lines = [f"w chosen on {sweep['users']} validation users (second-to-last items; test targets unseen), decoded as "
-             f"the test users are: LM + prior beam search ({sweep['num_beams']} beams) at each w (w = 0: the LM "
-             f"alone){', each prompt prefilled once for all weights' if sweep.get('prefill') else ''}; "
+             f"the test users are: LM + prior beam search ({sweep['num_beams']} beams) at each w"
+             f"{' (w = 0: the LM alone)' if 0.0 in sweep['grid'] else ''}"
+             f"{', each prompt prefilled once for all weights' if sweep.get('prefill') else ''}; "
              f"chosen: {sweep['chosen'] if sweep.get('fallback') else 'w = ' + _number(float(sweep['chosen']), 2)}.", ""]
     cis = sweep.get("validation_ndcg@10_ci")
     if not cis:  # a sweep written before the intervals and the assistant arm (issue 20)

@@ -87,3 +87,23 @@ def test_the_report_section_and_figure(tmp_path):
     figure = {"users": 40, "hr@10": {"value": 0.5, "ci": [0.4, 0.6]}, "ndcg@10": {"value": 0.3, "ci": [0.2, 0.4]}}
     plot_metrics({"sasrec": figure}, tmp_path / "metrics.png", paired=[comparison])
     assert (tmp_path / "metrics.png").stat().st_size > 0
+
+
+def test_the_report_says_when_lm_plus_prior_falls_back_and_shows_the_sweep_with_intervals():
+    from constrained_rec.report import assistant_markdown
+
+    versus = {"value": -0.01, "ci": [-0.03, 0.01], "wins": 3, "losses": 5, "ties": 92}
+    sweep = {"users": 100, "num_beams": 10, "grid": [1.0, 4.0], "chosen": "assistant", "fallback": True,
+             "validation_ndcg@10": [0.1, 0.12], "validation_ndcg@10_ci": [[0.05, 0.15], [0.07, 0.17]],
+             "assistant_ndcg@10": {"value": 0.13, "ci": [0.08, 0.18]}, "versus_assistant": [versus, versus],
+             "prefill": "once"}
+    assistant = {"name": "sasrec", "method": "constrained+sasrec", "prior_weight": None, "falls_back": True,
+                 "prior_weight_sweep": sweep}
+    text = "\n".join(assistant_markdown(assistant))
+    assert "LM + prior falls back to the assistant" in text and "constrained+sasrec's recommendations are sasrec's" in text
+    assert "| w = 4.00 | 0.1200 | [0.0700, 0.1700] | -0.0100 | [-0.0300, +0.0100] | 3 / 5 / 92 |" in text
+    assert "| sasrec alone | 0.1300 | [0.0800, 0.1800] |" in text and "chosen: assistant" in text
+    chosen = {**assistant, "prior_weight": 4.0, "falls_back": False,
+              "prior_weight_sweep": {**sweep, "chosen": 4.0, "fallback": False}}
+    text = "\n".join(assistant_markdown(chosen))
+    assert "w = 4.000." in text and "falls back" not in text and "chosen: w = 4.00" in text

@@ -259,7 +259,7 @@ def test_script_keeps_its_flags_and_reports_bad_ones():
     script = [sys.executable, str(REPO_ROOT / "experiments" / "run.py")]
     usage = subprocess.run([*script, "--help"], capture_output=True, text=True, check=True).stdout
     for flag in ("--constrained", "--dataset", "--data-dir", "--model", "--train-samples", "--epochs", "--batch-size",
-                 "--learning-rate", "--adapter", "--eval-users", "--all-users", "--k", "--num-beams",
+                 "--learning-rate", "--history-loss-weight", "--adapter", "--eval-users", "--all-users", "--k", "--num-beams",
                  "--length-penalty", "--exclude-history", "--baselines", "--eval-batch-size", "--decoder", "--threads",
                  "--quick", "--seed", "--device", "--output-dir", "--assistant", "--prior-weight", "--lm-alone",
                  "--search-error-users", "--user-signal", "--signal-candidates"):
