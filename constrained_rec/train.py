@@ -3,7 +3,8 @@
 Each sample is ``prompt ids + title ids + EOS`` from :func:`constrained_rec.tokenization.example_token_ids`,
 the function the trie is built with, so the model learns exactly the token sequences that constrained
 decoding lets it write. The loss covers the response (title + EOS) by default, as in D3; BIGRec's
-``train_on_inputs`` adds the prompt tokens.
+``train_on_inputs`` adds the prompt tokens; ``history_loss_weight`` adds, weighted, the history titles of the prompt
+(:func:`constrained_rec.batching.history_targets`).
 
 What makes a step cheap on a CPU:
 
