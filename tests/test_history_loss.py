@@ -187,3 +187,18 @@ def test_the_main_job_takes_the_weight_and_refuses_it_where_nothing_trains():
                              (dict(history_loss_weight=1.0, train_samples=0), "--train-samples 0 trains nothing")):
         with pytest.raises(ValueError, match=message):
             RunConfig(**options)
+
+
+def test_a_checkpoint_from_before_the_option_resumes_at_weight_zero_only(tmp_path):
+    import json
+
+    config, data = TrainConfig(**FAST, max_steps=1, checkpoint_every=1), copy_dataset(8, seed=0)
+    train(tiny_model(), make_toy_tokenizer(), data, config, output_dir=tmp_path)
+    state = tmp_path / "checkpoint" / "state.json"
+    saved = json.loads(state.read_text())
+    del saved["config"]["history_loss_weight"]  # as written before the option existed
+    state.write_text(json.dumps(saved))
+    assert train(tiny_model(), make_toy_tokenizer(), data, config, output_dir=tmp_path).global_step == 1
+    with pytest.raises(ValueError, match="history_loss_weight"):
+        train(tiny_model(), make_toy_tokenizer(), data, TrainConfig(**FAST, max_steps=1, checkpoint_every=1,
+                                                                   history_loss_weight=1.0), output_dir=tmp_path)
