@@ -3,14 +3,17 @@ prompts, history-title loss weight 0 vs 1 (issue 20): 48 seeded training windows
 
     python experiments/bench_history_loss.py
 """
-import tempfile, time
+import tempfile
+import time
+
 import torch
-torch.set_num_threads(1)
+
 from constrained_rec.catalog import catalog_trie
 from constrained_rec.data import SplitConfig, load_interactions, make_splits
 from constrained_rec.model import load_model
 from constrained_rec.recipes import ALL_LINEAR
 from constrained_rec.train import TrainConfig, train
+torch.set_num_threads(1)
 data = load_interactions("ml-100k")
 splits = make_splits(data, SplitConfig(train_samples=48, eval_samples=8, seed=0))
 for weight in (0.0, 1.0):
