@@ -107,3 +107,12 @@ def test_the_report_says_when_lm_plus_prior_falls_back_and_shows_the_sweep_with_
               "prior_weight_sweep": {**sweep, "chosen": 4.0, "fallback": False}}
     text = "\n".join(assistant_markdown(chosen))
     assert "w = 4.000." in text and "falls back" not in text and "chosen: w = 4.00" in text
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    import constrained_rec.paired
+
+    failures, tried = doctest.testmod(constrained_rec.paired)
+    assert tried > 0 and failures == 0
