@@ -21,6 +21,9 @@ import torch
 
 # Fields that may change between a run and its resumption: they affect neither the samples nor the updates.
 RESUMABLE_CHANGES = ("eval_every", "checkpoint_every", "log_every")
+# Fields added to TrainConfig after checkpoints were written, with the value that trains as before they existed:
+# a checkpoint without the field resumes under that value.
+ADDED_FIELDS = {"history_loss_weight": 0.0}
 
 
 @dataclass
@@ -105,7 +108,7 @@ class Checkpoint:
     def _check_identity(self, folder: Path, saved: dict) -> None:
         mine = self.identity
         differing = [k for k in mine["config"]
-                     if k not in RESUMABLE_CHANGES and saved["config"].get(k) != mine["config"][k]]
+                     if k not in RESUMABLE_CHANGES and saved["config"].get(k, ADDED_FIELDS.get(k)) != mine["config"][k]]
         if differing or saved["data"] != mine["data"] or saved["world_size"] != mine["world_size"]:
             raise ValueError(
                 f"{str(folder)!r} was written by a different run (config fields {differing}, data "

@@ -163,6 +163,7 @@ def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData,
     validation = loaded.splits["validation"]
     validation = validation.select(range(min(size.validation_samples, len(validation))))
     train_config = TrainConfig(epochs=size.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                               history_loss_weight=config.history_loss_weight,
                                seed=config.seed, catalog_fingerprint=trie.fingerprint(),
                                warmup_steps=min(20, max(1, size.train_samples // config.batch_size // 10)))
     return train(model, tokenizer, loaded.splits["train"], train_config, eval_dataset=validation,
@@ -239,9 +240,13 @@ def build_recommenders(config: RunConfig, model, tokenizer, trie, data, inputs: 
 
         recommenders.append(AssistantRecommender(assisted.assistant, assisted.histories, data.titles, evaluation,
                                                  name=assisted.name))
-        fused = ConstrainedRecommender(model, tokenizer, trie, evaluation, name=assisted.fused_name,
-                                       prior=AssistantPrior(assisted.assistant, assisted.histories, trie),
-                                       prior_weight=assisted.prior_weight)
+        if assisted.fallback:  # the sweep found the LM adds nothing: LM + prior recommends as the assistant
+            fused = AssistantRecommender(assisted.assistant, assisted.histories, data.titles, evaluation,
+                                         name=assisted.fused_name)
+        else:
+            fused = ConstrainedRecommender(model, tokenizer, trie, evaluation, name=assisted.fused_name,
+                                           prior=AssistantPrior(assisted.assistant, assisted.histories, trie),
+                                           prior_weight=assisted.prior_weight)
         if not config.lm_alone:
             return recommenders + [fused]
     if config.constrained or config.baselines:
@@ -266,7 +271,10 @@ def run_controls(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, 
         from constrained_rec.assistant_prior import AssistantPrior, search_error
 
         tick = time.perf_counter()
-        if evaluation.length_penalty != 0.0:
+        if assisted.fallback:
+            inputs.notes.append(f"search error not measured: {assisted.fused_name} fell back to {assisted.name} "
+                                "alone (no search)")
+        elif evaluation.length_penalty != 0.0:
             inputs.notes.append("search error not measured: exact search ranks by total log-probability and "
                                 "needs --length-penalty 0")
         else:
@@ -299,6 +307,7 @@ def assemble_results(config: RunConfig, loaded: LoadedData, name: str, adapter: 
                      method_order: list[str] | None = None, assisted=None, controls: dict | None = None) -> dict:
     """The ``metrics.json`` of a run; ``methods`` in ``method_order`` (the recommenders' order)."""
     from constrained_rec.evaluate import config_dict, method_metrics
+    from constrained_rec.paired import paired_comparisons, run_pairs
     from constrained_rec.report import library_versions, machine_description
 
     data, split_config = loaded.data, loaded.split_config
@@ -307,11 +316,15 @@ def assemble_results(config: RunConfig, loaded: LoadedData, name: str, adapter: 
     order = [m for m in method_order or [] if m in methods] + [m for m in methods if m not in (method_order or [])]
     extra = {"assistant": None if assisted is None else {
         "name": assisted.name, "method": assisted.fused_name, "prior_weight": assisted.prior_weight,
+        "falls_back": assisted.fallback,
         "prior_weight_option": config.prior_weight, "prior_weight_sweep": assisted.sweep,
         "fit_seconds": assisted.fit_seconds, "fit_info": getattr(assisted.assistant, "fit_info", None),
         "search_error": (controls or {}).get("search_error")}}
     if controls and "user_signal" in controls:
         extra["user_signal"] = controls["user_signal"]
+    pairs = run_pairs(order, assisted and assisted.name, assisted and assisted.fused_name)
+    extra["paired"] = paired_comparisons(records, pairs, evaluation.confidence, evaluation.bootstrap_resamples,
+                                         evaluation.seed)
     return {
         "command": config.command_line(),
         "dataset": {"name": data.name, "users": data.num_users, "items": len(data.titles),

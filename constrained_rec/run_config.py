@@ -126,6 +126,7 @@ class RunConfig:
     epochs: int | None = None
     batch_size: int = 8
     learning_rate: float = 1e-3
+    history_loss_weight: float = 0.0
     adapter: str | None = None
     eval_users: int | None = None
     all_users: bool = False
@@ -174,6 +175,7 @@ class RunConfig:
                 raise ValueError(f"RunConfig.{name} must be a finite number, got {value!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"RunConfig.learning_rate (--learning-rate) must be > 0, got {self.learning_rate!r}")
+        self._check_history_loss_weight()
         if self.decoder not in DECODERS:
             raise ValueError(f"RunConfig.decoder (--decoder) must be one of {list(DECODERS)}, got {self.decoder!r}")
         for name in ("dataset", "data_dir", "model", "adapter", "output_dir", "command"):
@@ -186,6 +188,16 @@ class RunConfig:
         if self.num_beams is not None and self.num_beams < max(self.ks):
             raise ValueError(f"--num-beams {self.num_beams} is smaller than the largest K = {max(self.ks)}: beam "
                              "search returns at most num_beams titles")
+
+    def _check_history_loss_weight(self) -> None:
+        """``--history-loss-weight``: a finite number >= 0 that only a run that trains can use."""
+        weight = self.history_loss_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"RunConfig.history_loss_weight (--history-loss-weight) must be a finite number >= 0, "
+                             f"got {weight!r}")
+        if weight and (self.adapter is not None or self.train_samples == 0):
+            reason = f"--adapter {self.adapter}" if self.adapter is not None else "--train-samples 0"
+            raise ValueError(f"--history-loss-weight {weight} is a training option, but {reason} trains nothing")
 
     def _check_data_options(self) -> None:
         """The data flags: non-empty strings, a known split and noun, a history of at least one item."""
@@ -348,6 +360,8 @@ def run_identity(config: RunConfig) -> dict:
         "adapter": str(Path(config.adapter).resolve()) if config.adapter else None,
         "train_samples": size.train_samples, "epochs": size.epochs, "validation_samples": size.validation_samples,
         "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+        # only when set, so that folders written before the option existed still resume
+        **({"history_loss_weight": config.history_loss_weight} if config.history_loss_weight else {}),
         "eval_users": None if config.all_users else size.eval_users, "ks": list(config.ks),
         "num_beams": config.num_beams or max(config.ks), "length_penalty": config.length_penalty,
         "exclude_history": config.exclude_history, "decoder": config.decoder, "seed": config.seed,

@@ -3,7 +3,8 @@
 Each sample is ``prompt ids + title ids + EOS`` from :func:`constrained_rec.tokenization.example_token_ids`,
 the function the trie is built with, so the model learns exactly the token sequences that constrained
 decoding lets it write. The loss covers the response (title + EOS) by default, as in D3; BIGRec's
-``train_on_inputs`` adds the prompt tokens.
+``train_on_inputs`` adds the prompt tokens; ``history_loss_weight`` adds, weighted, the history titles of the prompt
+(:func:`constrained_rec.batching.history_targets`).
 
 What makes a step cheap on a CPU:
 
@@ -66,6 +67,12 @@ class TrainConfig:
         train_on_inputs (`bool`, defaults to `False`):
             Also learn to predict the prompt tokens (BIGRec's option); by default only the response
             (title + EOS) is in the loss.
+        history_loss_weight (`float`, defaults to 0.0):
+            Adds ``history_loss_weight x`` the mean cross-entropy of the history titles' tokens in the prompt
+            (titles 2..n, each predicted from the titles before it, as SASRec trains on every position; see
+            :func:`constrained_rec.batching.history_targets`) to the response loss. Both are means over their
+            target tokens of the optimizer step. 0 trains exactly as without it; the validation loss stays the
+            response loss. An alternative to ``train_on_inputs``, which it refuses.
         batch_size (`int`, defaults to 8):
             Samples per forward pass on each process.
         gradient_accumulation_steps (`int`, defaults to 1):
@@ -101,6 +108,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     train_on_inputs: bool = False
+    history_loss_weight: float = 0.0
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
     length_group_batches: int = 64
@@ -142,6 +150,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not self.lora_target_modules:
             raise ValueError("TrainConfig.lora_target_modules is empty; name at least one module, e.g. 'q_proj'")
+        weight = self.history_loss_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"TrainConfig.history_loss_weight must be a finite number >= 0, got {weight!r}")
+        if weight and self.train_on_inputs:
+            raise ValueError(f"TrainConfig.history_loss_weight={weight!r} with train_on_inputs=True: train_on_inputs "
+                             "already puts every prompt token (history titles included) in the loss; choose one")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"TrainConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
 
@@ -275,7 +289,8 @@ class _TrainingRun:
                  accelerator):
         self.config, self.output_dir, self.accelerator, self.tokenizer = config, output_dir, accelerator, tokenizer
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
-        self.examples = tokenize_examples(tokenizer, train_dataset)
+        self.history = config.history_loss_weight > 0
+        self.examples = tokenize_examples(tokenizer, train_dataset, history=self.history)
         self.eval_examples = tokenize_examples(tokenizer, eval_dataset) if eval_dataset is not None else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.lengths = [len(e.ids) for e in self.examples]
@@ -309,9 +324,9 @@ class _TrainingRun:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.log))
 
-    def _batch(self, examples, indices) -> Batch:
+    def _batch(self, examples, indices, history: bool = False) -> Batch:
         return collate([examples[i] for i in indices], self.pad_id, self.config.train_on_inputs,
-                       self.config.share_prompt_prefix).to(self.accelerator.device)
+                       self.config.share_prompt_prefix, history).to(self.accelerator.device)
 
     def _sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(values, "sum") if self.world > 1 else values
@@ -359,7 +374,9 @@ class _TrainingRun:
     def optimizer_step(self, step_batches: list[list[int]]) -> tuple[float, float | None]:
         """One optimizer step over this process's share of ``step_batches``: ``(mean loss, gradient norm)``."""
         accelerator, world, device = self.accelerator, self.world, self.accelerator.device
-        mine = [self._batch(self.examples, b) for b in step_batches[self.rank::world]]
+        mine = [self._batch(self.examples, b, self.history) for b in step_batches[self.rank::world]]
+        if self.history:
+            return self._history_step(mine)
         # normalise by the target tokens of the whole step, over all processes: DDP averages gradients
         counts = torch.tensor([float(sum(len(b.targets) for b in mine))], device=device)
         step_targets = self._sum_over_processes(counts).item()
@@ -372,13 +389,39 @@ class _TrainingRun:
             loss_sum += loss.item() / world
         if world > 1:
             loss_sum = self._sum_over_processes(torch.tensor([loss_sum], device=device)).item()
+        return loss_sum, self._update()
+
+    def _history_step(self, mine: list[Batch]) -> tuple[float, float | None]:
+        """:meth:`optimizer_step` with the history-title loss: response mean + weight x history mean, each a mean
+        over its target tokens of the whole step (all processes); the parts go to ``self.last_parts``."""
+        accelerator, world, device = self.accelerator, self.world, self.accelerator.device
+        counts = torch.tensor([float(sum(len(b.targets) for b in mine)),
+                               float(sum(len(b.history_targets) for b in mine))], device=device)
+        step_targets, step_history = self._sum_over_processes(counts).tolist()
+        # a step whose histories all hold a single title has no history target: its history term is 0
+        scale = torch.tensor([world / step_targets, world / step_history if step_history else 0.0], device=device)
+        parts = torch.zeros(2, dtype=torch.float64)
+        for k, batch in enumerate(mine):
+            sync = nullcontext() if k == len(mine) - 1 else accelerator.no_sync(self.loss_module)
+            with sync:
+                means = self.loss_module(*batch.tensors()) * scale
+                accelerator.backward(means[0] + self.config.history_loss_weight * means[1])
+            parts += means.detach().double().cpu() / world
+        if world > 1:
+            parts = self._sum_over_processes(parts.to(device)).cpu()
+        response, history = parts.tolist()
+        self.last_parts = {"response_loss": response, "history_loss": history, "history_targets": int(step_history)}
+        return response + self.config.history_loss_weight * history, self._update()
+
+    def _update(self) -> float | None:
+        """Clip, step the optimizer and the schedule, zero the gradients; the gradient norm before clipping."""
         grad_norm = None
         if self.config.max_grad_norm is not None:
-            grad_norm = float(accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm))
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum, grad_norm
+        return grad_norm
 
     def _running(self) -> bool:
         return (self.state.epoch < self.config.epochs and self.state.global_step < self.total_steps
@@ -407,7 +450,8 @@ class _TrainingRun:
                 seconds = time.perf_counter() - started
                 record = {"step": state.global_step, "epoch": state.epoch, "loss": loss,
                           "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                          "samples_per_s": samples / seconds, "samples_seen": state.samples_seen}
+                          "samples_per_s": samples / seconds, "samples_seen": state.samples_seen,
+                          **(self.last_parts if self.history else {})}
                 recent_losses = (recent_losses + [loss])[-20:]
                 progress.update(1)
                 progress.set_postfix(loss=f"{sum(recent_losses) / len(recent_losses):.4f}",

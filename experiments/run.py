@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=8, help="training batch size")
     parser.add_argument("--learning-rate", type=float, default=1e-3,
                         help="LoRA learning rate (high: the CPU default trains for only 16 steps)")
+    parser.add_argument("--history-loss-weight", type=float, default=0.0,
+                        help="add this weight x the mean loss of the history titles in the prompt (titles 2..n) "
+                             "to the response loss (TrainConfig.history_loss_weight)")
     parser.add_argument("--adapter", default=None, help="evaluate this trained LoRA adapter folder instead of training")
     parser.add_argument("--eval-users", type=positive_int, default=None,
                         help=f"test users, a seeded sample [default {DEFAULTS.eval_users}, --quick {QUICK.eval_users}]")

@@ -46,12 +46,15 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--lora-dropout", type=float, default=defaults.lora_dropout)
     parser.add_argument("--lora-target-modules", nargs="+", default=list(defaults.lora_target_modules))
     parser.add_argument("--train-on-inputs", action="store_true")
+    parser.add_argument("--history-loss-weight", type=float, default=defaults.history_loss_weight,
+                        help="add this weight x the mean loss of the prompt's history titles 2..n to the response loss")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --output-dir")
     args = parser.parse_args(argv)
     config = TrainConfig(
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         lora_target_modules=tuple(args.lora_target_modules), train_on_inputs=args.train_on_inputs,
+        history_loss_weight=args.history_loss_weight,
         batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
         learning_rate=args.learning_rate, epochs=args.epochs, max_steps=args.max_steps,
         lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, seed=args.seed,

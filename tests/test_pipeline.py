@@ -415,23 +415,40 @@ def test_auto_weight_sweep_uses_validation_users_only(ml100k, tmp_path, monkeypa
     decoded = []
     validation_targets = dict(zip(loaded.splits["validation"]["prompt"], loaded.splits["validation"]["target_item_id"]))
 
-    def fake_recommend(model, tokenizer, prompts, trie, k, *, item_log_prior, prior_weight, exclude, **options):
-        decoded.append((list(prompts), prior_weight))
-        assert item_log_prior.shape == (len(prompts), trie.num_items) and exclude is not None
-        # only w = 4 finds the targets: the sweep must choose it
-        hit = prior_weight == 4.0
-        return SimpleNamespace(recommendations=[
-            [SimpleNamespace(item_ids=[validation_targets[p] if hit else -1])] for p in prompts])
+    hitting = {4.0}
 
-    monkeypatch.setattr(constrained_rec.decode, "recommend", fake_recommend)
+    def fake_recommend_at_weights(model, tokenizer, prompts, trie, k, prior_weights, *, item_log_prior, exclude,
+                                  **options):
+        decoded.append((list(prompts), list(prior_weights)))
+        assert item_log_prior.shape == (len(prompts), trie.num_items) and exclude is not None
+        # only the weights in `hitting` find the targets
+        return [SimpleNamespace(recommendations=[
+            [SimpleNamespace(item_ids=[validation_targets[p] if w in hitting else -1])] for p in prompts])
+            for w in prior_weights]
+
+    monkeypatch.setattr(constrained_rec.decode, "recommend_at_weights", fake_recommend_at_weights)
     validation_only = _fake_loaded(ml100k, test_rows=False)
     sweep = sweep_prior_weight(setup.assistant, None, tokenizer, trie, validation_only, True, seed=0, users=5)
-    prompts = {p for batch, _ in decoded for p in batch}
+    prompts = set(decoded[0][0])
     assert prompts <= set(loaded.splits["validation"]["prompt"]) and len(prompts) == 5
     assert not prompts & set(loaded.splits["test"]["prompt"])
-    assert [w for _, w in decoded] == list(sweep["grid"])  # every weight decodes the same users
-    assert sweep["users"] == 5 and sweep["grid"][0] == 0.0 and len(sweep["validation_ndcg@10"]) == len(sweep["grid"])
-    assert sweep["chosen"] == 4.0 and sweep["validation_ndcg@10"][sweep["grid"].index(4.0)] == 1.0
+    assert decoded[0][1] == list(sweep["grid"])  # every weight decodes the same users, in one call
+    assert sweep["users"] == 5 and 4.0 in sweep["grid"] and len(sweep["validation_ndcg@10"]) == len(sweep["grid"])
+    assert sweep["chosen"] == 4.0 and not sweep["fallback"]
+    assert sweep["validation_ndcg@10"][sweep["grid"].index(4.0)] == 1.0
+    # the assistant alone is an arm, scored on the same users, and every weight is compared with it
+    assert 0.0 <= sweep["assistant_ndcg@10"]["value"] < 1.0 and sweep["assistant"] == "popularity"
+    versus = sweep["versus_assistant"][sweep["grid"].index(4.0)]
+    assert versus["users"] == 5 and versus["value"] == pytest.approx(1.0 - sweep["assistant_ndcg@10"]["value"])
+    assert all(len(ci) == 2 for ci in sweep["validation_ndcg@10_ci"])
+    hitting.clear()  # no weight finds anything: the assistant alone is at least as good, and LM + prior falls back
+    fallback = sweep_prior_weight(setup.assistant, None, tokenizer, trie, validation_only, True, seed=0, users=5)
+    assert fallback["chosen"] == "assistant" and fallback["fallback"]
+    (tmp_path / "fallback" / "assistant").mkdir(parents=True)
+    fell_back = prior_weight_step(setup, "auto", None, tokenizer, trie, validation_only, tmp_path / "fallback", True,
+                                  0, SINGLE, users=5)
+    assert fell_back.fallback and fell_back.prior_weight is None
+    hitting.add(4.0)
     chosen = prior_weight_step(setup, "auto", None, tokenizer, trie, validation_only, tmp_path, True, 0, SINGLE,
                                users=5)
     assert chosen.prior_weight == sweep["chosen"] and chosen.sweep["grid"] == sweep["grid"]

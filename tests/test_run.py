@@ -88,13 +88,27 @@ def test_assistant_run_lists_the_four_methods_side_by_side(assisted_run):
     sweep = assistant["prior_weight_sweep"]
     assert assistant["name"] == "popularity" and assistant["prior_weight_option"] == "auto"
     assert len(sweep["grid"]) == len(sweep["validation_ndcg@10"]) and sweep["users"] == 6
-    assert assistant["prior_weight"] == sweep["grid"][sweep["validation_ndcg@10"].index(max(sweep["validation_ndcg@10"]))]
-    error = assistant["search_error"]
-    assert error["users"] == 2 and 0.0 <= error["overlap@3"] <= 1.0 and len(error["per_user"]) == 2
-    assert saved["user_signal"]["users"] == 6
+    best = max(sweep["validation_ndcg@10"])
     report = (folder / "report.md").read_text()
-    for section in ("## Collaborative prior", "validation NDCG@10", "Search error of constrained+popularity",
-                    "## User signal", "## constrained+popularity"):
+    if sweep["assistant_ndcg@10"]["value"] >= best:  # the assistant alone wins: LM + prior falls back to it
+        assert sweep["fallback"] and assistant["falls_back"] and assistant["prior_weight"] is None
+        assert assistant["search_error"] is None and "LM + prior falls back to the assistant" in report
+        by_method = {}
+        for record in read_predictions(folder):
+            by_method.setdefault(record["method"], {})[record["sample"]] = record["item_ids"]
+        assert by_method["constrained+popularity"] == by_method["popularity"]
+    else:
+        assert assistant["prior_weight"] == sweep["grid"][sweep["validation_ndcg@10"].index(best)]
+        error = assistant["search_error"]
+        assert error["users"] == 2 and 0.0 <= error["overlap@3"] <= 1.0 and len(error["per_user"]) == 2
+        assert "Search error of constrained+popularity" in report
+    assert saved["user_signal"]["users"] == 6
+    # the paired comparisons: LM + prior against the assistant alone, the LM alone against most-popular
+    assert [(c["a"], c["b"]) for c in saved["paired"]] == [("constrained+popularity", "popularity"),
+                                                           ("constrained", "most-popular")]
+    assert all(c["users"] == 6 and c["wins"] + c["losses"] + c["ties"] == 6 for c in saved["paired"])
+    for section in ("## Collaborative prior", "validation NDCG@10", "popularity alone", "## Paired comparisons",
+                    "| constrained+popularity - popularity | 6 |", "## User signal", "## constrained+popularity"):
         assert section in report, section
     for record in read_predictions(folder):  # history excluded for the assistant and LM + prior too
         if record["method"] in ("popularity", "constrained+popularity"):
@@ -238,7 +252,7 @@ def test_script_keeps_its_flags_and_reports_bad_ones():
     script = [sys.executable, str(REPO_ROOT / "experiments" / "run.py")]
     usage = subprocess.run([*script, "--help"], capture_output=True, text=True, check=True).stdout
     for flag in ("--constrained", "--dataset", "--data-dir", "--model", "--train-samples", "--epochs", "--batch-size",
-                 "--learning-rate", "--adapter", "--eval-users", "--all-users", "--k", "--num-beams",
+                 "--learning-rate", "--history-loss-weight", "--adapter", "--eval-users", "--all-users", "--k", "--num-beams",
                  "--length-penalty", "--exclude-history", "--baselines", "--eval-batch-size", "--decoder", "--threads",
                  "--quick", "--seed", "--device", "--output-dir", "--assistant", "--prior-weight", "--lm-alone",
                  "--search-error-users", "--user-signal", "--signal-candidates"):
