@@ -1,5 +1,5 @@
-"""Hugging Face plumbing in one place: PEFT unwrapping, the KV-cache keyword, left padding, the cache folder,
-and the accelerate process state.
+"""Hugging Face plumbing in one place: PEFT unwrapping, the KV-cache keyword, left padding, the model's position
+limit, the cache folder, and the accelerate process state.
 
 These helpers exist once so that every module agrees on them (the adapter that grounding switches off is
 the one decoding keeps on; the process that writes a run's files is the one all others wait for). Importing
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
+import weakref
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -86,6 +88,51 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[tor
         input_ids[row, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
         attention_mask[row, width - len(ids) :] = 1
     return input_ids, attention_mask
+
+
+# Models already warned about (their causal LM, the same with or without a peft wrapper): a rotary model's
+# warning comes once per model, not once per batch.
+_WARNED_POSITIONS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def position_limit(model) -> tuple[int | None, bool]:
+    """``(max_position_embeddings, learned)``: the positions ``model`` was trained on (``None``: no limit in its
+    config) and whether they are a learned absolute table (GPT-2's ``wpe``, OPT's ``embed_positions``), which has
+    no row past the limit; rotary (Llama) and other schemes compute any position but were not trained past it."""
+    import torch
+
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        return None, False
+    learned = any(isinstance(module, torch.nn.Embedding) and _is_position_table(name)
+                  for name, module in causal_lm(model).named_modules())
+    return limit, learned
+
+
+def _is_position_table(name: str) -> bool:
+    leaf = name.rsplit(".", 1)[-1].lower()
+    return leaf == "wpe" or "position" in leaf or leaf.startswith("pos_")
+
+
+def check_positions(model, needed: int, what: str) -> None:
+    """Before any forward: ``needed`` positions (``what`` says whose) must fit ``model``'s position limit.
+
+    Past a learned absolute table the model raises a bare ``IndexError`` (a device-side assert on a GPU) in
+    the middle of the work, so that is an error here; a rotary model runs on untrained positions, so that is a
+    warning naming the limit, once per model.
+    """
+    limit, learned = position_limit(model)
+    if limit is None or needed <= limit:
+        return
+    message = f"{what}: {needed} positions, but {type(causal_lm(model)).__name__} has max_position_embeddings={limit}"
+    if learned:
+        raise ValueError(f"{message}, the end of its learned position embeddings; shorten the prompts (fewer "
+                         "history items: max_history / --max-history) or use a model with more positions")
+    lm = causal_lm(model)
+    if lm not in _WARNED_POSITIONS:
+        _WARNED_POSITIONS.add(lm)
+        warnings.warn(f"{message}: positions past {limit} were never trained, so its recommendations may degrade; "
+                      "shorten the prompts (max_history / --max-history) to stay within them", stacklevel=3)
 
 
 def has_accelerator() -> bool:

@@ -80,6 +80,34 @@ def quoted_titles(history_titles: Sequence[str]) -> str:
     return ", ".join(f'"{title}"' for title in history_titles)
 
 
+def history_title_spans(prompt: str, history_titles: Sequence[str]) -> list[tuple[int, int]]:
+    """Character spans ``(start, end)`` of each history title's text inside ``prompt`` (quotes excluded).
+
+    The prompt must hold the titles as :func:`quoted_titles` renders them, once: every template does. An error
+    names the prompt otherwise (e.g. a prompt built from other titles).
+
+    Example:
+
+    ```python
+    >>> from constrained_rec.prompts import build_prompt, history_title_spans
+    >>> prompt = build_prompt(['Heat (1995)', 'Say "Anything"'])
+    >>> [prompt[a:b] for a, b in history_title_spans(prompt, ['Heat (1995)', 'Say "Anything"'])]
+    ['Heat (1995)', 'Say "Anything"']
+
+    ```
+    """
+    block = quoted_titles(history_titles)
+    start = prompt.find(block)
+    if start < 0 or prompt.find(block, start + 1) >= 0:
+        where = "does not hold" if start < 0 else "holds more than once"
+        raise ValueError(f"the prompt {where} the quoted history titles {block!r}; prompt: {prompt!r}")
+    spans, at = [], start + 1  # after the opening quote
+    for title in history_titles:
+        spans.append((at, at + len(title)))
+        at += len(title) + len('", "')
+    return spans
+
+
 def alpaca_affixes(item_noun: str = "movies") -> tuple[str, str]:
     """``(prefix, suffix)`` of BIGRec's Alpaca prompt around the quoted history titles.
 

@@ -40,12 +40,14 @@ from constrained_rec.experiment.run_config import (
     ASSISTANT_CHOICES,
     ASSISTANT_KS,
     DEFAULT_ASSISTANT,
+    DEFAULT_SEARCH_ERROR_USERS,
     DEFAULTS,
     QUICK,
     QUICK_ASSISTANT,
     QUICK_KS,
     SPLIT_CHOICES,
     RunConfig,
+    add_data_file_arguments,
     parse_ks,
     parse_prior_weight,
 )
@@ -89,14 +91,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "data set", "--dataset is a GroupLens name, a folder in a supported layout (GroupLens, RecBole, Amazon 2018, "
         "D3/MiniOneRec with its own train/valid/test CSVs), an Amazon reviews file, or an interactions CSV/TSV "
         "with --items")
-    group.add_argument("--items", default=None, help="items file (item id, title) of an interactions CSV/TSV, or "
-                       "the metadata file of an Amazon reviews file")
-    for column, default, what in (("user", "user_id", "interactions file's user id"),
-                                  ("item", "item_id", "interactions file's item id"),
-                                  ("time", "timestamp", "interactions file's time (Unix seconds or ISO 8601)"),
-                                  ("title", "title", "items file's title"),
-                                  ("items-item", "--item-column", "items file's item id")):
-        group.add_argument(f"--{column}-column", default=None, help=f"column of the {what} [default {default}]")
+    add_data_file_arguments(group)
     group.add_argument("--sep", type=separator, default=None,
                        help="field separator of the CSV/TSV files; \\t or tab for a tab [default: tab for .tsv, "
                             "comma otherwise]")
@@ -127,8 +122,9 @@ def add_assistant_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lm-alone", action=argparse.BooleanOptionalAction, default=True,
                        help="also decode with the LM alone; --no-lm-alone lists only most-popular, the assistant "
                             "and LM + prior (a long all-users run)")
-    group.add_argument("--search-error-users", type=non_negative_int, default=2,
-                       help="test users on which LM + prior's beam top-K is compared with exact search (0: off)")
+    group.add_argument("--search-error-users", type=non_negative_int, default=None,
+                       help=f"test users on which LM + prior's beam top-K is compared with exact search (0: off) "
+                            f"[default {DEFAULT_SEARCH_ERROR_USERS} with an assistant]")
     group.add_argument("--user-signal", action=argparse.BooleanOptionalAction, default=True,
                        help="the user-signal control: targets scored under the user's own, another user's and a "
                             "generic prompt (constrained_rec.evaluation.user_signal)")
@@ -158,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=8, help="training batch size")
     parser.add_argument("--learning-rate", type=float, default=1e-3,
                         help="LoRA learning rate (high: the CPU default trains for only 16 steps)")
+    parser.add_argument("--history-loss-weight", type=float, default=0.0,
+                        help="add this weight x the mean loss of the history titles in the prompt (titles 2..n) "
+                             "to the response loss (TrainConfig.history_loss_weight)")
     parser.add_argument("--adapter", default=None, help="evaluate this trained LoRA adapter folder instead of training")
     parser.add_argument("--eval-users", type=positive_int, default=None,
                         help=f"test users, a seeded sample [default {DEFAULTS.eval_users}, --quick {QUICK.eval_users}]")
@@ -179,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch CPU threads [default half the cores: on a shared 2-core machine two threads "
                              "run up to 4x slower than one while another process computes]")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few samples and users (<= 3 min here)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds sampling, training and the bootstrap")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seeds sampling, training and the bootstrap")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--output-dir", default=None, help="where results go [default runs/<timestamp>]; "
                         "pass an interrupted run's folder to resume it")

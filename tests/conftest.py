@@ -42,11 +42,10 @@ def make_tiny_llama(vocab_size: int = 64, seed: int = 0, **overrides):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
-        **overrides,
+        **{"max_position_embeddings": 256, **overrides},
     )
     return LlamaForCausalLM(config).eval()
 
@@ -57,23 +56,23 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="session")
-def shared_data_dir() -> Path:
-    """``../shared/data`` (or ``$CONSTRAINED_REC_DATA``); skips with the reason when absent."""
-    path = Path(os.environ.get("CONSTRAINED_REC_DATA", REPO_ROOT.parent / "shared" / "data"))
-    if not path.is_dir():
-        pytest.skip(f"shared data folder {path} is absent; set CONSTRAINED_REC_DATA")
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    """A random 2-layer Llama with SmolLM2's tokenizer, saved as a local model folder."""
+    """A random 2-layer Llama with SmolLM2's tokenizer, saved as a local model folder (read-only for tests)."""
     from constrained_rec.model import load_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     make_tiny_llama(vocab_size=49152, seed=0).save_pretrained(folder)
     load_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """``../shared/data`` (or ``$CONSTRAINED_REC_DATA``); skips with the reason when absent."""
+    path = Path(os.environ.get("CONSTRAINED_REC_DATA", REPO_ROOT.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.skip(f"shared data folder {path} is absent; set CONSTRAINED_REC_DATA")
+    return path
 
 
 # The library's examples run as doctests (--doctest-modules); these take 10 s to minutes on a loaded 2-core CPU

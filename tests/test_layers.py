@@ -24,6 +24,7 @@ LAYERS = [
     ("evaluation", ["evaluation"]),
     ("collaborative", ["collaborative"]),
     ("experiment", ["experiment"]),
+    ("lightning", ["lightning"]),  # the optional extra: nothing below imports it
 ]
 FRONT = "constrained_rec"  # the public front: imports nothing eagerly, and nothing in the library imports it
 

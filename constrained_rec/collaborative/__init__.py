@@ -18,6 +18,7 @@ catalog with one for :func:`constrained_rec.evaluation.evaluate.evaluate`.
 from constrained_rec.collaborative.base import (
     Assistant,
     AssistantData,
+    DamagedAssistantError,
     assistant_data,
     histories_before,
     sample_rows,
@@ -37,6 +38,7 @@ __all__ = [
     "Assistant",
     "AssistantData",
     "AssistantRecommender",
+    "DamagedAssistantError",
     "EASE",
     "Popularity",
     "SASRec",

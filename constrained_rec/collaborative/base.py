@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -159,6 +161,10 @@ def log_softmax_rows(scores: np.ndarray) -> np.ndarray:
     return (shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))).astype(np.float32)
 
 
+class DamagedAssistantError(ValueError):
+    """A saved assistant's folder that cannot be read back (missing, unreadable or inconsistent files)."""
+
+
 def write_config(folder: str | os.PathLike, kind: str, item_ids: np.ndarray, **fields) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -170,12 +176,28 @@ def write_config(folder: str | os.PathLike, kind: str, item_ids: np.ndarray, **f
 def read_config(folder: str | os.PathLike, kind: str | None = None) -> dict:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
-        raise ValueError(f"{folder} holds no saved assistant ({CONFIG_FILE} is missing)")
-    payload = json.loads(path.read_text())
+        raise DamagedAssistantError(f"{folder} holds no saved assistant ({CONFIG_FILE} is missing)")
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DamagedAssistantError(f"{path} is not readable JSON ({error})") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("item_ids"), list):
+        raise DamagedAssistantError(f"{path} does not describe an assistant (no item_ids list)")
     if kind is not None and payload.get("kind") != kind:
         raise ValueError(f"{folder} holds a {payload.get('kind')!r} assistant, not a {kind!r} one")
     payload["item_ids"] = np.array(payload["item_ids"], dtype=np.int64)
     return payload
+
+
+def load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A saved ``.npy`` array of the given shape; a :class:`DamagedAssistantError` naming the file otherwise."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise DamagedAssistantError(f"{path} is missing or unreadable ({error})") from None
+    if array.shape != shape:
+        raise DamagedAssistantError(f"{path} holds an array of shape {array.shape}, expected {shape}")
+    return array
 
 
 class Assistant:
@@ -208,7 +230,23 @@ class Assistant:
         raise NotImplementedError
 
     def save(self, folder: str | os.PathLike) -> Path:
+        """Write the assistant into ``folder`` atomically: into a temporary folder beside it, then renamed, so a
+        kill at any moment leaves the old folder (or none) and never a partial one."""
+        from constrained_rec.training.checkpoint import replace_folder
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            self._write(tmp)
+            replace_folder(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    def _write(self, folder: Path) -> None:
         raise NotImplementedError
+
 
 
 def exclusion_mask(columns: list[np.ndarray], num_items: int) -> np.ndarray:

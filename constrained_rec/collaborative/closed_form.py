@@ -15,6 +15,7 @@ from constrained_rec.collaborative.base import (
     AssistantData,
     columns_of,
     exclusion_mask,
+    load_array,
     log_softmax_rows,
     read_config,
     target_ranks,
@@ -69,15 +70,15 @@ class Popularity(Assistant):
     def _log_probs(self, columns: list[np.ndarray]) -> np.ndarray:
         return np.tile(self._row, (len(columns), 1))
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        folder = write_config(folder, self.name, self.item_ids, smoothing=self.smoothing)
+    def _write(self, folder: Path) -> None:
+        write_config(folder, self.name, self.item_ids, smoothing=self.smoothing)
         np.save(folder / "counts.npy", self.counts)
-        return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Popularity":
         config = read_config(folder, cls.name)
-        return cls(config["item_ids"], np.load(Path(folder) / "counts.npy"), config["smoothing"])
+        counts = load_array(Path(folder) / "counts.npy", (len(config["item_ids"]),))
+        return cls(config["item_ids"], counts, config["smoothing"])
 
 
 def ease_weights(interactions: np.ndarray, l2: float) -> np.ndarray:
@@ -188,14 +189,13 @@ class EASE(Assistant):
     def _log_probs(self, columns: list[np.ndarray]) -> np.ndarray:
         return log_softmax_rows(self.scores(columns).astype(np.float64) / self.temperature)
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        folder = write_config(folder, self.name, self.item_ids, temperature=self.temperature, l2=self.l2,
-                              fit_info=self.fit_info)
+    def _write(self, folder: Path) -> None:
+        write_config(folder, self.name, self.item_ids, temperature=self.temperature, l2=self.l2,
+                     fit_info=self.fit_info)
         np.save(folder / "weights.npy", self.weights)
-        return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "EASE":
         config = read_config(folder, cls.name)
-        return cls(config["item_ids"], np.load(Path(folder) / "weights.npy"), config["temperature"], config["l2"],
-                   config.get("fit_info"))
+        weights = load_array(Path(folder) / "weights.npy", (len(config["item_ids"]),) * 2)
+        return cls(config["item_ids"], weights, config["temperature"], config["l2"], config.get("fit_info"))

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from constrained_rec.collaborative.base import Assistant, assistant_data, columns_of, read_config
+from constrained_rec.collaborative.base import Assistant, DamagedAssistantError, assistant_data, columns_of, read_config
 from constrained_rec.collaborative.closed_form import EASE, Popularity
 from constrained_rec.collaborative.sasrec import SASRec, SASRecConfig
 from constrained_rec.data import InteractionData, SplitConfig
@@ -62,8 +62,16 @@ def fit_assistant(name: str, data: InteractionData, split_config: SplitConfig | 
 
 
 def load_assistant(folder: str | os.PathLike) -> Assistant:
-    """An assistant saved with ``save(folder)``, whatever its kind."""
-    return _check_name(read_config(folder)["kind"]).load(folder)
+    """An assistant saved with ``save(folder)``, whatever its kind; a :class:`DamagedAssistantError` naming the
+    folder where its files are missing, unreadable or inconsistent (e.g. a save killed by an older version)."""
+    cls = _check_name(read_config(folder)["kind"])
+    try:
+        return cls.load(folder)
+    except DamagedAssistantError:
+        raise
+    except (OSError, ValueError, EOFError, RuntimeError, KeyError, TypeError) as error:
+        raise DamagedAssistantError(f"{folder} holds a damaged {cls.name} assistant "
+                                    f"({type(error).__name__}: {error})") from None
 
 
 def rank_columns(log_probs: np.ndarray, excluded: np.ndarray, k: int) -> list[np.ndarray]:

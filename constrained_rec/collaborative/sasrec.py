@@ -229,10 +229,9 @@ class SASRec(Assistant):
                           "training_windows": len(inputs), "seed": seed, "history": history}
         return model
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        folder = write_config(folder, self.name, self.item_ids, config=asdict(self.config), fit_info=self.fit_info)
+    def _write(self, folder: Path) -> None:
+        write_config(folder, self.name, self.item_ids, config=asdict(self.config), fit_info=self.fit_info)
         torch.save(self.network.state_dict(), folder / WEIGHTS_FILE)
-        return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "SASRec":

@@ -24,7 +24,7 @@ What filtering removes is counted in ``InteractionData.dropped`` and logged, nev
 rows, interactions with items that have no title (absent from the item file, or a placeholder such as
 ml-100k's item 267 "unknown", or an empty Amazon title), users below ``min_user_interactions``, and catalog
 items nobody interacted with. Malformed input (a missing column, a line with the wrong number of fields, an
-unparsable id or timestamp, an item row with an empty title, text that is not UTF-8 in a UTF-8 format, a
+unparsable id or timestamp, a number beyond int64, an item row with an empty title, text that is not UTF-8 in a UTF-8 format, a
 malformed list literal or an id missing from the item file) raises an error naming the file and line (and
 the column where there is one).
 
@@ -52,6 +52,7 @@ from constrained_rec.data.sources import (
     GROUPLENS_FOLDERS,
     GROUPLENS_URL,
     download_grouplens,
+    file_fingerprints,
     load_interactions,
 )
 from constrained_rec.data.splits import (
@@ -68,6 +69,6 @@ from constrained_rec.hf import CACHE_ENV_VAR
 __all__ = [
     "CACHE_ENV_VAR", "COLUMNS", "CsvFormat", "DATA_ENV_VAR", "GROUPLENS_FOLDERS", "GROUPLENS_URL", "GivenSplits",
     "InteractionData", "LAYOUTS", "PROTOCOLS", "PROTOCOL_ALIASES", "SPLITS", "SPLIT_FOLDERS", "SplitConfig",
-    "download_grouplens", "draw_samples", "load_interactions", "make_splits", "move_trailing_article", "split_positions",
-    "title_hit_rank",
+    "download_grouplens", "draw_samples", "file_fingerprints", "load_interactions", "make_splits",
+    "move_trailing_article", "split_positions", "title_hit_rank",
 ]

@@ -75,12 +75,17 @@ def read_amazon(reviews_path: Path, meta_path: Path):
         for key in ("reviewerID", "asin", "unixReviewTime"):
             if key not in record:
                 raise ValueError(f"{reviews_path}, line {number}: the review has no {key!r} field")
-        try:
-            times.append(int(record["unixReviewTime"]))
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{reviews_path}, line {number}: unixReviewTime {record['unixReviewTime']!r} is not an integer"
-            ) from None
+        time = record["unixReviewTime"]
+        try:  # int() alone would truncate 1.5 and take True for 1
+            if isinstance(time, bool) or (isinstance(time, float) and not time.is_integer()):
+                raise ValueError
+            time = int(time)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{reviews_path}, line {number}: unixReviewTime {time!r} is not an integer") from None
+        if not -(2**63) <= time < 2**63:  # it would wrap around in the int64 column
+            raise ValueError(f"{reviews_path}, line {number}: unixReviewTime {record['unixReviewTime']!r} is outside "
+                             "the 64-bit integer range (-2**63 to 2**63 - 1)")
+        times.append(time)
         users.append(str(record["reviewerID"]))
         items.append(str(record["asin"]))
     if not users:

@@ -139,6 +139,9 @@ def read_item_file(path: Path) -> tuple[dict[int, str], dict[int, str] | None]:
             item_id = int(item)
         except ValueError:
             raise ValueError(f"{path}, line {number}, column {len(fields)}: item id {item!r} is not an integer") from None
+        if not -(2**63) <= item_id < 2**63:
+            raise ValueError(f"{path}, line {number}, column {len(fields)}: item id {item_id} is outside the 64-bit "
+                             "integer range (-2**63 to 2**63 - 1)")
         if item_id in titles:
             raise ValueError(f"{path}, line {number}: item {item_id} is listed again (first on line {first_line[item_id]})")
         if not title.strip():

@@ -6,6 +6,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -40,6 +41,8 @@ class InteractionData:
             original id; ``None`` where the source's ids are already ints.
         given: The data set's own split (:class:`constrained_rec.data.given.GivenSplits`) for layouts that
             come with one (D3 / MiniOneRec CSV folders); ``None`` otherwise.
+        files: Every file :func:`~constrained_rec.data.load_interactions` read (empty for a frame built in
+            memory); a run folder records their fingerprint (:func:`constrained_rec.data.file_fingerprints`).
     """
 
     name: str
@@ -52,6 +55,7 @@ class InteractionData:
     original_user_ids: dict[int, str] | None = None
     original_item_ids: dict[int, str] | None = None
     given: GivenSplits | None = None
+    files: tuple[Path, ...] = ()
 
     def __post_init__(self):
         frame = self.interactions
@@ -253,7 +257,10 @@ def _distribution(values) -> dict:
 
 
 def _iso_date(timestamp) -> str:
-    return pd.Timestamp(int(timestamp), unit="s").strftime("%Y-%m-%d")
+    try:
+        return pd.Timestamp(int(timestamp), unit="s").strftime("%Y-%m-%d")
+    except (OverflowError, ValueError):  # beyond the years 1-9999 that a date can show
+        return f"{int(timestamp)} s"
 
 
 def move_trailing_article(title: str) -> str:

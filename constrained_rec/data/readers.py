@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +208,7 @@ class RawData:
     item_keys: dict[int, str] | None = None
     extra: dict[str, int] = field(default_factory=dict)
     given: GivenSplits | None = None
+    files: tuple[Path, ...] = ()  # every file read: what a run folder fingerprints
 
 
 LAYOUTS = (
@@ -223,15 +224,16 @@ def read_folder(path: Path) -> RawData:
     if is_given_layout(path):
         frame, catalog, user_keys, given = read_given(path)
         category = category_of(given.item_file)
-        return RawData(frame, catalog, AMAZON_NOUNS.get(category, "products"), user_keys=user_keys, given=given)
+        return RawData(frame, catalog, AMAZON_NOUNS.get(category, "products"), user_keys=user_keys, given=given,
+                       files=(given.item_file, *given.files.values()))
     if inter_files and (path / f"{inter_files[0].stem}.item").is_file():
-        return _read_recbole(path, inter_files[0].stem)
-    if (path / "u.data").is_file() and (path / "u.item").is_file():
-        return _movies(*_read_ml100k_raw(path))
-    if (path / "ratings.dat").is_file() and (path / "movies.dat").is_file():
-        return _movies(*_read_movielens_dat(path))
-    if (path / "ratings.csv").is_file() and (path / "movies.csv").is_file():
-        return _movies(*_read_movielens_csv(path))
+        stem = inter_files[0].stem
+        return replace(_read_recbole(path, stem), files=(path / f"{stem}.inter", path / f"{stem}.item"))
+    for data_file, item_file, read in (("u.data", "u.item", _read_ml100k_raw),
+                                       ("ratings.dat", "movies.dat", _read_movielens_dat),
+                                       ("ratings.csv", "movies.csv", _read_movielens_csv)):
+        if (path / data_file).is_file() and (path / item_file).is_file():
+            return replace(_movies(*read(path)), files=(path / data_file, path / item_file))
     amazon = amazon_pair_in(path)
     if amazon is not None:
         return _amazon(*amazon)
@@ -255,7 +257,7 @@ def read_file(path: Path, items: Path | None, fmt: CsvFormat) -> RawData:
     if not items.is_file():
         raise FileNotFoundError(f"items file {items} does not exist")
     frame, catalog, user_keys, item_keys = _read_csv_pair(path, items, fmt)
-    return RawData(frame, catalog, user_keys=user_keys, item_keys=item_keys)
+    return RawData(frame, catalog, user_keys=user_keys, item_keys=item_keys, files=(path, items))
 
 
 def _movies(frame: pd.DataFrame, catalog: dict[int, str], placeholders: int) -> RawData:
@@ -265,4 +267,5 @@ def _movies(frame: pd.DataFrame, catalog: dict[int, str], placeholders: int) -> 
 def _amazon(reviews: Path, meta: Path) -> RawData:
     frame, catalog, user_keys, item_keys, extra = read_amazon(reviews, meta)
     category = amazon_category(reviews)
-    return RawData(frame, catalog, AMAZON_NOUNS.get(category, "products"), category, user_keys, item_keys, extra)
+    return RawData(frame, catalog, AMAZON_NOUNS.get(category, "products"), category, user_keys, item_keys, extra,
+                   files=(reviews, meta))

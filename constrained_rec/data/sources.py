@@ -3,6 +3,7 @@ path, and the public loader ``load_interactions`` that picks the reader for its 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -180,7 +181,7 @@ def load_interactions(
     if move_articles:
         catalog = {item: move_trailing_article(title) for item, title in catalog.items()}
     default_name = str(source) if str(source) in GROUPLENS_FOLDERS else path.name.split(".")[0] if path.is_file() else path.name
-    return InteractionData.from_frame(
+    data = InteractionData.from_frame(
         raw.frame,
         catalog,
         name=raw.name or default_name,
@@ -193,6 +194,37 @@ def load_interactions(
         original_item_ids=raw.item_keys,
         given=raw.given,
     )
+    data.files = tuple(raw.files)
+    return data
+
+
+def file_fingerprints(files, root: str | os.PathLike | None = None) -> dict[str, dict]:
+    """``{name: {"bytes": size, "sha256": hash of the content}}`` of each file; ``name`` is the path relative to
+    ``root`` where the file lies under it (a data set's folder, wherever it is installed), else the full path.
+
+    Example:
+
+    ```python
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "u.data").write_text("1 2 5")
+    >>> file_fingerprints([folder / "u.data"], root=folder)["u.data"]["bytes"]
+    5
+
+    ```
+    """
+    out = {}
+    for path in map(Path, files):
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        name = str(path)
+        if root is not None and Path(root).is_dir() and path.resolve().is_relative_to(Path(root).resolve()):
+            name = str(path.resolve().relative_to(Path(root).resolve()))
+        out[name] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return out
 
 
 def _filter_options(raw: RawData, path: Path, min_user_interactions, keep_items) -> tuple[int, bool]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -130,37 +132,92 @@ def read_table(
         raise ValueError(f"{path}: the file is empty") from None
 
 
+_EXACT_FLOAT = 2**53  # floats hold every integer below this exactly
+_UTC_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _cell(path: Path, first_line: int, row: int, values: pd.Series) -> str:
+    """``path, line N, column C``: the column by its header name, or its 1-based position in a headerless file."""
+    column = f"{values.name!r}" if isinstance(values.name, str) else int(values.name) + 1
+    return f"{path}, line {first_line + row}, column {column}"
+
+
+def _exact_int64(numbers: np.ndarray, values: pd.Series, what: str, path: Path, first_line: int) -> np.ndarray:
+    """Integral float64 ``numbers`` read from ``values`` as int64. Past 2**53 a float is no longer exact, so
+    those rows are read again from their text; a value outside int64 is an error, never a wrapped number."""
+    out = np.zeros(len(numbers), dtype=np.int64)
+    small = np.abs(numbers) < _EXACT_FLOAT
+    out[small] = numbers[small]
+    for row in np.flatnonzero(~small).tolist():
+        raw = values.iloc[row]
+        where = f"{_cell(path, first_line, row, values)}: {what} {raw!r}" if isinstance(raw, str) else \
+            f"{_cell(path, first_line, row, values)}: {what} {raw}"
+        exact = isinstance(raw, (str, int, np.integer))  # not a float: pandas kept the digits
+        value = Decimal(raw.strip() if isinstance(raw, str) else int(raw) if exact else float(raw))
+        if value != value.to_integral_value():
+            raise ValueError(f"{where} is not an integer")
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"{where} is outside the 64-bit integer range (-2**63 to 2**63 - 1)")
+        if not exact:  # a float past 2**53 has lost the last digits of what the file says
+            raise ValueError(f"{where} (as read) cannot be read exactly: the column holds decimals, so pandas read it "
+                             f"as floats, which lose digits past 2**53; write every {what} in it as a plain integer")
+        out[row] = int(value)
+    return out
+
+
 def integer_column(values: pd.Series, what: str, path: Path, first_line: int) -> np.ndarray:
-    """``values`` as int64, or an error naming the first line whose value is not an integer."""
+    """``values`` as int64, or an error naming the first line whose value is not an integer or not an int64."""
     if pd.api.types.is_integer_dtype(values.dtype):
+        if values.dtype.kind == "u" and len(values) and values.max() >= 2**63:
+            row = int(np.flatnonzero(values.to_numpy() >= 2**63)[0])
+            raise ValueError(f"{_cell(path, first_line, row, values)}: {what} {values.iloc[row]} is outside the "
+                             "64-bit integer range (-2**63 to 2**63 - 1)")
         return values.to_numpy(np.int64)
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
     bad = ~np.isfinite(numbers)
     bad[~bad] = numbers[~bad] != np.round(numbers[~bad])
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{path}, line {first_line + row}: {what} {values.iloc[row]!r} is not an integer")
-    return numbers.astype(np.int64)
+        raise ValueError(f"{_cell(path, first_line, row, values)}: {what} {values.iloc[row]!r} is not an integer")
+    return _exact_int64(numbers, values, what, path, first_line)
+
+
+def _iso_seconds(text: pd.Series) -> np.ndarray:
+    """Unix seconds (floored) of ISO 8601 texts, NaN where a text is none. pandas parses in nanoseconds, which
+    end in 2262, so a column holding a later (or pre-1677) date is read by Python's datetime (years 1-9999)."""
+    try:
+        parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+        return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype("float64").to_numpy()
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):
+        pass
+    seconds = np.full(len(text), np.nan)
+    for row, value in enumerate(text.tolist()):
+        try:
+            moment = datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            continue
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        seconds[row] = (moment - _UTC_EPOCH) // timedelta(seconds=1)
+    return seconds
 
 
 def timestamp_column(values: pd.Series, path: Path, first_line: int) -> np.ndarray:
     """Unix seconds from integer seconds or ISO 8601 text (naive times are UTC); errors name the line."""
     if pd.api.types.is_integer_dtype(values.dtype):
-        return values.to_numpy(np.int64)
+        return integer_column(values, "timestamp", path, first_line)
     text = values.astype(str).str.strip()
     numbers = pd.to_numeric(text, errors="coerce")
-    parsed = pd.to_datetime(text.where(numbers.isna(), None), format="ISO8601", utc=True, errors="coerce")
-    iso_seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    seconds = numbers.fillna(iso_seconds.astype("float64")).to_numpy(np.float64)
+    iso_seconds = _iso_seconds(text.where(numbers.isna(), None))
+    seconds = numbers.fillna(pd.Series(iso_seconds, index=numbers.index)).to_numpy(np.float64)
     bad = ~np.isfinite(seconds)
     bad[~bad] = seconds[~bad] != np.round(seconds[~bad])
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"{path}, line {first_line + row}: timestamp {values.iloc[row]!r} is neither integer Unix seconds "
-            "nor an ISO 8601 date/time"
+            f"{_cell(path, first_line, row, values)}: timestamp {values.iloc[row]!r} is neither integer Unix "
+            "seconds nor an ISO 8601 date/time (years 1 to 9999)"
         )
-    return seconds.astype(np.int64)
+    return _exact_int64(seconds, values, "timestamp", path, first_line)
 
 
 def titles_column(values: pd.Series, path: Path, first_line: int) -> list[str]:

@@ -24,7 +24,7 @@ device copy is cached here, per device.
 from __future__ import annotations
 
 import numbers
-from typing import Collection, Sequence
+from typing import Collection, Sequence, Sized
 
 import numpy as np
 import torch
@@ -61,8 +61,11 @@ class ItemConstraints:
     """
 
     def __init__(self, trie: TitleTrie, num_prompts: int | None, excluded: np.ndarray, excluded_offsets: np.ndarray,
-                 prior_cum: np.ndarray | None, prior_floor: np.ndarray | None, prior_weight: float):
+                 prior_cum: np.ndarray | None, prior_floor: np.ndarray | None, prior_weight: float,
+                 requested: list[np.ndarray] | None = None):
         self.trie = trie
+        # Per prompt, the positions `exclude` named (without the prior's zero-mass ones): what to blame.
+        self._requested = requested
         self.num_prompts = num_prompts  # None: one set of constraints (none) for any number of rows
         self.prior_weight = float(prior_weight)
         kernel = trie_walk.MaskConstraints(
@@ -131,6 +134,7 @@ class ItemConstraints:
         if exclude is not None:
             excluded = [_excluded_positions(trie, p, items) for p, items in enumerate(exclude)]
         prior_cum = prior_floor = None
+        requested = excluded
         if prior is not None:
             prior_cum, prior_floor, excluded = _prior_sums(trie, prior, excluded)
         for p, positions in enumerate(excluded):
@@ -140,7 +144,7 @@ class ItemConstraints:
         offsets = np.zeros(len(excluded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in excluded], out=offsets[1:])
         return cls(trie, count, np.concatenate(excluded).astype(np.int64), offsets, prior_cum, prior_floor,
-                   prior_weight)
+                   prior_weight, requested)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -206,9 +210,33 @@ class ItemConstraints:
         touched = np.unique(self.trie.sequence_at(self.excluded_positions(prompt)))  # titles with an excluded item
         return len(self.trie) - int(np.sum(~self.allowed(prompt, *self.trie.item_range(touched, touched + 1))))
 
+    def removal_cause(self, prompt: int) -> str:
+        """What took titles away from `prompt`, for messages: `exclude`, the prior's -inf entries, or both."""
+        if not self.has_prior:
+            return "after `exclude`"
+        by_exclude = _titles_covered(self.trie, self._requested[self._prompt(prompt)])
+        by_both = _titles_covered(self.trie, self.excluded_positions(prompt))
+        if by_exclude == by_both:
+            return "after `exclude`"
+        prior = f"the -inf (zero-mass) entries of `item_log_prior[{prompt}]`"
+        if by_exclude == 0:
+            return f"{_titles(by_both)} removed by {prior}"
+        return f"{_titles(by_exclude)} removed by `exclude`, {by_both - by_exclude} more by {prior}"
+
     def __repr__(self) -> str:
         return (f"ItemConstraints(prompts={self.num_prompts}, excluded={len(self._kernel.excluded)}, "
                 f"prior={self.has_prior}, prior_weight={self.prior_weight})")
+
+
+def _titles(count: int) -> str:
+    return f"{count} title{'s' * (count != 1)}"
+
+
+def _titles_covered(trie: TitleTrie, positions: np.ndarray) -> int:
+    """How many titles have every one of their items among the item `positions` (sorted, distinct)."""
+    seqs, counts = np.unique(trie.sequence_at(positions), return_counts=True)
+    lo, hi = trie.item_range(seqs, seqs + 1)
+    return int(np.sum(counts == hi - lo))
 
 
 # ---------------------------------------------------------------------- validation
@@ -237,7 +265,12 @@ def _checked_prior(item_log_prior, trie: TitleTrie) -> np.ndarray:
             raise ValueError(f"`item_log_prior` has to hold floats, but has dtype {item_log_prior.dtype}")
         prior = item_log_prior.detach().cpu().double().numpy()
     else:
-        prior = np.asarray(item_log_prior)
+        try:
+            prior = np.asarray(item_log_prior)
+        except ValueError:  # numpy's "inhomogeneous shape": rows of different lengths
+            lengths = [len(row) if isinstance(row, Sized) else None for row in item_log_prior]
+            raise ValueError(f"`item_log_prior` has to have shape (prompts, {trie.num_items}), but its rows have "
+                             f"the lengths {lengths[:10]}; give one float per catalog item in every row") from None
         if prior.dtype.kind != "f":
             raise ValueError(f"`item_log_prior` has to hold floats, but has dtype {prior.dtype}")
         prior = prior.astype(np.float64)

@@ -42,6 +42,7 @@ prefixes the model may score per prompt; a prompt that hits it is reported in
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, field
 from typing import Collection, Sequence
@@ -57,14 +58,23 @@ from constrained_rec.decoding.runner import (
     CPU_FORWARD_COST_TOKENS,
     ModelRunner,
     PromptBatch,
+    select_rows,
 )
 from constrained_rec.decoding.steps import Hypothesis
+from constrained_rec.hf import check_positions
 from constrained_rec.trie.tokenization import eos_token_id, prompt_token_ids
 from constrained_rec.trie.trie import TitleTrie
 
 MODES = ("beam", "exact")
-__all__ = ["recommend", "Recommendation", "DecodeStats", "DecodeResult", "MODES", "CPU_FORWARD_COST_TOKENS",
-           "ACCELERATOR_FORWARD_COST_TOKENS", "checked_prompt_ids"]
+__all__ = ["recommend", "recommend_at_weights", "Recommendation", "DecodeStats", "DecodeResult", "MODES",
+           "CPU_FORWARD_COST_TOKENS", "ACCELERATOR_FORWARD_COST_TOKENS", "checked_prompt_ids", "check_prompt_positions",
+           "FewerTitlesWarning"]
+
+
+class FewerTitlesWarning(UserWarning):
+    """A prompt can still reach fewer than `k` titles (a small catalog, or `exclude` removing most of it), so
+    `recommend` returns fewer titles for it. Callers that know who the prompts belong to (the evaluation) filter
+    this category and warn naming their users instead."""
 
 
 @dataclass
@@ -178,8 +188,10 @@ def recommend(
             Instead of `exclude`/`item_log_prior`/`prior_weight`: constraints built for `trie` and these prompts.
 
     Returns:
-        `DecodeResult`: `recommendations[p]`, a best-first list of `k` `Recommendation`s per prompt (fewer only
-        where beam search finished fewer titles, or exact search ran out of budget first; both warn), and `stats`.
+        `DecodeResult`: `recommendations[p]`, a best-first list of `k` `Recommendation`s per prompt, and `stats`.
+        A prompt gets fewer only where it can reach fewer than `k` titles at all (after `exclude` and the prior's
+        zero-mass items: a `FewerTitlesWarning` naming it, and every title it can reach), where beam search
+        finished fewer titles, or where exact search ran out of budget first; each warns.
 
     Examples:
 
@@ -209,7 +221,8 @@ def recommend(
     """
     num_beams = _check_options(model, trie, k, num_beams, mode, length_penalty, batch_size, node_budget)
     prompt_ids = checked_prompt_ids(tokenizer, prompts, trie, model)
-    constraints = _constraints(trie, len(prompt_ids), k, exclude, item_log_prior, prior_weight, constraints)
+    _check_prompt_lengths(model, trie, prompt_ids)
+    constraints = _constraints(trie, len(prompt_ids), exclude, item_log_prior, prior_weight, constraints)
 
     stats = DecodeStats()
     runner = ModelRunner(model, trie, stats)
@@ -227,12 +240,77 @@ def recommend(
                 found = exact_search(runner, trie, prompt, constraints, batch, k, num_beams, jump, node_budget)
             for p, hypotheses in zip(batch, found):
                 recommendations.append([_recommendation(trie, constraints, p, h) for h in hypotheses[:k]])
-    short = [p for p, recs in enumerate(recommendations) if len(recs) < k]
+    available = _warn_fewer_titles(constraints, len(prompt_ids), k)
+    short = [p for p, recs in enumerate(recommendations) if len(recs) < min(k, available[p])]
     if short and mode == "beam":
         warnings.warn(
             f"beam search finished fewer than k={k} titles for prompts {short[:10]}; raise num_beams", stacklevel=2
         )
     return DecodeResult(recommendations, stats)
+
+
+def recommend_at_weights(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: TitleTrie, k: int,
+                         prior_weights: Sequence[float], *, item_log_prior, num_beams: int | None = None,
+                         exclude: Sequence[Collection[int]] | None = None, batch_size: int = 8,
+                         jump: bool = True) -> list[DecodeResult]:
+    """`recommend(..., mode="beam", item_log_prior=item_log_prior, prior_weight=w)` for every `w` of
+    `prior_weights`, with each batch of prompts prefilled once for all of them (a copy of its KV cache per
+    weight): the same titles and scores, one prefill instead of `len(prior_weights)`. Returns one `DecodeResult`
+    per weight; the prefills are counted in the first one's `stats`.
+    """
+    num_beams = _check_options(model, trie, k, num_beams, "beam", 0.0, batch_size, 1)
+    prompt_ids = checked_prompt_ids(tokenizer, prompts, trie, model)
+    weights = list(prior_weights)
+    if not weights:
+        raise ValueError("`prior_weights` is empty; give at least one weight")
+    _check_prompt_lengths(model, trie, prompt_ids)
+    constraints = [_constraints(trie, len(prompt_ids), exclude, item_log_prior, w, None) for w in weights]
+    available = _warn_fewer_titles(constraints[0], len(prompt_ids), k)
+    stats = [DecodeStats() for _ in weights]
+    recommendations: list[list[list[Recommendation]]] = [[] for _ in weights]
+    runner = ModelRunner(model, trie, stats[0])
+    with torch.inference_mode():
+        for start in range(0, len(prompt_ids), batch_size):
+            batch = list(range(start, min(start + batch_size, len(prompt_ids))))
+            runner.stats = stats[0]
+            prompt = PromptBatch([prompt_ids[p] for p in batch], runner)
+            own_rows = torch.arange(len(batch), device=prompt.device)
+            for w, weight_constraints in enumerate(constraints):
+                runner.stats = stats[w]
+                forked = copy.copy(prompt)  # beam search reorders its prompt's cache in place: each weight its own
+                forked.cache = select_rows(prompt.cache, own_rows)
+                found = beam_search(runner, trie, forked, weight_constraints, batch, num_beams, jump, 0.0)
+                stats[w].expanded += [0] * len(batch)
+                stats[w].budget_exhausted += [False] * len(batch)
+                stats[w].proven += [0] * len(batch)
+                recommendations[w] += [[_recommendation(trie, weight_constraints, p, h) for h in hypotheses[:k]]
+                                       for p, hypotheses in zip(batch, found)]
+    short = sorted({p for found in recommendations for p, recs in enumerate(found)
+                    if len(recs) < min(k, available[p])})
+    if short:
+        warnings.warn(f"beam search finished fewer than k={k} titles for prompts {short[:10]}; raise num_beams",
+                      stacklevel=2)
+    return [DecodeResult(found, s) for found, s in zip(recommendations, stats)]
+
+
+def _warn_fewer_titles(constraints: ItemConstraints, num_prompts: int, k: int) -> list[int]:
+    """How many titles each prompt can still reach; a `FewerTitlesWarning` for those below `k`."""
+    available = [constraints.titles_available(p) for p in range(num_prompts)]
+    fewer = [p for p, count in enumerate(available) if count < k]
+    if fewer:
+        warnings.warn(
+            f"prompts {fewer[:10]} can be recommended only {[available[p] for p in fewer[:10]]} titles "
+            f"({'; '.join(f'prompt {p}: {constraints.removal_cause(p)}' for p in fewer[:10])}), fewer than k={k}: "
+            "they get those titles only", FewerTitlesWarning, stacklevel=3
+        )
+    return available
+
+
+def _check_prompt_lengths(model, trie: TitleTrie, prompt_ids: list[list[int]]) -> None:
+    longest = max(range(len(prompt_ids)), key=lambda p: len(prompt_ids[p]))
+    check_positions(model, len(prompt_ids[longest]) + trie.max_length - 1,
+                    f"prompt {longest} ({len(prompt_ids[longest])} tokens, the longest) and the trie's longest title "
+                    f"({trie.max_length - 1} tokens; its EOS is never fed back)")
 
 
 # ---------------------------------------------------------------------- inputs
@@ -301,7 +379,19 @@ def checked_prompt_ids(tokenizer, prompts: Sequence[str | Sequence[int]], trie: 
     return out
 
 
-def _constraints(trie, num_prompts: int, k: int, exclude, item_log_prior, prior_weight, constraints) -> ItemConstraints:
+def check_prompt_positions(model, tokenizer, prompts: Sequence[str], trie: TitleTrie, what: str) -> None:
+    """:func:`constrained_rec.hf.check_positions` for string ``prompts`` decoded under ``trie``, before any
+    forward (a run checks all its prompts up front): the longest one plus the longest title must fit."""
+    longest = 0
+    for start in range(0, len(prompts), 1024):
+        batch = list(prompts[start : start + 1024])
+        longest = max([longest] + [len(ids) for ids in tokenizer(batch, add_special_tokens=True)["input_ids"]])
+    check_positions(model, longest + trie.max_length - 1,
+                    f"{what} (the longest has {longest} tokens) and the catalog's longest title ({trie.max_length - 1} "
+                    "tokens; its EOS is never fed back)")
+
+
+def _constraints(trie, num_prompts: int, exclude, item_log_prior, prior_weight, constraints) -> ItemConstraints:
     if constraints is None:
         constraints = ItemConstraints.build(trie, num_prompts=num_prompts, exclude=exclude,
                                             item_log_prior=item_log_prior, prior_weight=prior_weight)
@@ -310,10 +400,6 @@ def _constraints(trie, num_prompts: int, k: int, exclude, item_log_prior, prior_
     elif constraints.num_prompts not in (None, num_prompts):
         raise ValueError(f"`constraints` cover {constraints.num_prompts} prompts, but {num_prompts} prompts were given")
     constraints.check_trie(trie)
-    for p in range(num_prompts):
-        count = constraints.titles_available(p)
-        if count < k:
-            raise ValueError(f"prompt {p} can be recommended only {count} titles (after `exclude`), fewer than k={k}")
     return constraints
 
 

@@ -58,6 +58,10 @@ class Recommender(Protocol):
     def __call__(self, samples: Sequence[EvalSample]) -> dict[str, list[dict]]: ...
 
 
+# coverage and the popularity percentile look at each user's top 10 (or all of a shorter top-K)
+BEYOND_ACCURACY_K = 10
+
+
 @dataclass
 class EvalConfig:
     """Settings of an evaluation; all of them are recorded with the results.
@@ -257,19 +261,21 @@ def method_metrics(records: Sequence[dict], config: EvalConfig, catalog_size: in
     Per method: ``users``; ``hr@K`` / ``ndcg@K`` as ``{"value", "ci"}`` (item-id hits, the headline);
     ``title_hr@K`` / ``title_ndcg@K`` alike (title hits as D3 and MiniOneRec count them,
     :func:`constrained_rec.evaluation.metrics.title_ranking_metrics`; absent for records without titles); ``validity_rate`` (valid outputs /
-    outputs, ``None`` for methods without model outputs); ``coverage@10``; ``popularity_percentile@10``
-    (mean popularity percentile of the top-10 items, ``None`` when nothing was recommended); ``seconds`` and ``users_per_s`` of the recommender
-    (per process under sharding).
+    outputs, ``None`` for methods without model outputs); ``coverage@C``; ``popularity_percentile@C``
+    (mean popularity percentile of the top-C items, ``None`` when nothing was recommended), where ``C`` is 10 or the
+    largest K when that is smaller (a run with ``--k 1`` recommends one item: ``coverage@1``); ``seconds`` and
+    ``users_per_s`` of the recommender (per process under sharding).
     """
     by_method: dict[str, list[dict]] = {}
     for record in records:
         by_method.setdefault(record["method"], []).append(record)
     figures = {}
+    top = min(BEYOND_ACCURACY_K, config.max_k)  # no method recommends more than max(ks) items
     for method, rows in by_method.items():
         rankings = [r["item_ids"] for r in rows]
         outputs = sum(r["num_outputs"] for r in rows)
         seconds = sum(r["seconds"] for r in rows)
-        popularity_pct = metrics.mean_popularity_percentile(rankings, popularity, k=10)  # nan: nothing recommended
+        popularity_pct = metrics.mean_popularity_percentile(rankings, popularity, k=top)  # nan: nothing recommended
         figures[method] = {
             "users": len(rows),
             **metrics.ranking_metrics(rankings, [r["target_item_id"] for r in rows], config.ks,
@@ -277,8 +283,8 @@ def method_metrics(records: Sequence[dict], config: EvalConfig, catalog_size: in
             **_title_metrics(rows, config),
             "validity_rate": sum(r["num_valid_outputs"] for r in rows) / outputs if outputs else None,
             "outputs": outputs,
-            "coverage@10": metrics.catalog_coverage(rankings, catalog_size, k=10),
-            "popularity_percentile@10": popularity_pct if math.isfinite(popularity_pct) else None,
+            f"coverage@{top}": metrics.catalog_coverage(rankings, catalog_size, k=top),
+            f"popularity_percentile@{top}": popularity_pct if math.isfinite(popularity_pct) else None,
             "seconds": seconds,
             "users_per_s": len(rows) / seconds if seconds > 0 else None,
         }

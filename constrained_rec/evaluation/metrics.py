@@ -2,7 +2,8 @@
 
 Each user has exactly one relevant item (the held-out next item), so for a ranked list of item ids:
 
-- ``rank`` is the 1-based position of the target in the list (``inf`` when it is absent);
+- ``rank`` is the 1-based position of the target in the list (``inf`` when it is absent, also from a list shorter
+  than K: a user whose history leaves fewer titles than K gets a short list, and its missing ranks are misses);
 - HR@K = 1 if ``rank <= K`` else 0;
 - NDCG@K = ``1 / log2(rank + 1)`` if ``rank <= K`` else 0 (the ideal DCG of one relevant item is 1).
 

@@ -73,7 +73,7 @@ def write_json_atomically(path: Path, value) -> None:
     os.replace(tmp, path)
 
 
-def check_identity(path: Path, identity: Mapping, state, what: str) -> None:
+def check_identity(path: Path, identity: Mapping, state, what: str, ignore: Sequence[str] = ()) -> None:
     """Store ``identity`` at ``path`` (main process, first time) or refuse a folder written with another one.
 
     Args:
@@ -81,11 +81,12 @@ def check_identity(path: Path, identity: Mapping, state, what: str) -> None:
         identity: JSON-serialisable settings that make two runs the same.
         state: accelerate's process state (:func:`constrained_rec.hf.process_state`).
         what: what the folder holds, for the error ("predictions of an evaluation", "a run").
+        ignore: keys of the stored file that are not part of the identity (recorded there by other checks).
     """
     if state.is_main_process and not path.is_file():
         write_json_atomically(path, dict(identity))
     state.wait_for_everyone()  # the others read the file only once the main process has written it
-    saved = json.loads(path.read_text())
+    saved = {key: value for key, value in json.loads(path.read_text()).items() if key not in ignore}
     differing = differences(saved, json.loads(json.dumps(dict(identity))))
     if differing:
         raise ValueError(

@@ -16,16 +16,18 @@ A new method is a class with ``names`` and ``__call__``; records are built with 
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Collection, Iterable, Mapping, Sequence
 
 import torch
 
+from constrained_rec.decoding.constraints import ItemConstraints
 from constrained_rec.decoding.processor import TitleTrieProcessor
 from constrained_rec.evaluation.evaluate import DECODERS, EvalConfig, EvalSample
 from constrained_rec.evaluation.grounding import TitleGrounder, last_token_hidden_states, parse_generated_title
-from constrained_rec.hf import adapter_disabled, left_pad
+from constrained_rec.hf import adapter_disabled, check_positions, left_pad
 from constrained_rec.trie.tokenization import eos_token_id, prompt_token_ids
 from constrained_rec.trie.trie import TitleTrie
 
@@ -59,6 +61,9 @@ def _generate(model, tokenizer, prompts: Sequence[str], config, logits_processor
     input_ids, attention_mask = left_pad([prompt_token_ids(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
     device = next(model.parameters()).device
     prompt_length = input_ids.shape[1]
+    check_positions(model, prompt_length + config.max_new_tokens - 1,
+                    f"the longest prompt ({prompt_length} tokens) and max_new_tokens={config.max_new_tokens} (the last "
+                    "token is never fed back)")
     processors = LogitsProcessorList([logits_processor(prompt_length)] if logits_processor else [])
     with torch.no_grad():
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
@@ -105,27 +110,34 @@ def recommend_constrained(model, tokenizer, prompts: Sequence[str], trie: TitleT
         return _recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude,
                                item_log_prior, prior_weight)
     config = _generation_config(tokenizer, num_beams, k, length_penalty, trie.max_length)
+    constraints = ItemConstraints.build(trie, num_prompts=len(prompts), exclude=exclude,
+                                        item_log_prior=item_log_prior, prior_weight=prior_weight)
 
     def processor(prompt_length: int) -> TitleTrieProcessor:
-        return TitleTrieProcessor(trie, prompt_length=prompt_length, exclude=exclude,
-                                  pad_token_id=tokenizer.pad_token_id, item_log_prior=item_log_prior,
-                                  prior_weight=prior_weight)
+        return TitleTrieProcessor(trie, prompt_length=prompt_length, pad_token_id=tokenizer.pad_token_id,
+                                  constraints=constraints)
 
     rows, scores = _generate(model, tokenizer, prompts, config, processor)
     outputs = []
     for p in range(len(prompts)):
-        titles = [parse_generated_title(tokenizer.decode(row, skip_special_tokens=True)) for row in rows[p * k : (p + 1) * k]]
-        outputs.append(list(zip(rows[p * k : (p + 1) * k], titles, scores[p * k : (p + 1) * k])))
+        # A prompt that can reach fewer than k titles gets them first, then generate()'s fillers scored about
+        # -1e9 (repeats, or rows that are no title): those are not outputs of the model, so they are left out.
+        real = slice(p * k, p * k + min(k, constraints.titles_available(p)))
+        titles = [parse_generated_title(tokenizer.decode(row, skip_special_tokens=True)) for row in rows[real]]
+        outputs.append(list(zip(rows[real], titles, scores[real])))
     return _checked_rankings(trie, outputs, exclude)
 
 
 def _recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude, item_log_prior=None,
                     prior_weight=1.0):
-    from constrained_rec.decoding.recommend import recommend
+    from constrained_rec.decoding.recommend import FewerTitlesWarning, recommend
 
-    result = recommend(model, tokenizer, list(prompts), trie, k, num_beams=num_beams, length_penalty=length_penalty,
-                       exclude=exclude, batch_size=len(prompts), item_log_prior=item_log_prior,
-                       prior_weight=prior_weight)
+    with warnings.catch_warnings():
+        # the evaluation names the users who got fewer titles (ConstrainedRecommender), not batch positions
+        warnings.simplefilter("ignore", FewerTitlesWarning)
+        result = recommend(model, tokenizer, list(prompts), trie, k, num_beams=num_beams,
+                           length_penalty=length_penalty, exclude=exclude, batch_size=len(prompts),
+                           item_log_prior=item_log_prior, prior_weight=prior_weight)
     rankings, invalid = [], []
     for recs in result.recommendations:
         # recommend() already left the excluded items out of each title's items; the trie walk only re-checks
@@ -173,6 +185,17 @@ def prediction_record(sample: EvalSample, item_ids, titles, scores, num_outputs:
             **extra}
 
 
+def warn_fewer_recommendations(method: str, records: Sequence[dict], k: int) -> None:
+    """Warn naming the users whose records hold fewer than ``k`` items: their exclusions (history) leave fewer
+    catalog titles than K. Metrics count their missing ranks as misses."""
+    short = [(r["user_id"], len(r["item_ids"])) for r in records if len(r["item_ids"]) < k]
+    if short:
+        named = ", ".join(f"user {user} ({count})" for user, count in short[:10])
+        warnings.warn(f"{method}: {len(short)} user(s) got fewer than K={k} recommendations, as their history "
+                      f"leaves fewer titles: {named}{', ...' if len(short) > 10 else ''}; metrics count the "
+                      "missing ranks as misses", stacklevel=2)
+
+
 def _expand(ranked: Iterable[RankedTitle], limit: int):
     """Items of titles in order (each once), with their titles and scores, cut at ``limit`` items."""
     items, titles, scores, seen = [], [], [], set()
@@ -209,16 +232,23 @@ class ConstrainedRecommender:
         self.names = (name or ("constrained" if use_adapter else "zero-shot-constrained"),)
 
     def __call__(self, samples: Sequence[EvalSample]) -> dict[str, list[dict]]:
-        exclude = [s.exclude for s in samples] if self.config.exclude_history else None
-        with nullcontext() if self.use_adapter else adapter_disabled(self.model):
-            rankings, invalid = recommend_constrained(
-                self.model, self.tokenizer, [s.prompt for s in samples], self.trie, self.config.max_k,
-                self.config.num_beams, self.config.length_penalty, exclude, self.config.decoder,
-                item_log_prior=self.prior(samples) if self.prior is not None else None, prior_weight=self.prior_weight)
+        # a user who consumed the whole catalog has no title left: an empty list, not a decoding error
+        left = [s for s in samples if not (self.config.exclude_history and len(s.exclude) >= self.trie.num_items)]
+        rankings, invalid = {}, {}
+        if left:
+            exclude = [s.exclude for s in left] if self.config.exclude_history else None
+            with nullcontext() if self.use_adapter else adapter_disabled(self.model):
+                ranked, bad = recommend_constrained(
+                    self.model, self.tokenizer, [s.prompt for s in left], self.trie, self.config.max_k,
+                    self.config.num_beams, self.config.length_penalty, exclude, self.config.decoder,
+                    item_log_prior=self.prior(left) if self.prior is not None else None, prior_weight=self.prior_weight)
+            rankings, invalid = dict(zip((s.index for s in left), ranked)), dict(zip((s.index for s in left), bad))
         records = []
-        for sample, ranked, bad in zip(samples, rankings, invalid):
+        for sample in samples:
+            ranked, bad = rankings.get(sample.index, []), invalid.get(sample.index, 0)
             items, titles, scores = _expand(ranked, self.config.max_k)
             records.append(prediction_record(sample, items, titles, scores, len(ranked) + bad, len(ranked)))
+        warn_fewer_recommendations(self.names[0], records, self.config.max_k)
         return {self.names[0]: records}
 
 

@@ -3,8 +3,10 @@
 ``experiments/run.py`` is its command line (argparse -> :class:`RunConfig` -> :func:`run`); tests and other
 code call :func:`run` directly. Each step is its own function, in the order :func:`run` calls them:
 
-1. :func:`resolve_device` and :func:`check_run_identity`: validate before anything is loaded;
-2. :func:`load_data`: the data set and its leave-one-out splits;
+1. :func:`resolve_device`, the folder's lock (:func:`constrained_rec.experiment.run_folder.folder_lock`) and
+   :func:`check_run_identity`: validate before anything is loaded;
+2. :func:`load_data`: the data set and its leave-one-out splits, then
+   :func:`constrained_rec.experiment.run_folder.check_data_files` (a resume only on the same data files);
 3. :func:`load_base_model` and :func:`constrained_rec.experiment.catalog.catalog_trie`: the model and the catalog trie;
 4. :func:`prepare_adapter`: train an adapter, or load and check a given or finished one;
 5. :func:`evaluation_samples`: the test samples with their exclusions, item counts and popularity;
@@ -36,9 +38,11 @@ from constrained_rec.data import GROUPLENS_FOLDERS, draw_samples
 # The options and the checks before loading live in run_config.
 from constrained_rec.experiment.run_config import (
     DATA_FILE_OPTIONS,
-    DEFAULT_MODEL,
+    RUN_IDENTITY,
     RunConfig,
     check_run_identity,
+    check_signal_candidates,
+    check_splits,
     model_name,
     output_folder,
     resolve_device,
@@ -62,9 +66,10 @@ def load_data(config: RunConfig) -> LoadedData:
     with ``--max-history`` and the prompt's noun: ``train_samples`` training samples and ``eval_users`` test
     samples, seeded, at most as many as the test split holds (all with ``--all-users``).
 
-    ``split_config`` comes back resolved (its ``protocol`` and ``item_noun`` made concrete). A run that will
-    train (training samples and no ``--adapter``) on a layout whose own split has no training rows fails here,
-    before the model is loaded, naming the folder and what to pass instead.
+    ``split_config`` comes back resolved (its ``protocol`` and ``item_noun`` made concrete). A split the run needs
+    without samples (test; train and validation for training; validation for EASE, SASRec or ``--prior-weight
+    auto``), e.g. a D3 layout's missing or header-only CSV, fails here, before the model is loaded, naming the CSV
+    and what to pass instead (:func:`~constrained_rec.experiment.run_config.check_splits`).
     """
     from constrained_rec.data import SplitConfig, load_interactions, make_splits, split_positions
 
@@ -73,18 +78,11 @@ def load_data(config: RunConfig) -> LoadedData:
     split_config = SplitConfig(max_history=config.max_history, protocol=config.split, item_noun=config.item_noun,
                                seed=config.seed).resolve(data)
     train_samples = size.train_samples or None
-    if split_config.protocol == "given":
-        data.given.require("test", "evaluation")
-        if size.train_samples and not config.adapter:
-            try:
-                data.given.require("train", f"training (--train-samples {size.train_samples} without --adapter)")
-            except FileNotFoundError as error:
-                raise FileNotFoundError(f"{error}; or pass --train-samples 0 to evaluate the base model zero-shot, "
-                                        "or --adapter DIR to evaluate a trained adapter") from None
-        if "train" in data.given.missing:
-            train_samples = None  # not trained on: the split stays empty
     positions = split_positions(data, split_config)
     available = {split: len(rows) for split, rows in positions.items()}
+    check_splits(config, data, split_config, available)  # a missing or empty CSV is named before the model loads
+    if not available["train"]:
+        train_samples = None  # not trained on (zero-shot, --adapter): the split stays empty
     eval_samples = None if config.all_users else min(size.eval_users, available["test"])
     if eval_samples is not None and eval_samples < size.eval_users:
         logger.warning("%s: evaluating all %d test samples of the %s split (--eval-users %d asked for more)",
@@ -170,6 +168,7 @@ def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData,
     validation = loaded.splits["validation"]
     validation = validation.select(range(min(size.validation_samples, len(validation))))
     train_config = TrainConfig(epochs=size.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+                               history_loss_weight=config.history_loss_weight,
                                seed=config.seed, catalog_fingerprint=trie.fingerprint(),
                                warmup_steps=min(20, max(1, size.train_samples // config.batch_size // 10)))
     return train(model, tokenizer, loaded.splits["train"], train_config, eval_dataset=validation,
@@ -250,9 +249,13 @@ def build_recommenders(config: RunConfig, model, tokenizer, trie, data, inputs: 
 
         recommenders.append(AssistantRecommender(assisted.assistant, assisted.histories, data.titles, evaluation,
                                                  name=assisted.name))
-        fused = ConstrainedRecommender(model, tokenizer, trie, evaluation, name=assisted.fused_name,
-                                       prior=AssistantPrior(assisted.assistant, assisted.histories, trie),
-                                       prior_weight=assisted.prior_weight)
+        if assisted.fallback:  # the sweep found the LM adds nothing: LM + prior recommends as the assistant
+            fused = AssistantRecommender(assisted.assistant, assisted.histories, data.titles, evaluation,
+                                         name=assisted.fused_name)
+        else:
+            fused = ConstrainedRecommender(model, tokenizer, trie, evaluation, name=assisted.fused_name,
+                                           prior=AssistantPrior(assisted.assistant, assisted.histories, trie),
+                                           prior_weight=assisted.prior_weight)
         if not config.lm_alone:
             return recommenders + [fused]
     if config.constrained or config.baselines:
@@ -273,18 +276,21 @@ def run_controls(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, 
                  evaluation, assisted, timings: dict) -> dict:
     """After the evaluation (main process): the search error of LM + prior and the user-signal control."""
     controls = {}
-    if assisted is not None and config.search_error_users:
+    if assisted is not None and config.search_error_count:
         from constrained_rec.experiment.assistant_prior import AssistantPrior, search_error
 
         tick = time.perf_counter()
-        if evaluation.length_penalty != 0.0:
+        if assisted.fallback:
+            inputs.notes.append(f"search error not measured: {assisted.fused_name} fell back to {assisted.name} "
+                                "alone (no search)")
+        elif evaluation.length_penalty != 0.0:
             inputs.notes.append("search error not measured: exact search ranks by total log-probability and "
                                 "needs --length-penalty 0")
         else:
             controls["search_error"] = search_error(
                 model, tokenizer, trie, inputs.samples, AssistantPrior(assisted.assistant, assisted.histories, trie),
                 assisted.prior_weight, evaluation.max_k, evaluation.num_beams, config.exclude_history,
-                config.search_error_users, config.seed)
+                config.search_error_count, config.seed)
         timings["search_error_s"] = time.perf_counter() - tick
     if config.user_signal:
         from constrained_rec.evaluation.evaluate import consumed_items
@@ -310,6 +316,7 @@ def assemble_results(config: RunConfig, loaded: LoadedData, name: str, adapter: 
                      method_order: list[str] | None = None, assisted=None, controls: dict | None = None) -> dict:
     """The ``metrics.json`` of a run; ``methods`` in ``method_order`` (the recommenders' order)."""
     from constrained_rec.evaluation.evaluate import config_dict, method_metrics
+    from constrained_rec.evaluation.paired import paired_comparisons, run_pairs
     from constrained_rec.experiment.report import library_versions, machine_description
 
     data, split_config = loaded.data, loaded.split_config
@@ -318,11 +325,15 @@ def assemble_results(config: RunConfig, loaded: LoadedData, name: str, adapter: 
     order = [m for m in method_order or [] if m in methods] + [m for m in methods if m not in (method_order or [])]
     extra = {"assistant": None if assisted is None else {
         "name": assisted.name, "method": assisted.fused_name, "prior_weight": assisted.prior_weight,
+        "falls_back": assisted.fallback,
         "prior_weight_option": config.prior_weight, "prior_weight_sweep": assisted.sweep,
         "fit_seconds": assisted.fit_seconds, "fit_info": getattr(assisted.assistant, "fit_info", None),
         "search_error": (controls or {}).get("search_error")}}
     if controls and "user_signal" in controls:
         extra["user_signal"] = controls["user_signal"]
+    pairs = run_pairs(order, assisted and assisted.name, assisted and assisted.fused_name)
+    extra["paired"] = paired_comparisons(records, pairs, evaluation.confidence, evaluation.bootstrap_resamples,
+                                         evaluation.seed)
     return {
         "command": config.command_line(),
         "dataset": {"name": data.name, "users": data.num_users, "items": len(data.titles),
@@ -362,18 +373,29 @@ def run(config: RunConfig) -> dict:
 
     ```
     """
+    from constrained_rec.experiment.run_folder import folder_lock
+    from constrained_rec.hf import process_state
+
+    started = time.perf_counter()
+    state = process_state()
+    device = resolve_device(config.device, state)  # before anything is loaded
+    output_dir = output_folder(config, state)
+    with folder_lock(output_dir, state, config.command_line()):  # one run per folder; a second is refused
+        return _run_in_folder(config, state, device, output_dir, started)
+
+
+def _run_in_folder(config: RunConfig, state, device, output_dir: Path, started: float) -> dict:
+    """:func:`run` once the folder is locked."""
     from transformers import set_seed
 
+    from constrained_rec.decoding.recommend import check_prompt_positions
     from constrained_rec.evaluation.evaluate import config_dict, evaluate
     from constrained_rec.evaluation.grounding import model_fingerprint
     from constrained_rec.experiment.catalog import catalog_trie
     from constrained_rec.experiment.report import write_report
-    from constrained_rec.hf import process_state
+    from constrained_rec.experiment.run_folder import check_data_files
 
-    started, timings = time.perf_counter(), {}
-    state = process_state()
-    device = resolve_device(config.device, state)  # before anything is loaded
-    output_dir = output_folder(config, state)
+    timings = {}
     check_run_identity(output_dir, config, state)
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 2) // 2))
     evaluation = eval_config(config, device)
@@ -381,6 +403,8 @@ def run(config: RunConfig) -> dict:
 
     tick = time.perf_counter()
     loaded = load_data(config)
+    check_data_files(output_dir, RUN_IDENTITY, loaded.data, state)  # before anything of the folder is reused
+    check_signal_candidates(config, loaded.data, loaded.splits["test"])
     timings["data_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
     name, model, tokenizer = load_base_model(config)
@@ -389,6 +413,8 @@ def run(config: RunConfig) -> dict:
     if evaluation.max_k > len(trie):
         raise ValueError(f"K = {evaluation.max_k} is larger than the catalog of {loaded.data.name}: "
                          f"{len(trie)} distinct titles; use smaller --k values")
+    check_prompt_positions(model, tokenizer, [p for split in loaded.splits.values() for p in split["prompt"]], trie,
+                           "the run's prompts")  # before training and evaluation, not in their middle
     adapter = prepare_adapter(config, model, tokenizer, trie, loaded, output_dir, timings)
     model = adapter.model.to(device).eval()
 
@@ -416,59 +442,3 @@ def run(config: RunConfig) -> dict:
     print((output_dir / "report.md").read_text())
     print(f"results in {output_dir} ({timings['total_s']:.0f} s)")
     return results
-
-
-
-# ------------------------------------------------------------------------------------ training only
-@dataclass
-class TrainJob:
-    """The options of ``experiments/train.py``: what to train on; ``train`` holds the training settings.
-
-    Args:
-        output_dir: receives the adapter, ``train_config.json`` and the checkpoint.
-        model: the base model (embedded name, local folder or cached Hugging Face id).
-        data: a name or path accepted by :func:`constrained_rec.data.load_interactions`.
-        train_samples: training windows drawn (seeded); ``None`` keeps all.
-        eval_samples: validation samples for the loss.
-        template: the prompt template.
-        train: :class:`constrained_rec.training.train.TrainConfig` (its ``catalog_fingerprint`` is filled in here).
-        resume: continue from a checkpoint in ``output_dir``.
-    """
-
-    output_dir: str
-    model: str = DEFAULT_MODEL
-    data: str = "ml-100k"
-    train_samples: int | None = 1024
-    eval_samples: int = 200
-    template: str = "alpaca"
-    train: object = None  # TrainConfig
-    resume: bool = True
-
-    def __post_init__(self):
-        from constrained_rec.training.train import TrainConfig
-
-        self.train = self.train if self.train is not None else TrainConfig()
-        if not isinstance(self.train, TrainConfig):
-            raise ValueError(f"TrainJob.train must be a TrainConfig, got {type(self.train).__name__}")
-        if not (isinstance(self.output_dir, (str, os.PathLike)) and str(self.output_dir)):
-            raise ValueError(f"TrainJob.output_dir must name a folder, got {self.output_dir!r}")
-
-
-def train_job(job: TrainJob):
-    """Train an adapter for the catalog trie of ``job.data`` (:func:`constrained_rec.experiment.catalog.catalog_trie`, the
-    trie :func:`run` checks it against); returns :class:`constrained_rec.training.train.TrainResult`."""
-    import dataclasses
-
-    from constrained_rec.data import SplitConfig, load_interactions, make_splits
-    from constrained_rec.experiment.catalog import catalog_trie
-    from constrained_rec.model import load_model
-    from constrained_rec.training.train import train
-
-    model, tokenizer = load_model(job.model)
-    data = load_interactions(job.data)
-    split = SplitConfig(train_samples=job.train_samples, eval_samples=job.eval_samples, seed=job.train.seed,
-                        template=job.template)
-    splits = make_splits(data, split, tokenizer=tokenizer)
-    config = dataclasses.replace(job.train, catalog_fingerprint=catalog_trie(data, tokenizer).fingerprint())
-    return train(model, tokenizer, splits["train"], config, eval_dataset=splits["validation"],
-                 output_dir=job.output_dir, resume=job.resume)

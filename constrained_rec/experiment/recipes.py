@@ -63,6 +63,7 @@ class Recipe:
     template: str = "alpaca"
     strip_year: bool = False
     history_dropout: float = 0.0
+    history_loss_weight: float = 0.0
 
 
 RECIPES = {r.name: r for r in [
@@ -79,6 +80,12 @@ RECIPES = {r.name: r for r in [
            lora_target_modules=ALL_LINEAR, lora_r=16, lora_alpha=32, strip_year=True),
     Recipe("all-r16-hdrop", "every linear layer, r=16, training histories with item dropout 0.3",
            lora_target_modules=ALL_LINEAR, lora_r=16, lora_alpha=32, history_dropout=0.3),
+    Recipe("all-r16-hloss1", "every linear layer, r=16, plus the history-title loss at weight 1 (issue 20)",
+           lora_target_modules=ALL_LINEAR, lora_r=16, lora_alpha=32, history_loss_weight=1.0),
+    Recipe("all-r16-e3", "every linear layer, r=16, 3 epochs", lora_target_modules=ALL_LINEAR, lora_r=16,
+           lora_alpha=32, epochs=3),
+    Recipe("all-r16-hloss1-e3", "every linear layer, r=16, history-title loss at weight 1, 3 epochs",
+           lora_target_modules=ALL_LINEAR, lora_r=16, lora_alpha=32, history_loss_weight=1.0, epochs=3),
 ]}
 
 
@@ -199,25 +206,27 @@ def run_recipe(recipe: Recipe, settings: SearchSettings) -> dict:
     config = TrainConfig(lora_r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
                          lora_target_modules=recipe.lora_target_modules, learning_rate=recipe.learning_rate,
                          epochs=recipe.epochs, seed=settings.seed, catalog_fingerprint=trie.fingerprint(),
+                         history_loss_weight=recipe.history_loss_weight,
                          warmup_steps=min(20, max(1, train_samples // 8 // 10)), checkpoint_every=10 ** 6)
-    tick = time.perf_counter()
+    tick, cpu_tick = time.perf_counter(), time.process_time()
     result = train(model, tokenizer, splits["train"], config, eval_dataset=validation,
                    output_dir=Path(settings.output_dir) / recipe.name, resume=True)
-    train_s = time.perf_counter() - tick
+    train_s, train_cpu = time.perf_counter() - tick, time.process_time() - cpu_tick
     first_eval = next((r["eval_loss"] for r in result.log if "eval_loss" in r), None)
 
     test = splits["test"].select(range(settings.users))
     samples = samples_from_split(test, consumed_items(data.interactions, test))
-    tick = time.perf_counter()
+    tick, cpu_tick = time.perf_counter(), time.process_time()
     signal = user_signal(result.model.eval(), tokenizer, samples, trie, num_candidates=settings.candidates,
                          seed=settings.seed, item_noun=data.item_noun, template=recipe.template)
-    signal_s = time.perf_counter() - tick
+    signal_s, signal_cpu = time.perf_counter() - tick, time.process_time() - cpu_tick
     return {
         "recipe": dataclasses.asdict(recipe), "command": recipe_command(recipe, settings), "model": settings.model,
         "train_samples": train_samples, "steps": result.global_step, "train_loss": result.train_loss,
         "validation_loss": result.best_eval_loss, "first_validation_loss": first_eval,
         "validation_samples": len(validation), "verdict": signal_verdict(signal), "signal": signal,
-        "seconds": {"train": train_s, "signal": signal_s, "total": time.perf_counter() - started},
+        "seconds": {"train": train_s, "signal": signal_s, "total": time.perf_counter() - started,
+                    "train_cpu": train_cpu, "signal_cpu": signal_cpu, "total_cpu": time.process_time()},
         "threads": torch.get_num_threads(),
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -233,9 +242,9 @@ def interval_text(figure: dict, digits: int = 3) -> str:
 
 def table_markdown(results: list[dict]) -> str:
     """One row per recipe: settings, validation loss, AUCs and the two differences with their intervals."""
-    lines = ["| recipe | LoRA | lr | samples x epochs | history | template | titles | val loss | AUC own / other / "
-             "generic | own - other AUC [95% CI] | own - generic AUC [95% CI] | wall min | command |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | LoRA | lr | samples x epochs | history | template | titles | history loss w | val loss | "
+             "AUC own / other / generic | own - other AUC [95% CI] | own - generic AUC [95% CI] | wall min | "
+             "train CPU min | command |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         recipe, signal = r["recipe"], r["signal"]
         targets = "all linear" if tuple(recipe["lora_target_modules"]) == ALL_LINEAR else ",".join(
@@ -246,11 +255,16 @@ def table_markdown(results: list[dict]) -> str:
         lines.append("| " + " | ".join([
             recipe["name"], f"{targets} r={recipe['lora_r']}", f"{recipe['learning_rate']:g}",
             f"{r['train_samples']} x {recipe['epochs']}", history, recipe["template"],
-            "no year" if recipe["strip_year"] else "title (year)", f"{r['validation_loss']:.3f}", aucs,
+            "no year" if recipe["strip_year"] else "title (year)", f"{recipe.get('history_loss_weight', 0.0):g}",
+            f"{r['validation_loss']:.3f}", aucs,
             interval_text(signal["differences"]["own_minus_other"]["auc"]),
             interval_text(signal["differences"]["own_minus_generic"]["auc"]),
-            f"{r['seconds']['total'] / 60:.0f}", f"`{r['command']}`"]) + " |")
+            f"{r['seconds']['total'] / 60:.0f}", _minutes(r["seconds"].get("train_cpu")), f"`{r['command']}`"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _minutes(seconds) -> str:
+    return "n/a" if seconds is None else f"{seconds / 60:.0f}"
 
 
 def write_table(results_dir: str | Path) -> Path:

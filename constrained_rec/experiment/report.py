@@ -40,6 +40,11 @@ def _ks(methods: Mapping[str, dict]) -> list[int]:
     return sorted(int(name[3:]) for name in names)
 
 
+def _top(figures: Mapping) -> int:
+    """The cut-off of a method's coverage and popularity figures (``coverage@10``, or ``@K`` for a smaller K)."""
+    return next(int(name.split("@")[1]) for name in figures if name.startswith("coverage@"))
+
+
 def _number(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -74,15 +79,20 @@ def markdown_report(results: Mapping) -> str:
     confidence = int(round(config.get("confidence", 0.95) * 100))
     header = ["method", "users"] + [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks]
     speed = "users/s per process" if config.get("processes", 1) > 1 else "users/s"
-    header += ["valid", "coverage@10", "popularity pct@10", speed]
+    top = _top(next(iter(methods.values()))) if methods else 10
+    header += ["valid", f"coverage@{top}", f"popularity pct@{top}", speed]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, figures in methods.items():
         row = [name, str(figures["users"])]
         row += [_number(figures[f"hr@{k}"]["value"]) for k in ks] + [_number(figures[f"ndcg@{k}"]["value"]) for k in ks]
-        row += [_number(figures["validity_rate"]), _number(figures["coverage@10"]),
-                _number(figures["popularity_percentile@10"], 1), _number(figures["users_per_s"], 3)]
+        row += [_number(figures["validity_rate"]), _number(figures[f"coverage@{top}"]),
+                _number(figures[f"popularity_percentile@{top}"], 1), _number(figures["users_per_s"], 3)]
         lines.append("| " + " | ".join(row) + " |")
     lines += _title_hits_table(methods, ks)
+    if results.get("paired"):
+        from constrained_rec.evaluation.paired import paired_markdown
+
+        lines += ["", *paired_markdown(results["paired"])]
     for name, figures in methods.items():
         lines += ["", f"## {name}", "", f"| metric | value | {confidence}% CI |", "|---|---|---|"]
         for prefix, label in (("", ""), ("title_", "title ")):
@@ -95,8 +105,9 @@ def markdown_report(results: Mapping) -> str:
         valid = figures["validity_rate"]
         lines.append(f"| valid outputs | {_number(valid)} ({figures['outputs']} outputs) | |" if valid is not None
                      else "| valid outputs | n/a (no model outputs) | |")
-        lines.append(f"| catalog coverage of the top-10 | {_number(figures['coverage@10'])} | |")
-        lines.append(f"| mean popularity percentile of the top-10 | {_number(figures['popularity_percentile@10'], 1)} | |")
+        lines.append(f"| catalog coverage of the top-{top} | {_number(figures[f'coverage@{top}'])} | |")
+        lines.append(f"| mean popularity percentile of the top-{top} | "
+                     f"{_number(figures[f'popularity_percentile@{top}'], 1)} | |")
         lines.append(f"| {speed} | {_number(figures['users_per_s'], 3)} | |")
     if results.get("assistant"):
         lines += ["", *assistant_markdown(results["assistant"])]
@@ -125,26 +136,52 @@ def _named_signals(signal) -> dict:
 
 def assistant_markdown(assistant: Mapping) -> list[str]:
     """The collaborative prior's section: its weight (and the validation sweep that chose it), the search error."""
+    fused, name = assistant["method"], assistant["name"]
+    if assistant.get("falls_back"):
+        choice = (f"LM + prior falls back to the assistant: on the validation users no weight beat {name} alone, so "
+                  f"{fused}'s recommendations are {name}'s.")
+    else:
+        choice = f"w = {_number(assistant['prior_weight'], 3)}."
     lines = ["## Collaborative prior", "",
-             f"Assistant: {assistant['name']} (fit on the training split only). {assistant['method']} ranks titles by "
-             f"log p_LM(title) + w log M(title), M the assistant's mass of the title's allowed items; "
-             f"w = {_number(assistant['prior_weight'], 3)}."]
+             f"Assistant: {name} (fit on the training split only). {fused} ranks titles by "
+             f"log p_LM(title) + w log M(title), M the assistant's mass of the title's allowed items; {choice}"]
     sweep = assistant.get("prior_weight_sweep")
     if sweep:
-        lines += ["", f"w chosen on {sweep['users']} validation users (second-to-last items; test targets unseen), "
-                      f"decoded as the test users are: LM + prior beam search ({sweep['num_beams']} beams) at each w "
-                      "(w = 0: the LM alone).", "",
-                  "| w | " + " | ".join(_number(w, 2) for w in sweep["grid"]) + " |",
-                  "|---|" + "---|" * len(sweep["grid"]),
-                  "| validation NDCG@10 | " + " | ".join(_number(v) for v in sweep["validation_ndcg@10"]) + " |"]
+        lines += ["", *_sweep_markdown(sweep, name)]
     error = assistant.get("search_error")
     if error:
         k = error["k"]
         proven = "exact search proved every top-K" if error["exact_proven_all"] else (
             f"exact search did not prove every top-K within {error['node_budget']} prefixes per user")
-        lines += ["", f"Search error of {assistant['method']} on {error['users']} test users: beam ({error['num_beams']} "
+        lines += ["", f"Search error of {fused} on {error['users']} test users: beam ({error['num_beams']} "
                       f"beams) vs exact top-{k} under the same fused score: overlap@{k} {_number(error[f'overlap@{k}'], 3)}, "
                       f"mean fused score of exact minus beam top-{k} {_number(error['score_gap'], 4)} ({proven})."]
+    return lines
+
+
+def _sweep_markdown(sweep: Mapping, name: str) -> list[str]:
+    """The weight sweep: validation NDCG@10 per arm with its interval, and each weight against the assistant alone."""
+    lines = [f"w chosen on {sweep['users']} validation users (second-to-last items; test targets unseen), decoded as "
+             f"the test users are: LM + prior beam search ({sweep['num_beams']} beams) at each w"
+             f"{' (w = 0: the LM alone)' if 0.0 in sweep['grid'] else ''}"
+             f"{', each prompt prefilled once for all weights' if sweep.get('prefill') else ''}; "
+             f"chosen: {sweep['chosen'] if sweep.get('fallback') else 'w = ' + _number(float(sweep['chosen']), 2)}.", ""]
+    cis = sweep.get("validation_ndcg@10_ci")
+    if not cis:  # a sweep written before the intervals and the assistant arm (issue 20)
+        return lines + ["| w | " + " | ".join(_number(w, 2) for w in sweep["grid"]) + " |",
+                        "|---|" + "---|" * len(sweep["grid"]),
+                        "| validation NDCG@10 | " + " | ".join(_number(v) for v in sweep["validation_ndcg@10"]) + " |"]
+    confidence = int(round(sweep.get("confidence", 0.95) * 100))
+    lines += [f"| arm | validation NDCG@10 | {confidence}% CI | minus {name} alone | {confidence}% CI | "
+              "better / worse / tied |", "|---|---|---|---|---|---|"]
+    for w, value, ci, versus in zip(sweep["grid"], sweep["validation_ndcg@10"], cis, sweep["versus_assistant"]):
+        low, high = versus["ci"]
+        lines.append(f"| w = {_number(w, 2)} | {_number(value)} | [{_number(ci[0])}, {_number(ci[1])}] | "
+                     f"{versus['value']:+.4f} | [{low:+.4f}, {high:+.4f}] | {versus['wins']} / {versus['losses']} / "
+                     f"{versus['ties']} |")
+    alone = sweep["assistant_ndcg@10"]
+    lines.append(f"| {name} alone | {_number(alone['value'])} | [{_number(alone['ci'][0])}, {_number(alone['ci'][1])}] "
+                 "| | | |")
     return lines
 
 
@@ -163,20 +200,27 @@ def _title_hits_table(methods: Mapping[str, dict], ks: list[int]) -> list[str]:
     return lines
 
 
-def plot_metrics(methods: Mapping[str, dict], path: str | os.PathLike, user_signal: Mapping | None = None) -> None:
+def plot_metrics(methods: Mapping[str, dict], path: str | os.PathLike, user_signal: Mapping | None = None,
+                 paired: list | None = None) -> None:
     """HR@K and NDCG@K per method, with their intervals as error bars, in one figure; with ``user_signal`` a
-    third panel shows the control (:func:`constrained_rec.evaluation.user_signal.plot_user_signal`)."""
+    panel shows the control (:func:`constrained_rec.evaluation.user_signal.plot_user_signal`), with ``paired`` one the paired
+    comparisons (:func:`constrained_rec.evaluation.paired.plot_paired`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ks = _ks(methods)
-    figure, axes = plt.subplots(1, 3 if user_signal else 2, figsize=(15 if user_signal else 10, 4))
+    panels = 2 + bool(user_signal) + bool(paired)
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
     if user_signal:
         from constrained_rec.evaluation.user_signal import plot_user_signal
 
         plot_user_signal(axes[2], user_signal)
+    if paired:
+        from constrained_rec.evaluation.paired import plot_paired
+
+        plot_paired(axes[-1], paired)
     for axis, metric in zip(axes, ("hr", "ndcg")):
         for name, figures in methods.items():
             values = [figures[f"{metric}@{k}"]["value"] for k in ks]
@@ -200,7 +244,8 @@ def write_report(output_dir: str | os.PathLike, results: Mapping) -> None:
     (folder / "metrics.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
     (folder / "report.md").write_text(markdown_report(results))
     signal = results.get("user_signal")
-    plot_metrics(results["methods"], folder / "metrics.png", signal if _single_signal(signal) else None)
+    plot_metrics(results["methods"], folder / "metrics.png", signal if _single_signal(signal) else None,
+                 results.get("paired"))
     if _named_signals(signal):
         plot_user_signals(_named_signals(signal), folder / "user_signal.png")
 

@@ -42,6 +42,7 @@ QUICK_KS = (1, 5, 10)
 ASSISTANT_CHOICES = ("none", "popularity", "ease", "sasrec")
 DEFAULT_ASSISTANT, QUICK_ASSISTANT = "sasrec", "popularity"
 ASSISTANT_KS = (1, 5, 10)
+DEFAULT_SEARCH_ERROR_USERS = 2
 
 
 def parse_prior_weight(text) -> float | str:
@@ -80,6 +81,19 @@ DATA_OPTIONS = (*DATA_FILE_OPTIONS, "split", "max_history", "item_noun")
 SPLIT_CHOICES = ("auto", "leave-one-out", "temporal", "given")
 
 
+def add_data_file_arguments(parser) -> None:
+    """The ``DATA_FILE_OPTIONS`` flags (``--items``, the column options) on an argparse parser or group, for
+    ``experiments/run.py`` and ``experiments/train.py`` alike; ``--sep`` is left to each script."""
+    parser.add_argument("--items", default=None, help="items file (item id, title) of an interactions CSV/TSV, or "
+                        "the metadata file of an Amazon reviews file")
+    for column, default, what in (("user", "user_id", "interactions file's user id"),
+                                  ("item", "item_id", "interactions file's item id"),
+                                  ("time", "timestamp", "interactions file's time (Unix seconds or ISO 8601)"),
+                                  ("title", "title", "items file's title"),
+                                  ("items-item", "--item-column", "items file's item id")):
+        parser.add_argument(f"--{column}-column", default=None, help=f"column of the {what} [default {default}]")
+
+
 @dataclass
 class RunConfig:
     """Every option of ``experiments/run.py`` (same names as its flags, same defaults); see ``--help``.
@@ -107,6 +121,7 @@ class RunConfig:
     epochs: int | None = None
     batch_size: int = 8
     learning_rate: float = 1e-3
+    history_loss_weight: float = 0.0
     adapter: str | None = None
     eval_users: int | None = None
     all_users: bool = False
@@ -128,7 +143,7 @@ class RunConfig:
     assistant: str | None = None
     prior_weight: float | str = "auto"
     lm_alone: bool = True
-    search_error_users: int = 2
+    search_error_users: int | None = None  # None: DEFAULT_SEARCH_ERROR_USERS with an assistant
     user_signal: bool = True
     signal_candidates: int = 5
 
@@ -142,8 +157,9 @@ class RunConfig:
             if value is not None and not (_is_int(value) and value >= least):
                 raise ValueError(f"RunConfig.{name} (--{name.replace('_', '-')}) must be an integer >= {least}, "
                                  f"got {value!r}")
-        if not _is_int(self.seed):
-            raise ValueError(f"RunConfig.seed must be an integer, got {self.seed!r}")
+        if not (_is_int(self.seed) and self.seed >= 0):
+            raise ValueError(f"RunConfig.seed (--seed) must be an integer >= 0 (numpy takes no negative seed), "
+                             f"got {self.seed!r}")
         if self.k is not None:
             self.k = tuple(self.k)
             if not self.k or not all(_is_int(k) and k >= 1 for k in self.k):
@@ -154,6 +170,7 @@ class RunConfig:
                 raise ValueError(f"RunConfig.{name} must be a finite number, got {value!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"RunConfig.learning_rate (--learning-rate) must be > 0, got {self.learning_rate!r}")
+        self._check_history_loss_weight()
         if self.decoder not in DECODERS:
             raise ValueError(f"RunConfig.decoder (--decoder) must be one of {list(DECODERS)}, got {self.decoder!r}")
         for name in ("dataset", "data_dir", "model", "adapter", "output_dir", "command"):
@@ -166,6 +183,16 @@ class RunConfig:
         if self.num_beams is not None and self.num_beams < max(self.ks):
             raise ValueError(f"--num-beams {self.num_beams} is smaller than the largest K = {max(self.ks)}: beam "
                              "search returns at most num_beams titles")
+
+    def _check_history_loss_weight(self) -> None:
+        """``--history-loss-weight``: a finite number >= 0 that only a run that trains can use."""
+        weight = self.history_loss_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"RunConfig.history_loss_weight (--history-loss-weight) must be a finite number >= 0, "
+                             f"got {weight!r}")
+        if weight and (self.adapter is not None or self.train_samples == 0):
+            reason = f"--adapter {self.adapter}" if self.adapter is not None else "--train-samples 0"
+            raise ValueError(f"--history-loss-weight {weight} is a training option, but {reason} trains nothing")
 
     def _check_data_options(self) -> None:
         """The data flags: non-empty strings, a known split and noun, a history of at least one item."""
@@ -196,12 +223,27 @@ class RunConfig:
                 raise ValueError(f"RunConfig.{name} must be True or False, got {getattr(self, name)!r}")
         for name, least in (("search_error_users", 0), ("signal_candidates", 1)):
             value = getattr(self, name)
-            if not (_is_int(value) and value >= least):
+            if not (_is_int(value) and value >= least) and not (name == "search_error_users" and value is None):
                 raise ValueError(f"RunConfig.{name} (--{name.replace('_', '-')}) must be an integer >= {least}, "
                                  f"got {value!r}")
         if not self.lm_alone and self.assistant_name == "none":
             raise ValueError("--no-lm-alone skips the LM-alone decoding, which leaves nothing of the LM to evaluate "
                              "without an assistant; pass --assistant popularity, ease or sasrec")
+        if self.assistant_name == "none":
+            # these act on the assistant's prior only: ignoring them without a word would hide a mistaken command
+            for flag, given in (("--prior-weight", self.prior_weight != "auto"),
+                                ("--search-error-users", bool(self.search_error_users))):
+                if given:
+                    raise ValueError(f"{flag} applies to the collaborative prior, but --assistant none turns it off "
+                                     f"(nothing of it would run); drop {flag}, or pass --assistant popularity, ease "
+                                     "or sasrec")
+
+    @property
+    def search_error_count(self) -> int:
+        """``--search-error-users``: the given number, else ``DEFAULT_SEARCH_ERROR_USERS`` (0 without an assistant)."""
+        if self.search_error_users is not None:
+            return self.search_error_users
+        return 0 if self.assistant_name == "none" else DEFAULT_SEARCH_ERROR_USERS
 
     @property
     def assistant_name(self) -> str:
@@ -316,11 +358,84 @@ def run_identity(config: RunConfig) -> dict:
         "adapter": str(Path(config.adapter).resolve()) if config.adapter else None,
         "train_samples": size.train_samples, "epochs": size.epochs, "validation_samples": size.validation_samples,
         "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+        # only when set, so that folders written before the option existed still resume
+        **({"history_loss_weight": config.history_loss_weight} if config.history_loss_weight else {}),
         "eval_users": None if config.all_users else size.eval_users, "ks": list(config.ks),
         "num_beams": config.num_beams or max(config.ks), "length_penalty": config.length_penalty,
         "exclude_history": config.exclude_history, "decoder": config.decoder, "seed": config.seed,
         "assistant": config.assistant_name, "prior_weight": config.prior_weight,
     }
+
+
+def check_splits(config: RunConfig, data, split_config, available: dict[str, int]) -> None:
+    """Before the model loads: every split this run needs holds samples, or an error naming the missing or empty
+    CSV (D3 / MiniOneRec layouts) or split, who needs it and what to pass instead.
+
+    ``available`` is the number of samples of each split (``train``, ``validation``, ``test``).
+    """
+    training = bool(config.size.train_samples) and not config.adapter
+    needs = {"test": [("the evaluation", "")]}
+    if training:
+        needs["train"] = [(f"training (--train-samples {config.size.train_samples} without --adapter)",
+                           "--train-samples 0 to evaluate the base model zero-shot, or --adapter DIR")]
+    validation = []
+    if training:
+        validation.append(("training (its validation loss picks the saved adapter)",
+                           "--train-samples 0 or --adapter DIR"))
+    if config.assistant_name in ("ease", "sasrec"):
+        validation.append((f"the {config.assistant_name} assistant (it chooses its settings on validation samples)",
+                           "--assistant popularity or none"))
+    if config.assistant_name != "none" and config.prior_weight == "auto":
+        validation.append(("--prior-weight auto (it weighs the prior on validation users)", "--prior-weight 1"))
+    needs["validation"] = validation
+    for split, purposes in needs.items():
+        if purposes and not available[split]:
+            raise _empty_split(data, split_config, split, purposes)
+
+
+def check_signal_candidates(config: RunConfig, data, test_split) -> None:
+    """Before the model loads: every test user has ``--signal-candidates`` items to draw for the user-signal
+    control (the catalog less the user's consumed items and the items titled like the target), or an error
+    naming the flag, the user and the largest value that works (it used to fail after the whole evaluation)."""
+    if not config.user_signal or len(test_split) < 2:  # with fewer than 2 users the control is not run
+        return
+    from collections import Counter
+
+    from constrained_rec.evaluation.evaluate import consumed_items
+
+    same_title = Counter(data.titles.values())
+    fewest = None
+    for row, consumed in zip(test_split, consumed_items(data.interactions, test_split)):
+        title = data.titles[int(row["target_item_id"])]
+        banned = same_title[title] + sum(data.titles[i] != title for i in consumed if i in data.titles)
+        left = len(data.titles) - banned
+        if fewest is None or left < fewest[0]:
+            fewest = (left, int(row["user_id"]))
+    if fewest[0] < config.signal_candidates:
+        raise ValueError(f"--signal-candidates {config.signal_candidates} is more than test user {fewest[1]} has to "
+                         f"draw: {fewest[0]} items of the catalog's {len(data.titles)} remain once the user's consumed "
+                         f"items and the target's title are left out; pass --signal-candidates {max(1, fewest[0])} or "
+                         "less, or --no-user-signal")
+
+
+def _empty_split(data, split_config, split: str, purposes: list[tuple[str, str]]) -> Exception:
+    """The error for a split without samples that ``purposes`` (``(who needs it, what to pass instead)``) need."""
+    from constrained_rec.data import SPLIT_FOLDERS
+
+    who = " and ".join(purpose for purpose, _ in purposes)
+    instead = "; or pass " + ", or ".join(alternative for _, alternative in purposes if alternative)
+    instead = instead if any(alternative for _, alternative in purposes) else ""
+    given = getattr(data, "given", None)
+    if split_config.protocol == "given" and given is not None:
+        if split not in given.files:
+            try:
+                given.require(split, who)
+            except FileNotFoundError as error:
+                return FileNotFoundError(f"{error}{instead}")
+        return ValueError(f"{given.files[split]} holds no samples (only its header): {who} needs "
+                          f"{SPLIT_FOLDERS[split]} samples; add its rows{instead}")
+    return ValueError(f"{data.name}: the {split_config.protocol} split leaves no {split} samples (too few "
+                      f"interactions per user or in time): {who} needs them{instead}")
 
 
 def check_run_identity(output_dir: Path, config: RunConfig, state) -> None:
@@ -330,6 +445,7 @@ def check_run_identity(output_dir: Path, config: RunConfig, state) -> None:
     but no ``run.json`` was written by an older version whose options are unknown: also refused.
     """
     from constrained_rec.evaluation.predictions import check_identity
+    from constrained_rec.experiment.run_folder import DATA_FILES_KEY
 
     path = output_dir / RUN_IDENTITY
     earlier = [name for name in ("adapter", "evaluation.json") if (output_dir / name).exists()]
@@ -339,6 +455,6 @@ def check_run_identity(output_dir: Path, config: RunConfig, state) -> None:
     if not earlier and state.is_main_process and path.is_file():
         path.unlink()  # a run that failed before producing anything: nothing to resume, its options do not bind
     try:
-        check_identity(path, run_identity(config), state, "a run")
+        check_identity(path, run_identity(config), state, "a run", ignore=(DATA_FILES_KEY,))
     except ValueError as error:
         raise ValueError(f"{error}. A new run needs a new folder: pass another --output-dir") from None

@@ -129,8 +129,8 @@ class ScaleRunConfig:
         self.prior_weight = parse_prior_weight(self.prior_weight)
         if self.bf16 is not None and not isinstance(self.bf16, bool):
             raise ValueError(f"ScaleRunConfig.bf16 (--bf16) must be True, False or None (on CUDA), got {self.bf16!r}")
-        if not _is_int(self.seed):
-            raise ValueError(f"ScaleRunConfig.seed (--seed) must be an integer, got {self.seed!r}")
+        if not (_is_int(self.seed) and self.seed >= 0):
+            raise ValueError(f"ScaleRunConfig.seed (--seed) must be an integer >= 0, got {self.seed!r}")
         parse_device(self.device)
 
     def pipeline_config(self) -> RunConfig:
@@ -146,7 +146,8 @@ class ScaleRunConfig:
                          eval_users=self.eval_users, all_users=self.eval_users is None, k=self.k,
                          eval_batch_size=self.eval_batch_size, seed=self.seed, device=self.device,
                          output_dir=str(self.output_dir), command=self.command, assistant=self.assistant,
-                         prior_weight=self.prior_weight, search_error_users=0,
+                         prior_weight=self.prior_weight if self.assistant != "none" else "auto",
+                         search_error_users=0,
                          signal_candidates=self.signal_candidates)
 
 
@@ -260,6 +261,15 @@ def run_at_scale(config: ScaleRunConfig) -> dict:
 
     ```
     """
+    from constrained_rec.experiment.run_folder import folder_lock
+    from constrained_rec.hf import process_state
+
+    with folder_lock(config.output_dir, process_state(), config.command):  # one run per folder, as run.py
+        return _run_at_scale(config)
+
+
+def _run_at_scale(config: ScaleRunConfig) -> dict:
+    """:func:`run_at_scale` once the folder is locked."""
     from transformers import set_seed
 
     from constrained_rec.evaluation.evaluate import config_dict, evaluate

@@ -12,29 +12,51 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from constrained_rec.trie.tokenization import example_token_ids
+from constrained_rec.trie.tokenization import example_token_ids, span_token_indices
 
 
 @dataclass
 class Example:
-    """One tokenized sample: ``ids = prompt ids + title ids + EOS``; the first ``prompt_length`` are the prompt."""
+    """One tokenized sample: ``ids = prompt ids + title ids + EOS``; the first ``prompt_length`` are the prompt.
+    ``history_targets``: indices of the prompt tokens that are history-title targets (see :func:`history_targets`)."""
 
     ids: list[int]
     prompt_length: int
+    history_targets: tuple[int, ...] = ()
 
 
-def tokenize_examples(tokenizer, dataset) -> list[Example]:
-    """Tokenize the ``prompt`` and ``target_title`` columns of ``dataset`` with ``example_token_ids``."""
-    missing = [c for c in ("prompt", "target_title") if c not in getattr(dataset, "column_names", dataset)]
+def tokenize_examples(tokenizer, dataset, history: bool = False) -> list[Example]:
+    """Tokenize the ``prompt`` and ``target_title`` columns of ``dataset`` with ``example_token_ids``; with
+    ``history``, also locate each prompt's history-title targets (:func:`history_targets`, from ``history_titles``)."""
+    needed = ("prompt", "target_title", "history_titles") if history else ("prompt", "target_title")
+    missing = [c for c in needed if c not in getattr(dataset, "column_names", dataset)]
     if missing:
         raise ValueError(
-            f"the data set lacks the column(s) {missing}; training needs 'prompt' (str) and 'target_title' (str) "
-            "as built by constrained_rec.data.make_splits"
+            f"the data set lacks the column(s) {missing}; training needs 'prompt' (str) and 'target_title' (str), "
+            "and 'history_titles' (list of str) for the history-title loss, as built by constrained_rec.data.make_splits"
         )
     prompts, titles = dataset["prompt"], dataset["target_title"]
     if len(prompts) == 0:
         raise ValueError("the data set is empty; training needs at least one sample")
-    return [Example(*example_token_ids(tokenizer, p, t)) for p, t in zip(prompts, titles)]
+    examples = [Example(*example_token_ids(tokenizer, p, t)) for p, t in zip(prompts, titles)]
+    if history:
+        for example, prompt, history_titles in zip(examples, prompts, dataset["history_titles"]):
+            example.history_targets = history_targets(tokenizer, prompt, history_titles)
+    return examples
+
+
+def history_targets(tokenizer, prompt: str, history_titles) -> tuple[int, ...]:
+    """The prompt tokens a history-title loss predicts: for titles 2..n of ``history_titles``, every token holding
+    a character of the title's text in ``prompt`` (:func:`constrained_rec.trie.tokenization.span_token_indices`), each
+    predicted from the tokens before it; no EOS (the title goes on in the prompt). The first title has nothing
+    before it to be predicted from but the instruction, so it is left out."""
+    from constrained_rec.prompts import history_title_spans
+
+    spans = history_title_spans(prompt, list(history_titles))[1:]
+    indices = [i for title in span_token_indices(tokenizer, prompt, spans) for i in title]
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"two history titles share a token in the prompt {prompt!r}; their targets would overlap")
+    return tuple(indices)
 
 
 def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
@@ -77,13 +99,18 @@ class Batch:
     positions: torch.Tensor  # (targets,) flat index b * length + t: the token at t + 1 is the target
     targets: torch.Tensor  # (targets,)
     shared_prefix_length: int = 0
+    history_positions: torch.Tensor | None = None  # as positions, for the history-title targets (collate(history=True))
+    history_targets: torch.Tensor | None = None
 
     def tensors(self) -> tuple:
-        """The arguments of :class:`ResponseLoss`."""
-        return self.input_ids, self.attention_mask, self.positions, self.targets, self.shared_prefix_length
+        """The arguments of :class:`ResponseLoss` (with the history-title targets where the batch has them)."""
+        base = (self.input_ids, self.attention_mask, self.positions, self.targets, self.shared_prefix_length)
+        return base if self.history_positions is None else base + (self.history_positions, self.history_targets)
 
     def to(self, device) -> "Batch":
-        return Batch(*(t.to(device) for t in self.tensors()[:4]), self.shared_prefix_length)
+        history = (None, None) if self.history_positions is None else (
+            self.history_positions.to(device), self.history_targets.to(device))
+        return Batch(*(t.to(device) for t in self.tensors()[:4]), self.shared_prefix_length, *history)
 
     def labels(self) -> torch.Tensor:
         """transformers-style labels (-100 where there is no target), for the full-logits reference loss."""
@@ -110,13 +137,14 @@ def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
 
 
 def collate(examples: Sequence[Example], pad_token_id: int, train_on_inputs: bool = False,
-            share_prefix: bool = True) -> Batch:
+            share_prefix: bool = True, history: bool = False) -> Batch:
     """Pad ``examples`` on the right to the longest of them and list their target positions.
 
     The targets of a sample are its response tokens (title + EOS), or all tokens after the first with
     ``train_on_inputs``. They are chosen by the sample's prompt length and length, never by comparing
     ids with ``pad_token_id`` (which may equal EOS). With ``share_prefix``, the batch records how many
-    leading tokens all samples share (the instruction of a prompt template), so they are run once.
+    leading tokens all samples share (the instruction of a prompt template), so they are run once. With
+    ``history``, the batch also lists each sample's ``history_targets`` (the history-title loss).
     """
     width = max(len(e.ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
@@ -133,4 +161,9 @@ def collate(examples: Sequence[Example], pad_token_id: int, train_on_inputs: boo
         positions.append(torch.arange(first, n - 1) + row * width)
         targets += example.ids[first + 1:]
     prefix = shared_prefix_length([e.ids for e in examples]) if share_prefix else 0
-    return Batch(input_ids, attention_mask, torch.cat(positions), torch.tensor(targets, dtype=torch.long), prefix)
+    batch = Batch(input_ids, attention_mask, torch.cat(positions), torch.tensor(targets, dtype=torch.long), prefix)
+    if history:
+        rows = [(row, i) for row, e in enumerate(examples) for i in e.history_targets]
+        batch.history_positions = torch.tensor([row * width + i - 1 for row, i in rows], dtype=torch.long)
+        batch.history_targets = torch.tensor([examples[row].ids[i] for row, i in rows], dtype=torch.long)
+    return batch

@@ -21,6 +21,9 @@ import torch
 
 # Fields that may change between a run and its resumption: they affect neither the samples nor the updates.
 RESUMABLE_CHANGES = ("eval_every", "checkpoint_every", "log_every")
+# Fields added to TrainConfig after checkpoints were written, with the value that trains as before they existed:
+# a checkpoint without the field resumes under that value.
+ADDED_FIELDS = {"history_loss_weight": 0.0}
 
 
 @dataclass
@@ -65,8 +68,9 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
-def _replace_folder(tmp: Path, target: Path) -> None:
-    """Swap ``tmp`` in for ``target`` so that a kill at any moment leaves one complete checkpoint."""
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Swap ``tmp`` in for ``target`` so that a kill at any moment leaves one complete folder (a checkpoint, an
+    assistant): ``target``, or ``target.old`` between the two renames."""
     old = target.with_name(target.name + ".old")
     if target.exists():
         if old.exists():
@@ -104,7 +108,7 @@ class Checkpoint:
     def _check_identity(self, folder: Path, saved: dict) -> None:
         mine = self.identity
         differing = [k for k in mine["config"]
-                     if k not in RESUMABLE_CHANGES and saved["config"].get(k) != mine["config"][k]]
+                     if k not in RESUMABLE_CHANGES and saved["config"].get(k, ADDED_FIELDS.get(k)) != mine["config"][k]]
         if differing or saved["data"] != mine["data"] or saved["world_size"] != mine["world_size"]:
             raise ValueError(
                 f"{str(folder)!r} was written by a different run (config fields {differing}, data "
@@ -158,4 +162,4 @@ class Checkpoint:
         torch.save(rng, tmp / f"rng_{accelerator.process_index}.pt")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _replace_folder(tmp, self.output_dir / "checkpoint")
+            replace_folder(tmp, self.output_dir / "checkpoint")

@@ -55,7 +55,10 @@ class ResponseLoss(torch.nn.Module):
                 )
         self.model = model
 
-    def forward(self, input_ids, attention_mask, positions, targets, shared_prefix_length: int = 0) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, positions, targets, shared_prefix_length: int = 0,
+                history_positions=None, history_targets=None) -> torch.Tensor:
+        """The summed cross-entropy at ``positions``; with ``history_positions`` (the history-title targets of
+        :func:`constrained_rec.training.batching.collate`) the pair ``[response sum, history sum]``, one LM-head call for both."""
         lm = causal_lm(self.model)
         decoder = lm.get_decoder()
         if shared_prefix_length:
@@ -68,9 +71,13 @@ class ResponseLoss(torch.nn.Module):
             hidden = torch.cat([prefix.last_hidden_state.expand(input_ids.shape[0], -1, -1), rest], dim=1)
         else:
             hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
-        logits = lm.get_output_embeddings()(hidden)
-        return F.cross_entropy(logits.float(), targets, reduction="sum")
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        if history_positions is None:
+            logits = lm.get_output_embeddings()(hidden.index_select(0, positions))
+            return F.cross_entropy(logits.float(), targets, reduction="sum")
+        logits = lm.get_output_embeddings()(hidden.index_select(0, torch.cat([positions, history_positions])))
+        losses = F.cross_entropy(logits.float(), torch.cat([targets, history_targets]), reduction="none")
+        return torch.stack([losses[: len(targets)].sum(), losses[len(targets) :].sum()])
 
 
 def full_logits_loss(model, batch: Batch) -> torch.Tensor:

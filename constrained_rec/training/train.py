@@ -3,7 +3,8 @@
 Each sample is ``prompt ids + title ids + EOS`` from :func:`constrained_rec.trie.tokenization.example_token_ids`,
 the function the trie is built with, so the model learns exactly the token sequences that constrained
 decoding lets it write. The loss covers the response (title + EOS) by default, as in D3; BIGRec's
-``train_on_inputs`` adds the prompt tokens.
+``train_on_inputs`` adds the prompt tokens; ``history_loss_weight`` adds, weighted, the history titles of the prompt
+(:func:`constrained_rec.training.batching.history_targets`).
 
 What makes a step cheap on a CPU:
 
@@ -45,7 +46,7 @@ from typing import Callable
 
 import torch
 
-from constrained_rec.hf import base_model_name, has_accelerator, process_state
+from constrained_rec.hf import base_model_name, check_positions, has_accelerator, process_state
 from constrained_rec.training.batching import Batch, collate, epoch_batches, tokenize_examples
 from constrained_rec.training.checkpoint import (
     Checkpoint,
@@ -69,6 +70,12 @@ class TrainConfig:
         train_on_inputs (`bool`, defaults to `False`):
             Also learn to predict the prompt tokens (BIGRec's option); by default only the response
             (title + EOS) is in the loss.
+        history_loss_weight (`float`, defaults to 0.0):
+            Adds ``history_loss_weight x`` the mean cross-entropy of the history titles' tokens in the prompt
+            (titles 2..n, each predicted from the titles before it, as SASRec trains on every position; see
+            :func:`constrained_rec.training.batching.history_targets`) to the response loss. Both are means over their
+            target tokens of the optimizer step. 0 trains exactly as without it; the validation loss stays the
+            response loss. An alternative to ``train_on_inputs``, which it refuses.
         batch_size (`int`, defaults to 8):
             Samples per forward pass on each process.
         gradient_accumulation_steps (`int`, defaults to 1):
@@ -104,6 +111,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     train_on_inputs: bool = False
+    history_loss_weight: float = 0.0
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
     length_group_batches: int = 64
@@ -132,6 +140,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"TrainConfig.seed (--seed) must be an integer >= 0 (numpy takes no negative seed), "
+                             f"got {self.seed!r}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -142,6 +153,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not self.lora_target_modules:
             raise ValueError("TrainConfig.lora_target_modules is empty; name at least one module, e.g. 'q_proj'")
+        weight = self.history_loss_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"TrainConfig.history_loss_weight must be a finite number >= 0, got {weight!r}")
+        if weight and self.train_on_inputs:
+            raise ValueError(f"TrainConfig.history_loss_weight={weight!r} with train_on_inputs=True: train_on_inputs "
+                             "already puts every prompt token (history titles included) in the loss; choose one")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"TrainConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
 
@@ -186,11 +203,34 @@ def _plot_losses(log: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def _schedule(optimizer, config: TrainConfig, total_steps: int):
+def lr_scheduler(optimizer, config: TrainConfig, total_steps: int):
+    """The learning-rate schedule of ``config`` (linear warm-up, then ``config.lr_schedule``) over ``total_steps``
+    optimizer steps; shared by :func:`train` and :class:`constrained_rec.lightning.BigRecModule`."""
     from transformers import get_scheduler
 
     name = {"constant": "constant_with_warmup"}.get(config.lr_schedule, config.lr_schedule)
     return get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
+
+
+def with_lora(model, config: TrainConfig):
+    """``model`` with a new LoRA adapter of ``config``, initialised under ``config.seed``; a ``peft.PeftModel``
+    is returned as it is. The one place LoRA layers are inserted, for :func:`train` and the Lightning module."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    torch.manual_seed(config.seed)  # LoRA initialisation (seeded for a PeftModel too, as train always did)
+    if isinstance(model, PeftModel):
+        return model
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def write_train_config(folder: Path, config: TrainConfig, model, **progress) -> dict:
+    """Write ``folder/train_config.json`` beside an adapter: the settings, the base model's name and ``progress``
+    (samples, steps, ...). :func:`constrained_rec.model.check_adapter` reads it back (base model, catalog)."""
+    summary = {**config.to_dict(), "base_model": base_model_name(model), **progress}
+    (Path(folder) / "train_config.json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 def train(model, tokenizer, train_dataset, config: TrainConfig | None = None, eval_dataset=None,
@@ -250,14 +290,17 @@ class _TrainingRun:
 
     def __init__(self, model, tokenizer, train_dataset, eval_dataset, config: TrainConfig, output_dir: Path,
                  accelerator):
-        from peft import LoraConfig, PeftModel, get_peft_model
-
         self.config, self.output_dir, self.accelerator, self.tokenizer = config, output_dir, accelerator, tokenizer
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
-        self.examples = tokenize_examples(tokenizer, train_dataset)
+        self.history = config.history_loss_weight > 0
+        self.examples = tokenize_examples(tokenizer, train_dataset, history=self.history)
         self.eval_examples = tokenize_examples(tokenizer, eval_dataset) if eval_dataset is not None else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.lengths = [len(e.ids) for e in self.examples]
+        for name, examples in (("training", self.examples), ("validation", self.eval_examples or [])):
+            if examples:  # before any step: a learned position table would fail mid-epoch
+                longest = max(len(e.ids) for e in examples)
+                check_positions(model, longest, f"the longest {name} example (prompt, title and EOS: {longest} tokens)")
         batches_per_epoch = math.ceil(len(self.examples) / config.batch_size)
         batches_per_epoch += -batches_per_epoch % self.world  # every process gets a batch in every step
         self.batches_per_step = self.world * config.gradient_accumulation_steps
@@ -265,15 +308,10 @@ class _TrainingRun:
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
 
-        torch.manual_seed(config.seed)  # LoRA initialisation
-        if not isinstance(model, PeftModel):
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM")
-            model = get_peft_model(model, lora)
-        self.model = model
+        self.model = model = with_lora(model, config)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-        self.scheduler = _schedule(optimizer, config, self.total_steps)
+        self.scheduler = lr_scheduler(optimizer, config, self.total_steps)
         self.loss_module, self.optimizer = accelerator.prepare(ResponseLoss(model), optimizer)
         self.state, self.log, self.best_weights = TrainState(), [], None
         identity = {"config": config.to_dict(), "data": data_fingerprint(self.examples), "world_size": self.world}
@@ -289,9 +327,9 @@ class _TrainingRun:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.log))
 
-    def _batch(self, examples, indices) -> Batch:
+    def _batch(self, examples, indices, history: bool = False) -> Batch:
         return collate([examples[i] for i in indices], self.pad_id, self.config.train_on_inputs,
-                       self.config.share_prompt_prefix).to(self.accelerator.device)
+                       self.config.share_prompt_prefix, history).to(self.accelerator.device)
 
     def _sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(values, "sum") if self.world > 1 else values
@@ -339,7 +377,9 @@ class _TrainingRun:
     def optimizer_step(self, step_batches: list[list[int]]) -> tuple[float, float | None]:
         """One optimizer step over this process's share of ``step_batches``: ``(mean loss, gradient norm)``."""
         accelerator, world, device = self.accelerator, self.world, self.accelerator.device
-        mine = [self._batch(self.examples, b) for b in step_batches[self.rank::world]]
+        mine = [self._batch(self.examples, b, self.history) for b in step_batches[self.rank::world]]
+        if self.history:
+            return self._history_step(mine)
         # normalise by the target tokens of the whole step, over all processes: DDP averages gradients
         counts = torch.tensor([float(sum(len(b.targets) for b in mine))], device=device)
         step_targets = self._sum_over_processes(counts).item()
@@ -352,13 +392,39 @@ class _TrainingRun:
             loss_sum += loss.item() / world
         if world > 1:
             loss_sum = self._sum_over_processes(torch.tensor([loss_sum], device=device)).item()
+        return loss_sum, self._update()
+
+    def _history_step(self, mine: list[Batch]) -> tuple[float, float | None]:
+        """:meth:`optimizer_step` with the history-title loss: response mean + weight x history mean, each a mean
+        over its target tokens of the whole step (all processes); the parts go to ``self.last_parts``."""
+        accelerator, world, device = self.accelerator, self.world, self.accelerator.device
+        counts = torch.tensor([float(sum(len(b.targets) for b in mine)),
+                               float(sum(len(b.history_targets) for b in mine))], device=device)
+        step_targets, step_history = self._sum_over_processes(counts).tolist()
+        # a step whose histories all hold a single title has no history target: its history term is 0
+        scale = torch.tensor([world / step_targets, world / step_history if step_history else 0.0], device=device)
+        parts = torch.zeros(2, dtype=torch.float64)
+        for k, batch in enumerate(mine):
+            sync = nullcontext() if k == len(mine) - 1 else accelerator.no_sync(self.loss_module)
+            with sync:
+                means = self.loss_module(*batch.tensors()) * scale
+                accelerator.backward(means[0] + self.config.history_loss_weight * means[1])
+            parts += means.detach().double().cpu() / world
+        if world > 1:
+            parts = self._sum_over_processes(parts.to(device)).cpu()
+        response, history = parts.tolist()
+        self.last_parts = {"response_loss": response, "history_loss": history, "history_targets": int(step_history)}
+        return response + self.config.history_loss_weight * history, self._update()
+
+    def _update(self) -> float | None:
+        """Clip, step the optimizer and the schedule, zero the gradients; the gradient norm before clipping."""
         grad_norm = None
         if self.config.max_grad_norm is not None:
-            grad_norm = float(accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm))
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_sum, grad_norm
+        return grad_norm
 
     def _running(self) -> bool:
         return (self.state.epoch < self.config.epochs and self.state.global_step < self.total_steps
@@ -387,7 +453,8 @@ class _TrainingRun:
                 seconds = time.perf_counter() - started
                 record = {"step": state.global_step, "epoch": state.epoch, "loss": loss,
                           "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                          "samples_per_s": samples / seconds, "samples_seen": state.samples_seen}
+                          "samples_per_s": samples / seconds, "samples_seen": state.samples_seen,
+                          **(self.last_parts if self.history else {})}
                 recent_losses = (recent_losses + [loss])[-20:]
                 progress.update(1)
                 progress.set_postfix(loss=f"{sum(recent_losses) / len(recent_losses):.4f}",
@@ -423,10 +490,9 @@ class _TrainingRun:
         if self.accelerator.is_main_process:
             model.save_pretrained(self.output_dir)
             self.tokenizer.save_pretrained(self.output_dir)
-            summary = {**self.config.to_dict(), "base_model": base_model_name(model),
-                       "train_samples": len(self.examples), "global_step": state.global_step,
-                       "best_eval_loss": state.best_eval_loss, "stopped_early": state.stopped_early}
-            (self.output_dir / "train_config.json").write_text(json.dumps(summary, indent=1))
+            write_train_config(self.output_dir, self.config, model, train_samples=len(self.examples),
+                               global_step=state.global_step, best_eval_loss=state.best_eval_loss,
+                               stopped_early=state.stopped_early)
         self.accelerator.wait_for_everyone()
         train_losses = [r["loss"] for r in self.log if "loss" in r]
         return TrainResult(model, self.output_dir, state.global_step, train_losses[-1] if train_losses else None,

@@ -58,6 +58,43 @@ def check_item_ids(item_ids: Sequence[int] | None, num_items: int) -> np.ndarray
     return ids
 
 
+def query_ids(values, what: str) -> list[int]:
+    """``values`` (ints, a 1-D integer numpy array or torch tensor) as a list of ints, for the trie's queries.
+
+    ``np.asarray`` would truncate 5.9, and iterating "5" yields "5": floats, strings, bools and anything
+    else but an int are a ValueError naming ``what`` and the value.
+    """
+    import torch  # already imported by the trie
+
+    if isinstance(values, (np.ndarray, torch.Tensor)):
+        if isinstance(values, np.ndarray):
+            integer = values.dtype.kind in "iu"
+        else:
+            integer = not (values.is_floating_point() or values.is_complex() or values.dtype == torch.bool)
+        if not integer or values.ndim != 1:
+            raise ValueError(f"{what} must be one dimension of int token ids, got {type(values).__name__} of "
+                             f"shape {tuple(values.shape)} and dtype {values.dtype}")
+        return values.tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{what} must be a sequence of int token ids, got {values!r:.80}")
+    values = list(values)
+    for i, value in enumerate(values):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{what}[{i}] is {value!r} ({type(value).__name__}); token ids are ints")
+    return [int(value) for value in values]
+
+
+def query_item_ids(values: Iterable) -> list[int]:
+    """Item ids to look up, as ints; floats (5.9 would be truncated), strings and bools are named."""
+    values = list(values)
+    for value in values:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"item id {value!r} ({type(value).__name__}) is not an int; item ids are ints")
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"item id {value} is outside int64, so it is in no catalog")
+    return [int(value) for value in values]
+
+
 def _read_tokens(rows: Iterable[Sequence[int]], starts: np.ndarray, item_ids: np.ndarray, first_row: int):
     """The tokens of ``rows`` (which start at ``starts``) as int64. numpy would truncate 1.5, parse "7" and
     take True for 1, so anything but an int is an error naming it."""

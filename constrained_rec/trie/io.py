@@ -9,6 +9,7 @@ vectorised numpy, linear in the arrays (plus one sort of the item ids). Every er
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -51,6 +52,41 @@ def open_marisa(path: Path) -> marisa_trie.Trie:
     except Exception as err:  # marisa raises plain Exception subclasses with C++ messages
         raise ValueError(f"{path}: unreadable or truncated marisa-trie file ({err})") from None
     return keys
+
+
+def file_digests(folder: Path, names, fingerprint: str) -> dict[str, str]:
+    """Per file, a hash of the catalog ``fingerprint`` and the file's bytes: a file copied in from another
+    catalog's folder differs even where the bytes are the same."""
+    digests = {}
+    for name in names:
+        digest = hashlib.sha256(fingerprint.encode())
+        with open(folder / name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digests[name] = digest.hexdigest()[:32]
+    return digests
+
+
+def check_digests(folder: Path, meta: dict, key: str, names, fingerprint: str) -> None:
+    """The files ``names`` are those ``trie.json`` recorded under ``key`` when the trie was saved."""
+    recorded = meta.get(key)
+    if recorded is None and meta.get("format_version") == 2:
+        raise ValueError(
+            f"{folder / 'trie.json'}: saved by trie format 2, which records no digest of the title index "
+            f"({', '.join(names)}), so it cannot be checked against the catalog; rebuild the trie and save it "
+            "again, or load it with check=False if you trust the folder"
+        )
+    if not isinstance(recorded, dict) or sorted(recorded) != sorted(names):
+        raise ValueError(f"{folder / 'trie.json'}: {key} must record a digest of each of {list(names)}, got "
+                         f"{recorded!r:.200}; the saved trie is damaged, rebuild and save it again")
+    actual = file_digests(folder, names, fingerprint)
+    for name in names:
+        if actual[name] != recorded[name]:
+            raise ValueError(
+                f"{folder / name}: not the file saved with this trie (trie.json records another digest for "
+                f"catalog {fingerprint}): replaced, e.g. by another catalog's title index, or edited; titles "
+                "would come back wrong. Rebuild the trie and save it again"
+            )
 
 
 def _fail(folder: Path, names: str, problem: str):

@@ -62,3 +62,22 @@ def example_token_ids(tokenizer, prompt: str, title: str) -> tuple[list[int], in
     """A training example: ``prompt ids + title ids + EOS`` and the number of prompt ids."""
     prompt_ids = prompt_token_ids(tokenizer, prompt)
     return prompt_ids + title_token_ids(tokenizer, title), len(prompt_ids)
+
+
+def span_token_indices(tokenizer, prompt: str, spans: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Per character span of ``prompt``, the indices into :func:`prompt_token_ids` of the tokens that hold at
+    least one of its characters (by the fast tokenizer's offset mapping), in order.
+
+    In context a title's first and last characters may share a token with the quote or separator beside them
+    (``')",'`` is one SmolLM2 token), so these are not the title's own token ids (:func:`title_token_ids`);
+    such a boundary token counts as the title's, since leaving it out would leave title characters untaught.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer: locating titles in a "
+                         "prompt needs its character offsets (return_offsets_mapping)")
+    encoded = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    if list(encoded["input_ids"]) != prompt_token_ids(tokenizer, prompt):
+        raise ValueError("the tokenizer gives other ids with offsets than without; cannot locate titles in the prompt")
+    # special tokens (BOS) and tokens without text have empty spans and belong to no title
+    return [[i for i, (a, b) in enumerate(offsets) if a < b and a < end and b > start] for start, end in spans]

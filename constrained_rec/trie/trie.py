@@ -40,7 +40,8 @@ from constrained_rec.trie import build as trie_build
 from constrained_rec.trie import io as trie_io
 from constrained_rec.trie.tokenization import eos_token_id, titles_token_ids
 
-FORMAT_VERSION = 2  # 2: build_positions; items of one sequence sorted by id
+FORMAT_VERSION = 3  # 2: build_positions; items of one sequence sorted by id. 3: digests of the title index
+READABLE_VERSIONS = (2, 3)  # the arrays are the same; a format-2 title index cannot be verified
 _ARRAYS = (
     "seq_tokens",
     "seq_offsets",
@@ -156,7 +157,10 @@ class TitleTrie:
 
     def walk(self, prefix: Sequence[int]) -> trie_walk.WalkState:
         """Where ``prefix`` leads: the kernel's :class:`~constrained_rec.kernels.trie_walk.WalkState`."""
-        return trie_walk.walk_prefix(np.asarray(prefix, dtype=np.int64).reshape(-1), self.arrays)
+        return self._walk(trie_build.query_ids(prefix, "prefix"))
+
+    def _walk(self, ids: list[int]) -> trie_walk.WalkState:
+        return trie_walk.walk_prefix(np.asarray(ids, dtype=np.int64), self.arrays)
 
     @property
     def arrays(self) -> trie_walk.TrieArrays:
@@ -220,17 +224,19 @@ class TitleTrie:
 
     def next_tokens(self, prefix: Sequence[int]) -> list[int]:
         """Sorted token ids allowed after ``prefix``; empty if ``prefix`` is not a trie path or is complete."""
-        state = self.walk(prefix)
+        state = self._walk(trie_build.query_ids(prefix, "prefix"))
         if state.status != trie_walk.IN_TRIE:
             return []
         return self.children(state.node, state.seq_lo, state.seq_hi, state.depth)[0].tolist()
 
     def item_ids(self, generated: Sequence[int]) -> list[int]:
         """Catalog item ids whose sequence equals ``generated`` (EOS optional at the end); ``[]`` if none."""
-        ids = [int(t) for t in generated]
+        return self._item_ids(trie_build.query_ids(generated, "generated"))
+
+    def _item_ids(self, ids: list[int]) -> list[int]:
         if not ids or ids[-1] != self.eos_token_id:
-            ids.append(self.eos_token_id)
-        state = self.walk(ids)
+            ids = ids + [self.eos_token_id]  # a copy: callers keep their row as it was
+        state = self._walk(ids)
         if state.status != trie_walk.FINISHED or state.depth != len(ids):
             return []
         lo, hi = self.seq_item_offsets[state.seq_lo], self.seq_item_offsets[state.seq_lo + 1]
@@ -245,10 +251,12 @@ class TitleTrie:
         ``strict=True`` a ``ValueError``. Strict mode also requires the EOS, so a row cut short by
         ``max_new_tokens`` is not taken for a shorter title.
         """
-        ids = [int(t) for t in generated]
+        return self._output_item_ids(trie_build.query_ids(generated, "generated"), strict)
+
+    def _output_item_ids(self, ids: list[int], strict: bool = False) -> list[int]:
         if self.eos_token_id in ids:
             ids = ids[: ids.index(self.eos_token_id) + 1]
-        items = self.item_ids(ids)
+        items = self._item_ids(ids)
         if strict and (not items or ids[-1] != self.eos_token_id):
             raise ValueError(
                 f"generated ids {ids[:30]} are not a complete catalog title ending with EOS {self.eos_token_id}: "
@@ -259,8 +267,8 @@ class TitleTrie:
 
     def is_complete(self, generated: Sequence[int]) -> bool:
         """Whether a ``generate()`` output row is a whole catalog title with its EOS."""
-        ids = [int(t) for t in generated]
-        return self.eos_token_id in ids and bool(self.output_item_ids(ids))
+        ids = trie_build.query_ids(generated, "generated")
+        return self.eos_token_id in ids and bool(self._output_item_ids(ids))
 
     def distinct_output_item_ids(self, rows, num_return_sequences: int) -> list[list[list[int]]]:
         """Per prompt, the items of each distinct complete title among its beam-search output rows, best first.
@@ -270,14 +278,14 @@ class TitleTrie:
         earlier row of the prompt already returned) are dropped, so a prompt may get fewer than asked for.
         Not for sampling, where independent samples may legitimately repeat a title.
         """
-        rows = [[int(t) for t in row] for row in rows]
+        rows = [trie_build.query_ids(row, f"rows[{r}]") for r, row in enumerate(rows)]
         if num_return_sequences < 1 or len(rows) % num_return_sequences:
             raise ValueError(f"{len(rows)} rows are not a multiple of num_return_sequences={num_return_sequences}")
         prompts = []
         for first in range(0, len(rows), num_return_sequences):
             seen, titles = set(), []
             for row in rows[first : first + num_return_sequences]:
-                items = self.output_item_ids(row) if self.is_complete(row) else []
+                items = self._output_item_ids(row) if self.eos_token_id in row else []
                 if items and tuple(items) not in seen:
                     seen.add(tuple(items))
                     titles.append(items)
@@ -294,7 +302,7 @@ class TitleTrie:
         if self._id_order is None:
             self._id_order = np.argsort(self.item_ids_by_position, kind="stable")
             self._sorted_ids = self.item_ids_by_position[self._id_order]
-        ids = np.fromiter((int(i) for i in item_ids), dtype=np.int64)
+        ids = np.asarray(trie_build.query_item_ids(item_ids), dtype=np.int64)
         where = np.searchsorted(self._sorted_ids, ids)
         where_clipped = np.minimum(where, len(self._sorted_ids) - 1)
         unknown = ids[self._sorted_ids[where_clipped] != ids]
@@ -330,6 +338,7 @@ class TitleTrie:
         meta = {"format_version": FORMAT_VERSION, "eos_token_id": self.eos_token_id, "fingerprint": self.fingerprint()}
         if self.titles is not None:
             self.titles.save(folder)
+            meta["title_files"] = trie_io.file_digests(folder, TitleIndex.FILES, self.fingerprint())
         meta["has_titles"] = self.titles is not None
         (folder / "trie.json").write_text(json.dumps(meta, indent=1))
 
@@ -339,14 +348,16 @@ class TitleTrie:
 
         Args:
             path: the folder :meth:`save` wrote.
-            check: recompute the fingerprint and check every array (``constrained_rec.trie.io``: linear
-                in the arrays' size) so that a damaged folder is an error naming the file, never a wrong
-                mask or a kernel reading out of bounds. ``False`` skips that for a folder you trust and
-                opens at any size in milliseconds.
+            check: recompute the fingerprint, check every array (``constrained_rec.trie.io``: linear
+                in the arrays' size) and the title index against the digests ``save`` recorded (another
+                catalog's ``titles.marisa`` or an edited one would return wrong titles), so that a damaged
+                folder is an error naming the file, never a wrong mask, a wrong title or a kernel reading out
+                of bounds. ``False`` skips that for a folder you trust and opens at any size in milliseconds.
+                A title index saved by format 2 (before the digests) can only be opened with ``False``.
         """
         folder = Path(path)
         meta = trie_io.read_meta(folder)
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(
                 f"{folder / 'trie.json'}: trie format {meta.get('format_version')!r}, this version reads "
                 f"{FORMAT_VERSION}; rebuild the trie and save it again"
@@ -365,6 +376,8 @@ class TitleTrie:
         trie._fingerprint = meta.get("fingerprint")
         if meta.get("has_titles"):
             trie.titles = TitleIndex.load(folder, trie.item_ids_by_position if check else None)
+            if check:
+                trie_io.check_digests(folder, meta, "title_files", TitleIndex.FILES, trie.fingerprint())
         return trie
 
 
@@ -374,6 +387,9 @@ class TitleIndex:
     The marisa trie stores each distinct title once; ``key_item_offsets`` and ``key_item_ids`` map its
     key ids to item ids, and ``item_key`` maps (sorted) item ids back to key ids.
     """
+
+    _ARRAYS = ("key_item_offsets", "key_item_ids", "sorted_item_ids", "item_key")
+    FILES = ("titles.marisa",) + tuple(f"titles_{name}.npy" for name in _ARRAYS)
 
     def __init__(self, keys: marisa_trie.Trie, key_item_offsets: np.ndarray, key_item_ids: np.ndarray,
                  sorted_item_ids: np.ndarray, item_key: np.ndarray):
@@ -405,6 +421,7 @@ class TitleIndex:
 
     def title(self, item_id: int) -> str:
         """The title of ``item_id``; a KeyError naming it if it is not in the catalog."""
+        (item_id,) = trie_build.query_item_ids([item_id])
         where = int(np.searchsorted(self.sorted_item_ids, item_id))
         if where == len(self.sorted_item_ids) or self.sorted_item_ids[where] != item_id:
             raise KeyError(f"item {item_id} is not in the catalog")
@@ -412,18 +429,17 @@ class TitleIndex:
 
     def save(self, folder: Path) -> None:
         self.keys.save(str(folder / "titles.marisa"))
-        for name in ("key_item_offsets", "key_item_ids", "sorted_item_ids", "item_key"):
+        for name in self._ARRAYS:
             np.save(folder / f"titles_{name}.npy", getattr(self, name))
 
     @classmethod
     def load(cls, folder: Path, item_ids: np.ndarray | None = None) -> "TitleIndex":
         """Opens the index :meth:`save` wrote; with ``item_ids`` (the trie's), checks it indexes exactly them."""
         keys = trie_io.open_marisa(folder / "titles.marisa")
-        names = ("key_item_offsets", "key_item_ids", "sorted_item_ids", "item_key")
-        arrays = {name: trie_io.read_array(folder / f"titles_{name}.npy") for name in names}
+        arrays = {name: trie_io.read_array(folder / f"titles_{name}.npy") for name in cls._ARRAYS}
         if item_ids is not None:
             trie_io.check_title_index(folder, keys, arrays, item_ids)
-        return cls(keys, *(arrays[name] for name in names))
+        return cls(keys, *(arrays[name] for name in cls._ARRAYS))
 
 
 # marisa-trie keys end at NUL, so titles are stored escaped: \x01 -> \x01\x01, NUL -> \x01\x02 (a

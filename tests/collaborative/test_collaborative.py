@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +16,7 @@ from constrained_rec.collaborative import (
     EASE,
     AssistantData,
     AssistantRecommender,
+    DamagedAssistantError,
     SASRec,
     SASRecConfig,
     assistant_data,
@@ -146,6 +149,37 @@ def test_save_load_round_trip_gives_identical_outputs(fitted, tmp_path, name):
     assert np.array_equal(loaded.item_log_probs(histories), assistant.item_log_probs(histories))
     with pytest.raises(ValueError, match="not a 'ease'" if name != "ease" else "not a 'sasrec'"):
         (SASRec if name == "ease" else EASE).load(tmp_path / name)
+
+
+@pytest.mark.parametrize("name", ["popularity", "ease", "sasrec"])
+def test_a_save_killed_midway_leaves_no_partial_folder_and_damage_is_named(fitted, tmp_path, name, monkeypatch):
+    """Issue 17 item 2: the assistant is written to a temporary folder and renamed; a kill while writing leaves the
+    earlier folder (here none) and nothing half-written; a damaged folder is a DamagedAssistantError naming it."""
+    assistant = fitted[name]
+    target = tmp_path / "assistant"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "save", killed)
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        assistant.save(target)
+    assert not target.exists() and not list(tmp_path.iterdir())  # no partial folder, no temporary left behind
+    monkeypatch.undo()
+    assistant.save(target)
+    assistant.save(target)  # over an earlier save: replaced whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["assistant"]
+    weights = next(p for p in target.iterdir() if p.name != "assistant.json")
+    weights.write_bytes(weights.read_bytes()[: len(weights.read_bytes()) // 2])  # what a killed write left before
+    with pytest.raises(DamagedAssistantError, match=re.escape(str(target))):
+        load_assistant(target)
+    weights.unlink()
+    with pytest.raises(DamagedAssistantError, match=re.escape(str(target))):
+        load_assistant(target)
+    (target / "assistant.json").write_text('{"kind": "popul')
+    with pytest.raises(DamagedAssistantError, match="is not readable JSON"):
+        load_assistant(target)
 
 
 def test_sasrec_is_deterministic_for_a_seed(data, fitted):

@@ -460,13 +460,13 @@ def test_missing_column(tmp_path):
 
 def test_unparsable_timestamp(tmp_path):
     interactions, items = write_csv_pair(tmp_path, [(1, 1, 1), (1, 1, "yesterday")], {1: "a"})
-    with pytest.raises(ValueError, match=r"interactions\.csv, line 3: timestamp 'yesterday' is neither"):
+    with pytest.raises(ValueError, match=r"interactions\.csv, line 3, column 'timestamp': timestamp 'yesterday' is neither"):
         load_interactions(interactions, items=items)
     interactions.write_text("user_id,item_id,timestamp\n1,1,2020-01-01\n1,1,2020-13-01\n1,1,1.5\n")
-    with pytest.raises(ValueError, match=r"interactions\.csv, line 3: timestamp '2020-13-01' is neither"):
+    with pytest.raises(ValueError, match=r"interactions\.csv, line 3, column 'timestamp': timestamp '2020-13-01' is neither"):
         load_interactions(interactions, items=items)
     interactions.write_text("user_id,item_id,timestamp\n1,1,2020-01-01\n1,1,1.5\n")
-    with pytest.raises(ValueError, match=r"interactions\.csv, line 3: timestamp '1.5' is neither"):
+    with pytest.raises(ValueError, match=r"interactions\.csv, line 3, column 'timestamp': timestamp '1.5' is neither"):
         load_interactions(interactions, items=items)
 
 
@@ -475,11 +475,58 @@ def test_non_integer_ids_in_movielens(tmp_path):
     folder.mkdir()
     (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4,1\n1,x7,4,2\n")
     (folder / "movies.csv").write_text("movieId,title,genres\n1,Heat (1995),Action\n")
-    with pytest.raises(ValueError, match=r"ratings\.csv, line 3: item id 'x7' is not an integer"):
+    with pytest.raises(ValueError, match=r"ratings\.csv, line 3, column 'movieId': item id 'x7' is not an integer"):
         load_interactions(folder)
     (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4,1\n1,1,4,\n")
-    with pytest.raises(ValueError, match=r"ratings\.csv, line 3: timestamp '' is not an integer"):
+    with pytest.raises(ValueError, match=r"ratings\.csv, line 3, column 'timestamp': timestamp '' is not an integer"):
         load_interactions(folder)
+
+
+def test_numbers_beyond_int64_are_errors_or_exact(tmp_path):
+    """10**30 seconds used to wrap to -2**63 (the newest event became the oldest); 9999-12-31 and ids past int64
+    raised raw pandas/numpy errors without file or line."""
+    interactions, items = write_csv_pair(tmp_path, [(1, 1, 100), (1, 2, 10**30), (1, 1, 300)], {1: "a", 2: "b"})
+    with pytest.raises(ValueError, match=r"interactions\.csv, line 3, column 'timestamp': timestamp 1000000000000000000"
+                                         r"000000000000 is outside the 64-bit integer range"):
+        load_interactions(interactions, items=items, min_user_interactions=1)
+    interactions.write_text("user_id,item_id,timestamp\n1,1,2020-01-01\n1,2,9999-12-31\n1,1,0001-01-01T00:00:00Z\n")
+    data = load_interactions(interactions, items=items, min_user_interactions=1)
+    assert frame_rows(data) == [(1, 1, -62135596800), (1, 1, 1577836800), (1, 2, 253402214400)]
+    assert data.stats()["last_time"] == "9999-12-31"
+    interactions.write_text("user_id,item_id,timestamp\n1,1,2020-01-01\n1,2,10000-01-01\n")
+    with pytest.raises(ValueError, match=r"line 3, column 'timestamp': timestamp '10000-01-01' is neither .* 1 to 9999"):
+        load_interactions(interactions, items=items, min_user_interactions=1)
+    interactions.write_text("user_id,item_id,timestamp\n1,1,1.0\n1,2,9007199254740993\n")
+    with pytest.raises(ValueError, match=r"line 3, column 'timestamp': timestamp 9007199254740992.0 \(as read\) cannot "
+                                         r"be read exactly: the column holds decimals"):
+        load_interactions(interactions, items=items, min_user_interactions=1)
+    interactions.write_text("user_id,item_id,timestamp\n1,1,1\n1,2,9223372036854775807\n")  # the largest int64
+    assert frame_rows(load_interactions(interactions, items=items, min_user_interactions=1))[-1][2] == 2**63 - 1
+
+    folder = tmp_path / "ml-latest-small"
+    folder.mkdir()
+    (folder / "movies.csv").write_text("movieId,title,genres\n1,Heat (1995),Action\n")
+    for value, column in ((2**63, "movieId"), (10**20, "movieId"), (-(2**63) - 1, "movieId")):
+        (folder / "ratings.csv").write_text(f"userId,movieId,rating,timestamp\n1,1,4,1\n1,{value},4,2\n")
+        with pytest.raises(ValueError, match=rf"ratings\.csv, line 3, column '{column}': item id {value} is outside"):
+            load_interactions(folder)
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4,1\n")
+    (folder / "movies.csv").write_text(f"movieId,title,genres\n1,Heat (1995),Action\n{2**64},Big,Drama\n")
+    with pytest.raises(ValueError, match=rf"movies\.csv, line 3, column 'movieId': item id {2**64} is outside"):
+        load_interactions(folder)
+
+
+@pytest.mark.parametrize("time, message", [
+    (10**30, "unixReviewTime 1000000000000000000000000000000 is outside the 64-bit integer range"),
+    (1e30, "unixReviewTime 1e\\+30 is outside the 64-bit integer range"),
+    (1.5, "unixReviewTime 1.5 is not an integer"),
+    (True, "unixReviewTime True is not an integer"),
+])
+def test_amazon_review_times_beyond_int64_or_not_integers(tmp_path, time, message):
+    (tmp_path / "meta_Books.json").write_text('{"asin": "B", "title": "A Book"}\n')
+    write_jsonl(tmp_path / "Books_5.json", [review("U", "B", 1), review("U", "B", time)], compress=False)
+    with pytest.raises(ValueError, match=rf"Books_5\.json, line 2: {message}"):
+        load_interactions(tmp_path / "Books_5.json")
 
 
 def test_item_row_without_title(tmp_path):

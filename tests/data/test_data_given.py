@@ -272,3 +272,15 @@ def test_column_wise_reader_agrees_with_the_row_wise_one(tmp_path):
     assert given_columns.read_canonical(path, given_columns.Catalog.build(titles)) is None
     again = make_splits(load_interactions(folder))
     assert again["test"].to_list() == reference["test"].to_list()
+
+
+def test_item_id_beyond_int64_in_the_item_file_is_named(tmp_path):
+    """Python parses any int; the catalog's int64 array raised a raw OverflowError without file or line."""
+    from constrained_rec.data.given import read_item_file
+
+    path = tmp_path / "Toys.txt"
+    path.write_text(f"Heat\t1\nBig\t{2**64}\n")
+    with pytest.raises(ValueError, match=rf"Toys\.txt, line 2, column 2: item id {2**64} is outside the 64-bit"):
+        read_item_file(path)
+    path.write_text(f"Heat\t1\nBig\t{2**63 - 1}\n")
+    assert read_item_file(path)[0] == {1: "Heat", 2**63 - 1: "Big"}

@@ -137,11 +137,12 @@ def test_a_d3_folder_keeps_its_own_split_and_words(tmp_path):
 
 def test_a_folder_without_valid_evaluates_its_test_users(tmp_path):
     folder = write_layout(tmp_path / "industrial", splits=("test",))
-    loaded = load_data(RunConfig(dataset=str(folder), train_samples=0, eval_users=1))
+    loaded = load_data(RunConfig(dataset=str(folder), train_samples=0, eval_users=1, assistant="none"))
     assert len(loaded.splits["test"]) == 1 and len(loaded.splits["validation"]) == 0
     assert loaded.split_config.eval_samples == 1
     # the same test user as a folder that has valid/ (the draw does not depend on the other splits)
-    full = load_data(RunConfig(dataset=str(write_layout(tmp_path / "full")), train_samples=0, eval_users=1))
+    full = load_data(RunConfig(dataset=str(write_layout(tmp_path / "full")), train_samples=0, eval_users=1,
+                               assistant="none"))
     assert loaded.splits["test"][0]["prompt"] == full.splits["test"][0]["prompt"]
 
 
@@ -162,7 +163,97 @@ def test_training_without_a_train_split_is_refused_before_the_model_loads(tmp_pa
     assert "--train-samples 8 without --adapter" in message and "pass --train-samples 0" in message
 
 
+@pytest.fixture
+def no_model(monkeypatch):
+    import constrained_rec.model
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the problem was reported")
+
+    monkeypatch.setattr(constrained_rec.model, "load_model", must_not_load)
+
+
+@pytest.mark.parametrize("flags, needs, instead", [
+    (["--train-samples", "8", "--assistant", "none"], "training .its validation loss picks the saved adapter.",
+     "--train-samples 0 or --adapter DIR"),
+    (["--train-samples", "0", "--assistant", "ease", "--prior-weight", "1"], "the ease assistant",
+     "--assistant popularity or none"),
+    (["--train-samples", "0", "--assistant", "popularity"], r"--prior-weight auto", "--prior-weight 1"),
+])
+def test_a_folder_without_valid_says_so_before_the_model_loads(tmp_path, no_model, flags, needs, instead):
+    """Issue 17 item 4: training said "the data set is empty" after loading the model (validation was), the
+    assistants "no validation samples"; now the missing CSV, who needs it and what to pass instead, up front."""
+    folder = write_layout(tmp_path / "industrial", splits=("train", "test"))
+    keep_first_test_row(folder)
+    with pytest.raises(FileNotFoundError, match=rf"{folder} has no valid/\*.csv: {needs}.* needs the valid CSV .*add it "
+                                                rf"as {folder / 'valid' / 'NAME.csv'}.*; or pass {instead}"):
+        run(parse(["--constrained", "--dataset", str(folder), *flags, "--output-dir", str(tmp_path / "out")]))
+
+
+def keep_first_test_row(folder: Path) -> None:
+    """Drop u1's test row, whose history continues through its validation row (for a layout without that row)."""
+    test_csv = folder / "test" / f"{CATEGORY}.csv"
+    test_csv.write_text("".join(test_csv.read_text().splitlines(keepends=True)[:2]))
+
+
+@pytest.mark.parametrize("split, flags", [("test", ["--train-samples", "0"]), ("valid", ["--train-samples", "4"]),
+                                          ("train", ["--train-samples", "4"])])
+def test_a_csv_with_only_its_header_is_named(tmp_path, no_model, split, flags):
+    """Issue 17 item 10: a header-only test CSV said "eval_samples must be None ... got 0"."""
+    folder = write_layout(tmp_path / "industrial")
+    csv_file = folder / split / f"{CATEGORY}.csv"
+    csv_file.write_text(csv_file.read_text().splitlines()[0] + "\n")
+    if split == "valid":
+        keep_first_test_row(folder)
+    with pytest.raises(ValueError, match=rf"{csv_file} holds no samples \(only its header\): .*add its rows"):
+        run(parse(["--constrained", "--dataset", str(folder), *flags, "--assistant", "none",
+                   "--output-dir", str(tmp_path / "out")]))
+
+
+def test_too_many_signal_candidates_are_refused_before_the_model_loads(tmp_path, no_model):
+    """Issue 17 item 11: it failed after the whole evaluation, wrote no report and did not name the flag. The D3
+    catalog has 10 items; user u1 (test target 5 after 0 1 2 4) has 5 to draw from."""
+    folder = write_layout(tmp_path / "industrial")
+    argv = ["--constrained", "--dataset", str(folder), "--train-samples", "0", "--assistant", "none",
+            "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=r"--signal-candidates 6 is more than test user \d+ has to draw: 5 items of "
+                                         r"the catalog's 10 remain .*pass --signal-candidates 5 or less, or "
+                                         r"--no-user-signal"):
+        run(parse([*argv, "--signal-candidates", "6"]))
+    with pytest.raises(AssertionError, match="the model was loaded"):  # 5 fit; so does any number without the control
+        run(parse([*argv, "--signal-candidates", "5"]))
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        run(parse([*argv, "--signal-candidates", "50", "--no-user-signal", "--output-dir", str(tmp_path / "o2")]))
+
+
+def test_experiments_train_takes_the_items_file_it_suggests(tmp_path, monkeypatch, capsys):
+    """Issue 17 item 12: train.py suggested an --items flag it did not have; it now takes the data flags of run.py."""
+    import constrained_rec.data
+    import constrained_rec.model
+    from experiments.train import main
+
+    interactions, items = write_generic(tmp_path)
+    seen = {}
+
+    def loaded(source, **options):
+        seen.update(options, source=source)
+        raise KeyboardInterrupt  # enough: the flags reached the loader
+
+    real = constrained_rec.data.load_interactions
+    monkeypatch.setattr(constrained_rec.model, "load_model", lambda name: (None, None))
+    monkeypatch.setattr(constrained_rec.data, "load_interactions", loaded)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--output-dir", str(tmp_path / "out"), "--data", str(interactions), "--items", str(items),
+              *GENERIC_FLAGS])
+    assert seen == {"source": str(interactions), "items": str(items), "user_column": "who", "item_column": "what",
+                    "time_column": "when", "items_item_column": "sku", "title_column": "name", "sep": ";"}
+    monkeypatch.setattr(constrained_rec.data, "load_interactions", real)
+    with pytest.raises(ValueError, match="on the command line: --items FILE"):  # the advice now fits the script
+        main(["--output-dir", str(tmp_path / "out2"), "--data", str(interactions)])
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], "expected an integer >= 0, got '-1'"),
     (["--split", "foo"], "invalid choice: 'foo'"),
     (["--max-history", "0"], "expected an integer >= 1, got '0'"),
     (["--sep", ""], "--sep needs a field separator such as , or tab, got ''"),

@@ -156,6 +156,8 @@ def test_prior_in_every_score_dtype(backend, dtype):
         ({"item_log_prior": np.array([[0.0, np.inf, 0.0]])}, r"item_log_prior\[0, 1\]` is \+inf"),
         ({"item_log_prior": np.zeros((1, 2))}, r"shape \(prompts, 3\) .* but has shape \(1, 2\)"),
         ({"item_log_prior": np.zeros(3)}, r"but has shape \(3,\)"),
+        ({"item_log_prior": [[0.0, 0.0, 0.0], [0.0, 0.0]]}, r"shape \(prompts, 3\), but its rows have the lengths \[3, 2\]"),
+        ({"item_log_prior": [[0.0, 0.0], 0.0]}, r"shape \(prompts, 3\), but its rows have the lengths \[2, None\]"),
         ({"item_log_prior": np.zeros((1, 3), dtype=int)}, "has to hold floats, but has dtype int"),
         ({"item_log_prior": torch.zeros(1, 3, dtype=torch.long)}, "has to hold floats, but has dtype torch.int64"),
         ({"item_log_prior": np.zeros((1, 3)), "prior_weight": -1.0}, "prior_weight` has to be a finite number >= 0"),

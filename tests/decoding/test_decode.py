@@ -271,7 +271,6 @@ def test_titles_and_string_prompts_with_a_tokenizer(smollm2_tokenizer):
         ({"mode": "exact", "length_penalty": 1.0}, "needs length_penalty=0.0"),
         ({"exclude": [set()]}, r"disagree on the number of prompts \(num_prompts: 3, exclude: 1\)"),
         ({"exclude": [{999}, set(), set()]}, r"item ids \[999\] are not in the trie"),
-        ({"k": 40}, "only 9 titles"),
         ({"prompts": "just a string"}, "`prompts` has to be a non-empty sequence"),
         ({"prompts": [[1, -2]]}, "prompt 0 has to be a string or a non-empty list of token ids"),
         ({"prompts": ["text"]}, "prompt 0 is a string, which needs a tokenizer"),
@@ -283,6 +282,37 @@ def test_bad_arguments_are_clear_errors(model, kwargs, message):
     call = {"prompts": PROMPTS, "k": 2, **kwargs}
     with pytest.raises(ValueError, match=message):
         recommend(model, None, call.pop("prompts"), trie, call.pop("k"), **call)
+
+
+@pytest.mark.parametrize("exclude, zeroed, cause", [
+    (None, [0, 1, 2], r"only \[2\] titles \(prompt 0: 3 titles removed by the -inf \(zero-mass\) entries of `item_log_prior\[0\]`\)"),
+    ([{13}], [0, 1, 2], r"only \[1\] titles \(prompt 0: 1 title removed by `exclude`, 3 more by the -inf .* `item_log_prior\[0\]`\)"),
+    ([{12, 13, 14}], [], r"only \[2\] titles \(prompt 0: after `exclude`\)"),
+    ([{12, 13, 14}], [2], r"only \[2\] titles \(prompt 0: after `exclude`\)"),  # the prior's -inf item is excluded anyway
+])
+def test_too_few_titles_blame_what_removed_them(model, exclude, zeroed, cause):
+    trie = TitleTrie.from_token_sequences([[5, 6], [5, 7], [8], [9, 10], [11]], eos_token_id=EOS,
+                                          item_ids=[10, 11, 12, 13, 14])
+    prior = np.zeros((1, 5))
+    prior[0, zeroed] = -np.inf
+    with pytest.warns(constrained_rec.decoding.recommend.FewerTitlesWarning, match=cause):
+        recommend(model, None, PROMPTS[:1], trie, 3, exclude=exclude, item_log_prior=prior)
+
+
+@pytest.mark.parametrize("mode", ["beam", "exact"])
+def test_a_prompt_with_fewer_titles_than_k_gets_all_it_can_reach_with_a_warning(model, mode):
+    """Issue 17 item 1: k above what a prompt can reach (after `exclude`) returns those titles, warning, not an error."""
+    trie = TitleTrie.from_token_sequences([[5, 6], [5, 7], [8], [9, 10], [11], [12], [13], [14], [15]], eos_token_id=EOS)
+    exclude = [set(), set(range(6)), set(range(1, 9))]  # default item ids: 0..8, in title order
+    with pytest.warns(constrained_rec.decoding.recommend.FewerTitlesWarning,
+                      match=r"prompts \[1, 2\] can be recommended only \[3, 1\] titles .*fewer than k=5"):
+        result = recommend(model, None, PROMPTS, trie, 5, num_beams=5, exclude=exclude, mode=mode)
+    assert [len(recs) for recs in result.recommendations] == [5, 3, 1]
+    assert {i for r in result.recommendations[1] for i in r.item_ids} == {6, 7, 8}
+    assert result.recommendations[2][0].item_ids == [0]
+    with pytest.warns(constrained_rec.decoding.recommend.FewerTitlesWarning, match=r"only \[9, 9, 9\] titles"):
+        whole = recommend(model, None, PROMPTS, trie, 40, num_beams=40, mode=mode)
+    assert [len(recs) for recs in whole.recommendations] == [9, 9, 9]
 
 
 def test_model_and_trie_mismatches_are_clear_errors(model):
@@ -415,3 +445,60 @@ def test_prior_weight_zero_is_the_plain_search_and_constraints_can_be_passed(mod
         recommend(model, None, PROMPTS, trie, 4, num_beams=6, item_log_prior=prior))
     with pytest.raises(ValueError, match="cover 3 prompts, but 2 prompts were given"):
         recommend(model, None, PROMPTS[:2], trie, 4, constraints=constraints)
+
+
+# ---------------------------------------------------------------------- the model's position limit
+def short_gpt2(positions: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=positions, n_embd=32, n_layer=1, n_head=4,
+                                      bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD)).eval()
+
+
+@pytest.mark.parametrize("mode", ["beam", "exact"])
+def test_prompts_past_learned_positions_are_an_error_before_any_forward(mode):
+    """GPT-2 raised a bare IndexError (a device assert on a GPU) from its position table mid-search."""
+    trie = TitleTrie.from_token_sequences([[5, 6, 7], [5, 8], [9]], eos_token_id=EOS)  # max_length 4
+    model = short_gpt2(16)
+    fits = [[1] + [10] * 12]  # 13 prompt tokens + 3 title tokens = 16 positions: the EOS is never fed
+    assert len(recommend(model, None, fits, trie, 2, mode=mode).recommendations[0]) == 2
+    with pytest.raises(ValueError, match=r"prompt 1 \(14 tokens, the longest\) and the trie's longest title \(3 tokens"
+                                         r".*: 17 positions, but GPT2LMHeadModel has max_position_embeddings=16"):
+        recommend(model, None, fits + [[1] + [10] * 13], trie, 2, mode=mode)
+
+
+def test_generate_paths_check_positions_too():
+    from constrained_rec.evaluation.recommenders import generate_unconstrained, recommend_constrained
+
+    class Tokenizer:  # prompts as space-separated ids
+        eos_token_id, pad_token_id = EOS, PAD
+
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [1] + [int(t) for t in text.split()]}
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+
+    trie = TitleTrie.from_token_sequences([[5, 6, 7], [5, 8], [9]], eos_token_id=EOS)
+    prompt = " ".join(["10"] * 13)
+    with pytest.raises(ValueError, match=": 17 positions, but GPT2LMHeadModel has max_position_embeddings=16"):
+        recommend_constrained(short_gpt2(16), Tokenizer(), [prompt], trie, 2, 2, decoder="generate")
+    with pytest.raises(ValueError, match=r"max_new_tokens=4 .*\): 17 positions"):
+        generate_unconstrained(short_gpt2(16), Tokenizer(), [prompt], 1, 1, 0.0, trie.max_length)
+
+
+def test_prompts_past_rotary_positions_warn_once_per_model_naming_the_limit():
+    trie = TitleTrie.from_token_sequences([[5, 6, 7], [5, 8], [9]], eos_token_id=EOS)
+    model = make_tiny_llama(vocab_size=VOCAB, max_position_embeddings=16)
+    long_prompts = [[1] + [10] * 20]
+    with pytest.warns(UserWarning, match=r": 24 positions, but LlamaForCausalLM has max_position_embeddings=16: "
+                                         r"positions past 16 were never trained"):
+        result = recommend(model, None, long_prompts, trie, 2)
+    assert len(result.recommendations[0]) == 2  # it runs on, warned
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recommend(model, None, long_prompts, trie, 2)  # the same model again: no second warning
+        recommend(make_tiny_llama(vocab_size=VOCAB), None, long_prompts, trie, 2)  # 256 positions: fits

@@ -110,6 +110,26 @@ def test_duplicate_titles_expand_to_all_their_items(model, tokenizer):
     assert ConstrainedRecommender(model, tokenizer, trie, config)([sample])["constrained"][0]["item_ids"] == [2]
 
 
+@pytest.mark.parametrize("decoder", ["beam", "generate"])
+def test_a_user_with_fewer_titles_than_k_gets_them_with_a_warning_naming_the_user(model, tokenizer, trie, decoder):
+    """Issue 17 item 1: a long history on a small catalog leaves a user 2 titles for K = 5; the evaluation gives that
+    user 2 recommendations (the missing ranks count as misses) and names the user, and a user who consumed every
+    item gets an empty list; nobody's decoding is lost."""
+    config = EvalConfig(ks=(1, 5), num_beams=5, decoder=decoder)
+    samples = make_samples(3)
+    short = EvalSample(3, 777, samples[0].prompt, 5, CATALOG[5], exclude=frozenset(set(CATALOG) - {5, 6}))
+    everything = EvalSample(4, 778, samples[1].prompt, 5, CATALOG[5], exclude=frozenset(CATALOG))
+    with pytest.warns(UserWarning, match=r"constrained: 2 user\(s\) got fewer than K=5 recommendations.*user 777 "
+                                         r"\(2\), user 778 \(0\).*missing ranks as misses"):
+        records = ConstrainedRecommender(model, tokenizer, trie, config)(samples + [short, everything])["constrained"]
+    assert [len(r["item_ids"]) for r in records] == [5, 5, 5, 2, 0]
+    assert set(records[3]["item_ids"]) == {5, 6} and records[3]["num_valid_outputs"] == records[3]["num_outputs"] == 2
+    assert records[4]["num_outputs"] == 0
+    rows = [{"method": "m", "seconds": 0.0, **r} for r in records[3:]]
+    figures = method_metrics(rows, config, catalog_size=8, popularity={i: 50.0 for i in CATALOG})["m"]
+    assert figures["hr@5"]["value"] == pytest.approx(0.5) and figures["validity_rate"] == 1.0
+
+
 def test_k_larger_than_the_catalog_is_an_error(model, tokenizer, trie):
     with pytest.raises(ValueError, match="K = 20 is larger than the catalog's 7 distinct titles"):
         ConstrainedRecommender(model, tokenizer, trie, EvalConfig(ks=(1, 20)))
@@ -263,7 +283,21 @@ def test_method_metrics_from_records():
     assert m["users"] == 3 and m["hr@1"]["value"] == pytest.approx(1 / 3) and m["hr@2"]["value"] == pytest.approx(2 / 3)
     assert m["ndcg@2"]["value"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
     assert m["validity_rate"] == pytest.approx(5 / 6)
-    assert m["coverage@10"] == pytest.approx(0.4)
-    assert m["popularity_percentile@10"] == pytest.approx((50 + 10 + 10 + 50 + 20 + 30) / 6)
+    assert m["coverage@2"] == pytest.approx(0.4)  # K stops at 2: the top-2 (items beyond max K never exist)
+    assert m["popularity_percentile@2"] == pytest.approx((50 + 10 + 10 + 50 + 20 + 30) / 6)
     assert m["users_per_s"] == pytest.approx(2.0)
     assert figures["p"]["validity_rate"] is None
+
+
+def test_coverage_is_labelled_with_the_cut_off_it_measures():
+    """Issue 17 item 12: with --k 1 every method recommends one item, and the report called its coverage @10."""
+    from constrained_rec.experiment.report import markdown_report
+
+    records = [{"method": "m", "target_item_id": 5, "num_outputs": 1, "num_valid_outputs": 1, "seconds": 0.5,
+                "item_ids": [item]} for item in (5, 1, 1)]
+    figures = method_metrics(records, EvalConfig(ks=(1,), bootstrap_resamples=10), catalog_size=10,
+                             popularity={i: 10.0 * i for i in range(1, 11)})["m"]
+    assert figures["coverage@1"] == pytest.approx(0.2) and figures["popularity_percentile@1"] == pytest.approx(70 / 3)
+    assert not any(name.endswith("@10") for name in figures)
+    report = markdown_report({"methods": {"m": figures}})
+    assert "coverage@1 |" in report and "catalog coverage of the top-1 |" in report and "@10" not in report

@@ -216,7 +216,7 @@ def test_an_adapter_from_experiments_train_passes_the_run_check(tmp_path, tokeni
     """experiments/train.py (train_job) and run.py build the catalog trie by one function: the adapter fits."""
     from constrained_rec.data import load_interactions
     from constrained_rec.experiment.catalog import catalog_trie
-    from constrained_rec.experiment.pipeline import TrainJob, train_job
+    from constrained_rec.experiment.train_job import TrainJob, train_job
     from constrained_rec.model import check_adapter
     from constrained_rec.training.train import TrainConfig
 
@@ -242,6 +242,11 @@ def test_an_adapter_from_experiments_train_passes_the_run_check(tmp_path, tokeni
     (dict(signal_candidates=0), r"signal_candidates \(--signal-candidates\) must be an integer >= 1, got 0"),
     (dict(search_error_users=-1), r"search_error_users \(--search-error-users\) must be an integer >= 0, got -1"),
     (dict(assistant="none", lm_alone=False), r"--no-lm-alone .* pass --assistant popularity, ease or sasrec"),
+    # issue 17 item 12: options of the prior with no prior were silently ignored
+    (dict(assistant="none", prior_weight=2), r"--prior-weight applies to the collaborative prior, but --assistant none "
+                                             r"turns it off .*drop --prior-weight, or pass --assistant popularity"),
+    (dict(assistant="none", search_error_users=3), r"--search-error-users applies to the collaborative prior"),
+    (dict(seed=-1), r"seed \(--seed\) must be an integer >= 0 \(numpy takes no negative seed\), got -1"),
 ])
 def test_bad_assistant_options_are_named(options, message):
     with pytest.raises(ValueError, match=message):
@@ -257,6 +262,8 @@ def test_assistant_defaults_and_their_ks():
     assert RunConfig(quick=True).assistant_name == "popularity"
     assert RunConfig(assistant="none").ks == (1, 5, 10, 20)  # without an assistant: today's defaults
     assert RunConfig(prior_weight="2").prior_weight == 2.0
+    assert RunConfig().search_error_count == 2 and RunConfig(assistant="none").search_error_count == 0
+    assert RunConfig(assistant="none", search_error_users=0).search_error_count == 0  # "off" agrees with no prior
     assert RunConfig(assistant="ease", lm_alone=False, constrained=True).command_line() == (
         "python experiments/run.py --constrained --assistant ease --no-lm-alone")
 
@@ -376,6 +383,24 @@ def test_the_assistant_is_fit_on_training_interactions_only(ml100k, tmp_path):
         fit_assistant_step("ease", loaded, tmp_path, seed=0, state=SINGLE)
 
 
+def test_a_damaged_assistant_folder_is_refit_with_a_message(ml100k, tmp_path, capsys):
+    """Issue 17 item 2: an assistant folder left damaged (here: its counts cut short, as a save killed by the old
+    non-atomic writer left it) is detected on resume and refit, saying so; every resume used to die on numpy."""
+    from constrained_rec.experiment.assistant_prior import fit_assistant_step
+
+    loaded = _fake_loaded(ml100k)
+    first = fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE)
+    counts = tmp_path / "assistant" / "counts.npy"
+    counts.write_bytes(counts.read_bytes()[:100])
+    (tmp_path / "assistant" / "prior_weight.json").write_text("{}")  # chosen for the damaged assistant
+    again = fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE)
+    assert "is damaged" in capsys.readouterr().out and again.fit_seconds is not None
+    assert np.array_equal(again.assistant.counts, first.assistant.counts)
+    assert not (tmp_path / "assistant" / "prior_weight.json").exists()
+    (tmp_path / "assistant" / "counts.npy").unlink()
+    assert fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE).fit_seconds is not None
+
+
 def test_auto_weight_sweep_uses_validation_users_only(ml100k, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
@@ -391,23 +416,40 @@ def test_auto_weight_sweep_uses_validation_users_only(ml100k, tmp_path, monkeypa
     decoded = []
     validation_targets = dict(zip(loaded.splits["validation"]["prompt"], loaded.splits["validation"]["target_item_id"]))
 
-    def fake_recommend(model, tokenizer, prompts, trie, k, *, item_log_prior, prior_weight, exclude, **options):
-        decoded.append((list(prompts), prior_weight))
-        assert item_log_prior.shape == (len(prompts), trie.num_items) and exclude is not None
-        # only w = 4 finds the targets: the sweep must choose it
-        hit = prior_weight == 4.0
-        return SimpleNamespace(recommendations=[
-            [SimpleNamespace(item_ids=[validation_targets[p] if hit else -1])] for p in prompts])
+    hitting = {4.0}
 
-    monkeypatch.setattr(constrained_rec.decoding.recommend, "recommend", fake_recommend)
+    def fake_recommend_at_weights(model, tokenizer, prompts, trie, k, prior_weights, *, item_log_prior, exclude,
+                                  **options):
+        decoded.append((list(prompts), list(prior_weights)))
+        assert item_log_prior.shape == (len(prompts), trie.num_items) and exclude is not None
+        # only the weights in `hitting` find the targets
+        return [SimpleNamespace(recommendations=[
+            [SimpleNamespace(item_ids=[validation_targets[p] if w in hitting else -1])] for p in prompts])
+            for w in prior_weights]
+
+    monkeypatch.setattr(constrained_rec.decoding.recommend, "recommend_at_weights", fake_recommend_at_weights)
     validation_only = _fake_loaded(ml100k, test_rows=False)
     sweep = sweep_prior_weight(setup.assistant, None, tokenizer, trie, validation_only, True, seed=0, users=5)
-    prompts = {p for batch, _ in decoded for p in batch}
+    prompts = set(decoded[0][0])
     assert prompts <= set(loaded.splits["validation"]["prompt"]) and len(prompts) == 5
     assert not prompts & set(loaded.splits["test"]["prompt"])
-    assert [w for _, w in decoded] == list(sweep["grid"])  # every weight decodes the same users
-    assert sweep["users"] == 5 and sweep["grid"][0] == 0.0 and len(sweep["validation_ndcg@10"]) == len(sweep["grid"])
-    assert sweep["chosen"] == 4.0 and sweep["validation_ndcg@10"][sweep["grid"].index(4.0)] == 1.0
+    assert decoded[0][1] == list(sweep["grid"])  # every weight decodes the same users, in one call
+    assert sweep["users"] == 5 and 4.0 in sweep["grid"] and len(sweep["validation_ndcg@10"]) == len(sweep["grid"])
+    assert sweep["chosen"] == 4.0 and not sweep["fallback"]
+    assert sweep["validation_ndcg@10"][sweep["grid"].index(4.0)] == 1.0
+    # the assistant alone is an arm, scored on the same users, and every weight is compared with it
+    assert 0.0 <= sweep["assistant_ndcg@10"]["value"] < 1.0 and sweep["assistant"] == "popularity"
+    versus = sweep["versus_assistant"][sweep["grid"].index(4.0)]
+    assert versus["users"] == 5 and versus["value"] == pytest.approx(1.0 - sweep["assistant_ndcg@10"]["value"])
+    assert all(len(ci) == 2 for ci in sweep["validation_ndcg@10_ci"])
+    hitting.clear()  # no weight finds anything: the assistant alone is at least as good, and LM + prior falls back
+    fallback = sweep_prior_weight(setup.assistant, None, tokenizer, trie, validation_only, True, seed=0, users=5)
+    assert fallback["chosen"] == "assistant" and fallback["fallback"]
+    (tmp_path / "fallback" / "assistant").mkdir(parents=True)
+    fell_back = prior_weight_step(setup, "auto", None, tokenizer, trie, validation_only, tmp_path / "fallback", True,
+                                  0, SINGLE, users=5)
+    assert fell_back.fallback and fell_back.prior_weight is None
+    hitting.add(4.0)
     chosen = prior_weight_step(setup, "auto", None, tokenizer, trie, validation_only, tmp_path, True, 0, SINGLE,
                                users=5)
     assert chosen.prior_weight == sweep["chosen"] and chosen.sweep["grid"] == sweep["grid"]

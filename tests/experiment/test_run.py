@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, make_tiny_llama
 from constrained_rec.evaluation import recommenders
 from constrained_rec.experiment.pipeline import run as run_pipeline
 from constrained_rec.experiment.run_config import RunConfig
@@ -87,13 +88,27 @@ def test_assistant_run_lists_the_four_methods_side_by_side(assisted_run):
     sweep = assistant["prior_weight_sweep"]
     assert assistant["name"] == "popularity" and assistant["prior_weight_option"] == "auto"
     assert len(sweep["grid"]) == len(sweep["validation_ndcg@10"]) and sweep["users"] == 6
-    assert assistant["prior_weight"] == sweep["grid"][sweep["validation_ndcg@10"].index(max(sweep["validation_ndcg@10"]))]
-    error = assistant["search_error"]
-    assert error["users"] == 2 and 0.0 <= error["overlap@3"] <= 1.0 and len(error["per_user"]) == 2
-    assert saved["user_signal"]["users"] == 6
+    best = max(sweep["validation_ndcg@10"])
     report = (folder / "report.md").read_text()
-    for section in ("## Collaborative prior", "validation NDCG@10", "Search error of constrained+popularity",
-                    "## User signal", "## constrained+popularity"):
+    if sweep["assistant_ndcg@10"]["value"] >= best:  # the assistant alone wins: LM + prior falls back to it
+        assert sweep["fallback"] and assistant["falls_back"] and assistant["prior_weight"] is None
+        assert assistant["search_error"] is None and "LM + prior falls back to the assistant" in report
+        by_method = {}
+        for record in read_predictions(folder):
+            by_method.setdefault(record["method"], {})[record["sample"]] = record["item_ids"]
+        assert by_method["constrained+popularity"] == by_method["popularity"]
+    else:
+        assert assistant["prior_weight"] == sweep["grid"][sweep["validation_ndcg@10"].index(best)]
+        error = assistant["search_error"]
+        assert error["users"] == 2 and 0.0 <= error["overlap@3"] <= 1.0 and len(error["per_user"]) == 2
+        assert "Search error of constrained+popularity" in report
+    assert saved["user_signal"]["users"] == 6
+    # the paired comparisons: LM + prior against the assistant alone, the LM alone against most-popular
+    assert [(c["a"], c["b"]) for c in saved["paired"]] == [("constrained+popularity", "popularity"),
+                                                           ("constrained", "most-popular")]
+    assert all(c["users"] == 6 and c["wins"] + c["losses"] + c["ties"] == 6 for c in saved["paired"])
+    for section in ("## Collaborative prior", "validation NDCG@10", "popularity alone", "## Paired comparisons",
+                    "| constrained+popularity - popularity | 6 |", "## User signal", "## constrained+popularity"):
         assert section in report, section
     for record in read_predictions(folder):  # history excluded for the assistant and LM + prior too
         if record["method"] in ("popularity", "constrained+popularity"):
@@ -121,8 +136,8 @@ def test_metrics_recomputed_from_predictions_match_metrics_json(full_run):
                      for r, hit in zip(rows, hits)]
             assert figures[f"hr@{k}"]["value"] == pytest.approx(sum(hits) / len(rows))
             assert figures[f"ndcg@{k}"]["value"] == pytest.approx(sum(gains) / len(rows))
-        distinct = {i for r in rows for i in r["item_ids"][:10]}
-        assert figures["coverage@10"] == pytest.approx(len(distinct) / results["dataset"]["items"])
+        distinct = {i for r in rows for i in r["item_ids"][:3]}  # K stops at 3: coverage of the top-3
+        assert figures["coverage@3"] == pytest.approx(len(distinct) / results["dataset"]["items"])
 
 
 def test_constrained_outputs_are_all_valid_catalog_items_outside_the_history(full_run):
@@ -178,12 +193,16 @@ def test_interrupted_run_resumes_without_retraining_or_redoing_users(run, tiny_m
 
 def test_resuming_with_other_training_options_is_refused_before_anything_loads(run, tiny_model_dir, full_run):
     """Issue 10 item 3: a --quick run's adapter must not be reused by a run with other training options."""
-    folder, results = full_run
-    before = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    folder = full_run[0]
+
+    def results():  # run.lock records who last held the folder: not a result
+        return {path.name: path.stat().st_mtime_ns for path in folder.iterdir() if path.name != "run.lock"}
+
+    before = results()
     with pytest.raises(ValueError, match=r"epochs: 1 -> 3; learning_rate: 0.001 -> 0.5; train_samples: 16 -> 128\)"):
         run.main(constrained=True, baselines=True, model=str(tiny_model_dir), **{**SMALL, "train_samples": 128,
                  "epochs": 3}, learning_rate=0.5, output_dir=str(folder))
-    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == before
+    assert results() == before
 
 
 def test_zero_training_samples_evaluate_the_base_model(run, tiny_model_dir, tmp_path, monkeypatch):
@@ -234,7 +253,7 @@ def test_script_keeps_its_flags_and_reports_bad_ones():
     script = [sys.executable, str(REPO_ROOT / "experiments" / "run.py")]
     usage = subprocess.run([*script, "--help"], capture_output=True, text=True, check=True).stdout
     for flag in ("--constrained", "--dataset", "--data-dir", "--model", "--train-samples", "--epochs", "--batch-size",
-                 "--learning-rate", "--adapter", "--eval-users", "--all-users", "--k", "--num-beams",
+                 "--learning-rate", "--history-loss-weight", "--adapter", "--eval-users", "--all-users", "--k", "--num-beams",
                  "--length-penalty", "--exclude-history", "--baselines", "--eval-batch-size", "--decoder", "--threads",
                  "--quick", "--seed", "--device", "--output-dir", "--assistant", "--prior-weight", "--lm-alone",
                  "--search-error-users", "--user-signal", "--signal-candidates"):
@@ -246,3 +265,42 @@ def test_script_keeps_its_flags_and_reports_bad_ones():
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
     bad = subprocess.run([*script, "--constrained", "--k", "0,5"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--k takes comma-separated positive integers like 1,5,10,20, got '0,5'" in bad.stderr
+
+
+class _ReachedTraining(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_prompts_past_the_models_positions_are_checked_before_training(run, tmp_path, monkeypatch, kind):
+    """ml-100k prompts run to about 200 tokens: a 64-position GPT-2 failed with a bare IndexError in training or
+    decoding, a 64-position Llama ran on without a word. Both are caught before training starts."""
+    import warnings
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import constrained_rec.experiment.pipeline
+    from constrained_rec.model import load_tokenizer
+
+    def reached(*args, **kwargs):
+        raise _ReachedTraining
+
+    folder = tmp_path / kind
+    if kind == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=49152, n_positions=64, n_embd=16, n_layer=1, n_head=2,
+                                           bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    else:
+        model = make_tiny_llama(vocab_size=49152, max_position_embeddings=64)
+    model.save_pretrained(folder)
+    load_tokenizer().save_pretrained(folder)
+    monkeypatch.setattr(constrained_rec.experiment.pipeline, "prepare_adapter", reached)
+    message = r"the run's prompts \(the longest has \d+ tokens\) .*: \d+ positions, .* max_position_embeddings=64"
+    options = dict(constrained=True, model=str(folder), **SMALL, output_dir=str(tmp_path / "out"))
+    if kind == "gpt2":
+        with pytest.raises(ValueError, match=message + ", the end of its learned position embeddings"):
+            run.main(**options)
+        return
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(_ReachedTraining):
+        warnings.simplefilter("always")
+        run.main(**options)
+    assert any(re.search(message + ": positions past 64 were never trained", str(w.message)) for w in caught)

@@ -296,6 +296,24 @@ def test_bad_input_is_rejected_with_a_clear_error():
         tokenize_examples(make_toy_tokenizer(), Dataset.from_dict({"prompt": ["watched i1 next :"]}))
 
 
+def test_examples_past_the_models_positions_fail_or_warn_before_the_first_step(tmp_path):
+    """A GPT-2 raised a bare IndexError at the first long batch; a Llama trained on untrained positions silently."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(WORDS), n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                                      bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    data = toy_dataset(8)  # the longest example has 23 tokens
+    with pytest.raises(ValueError, match=r"the longest training example \(prompt, title and EOS: 23 tokens\): 23 positions, "
+                                         r"but GPT2LMHeadModel has max_position_embeddings=16"):
+        train(gpt2, make_toy_tokenizer(), data, TrainConfig(epochs=1, **FAST), output_dir=tmp_path / "gpt2")
+    assert not (tmp_path / "gpt2" / "train_log.jsonl").exists()
+    llama = make_tiny_llama(vocab_size=len(WORDS), max_position_embeddings=16)
+    with pytest.warns(UserWarning, match=r"EOS: 23 tokens\): 23 positions, but LlamaForCausalLM has max_position_embeddings=16"):
+        train(llama, make_toy_tokenizer(), data, TrainConfig(epochs=1, max_steps=1, **FAST),
+              output_dir=tmp_path / "llama")
+
+
 @pytest.mark.slow
 def test_one_step_of_the_embedded_model_on_ml100k_prompts(tmp_path):
     from constrained_rec.model import load_adapter, load_model

@@ -324,3 +324,63 @@ def test_strict_output_item_ids(row, complete, lenient):
             trie.output_item_ids(row, strict=True)
     expected = [[10], [11]] if complete else [[11]]
     assert trie.distinct_output_item_ids([row, [5, 7, 8, EOS], [5, 7, 8, EOS, 0]], 3) == [expected]
+
+
+LOOSE = [
+    ([5.9], r"prefix\[0\] is 5.9 \(float\)"),
+    ("5", "must be a sequence of int token ids, got '5'"),
+    ([5, True], r"prefix\[1\] is True \(bool\)"),
+    ([5, "6"], r"prefix\[1\] is '6' \(str\)"),
+    ([np.float64(5.0)], r"prefix\[0\] is .*5.0.* \(float64\)"),
+    (np.array([5.0, 6.0]), "dtype float64"),
+    (np.array([[5, 6]]), r"shape \(1, 2\)"),
+    (5, "must be a sequence of int token ids, got 5"),
+    (lambda torch: torch.tensor([5.0]), "dtype torch.float32"),
+    (lambda torch: torch.tensor([True]), "dtype torch.bool"),
+]
+
+
+@pytest.mark.parametrize("query", ["next_tokens", "walk", "item_ids", "output_item_ids", "is_complete"])
+@pytest.mark.parametrize("tokens, message", LOOSE)
+def test_queries_refuse_loose_token_types(query, tokens, message):
+    """numpy would truncate 5.9 to 5 and iterating '5' gives '5': every query refuses them, as the builders do."""
+    import torch
+
+    tokens = tokens(torch) if callable(tokens) else tokens
+    trie = TitleTrie.from_token_sequences([[5, 6], [5, 7, 8]], eos_token_id=EOS, item_ids=[10, 11])
+    message = message.replace("prefix", "prefix" if query in ("next_tokens", "walk") else "generated")
+    with pytest.raises(ValueError, match=message):
+        getattr(trie, query)(tokens)
+
+
+def test_row_queries_name_the_row_and_item_lookups_refuse_non_ints():
+    trie = TitleTrie.from_titles(["Heat", "Casino"], _CharTokenizer(), item_ids=[10, 11])
+    heat = [ord(c) + 3 for c in '"Heat"'] + [EOS]
+    with pytest.raises(ValueError, match=r"rows\[1\]\[0\] is 40.0 \(float\)"):
+        trie.distinct_output_item_ids([heat, [40.0] + heat[1:]], 2)
+    with pytest.raises(ValueError, match=r"item id 10.0 \(float\) is not an int"):
+        trie.positions_of([10.0])
+    with pytest.raises(ValueError, match=r"item id '10' \(str\) is not an int"):
+        trie.titles.title("10")
+
+
+def test_queries_take_numpy_and_torch_integers():
+    import torch
+
+    trie = TitleTrie.from_token_sequences([[5, 6], [5, 7, 8]], eos_token_id=EOS, item_ids=[10, 11])
+    for prefix in ([np.int32(5)], np.array([5], dtype=np.uint8), torch.tensor([5]), torch.tensor([5], dtype=torch.int32)):
+        assert trie.next_tokens(prefix) == [6, 7]
+    row = torch.tensor([5, 6, EOS, 0])
+    assert trie.is_complete(row) and trie.output_item_ids(row, strict=True) == [10]
+    assert trie.item_ids(np.array([5, 7, 8])) == [11]
+    assert trie.distinct_output_item_ids(torch.tensor([[5, 6, EOS], [5, 6, EOS]]), 2) == [[[10]]]
+    assert trie.positions_of([np.int64(11)]).tolist() == [1]
+    assert trie.walk(torch.tensor([], dtype=torch.long)).depth == 0
+
+
+class _CharTokenizer:  # one token per character (code point + 3); EOS = 2
+    eos_token_id = EOS
+
+    def __call__(self, texts, add_special_tokens=False):
+        encode = lambda t: [ord(c) + 3 for c in t]  # noqa: E731
+        return {"input_ids": encode(texts) if isinstance(texts, str) else [encode(t) for t in texts]}

@@ -226,3 +226,72 @@ def test_any_single_edit_is_refused_or_harmless(tmp_path_factory, name, data):
         assert loaded.titles.items_for_title(t) == trie.titles.items_for_title(t)
     assert [loaded.titles.title(i) for i in (5, 3, 9, 1, 7, 11, 2)] == titles
     assert loaded.build_positions.tolist() == trie.build_positions.tolist()
+
+
+# ---------------------------------------------------------------------- the title index against the catalog
+def _other_catalog(folder):
+    """The fixture's item ids and title multiplicities, other titles: only the title files tell them apart."""
+    from constrained_rec import TitleTrie
+
+    trie = TitleTrie.from_titles(["Fargo (1996)", "Fargo", "Congo (1995)", "Fargo (1996)", "Toy Soldiers"],
+                                 CharTokenizer(), item_ids=[5, 3, 9, 1, 7])
+    trie.save(folder)
+    return trie
+
+
+TITLE_FILES = ["titles.marisa", "titles_key_item_offsets.npy", "titles_key_item_ids.npy", "titles_sorted_item_ids.npy",
+               "titles_item_key.npy"]
+
+
+@pytest.mark.parametrize("copied", [["titles.marisa"], TITLE_FILES], ids=["marisa", "all-title-files"])
+def test_another_catalogs_title_index_is_refused(saved, tmp_path, copied):
+    from constrained_rec import TitleTrie
+
+    _, folder = saved
+    _other_catalog(tmp_path / "other")
+    for name in copied:
+        shutil.copyfile(tmp_path / "other" / name, folder / name)
+    with pytest.raises(ValueError, match=r"titles.marisa: not the file saved with this trie .* Rebuild"):
+        TitleTrie.load(folder)
+    assert TitleTrie.load(folder, check=False).titles.title(5) == "Fargo (1996)"  # what check=True keeps out
+
+
+def test_two_swapped_titles_are_refused(saved):
+    """Items 3 ("Heat") and 9 ("Casino (1995)") swap titles; both index arrays agree, so only the digest sees it."""
+    import numpy as np
+
+    from constrained_rec import TitleTrie
+
+    _, folder = saved
+    key_item_ids = np.load(folder / "titles_key_item_ids.npy")
+    a, b = np.flatnonzero(key_item_ids == 3)[0], np.flatnonzero(key_item_ids == 9)[0]
+    key_item_ids[[a, b]] = key_item_ids[[b, a]]
+    item_key = np.load(folder / "titles_item_key.npy")  # sorted ids 1, 3, 5, 7, 9
+    item_key[[1, 4]] = item_key[[4, 1]]
+    np.save(folder / "titles_key_item_ids.npy", key_item_ids)
+    np.save(folder / "titles_item_key.npy", item_key)
+    assert TitleTrie.load(folder, check=False).titles.title(3) == "Casino (1995)"
+    with pytest.raises(ValueError, match=r"titles_key_item_ids.npy: not the file saved with this trie"):
+        TitleTrie.load(folder)
+
+
+def test_format_2_title_index_cannot_be_checked(saved, tmp_path):
+    from constrained_rec import TitleTrie
+
+    trie, folder = saved
+    meta = json.loads((folder / "trie.json").read_text())
+    del meta["title_files"]
+    meta["format_version"] = 2
+    (folder / "trie.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="trie.json: saved by trie format 2, .* load it with check=False"):
+        TitleTrie.load(folder)
+    assert TitleTrie.load(folder, check=False).titles.title(9) == "Casino (1995)"
+    meta["format_version"] = 3
+    (folder / "trie.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="trie.json: title_files must record a digest of each of"):
+        TitleTrie.load(folder)
+    without_titles = TitleTrie.from_token_sequences([[5, 6], [7]], eos_token_id=EOS)
+    without_titles.save(tmp_path / "plain")
+    meta = json.loads((tmp_path / "plain" / "trie.json").read_text())
+    (tmp_path / "plain" / "trie.json").write_text(json.dumps({**meta, "format_version": 2}))
+    assert TitleTrie.load(tmp_path / "plain").fingerprint() == without_titles.fingerprint()
