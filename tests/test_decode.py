@@ -464,3 +464,14 @@ def test_prior_weight_zero_is_the_plain_search_and_constraints_can_be_passed(mod
         recommend(model, None, PROMPTS, trie, 4, num_beams=6, item_log_prior=prior))
     with pytest.raises(ValueError, match="cover 3 prompts, but 2 prompts were given"):
         recommend(model, None, PROMPTS[:2], trie, 4, constraints=constraints)
+
+
+def test_the_searches_refuse_a_fused_score_that_leaves_float32():
+    """ItemConstraints bounds w times the prior's range by float32's largest value; a sum near it can still
+    overflow, and -inf would then rank as a masked title in both searches."""
+    from constrained_rec.decoding.steps import fuse
+
+    assert fuse(np.float32(-1.0), [-2.0, -3.0], [-0.5, 0.0]).tolist() == [-3.5, -4.0]
+    with pytest.raises(ValueError, match=r"a fused score left float32's range \(-3.0\d*e\+38 so far, log-prob -1.0, prior "
+                                         r"increment -1e\+38\): lower prior_weight"):
+        fuse(np.float32(-3e38), [-2.0, -1.0], [0.0, -1e38])
