@@ -30,8 +30,9 @@ class TitleTrieProcessor(LogitsProcessor):
     `prior_weight * log M(title)` to the model's score, and items of zero mass are excluded. With
     `prior_lookahead="max"`, `M(h)` is instead the mass of the best title under `h`: titles then compete by the
     best title they can still become, and each title's total lacks the per-prompt constant
-    `constraints.prior_offset(prompt)` (the same for every title of a prompt, so sampling and beam search with
-    `length_penalty=0` rank alike; `generate()`'s sequence scores are higher by it).
+    `constraints.prior_offset(prompt)`: the same for every title of a prompt, so complete titles rank as under
+    `"sum"` (with `length_penalty=0`), while partial titles compete differently (and sampling draws each token
+    differently); `generate()`'s sequence scores are higher by `-prior_offset(prompt)`.
 
     **Rows and prompts.** With per-prompt inputs (`exclude`, `item_log_prior`) for `P` prompts, the `rows` of a
     step are `P` consecutive groups of `rows / P` rows (batch x beams x returned sequences, as `generate()` lays
