@@ -286,7 +286,7 @@ def prior_search(args) -> None:
     samples = evaluation_samples(config, loaded).samples
     model, tokenizer = load_model()
     if args.adapter:
-        model = load_adapter(args.adapter, base_model=model)
+        model, tokenizer = load_adapter(args.adapter, base_model=model)
     model.to(args.device).eval()
     trie = catalog_trie(loaded.data, tokenizer)
     assistant = fit_assistant(args.assistant, loaded.data, loaded.split_config, seed=config.seed)
