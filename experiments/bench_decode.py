@@ -2,6 +2,7 @@
 
     python experiments/bench_decode.py                      # 8 users (exact mode: 2), top-10, all methods
     python experiments/bench_decode.py --users 4 --skip-dict-trie --exact-users 0
+    python experiments/bench_decode.py --prior-search --users 10 --exact-users 2 --prior-weights 4 16
 
 Methods, all with 10 beams (`--beams`) and length_penalty 0:
 
@@ -18,6 +19,13 @@ mask (``item_log_prior``: ml-100k popularity, log of (interactions + 1), the sam
 score plus ``W * log M(title)``), in a second table: users/s, the CPU time relative to the same method
 without the prior (goal: fused beam decoding at most 1.1x), how many users get the same top-k as
 ``generate+TitleTrieProcessor`` with the prior, and the overlap with exact search under the fused score.
+
+With ``--prior-search`` it measures instead how the searches fare under a collaborative prior (issue 21): on
+the first `--users` test users of ``experiments/run.py``'s seeded sample (ml-100k, the defaults' split, history
+excluded), the embedded model (or ``--adapter DIR``) fused with an assistant fitted on the training split
+(``--assistant``, default ease) at each ``--prior-weights``: NDCG@10, users/s and forwards of beam search with
+``prior_lookahead="sum"`` and ``"max"``, and of exact search under each bound (on the first `--exact-users`),
+with the prefixes exact search scored per user and how many users it proved.
 
 Per method: users/s (wall clock, and by the process's CPU time, steadier on a shared machine), model
 forwards per user, how many users get the same top-10 (same titles, same order) as
@@ -130,7 +138,17 @@ def main(argv=None) -> None:
                         help="torch CPU threads (1: the 2 shared cores of the dev machine thrash with more)")
     parser.add_argument("--skip-dict-trie", action="store_true", help="skip the nested-dict-trie baseline")
     parser.add_argument("--prior-weight", type=float, default=1.0, help="weight of the popularity prior rows (0: none)")
+    parser.add_argument("--prior-search", action="store_true", help="beam (sum/max) and exact under an assistant prior")
+    parser.add_argument("--assistant", default="ease", choices=("popularity", "ease", "sasrec"))
+    parser.add_argument("--prior-weights", type=float, nargs="+", default=[4.0, 16.0])
+    parser.add_argument("--adapter", default=None, help="a LoRA adapter folder (default: the model zero-shot)")
+    parser.add_argument("--sum-bound-users", type=int, default=None,
+                        help="users for exact search under the looser sum bound (default: --exact-users)")
     args = parser.parse_args(argv)
+    if args.prior_search:
+        torch.set_num_threads(args.threads)
+        prior_search(args)
+        return
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -252,6 +270,68 @@ def prior_rows(args, model, tokenizer, prompts, trie, prior, rows, timed) -> Non
             overlap = f"{np.mean([len(set(a) & set(b)) for a, b in pairs]):.1f}/{args.k} over {len(pairs)} users"
         print(f"| {row['name']} | {users} | {users / row['wall']:.3f} | {users / row['cpu']:.3f} | {ratio:.2f}x | "
               f"{row['forwards'] / users:.1f} | {same}/{users} | {overlap} |")
+
+
+def prior_search(args) -> None:
+    """NDCG@10, speed and exact search's work of beam (sum, max) and exact (max, sum) under an assistant prior."""
+    from constrained_rec.collaborative import fit_assistant
+    from constrained_rec.evaluation.metrics import ndcg, target_rank
+    from constrained_rec.experiment.assistant_prior import AssistantPrior, full_histories
+    from constrained_rec.experiment.catalog import catalog_trie
+    from constrained_rec.experiment.pipeline import evaluation_samples, load_data
+    from constrained_rec.experiment.run_config import RunConfig
+    from constrained_rec.model import load_adapter
+
+    config = RunConfig(eval_users=args.users)
+    loaded = load_data(config)
+    samples = evaluation_samples(config, loaded).samples
+    model, tokenizer = load_model()
+    if args.adapter:
+        model, tokenizer = load_adapter(args.adapter, base_model=model)
+    model.to(args.device).eval()
+    trie = catalog_trie(loaded.data, tokenizer)
+    assistant = fit_assistant(args.assistant, loaded.data, loaded.split_config, seed=config.seed)
+    prior = AssistantPrior(assistant, full_histories(loaded.data, loaded.splits["test"]), trie)(samples)
+    print(f"{len(samples)} users (run.py's seeded sample, first {args.users}), {args.assistant} prior, "
+          f"{'adapter ' + args.adapter if args.adapter else 'zero-shot'}; {trie}")
+    print(f"\n| w | method | users | users/s (wall) | users/s (CPU time) | forwards/user | NDCG@{args.k} | "
+          f"prefixes scored/user (exact) | proven | overlap with exact(max) top-{args.k} |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    methods = (("beam, sum", "beam", "sum", len(samples)), ("beam, max", "beam", "max", len(samples)),
+               ("exact, max bound", "exact", "max", args.exact_users), ("exact, sum bound", "exact", "sum",
+                args.exact_users if args.sum_bound_users is None else args.sum_bound_users))
+    for w in args.prior_weights:
+        found = {}
+        for name, mode, lookahead, users in methods:
+            users = min(users, len(samples))
+            if users == 0:
+                continue
+            picked = samples[:users]
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = recommend(model, tokenizer, [s.prompt for s in picked], trie, args.k, mode=mode,
+                               num_beams=args.beams if mode == "beam" else args.exact_per_forward,
+                               exclude=[s.exclude for s in picked], item_log_prior=prior[:users], prior_weight=w,
+                               prior_lookahead=lookahead, batch_size=args.batch_size, node_budget=args.node_budget)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            found[name] = [[tuple(r.token_ids) for r in recs] for recs in result.recommendations]
+            ranks = [target_rank([i for r in recs for i in r.item_ids], s.target_item_id)
+                     for s, recs in zip(picked, result.recommendations)]
+            stats = result.stats
+            expanded = f"{np.mean(stats.expanded):.0f} (max {max(stats.expanded)})" if mode == "exact" else "-"
+            proven = f"{sum(p >= args.k for p in stats.proven)}/{users}" if mode == "exact" else "-"
+            reference = found.get("exact, max bound")
+            overlap = "-" if reference is None else (
+                f"{np.mean([len(set(a) & set(b)) for a, b in zip(found[name], reference)]):.1f} "
+                f"over {len(reference)} users")
+            print(f"| {w:g} | {name} | {users} | {users / wall:.3f} | {users / cpu:.3f} | "
+                  f"{stats.model_forwards / users:.1f} | {float(ndcg(ranks, args.k).mean()):.3f} | {expanded} | "
+                  f"{proven} | {overlap} |", flush=True)
+        reference = found.get("exact, max bound")
+        if reference is not None:
+            for name in ("beam, sum", "beam, max"):
+                shared = np.mean([len(set(a) & set(b)) for a, b in zip(found[name], reference)])
+                print(f"|  | ({name}: overlap with exact(max) on its {len(reference)} users) | | | | | | | | "
+                      f"{shared:.1f} |")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from constrained_rec.kernels.trie_walk import (
     IN_TRIE,
     NOTHING_ALLOWED,
     OFF_TRIE,
+    PRIOR_OVERFLOW,
     MaskConstraints,
     TrieArrays,
 )
@@ -64,8 +65,7 @@ class DeviceConstraints:
     excluded_keys: torch.Tensor
     key_stride: int
     num_prompts: int
-    prior_cum: torch.Tensor | None  # float64 (prompts, items + 1), or None without a prior
-    prior_floor: torch.Tensor | None
+    prior_node_log: torch.Tensor | None  # float64 (prompts, nodes), or None without a prior
     prior_weight: float
 
     @classmethod
@@ -73,13 +73,12 @@ class DeviceConstraints:
         counts = np.diff(constraints.excluded_offsets)
         prompts = np.repeat(np.arange(len(counts)), counts)
         keys = prompts * (num_items + 1) + np.asarray(constraints.excluded, dtype=np.int64)
-        with_prior = constraints.prior_cum.shape[0] > 0
+        with_prior = constraints.prior_node_log.shape[0] > 0
         return cls(
             torch.as_tensor(keys, dtype=torch.long, device=device),
             num_items + 1,
             len(counts),
-            torch.tensor(constraints.prior_cum, device=device) if with_prior else None,
-            torch.tensor(constraints.prior_floor, device=device) if with_prior else None,
+            torch.tensor(constraints.prior_node_log, device=device) if with_prior else None,
             float(constraints.prior_weight),
         )
 
@@ -96,13 +95,6 @@ def ranges_allowed(constraints: DeviceConstraints, prompts: torch.Tensor, item_l
     keys = constraints.excluded_keys
     inside = torch.searchsorted(keys, base + item_hi) - torch.searchsorted(keys, base + item_lo)
     return inside < item_hi - item_lo
-
-
-def ranges_log_mass(constraints: DeviceConstraints, prompts: torch.Tensor, item_lo: torch.Tensor,
-                    item_hi: torch.Tensor) -> torch.Tensor:
-    """log M of allowed ranges, float64: the twin of ``trie_walk.range_log_mass``."""
-    mass = constraints.prior_cum[prompts, item_hi] - constraints.prior_cum[prompts, item_lo]
-    return torch.log(torch.maximum(mass, constraints.prior_floor[prompts]))
 
 
 def walk_rows(trie: DeviceTrie, generated: torch.Tensor):
@@ -139,7 +131,8 @@ def walk_rows(trie: DeviceTrie, generated: torch.Tensor):
 
 
 def _candidates(trie: DeviceTrie, status, node, lo, hi, depth):
-    """Every (row, token) the trie allows after each running row, with the child's item range."""
+    """Every (row, token) the trie allows after each running row, with the child's item range and node (a
+    tail's node for a row in a tail)."""
     device = status.device
     rows = torch.arange(len(status), device=device)
     branching = (status == IN_TRIE) & ((hi - lo) > 1)
@@ -156,7 +149,7 @@ def _candidates(trie: DeviceTrie, status, node, lo, hi, depth):
     cand_tokens = torch.cat([trie.node_tokens[children], tail_tokens])
     item_lo = trie.seq_item_offsets[torch.cat([trie.node_seq_lo[children], tail_lo])]
     item_hi = trie.seq_item_offsets[torch.cat([trie.node_seq_hi[children], tail_lo + 1])]
-    return cand_rows, cand_tokens, item_lo, item_hi
+    return cand_rows, cand_tokens, item_lo, item_hi, torch.cat([children, node[tail]])
 
 
 def mask_scores_torch(scores: torch.Tensor, generated: torch.Tensor, trie: DeviceTrie, constraints: DeviceConstraints,
@@ -165,7 +158,8 @@ def mask_scores_torch(scores: torch.Tensor, generated: torch.Tensor, trie: Devic
 
     Row ``r`` belongs to prompt ``min(r // rows_per_prompt, prompts - 1)``. Rows whose status is OFF_TRIE or
     NOTHING_ALLOWED are left untouched; running rows whose allowed scores all were -inf already become
-    ALL_BANNED (masked). The caller raises for all three.
+    ALL_BANNED (masked), and rows where a finite score fell below the dtype's range once its prior increment
+    was added PRIOR_OVERFLOW (masked). The caller raises for all four.
     """
     device = scores.device
     num_rows, vocab = scores.shape
@@ -174,18 +168,16 @@ def mask_scores_torch(scores: torch.Tensor, generated: torch.Tensor, trie: Devic
     if trie.eos >= vocab or pad >= vocab:
         raise ValueError(f"mask_scores_torch: EOS {trie.eos} or pad {pad} outside the {vocab} score columns")
     status, node, lo, hi, depth = walk_rows(trie, generated)
-    cand_rows, cand_tokens, item_lo, item_hi = _candidates(trie, status, node, lo, hi, depth)
+    cand_rows, cand_tokens, item_lo, item_hi, cand_nodes = _candidates(trie, status, node, lo, hi, depth)
     prompt_of_row = (torch.arange(num_rows, device=device) // rows_per_prompt).clamp(max=constraints.num_prompts - 1)
     cand_prompts = prompt_of_row[cand_rows]
     allowed = ranges_allowed(constraints, cand_prompts, item_lo, item_hi)
     cand_rows, cand_tokens, cand_prompts = cand_rows[allowed], cand_tokens[allowed], cand_prompts[allowed]
     increment = None
-    if constraints.prior_cum is not None:
-        item_lo, item_hi = item_lo[allowed], item_hi[allowed]
-        parent_lo = trie.seq_item_offsets[lo[cand_rows]]
-        parent_hi = trie.seq_item_offsets[hi[cand_rows]]
-        child = ranges_log_mass(constraints, cand_prompts, item_lo, item_hi)
-        parent = ranges_log_mass(constraints, cand_prompts, parent_lo, parent_hi)
+    if constraints.prior_node_log is not None:  # the twin of trie_walk.prior_increment
+        values = constraints.prior_node_log
+        child = values[cand_prompts, cand_nodes[allowed]]
+        parent = values[cand_prompts, node[cand_rows]]
         increment = constraints.prior_weight * torch.clamp(child - parent, max=0.0)
     # Finished rows may only repeat EOS (or pad), with no increment.
     finished_rows = torch.arange(num_rows, device=device)[status == FINISHED]
@@ -205,6 +197,10 @@ def mask_scores_torch(scores: torch.Tensor, generated: torch.Tensor, trie: Devic
         # As the Numba kernel rounds: the increment to float32 (float64 scores: float64), summed in that dtype.
         wide_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
         wide = kept_values[:num_running].to(wide_dtype) + increment.to(wide_dtype)
+        limit = torch.finfo(scores.dtype).max  # below -limit the score would read as masked (-inf)
+        overflow = (kept_values[:num_running] != float("-inf")) & (wide < -limit)
+        status = torch.where(torch.bincount(cand_rows[:num_running][overflow], minlength=num_rows) > 0,
+                             PRIOR_OVERFLOW, status)
         kept_values = torch.cat([wide.to(scores.dtype), kept_values[num_running:]])
     scores.masked_fill_(masked_rows[:, None], float("-inf"))
     scores[cand_rows, cand_tokens] = kept_values

@@ -23,6 +23,7 @@ FINISHED = 1  # the ids reached EOS: a complete title; what follows is padding
 OFF_TRIE = 2  # the ids left the trie at position `depth`
 NOTHING_ALLOWED = 3  # exclusion (zero prior mass) removed every title below the row's prefix
 ALL_BANNED = 4  # the trie allows tokens, but every one of them already scored -inf (another processor)
+PRIOR_OVERFLOW = 5  # a finite score plus its prior increment fell below the score dtype's range (weight too large)
 
 
 class TrieArrays(NamedTuple):
@@ -42,19 +43,17 @@ class MaskConstraints(NamedTuple):
     """What the kernels read of a ``constrained_rec.decoding.constraints.ItemConstraints``, per prompt ``p``.
 
     ``excluded[excluded_offsets[p]:excluded_offsets[p + 1]]`` are the sorted positions of the items ``p`` may
-    not get (excluded, or of zero prior mass). With a prior, ``prior_cum[p, i]`` is the prior mass of the
-    items at positions ``< i`` (float64, normalised to 1 over the allowed items) and ``prior_floor[p]`` the
-    least positive item mass, a lower bound of any allowed range's mass that float64 cancellation cannot
-    undercut. ``root_increments[p, i]`` caches the increment of the root's ``i``-th child (the widest node,
-    where every row starts). Without a prior ``prior_cum`` and ``root_increments`` have no rows.
+    not get (excluded, or of zero prior mass). With a prior, ``prior_node_log[p, n]`` is the prior's lookahead
+    ``L(n)`` at trie node ``n`` (float64): the log of the mass under ``n`` (``"sum"``, ``L(root) = 0``) or of the
+    largest title mass under ``n`` (``"max"``), both over masses normalised to 1 over the allowed items, ``-inf``
+    where nothing under ``n`` is allowed. A child ``c`` of ``n`` adds ``prior_weight * min(L(c) - L(n), 0)``.
+    Without a prior ``prior_node_log`` has no rows.
     """
 
     excluded: np.ndarray
     excluded_offsets: np.ndarray
-    prior_cum: np.ndarray
-    prior_floor: np.ndarray
+    prior_node_log: np.ndarray
     prior_weight: float
-    root_increments: np.ndarray
 
 
 class WalkState(NamedTuple):
@@ -112,15 +111,40 @@ def range_allowed(constraints, prompt, item_lo, item_hi):
 
 
 @cached_njit(nogil=True)
-def range_log_mass(constraints, prompt, item_lo, item_hi):
-    """log M: the log prior mass of the item positions item_lo:item_hi, for an allowed range (or, element-wise,
-    arrays of them).
+def node_log_values(trie, seq_log, use_max, out):
+    """Fills ``out[n]`` for every node: the log-sum-exp (or, with `use_max`, the max) of ``seq_log`` over the
+    sequences under ``n``.
 
-    Increments are ``w * min(log M(child) - log M(parent), 0)``: a child's mass never exceeds its parent's, but
-    float64 cancellation could make it look so, and best-first search needs increments <= 0.
+    Bottom-up (a child's id is above its parent's in BFS numbering), adding only non-negative masses in log
+    space: no prefix sum is ever subtracted, so a node's value is exact to float64 rounding whatever the mass
+    of its neighbours in trie order.
     """
-    mass = constraints.prior_cum[prompt, item_hi] - constraints.prior_cum[prompt, item_lo]
-    return np.log(np.maximum(mass, constraints.prior_floor[prompt]))
+    for n in range(len(trie.node_tokens) - 1, -1, -1):
+        if trie.node_seq_hi[n] - trie.node_seq_lo[n] == 1:
+            out[n] = seq_log[trie.node_seq_lo[n]]
+            continue
+        acc = -np.inf
+        for c in range(trie.child_offsets[n], trie.child_offsets[n + 1]):
+            value = out[c]
+            if use_max or value == -np.inf or acc == -np.inf:
+                acc = max(acc, value)
+            elif value > acc:
+                acc = value + np.log1p(np.exp(acc - value))
+            else:
+                acc = acc + np.log1p(np.exp(value - acc))
+        out[n] = acc
+
+
+@cached_njit(nogil=True)
+def prior_increment(constraints, prompt, parent, child):
+    """``w * min(L(child) - L(parent), 0)``: what moving from node `parent` to its child `child` adds.
+
+    The one place the increment is written for Numba (the torch kernel has its twin in ``mask_scores_torch``,
+    the Python searches theirs in ``decoding.steps``). ``L`` never rises from parent to child; the clamp only
+    guards that, since best-first search needs increments <= 0.
+    """
+    values = constraints.prior_node_log[prompt]
+    return constraints.prior_weight * min(values[child] - values[parent], 0.0)
 
 
 # ---------------------------------------------------------------------- masking
@@ -154,18 +178,11 @@ def _dense_allowed(allowed, increment, node, trie, constraints, prompt, with_pri
             allowed[trie.node_tokens[c]] = False
             kept -= 1
         k = np.searchsorted(excluded, child_hi)
-    if with_prior and kept > 0 and node == 0 and constraints.root_increments.shape[1] == b - a:
-        for c in range(a, b):
-            increment[trie.node_tokens[c]] = constraints.root_increments[prompt, c - a]
-    elif with_prior and kept > 0:
-        parent = range_log_mass(constraints, prompt, item_offsets[trie.node_seq_lo[node]],
-                                item_offsets[trie.node_seq_hi[node]])
+    if with_prior and kept > 0:
         for c in range(a, b):
             tok = trie.node_tokens[c]
             if allowed[tok]:
-                child = range_log_mass(constraints, prompt, item_offsets[trie.node_seq_lo[c]],
-                                       item_offsets[trie.node_seq_hi[c]])
-                increment[tok] = constraints.prior_weight * min(child - parent, 0.0)
+                increment[tok] = prior_increment(constraints, prompt, node, c)
     return kept
 
 
@@ -188,19 +205,12 @@ def _row_candidates(status, node, lo, depth, trie, constraints, prompt, pad, wit
     b = trie.child_offsets[node + 1]
     keep = np.empty(b - a, dtype=np.int64)
     increment = np.zeros(b - a)
-    parent = 0.0
-    if with_prior:
-        parent = range_log_mass(constraints, prompt, item_offsets[trie.node_seq_lo[node]],
-                                item_offsets[trie.node_seq_hi[node]])
     kept = 0
     for c in range(a, b):
-        item_lo = item_offsets[trie.node_seq_lo[c]]
-        item_hi = item_offsets[trie.node_seq_hi[c]]
-        if range_allowed(constraints, prompt, item_lo, item_hi):
+        if range_allowed(constraints, prompt, item_offsets[trie.node_seq_lo[c]], item_offsets[trie.node_seq_hi[c]]):
             keep[kept] = trie.node_tokens[c]
             if with_prior:
-                child = range_log_mass(constraints, prompt, item_lo, item_hi)
-                increment[kept] = constraints.prior_weight * min(child - parent, 0.0)
+                increment[kept] = prior_increment(constraints, prompt, node, c)
             kept += 1
     return keep[:kept], increment[:kept]
 
@@ -222,7 +232,17 @@ def _walk_rows(generated, trie, num_prompts, rows_per_prompt, status_out, depth_
 
 
 @cached_njit(nogil=True)
-def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt, neg_inf, with_prior, status_out):
+def _overflows(row, tokens, allowed, increment, neg_inf, limit):
+    """Whether a finite score of an allowed token in `tokens` falls below -`limit` once its increment is added."""
+    for tok in tokens:
+        if allowed[tok] and row[tok] != neg_inf and row[tok] + increment[tok] < -limit:
+            return True
+    return False
+
+
+@cached_njit(nogil=True)
+def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt, neg_inf, limit, with_prior,
+                    status_out):
     """Masks the rows at wide nodes, a group of rows per (node, prompt) sharing one dense allowed array."""
     num_rows, vocab = scores.shape
     num_prompts = len(constraints.excluded_offsets) - 1
@@ -245,6 +265,10 @@ def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt
                     status_out[r] = NOTHING_ALLOWED
                     continue
                 row = scores[r]
+                children = trie.node_tokens[trie.child_offsets[nodes[first]] : trie.child_offsets[nodes[first] + 1]]
+                if with_prior and _overflows(row, children, allowed, increment, neg_inf, limit):
+                    status_out[r] = PRIOR_OVERFLOW
+                    continue
                 if with_prior:
                     for v in range(vocab):  # branch-free, so that it vectorises
                         row[v] = row[v] + increment[v] if allowed[v] else neg_inf
@@ -252,8 +276,8 @@ def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt
                     for v in range(vocab):
                         row[v] = row[v] if allowed[v] else neg_inf
                 banned = True
-                for c in range(trie.child_offsets[nodes[first]], trie.child_offsets[nodes[first] + 1]):
-                    if row[trie.node_tokens[c]] != neg_inf:
+                for tok in children:
+                    if row[tok] != neg_inf:
                         banned = False
                         break
                 if banned:
@@ -262,21 +286,24 @@ def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt
 
 
 @cached_njit(nogil=True)
-def mask_scores(scores, generated, trie, constraints, rows_per_prompt, pad, neg_inf, status_out, depth_out):
+def mask_scores(scores, generated, trie, constraints, rows_per_prompt, pad, neg_inf, limit, status_out, depth_out):
     """Sets every score but the allowed next tokens to -inf, with one write pass over each row.
 
     Args:
         scores: (rows, vocab), modified in place. Without a prior: an integer view of the score bits and
-            `neg_inf` the bit pattern of -inf. With a prior (``constraints.prior_cum`` has rows): float32 or
+            `neg_inf` the bit pattern of -inf. With a prior (``constraints.prior_node_log`` has rows): float32 or
             float64 scores, `neg_inf` = -inf, and each allowed token gets its prior increment (float64,
             rounded to the scores' dtype) added in that dtype.
+        limit: with a prior, the largest finite value of the dtype the scores end up in (float16 scores are
+            masked as float32, then cast back): a finite score that falls below -limit marks its row
+            PRIOR_OVERFLOW, since -inf would read as a masked token.
         generated: (rows, steps) int64 generated ids. Row ``r`` belongs to prompt
             ``min(r // rows_per_prompt, prompts - 1)``.
         pad: the id finished rows may emit besides EOS; -1 if none.
         status_out, depth_out: (rows,) int64 outputs, a walk outcome and ``WalkState.depth`` per row.
 
-    Rows whose status ends up OFF_TRIE or NOTHING_ALLOWED are left untouched; running rows whose allowed
-    scores all were -inf already become ALL_BANNED (masked). The caller raises for all three.
+    Rows whose status ends up OFF_TRIE, NOTHING_ALLOWED or PRIOR_OVERFLOW are left untouched; running rows whose
+    allowed scores all were -inf already become ALL_BANNED (masked). The caller raises for all four.
     """
     num_rows = generated.shape[0]
     vocab = scores.shape[1]
@@ -285,14 +312,15 @@ def mask_scores(scores, generated, trie, constraints, rows_per_prompt, pad, neg_
     if trie.eos >= vocab or pad >= vocab:
         raise ValueError("mask_scores: EOS or pad id outside the score columns")
     num_prompts = len(constraints.excluded_offsets) - 1
-    with_prior = constraints.prior_cum.shape[0] > 0
-    if with_prior and constraints.prior_cum.shape[0] != num_prompts:
+    with_prior = constraints.prior_node_log.shape[0] > 0
+    if with_prior and constraints.prior_node_log.shape[0] != num_prompts:
         raise ValueError("mask_scores: prior rows and exclusion prompts differ")
     nodes = np.empty(num_rows, dtype=np.int64)
     seq_los = np.empty(num_rows, dtype=np.int64)
     group_key = _walk_rows(generated, trie, num_prompts, rows_per_prompt, status_out, depth_out, nodes, seq_los)
 
-    _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt, neg_inf, with_prior, status_out)
+    _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt, neg_inf, limit, with_prior,
+                    status_out)
 
     # Every other row: save its few allowed scores, fill the row, put them back.
     for r in range(num_rows):
@@ -310,9 +338,14 @@ def mask_scores(scores, generated, trie, constraints, rows_per_prompt, pad, neg_
         if with_prior:
             rounded[:] = incr
         banned = True
+        overflow = False
         for k in range(len(keep)):
             saved[k] = row[keep[k]] + rounded[k] if with_prior else row[keep[k]]
             banned = banned and saved[k] == neg_inf
+            overflow = overflow or (with_prior and row[keep[k]] != neg_inf and saved[k] < -limit)
+        if overflow:
+            status_out[r] = PRIOR_OVERFLOW
+            continue
         row[:] = neg_inf
         for k in range(len(keep)):
             row[keep[k]] = saved[k]

@@ -24,10 +24,11 @@ ALL_SOURCES = LIBRARY + sorted((REPO_ROOT / "experiments").glob("*.py")) + sorte
 # the kernels, and the tests of the trie's own storage index them; everyone else asks the query methods.
 TRIE_ARRAYS = {"seq_tokens", "seq_offsets", "seq_item_offsets", "item_ids_by_position", "child_offsets",
                "node_tokens", "node_seq_lo", "node_seq_hi", "build_positions"}
-CONSTRAINT_ARRAYS = {"excluded_offsets", "prior_cum", "prior_floor", "root_increments"}
+CONSTRAINT_ARRAYS = {"excluded_offsets", "prior_node_log"}
 MAY_READ_TRIE_ARRAYS = {"constrained_rec/trie/trie.py", "constrained_rec/trie/build.py", "constrained_rec/trie/io.py",
                         "kernels/trie_walk.py", "kernels/torch_mask.py", "tests/trie/test_trie.py", "tests/trie/test_trie_io.py"}
-MAY_READ_CONSTRAINT_ARRAYS = {"constrained_rec/decoding/constraints.py", "kernels/trie_walk.py", "kernels/torch_mask.py"}
+MAY_READ_CONSTRAINT_ARRAYS = {"constrained_rec/decoding/constraints.py", "kernels/trie_walk.py", "kernels/torch_mask.py",
+                              "tests/decoding/test_constraints.py"}  # the last: the test of their storage
 
 
 def _name(path: Path) -> str:
@@ -104,7 +105,7 @@ def test_only_the_trie_and_the_kernels_read_the_trie_arrays():
 def test_only_the_constraints_and_the_kernels_read_the_constraint_arrays():
     reads = [hit for path in ALL_SOURCES if _name(path) not in MAY_READ_CONSTRAINT_ARRAYS
              for hit in _attribute_reads(path, CONSTRAINT_ARRAYS)]
-    assert reads == [], f"ask ItemConstraints (allowed, log_mass, excluded_positions) instead of reading: {reads}"
+    assert reads == [], f"ask ItemConstraints (allowed, node_log_prior, title_log_mass, excluded_positions) instead of reading: {reads}"
 
 
 def test_the_scan_finds_array_reads():

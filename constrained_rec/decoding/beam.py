@@ -46,7 +46,7 @@ def _expand(beams: _Beams, trie: TitleTrie, constraints: ItemConstraints, batch:
     parent, token, node, lo, hi, increment = (np.concatenate(column) for column in zip(*parts))
     lm = log_probs[torch.from_numpy(parent).to(log_probs.device), torch.from_numpy(token).to(log_probs.device)]
     lm = lm.cpu().numpy()
-    score = (beams.score[parent] + fuse(lm, increment)).astype(np.float32)
+    score = fuse(beams.score[parent], lm, increment)
     log_prob = (beams.log_prob[parent] + lm).astype(np.float32)
     return _Beams(beams.prompt[parent], score, log_prob, beams.tokens, node, lo, hi, parent, token)
 

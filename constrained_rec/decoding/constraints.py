@@ -7,15 +7,25 @@ Two kinds of per-prompt input shape the titles a prompt can get:
   which re-weights the model's token scores inside the mask (D3, arXiv 2406.14900).
 
 Both are the same thing at the trie: a *mass* per item position, zero for the excluded items. The mass
-``M(h)`` of a prefix ``h`` is the prior mass of the items whose titles start with ``h``; every trie node
-covers a contiguous range of item positions, so ``M(h)`` is the difference of two per-prompt prefix sums
-(float64). An allowed token ``t`` after ``h`` scores ``s(t) + w * (log M(h + t) - log M(h))``; along a
-title the increments telescope to ``w * log M(title)``, and a child of zero mass is masked. Every
-increment is <= 0, so exact best-first search stays exact.
+``M(h)`` of a prefix ``h`` is the prior mass of the items whose titles start with ``h`` (a title's mass is the
+sum over its allowed items; several items may share a title). An allowed token ``t`` after ``h`` scores
+``s(t) + w * (L(h + t) - L(h))``, where the *lookahead* ``L`` is one of
 
-The prior is renormalised over the items a prompt may get, so ``M(root) = 1``. ``M`` is exact to about
-1e-16 of that total (float64 prefix sums); a prefix holding less mass than that is scored at the
-prompt's least positive item mass, never masked.
+* ``"sum"``: ``L(h) = log M(h)``, the mass under ``h``; ``L(root) = 0``;
+* ``"max"``: ``L(h) = log max_{titles t under h} M(t)``, the best single title under ``h``.
+
+Both agree on a complete title (``L = log M(title)``), so along a title the increments telescope to
+``w * (log M(title) - L(root))``: the fused score ``log p_LM + w log M(title)`` up to a per-prompt constant
+(:meth:`ItemConstraints.prior_offset`, 0 for ``"sum"``), and only the order in which partial titles
+compete changes. Every increment is <= 0 and ``L(h)`` bounds ``log M`` of every title under ``h``, so exact
+best-first search stays exact with either; ``"max"`` is the tighter bound. A child of zero mass is masked.
+
+**Exact for every prior.** ``L`` is kept per trie node (float64, one array ``(prompts, nodes)``), computed
+once per prompt bottom-up in log space (``kernels.trie_walk.node_log_values``): masses are only ever added,
+never a prefix sum subtracted, so a title of mass 1e-300 next to one of mass 1 keeps its exact log-mass.
+The per-node array replaces the per-item prefix sums: trie nodes are about 1.3x the items on ml-100k.
+A weight so large that ``w`` times a prompt's log-mass range leaves float32 is refused when the constraints
+are built; the kernels also report a row whose fused score leaves the score dtype (float16) as an error.
 
 The processor (both kernels) and ``constrained_rec.decoding.recommend`` consume the same value; the torch kernel's
 device copy is cached here, per device.
@@ -32,8 +42,10 @@ import torch
 from constrained_rec.kernels import torch_mask, trie_walk
 from constrained_rec.trie.trie import TitleTrie
 
-# A finite log-prior further than this below its prompt's best item is clamped (exp would underflow to 0).
-_MAX_LOG_RANGE = 700.0
+LOOKAHEADS = ("sum", "max")
+# Fused scores live in float32 (the model's scores, and the searches' sums): w times a prompt's log-mass range
+# must stay inside it.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class ItemConstraints:
@@ -52,8 +64,8 @@ class ItemConstraints:
     >>> constraints = ItemConstraints.build(trie, exclude=[{12}], item_log_prior=prior)
     >>> constraints.num_prompts, constraints.has_prior
     (1, True)
-    >>> np.exp(constraints.log_mass(0, *trie.item_range([0, 1], [1, 2]))).round(4)  # titles [5, 6], [5, 7]: renormalised
-    array([0.6667, 0.3333])
+    >>> [round(float(np.exp(constraints.title_log_mass(0, seq))), 4) for seq in (0, 1)]  # [5, 6], [5, 7]: renormalised
+    [0.6667, 0.3333]
     >>> constraints.allowed(0, *trie.item_range([0, 2], [2, 3]))  # under [5]; [8] (item 12, excluded)
     array([ True, False])
 
@@ -61,32 +73,18 @@ class ItemConstraints:
     """
 
     def __init__(self, trie: TitleTrie, num_prompts: int | None, excluded: np.ndarray, excluded_offsets: np.ndarray,
-                 prior_cum: np.ndarray | None, prior_floor: np.ndarray | None, prior_weight: float,
+                 prior_node_log: np.ndarray | None, prior_weight: float, prior_lookahead: str = "sum",
                  requested: list[np.ndarray] | None = None):
         self.trie = trie
         # Per prompt, the positions `exclude` named (without the prior's zero-mass ones): what to blame.
         self._requested = requested
         self.num_prompts = num_prompts  # None: one set of constraints (none) for any number of rows
         self.prior_weight = float(prior_weight)
-        kernel = trie_walk.MaskConstraints(
-            excluded, excluded_offsets,
-            prior_cum if prior_cum is not None else np.zeros((0, 1)),
-            prior_floor if prior_floor is not None else np.zeros(0),
-            self.prior_weight, np.zeros((0, 0)),
-        )
-        if prior_cum is not None:  # every row starts at the root: its children's increments once, not per step
-            node, lo, hi = trie.root()
-            _, _, los, his = trie.children(node, lo, hi, 0)
-            child_lo, child_hi = trie.item_range(los, his)
-            root_lo, root_hi = trie.item_range(np.array([lo]), np.array([hi]))
-            root_increments = np.empty((len(prior_cum), len(los)))
-            for p in range(len(prior_cum)):
-                parent = trie_walk.range_log_mass(kernel, p, root_lo, root_hi)[0]
-                child = trie_walk.range_log_mass(kernel, p, child_lo, child_hi)
-                root_increments[p] = self.prior_weight * np.minimum(child - parent, 0.0)
-            kernel = kernel._replace(root_increments=root_increments)
-        for array in (kernel.excluded, kernel.excluded_offsets, kernel.prior_cum, kernel.prior_floor,
-                      kernel.root_increments):
+        self.prior_lookahead = prior_lookahead
+        kernel = trie_walk.MaskConstraints(excluded, excluded_offsets,
+                                           prior_node_log if prior_node_log is not None else np.zeros((0, 1)),
+                                           self.prior_weight)
+        for array in (kernel.excluded, kernel.excluded_offsets, kernel.prior_node_log):
             array.flags.writeable = False
         self._kernel = kernel
         self._device: dict[torch.device, torch_mask.DeviceConstraints] = {}
@@ -100,6 +98,7 @@ class ItemConstraints:
         exclude: Sequence[Collection[int]] | None = None,
         item_log_prior=None,
         prior_weight: float = 1.0,
+        prior_lookahead: str = "sum",
     ) -> "ItemConstraints":
         """Validates the per-prompt inputs once.
 
@@ -112,13 +111,19 @@ class ItemConstraints:
             item_log_prior: float array-like of shape (prompts, trie.num_items): column ``j`` is the ``j``-th item
                 id the trie was built with (item ``j`` when none were given). Finite or -inf (zero mass); a prompt
                 needs some positive mass on an item it does not exclude. Need not be normalised.
-            prior_weight: ``w`` >= 0, finite: the weight of ``log M`` in the fused score.
+            prior_weight: ``w`` >= 0, finite: the weight of ``log M`` in the fused score. ``w`` times a prompt's
+                log-mass range (its best allowed title's log-mass minus its least one's) must stay below float32's
+                largest value, so that fused scores stay finite.
+            prior_lookahead: ``"sum"`` or ``"max"``, what a partial title's increments look ahead to (module
+                docstring): the mass under it, or its best title's mass.
         """
         if not isinstance(trie, TitleTrie):
             raise ValueError(f"`trie` has to be a TitleTrie, but is {type(trie).__name__}")
         if isinstance(prior_weight, bool) or not isinstance(prior_weight, numbers.Real) or not (
                 np.isfinite(prior_weight) and prior_weight >= 0):
             raise ValueError(f"`prior_weight` has to be a finite number >= 0, but is {prior_weight!r}")
+        if prior_lookahead not in LOOKAHEADS:
+            raise ValueError(f"`prior_lookahead` has to be one of {LOOKAHEADS}, but is {prior_lookahead!r}")
         prior = None if item_log_prior is None else _checked_prior(item_log_prior, trie)
         _check_exclude_container(exclude)
         sizes = {name: n for name, n in (("num_prompts", num_prompts), ("exclude", None if exclude is None else len(exclude)),
@@ -133,23 +138,24 @@ class ItemConstraints:
         excluded = [np.zeros(0, dtype=np.int64)] * (count or 1)
         if exclude is not None:
             excluded = [_excluded_positions(trie, p, items) for p, items in enumerate(exclude)]
-        prior_cum = prior_floor = None
+        node_log = None
         requested = excluded
         if prior is not None:
-            prior_cum, prior_floor, excluded = _prior_sums(trie, prior, excluded)
+            node_log, excluded = _prior_node_log(trie, prior, excluded, prior_lookahead)
+            _check_weight(node_log, prior_weight)
         for p, positions in enumerate(excluded):
             if len(positions) == trie.num_items:
                 raise ValueError(f"`exclude[{p}]` excludes all {trie.num_items} catalog items: prompt {p} has no title "
                                  "left to generate")
         offsets = np.zeros(len(excluded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in excluded], out=offsets[1:])
-        return cls(trie, count, np.concatenate(excluded).astype(np.int64), offsets, prior_cum, prior_floor,
-                   prior_weight, requested)
+        return cls(trie, count, np.concatenate(excluded).astype(np.int64), offsets, node_log, prior_weight,
+                   prior_lookahead, requested)
 
     # ------------------------------------------------------------------ queries
     @property
     def has_prior(self) -> bool:
-        return self._kernel.prior_cum.shape[0] > 0
+        return self._kernel.prior_node_log.shape[0] > 0
 
     @property
     def kernel_arrays(self) -> trie_walk.MaskConstraints:
@@ -187,12 +193,24 @@ class ItemConstraints:
         item_lo, item_hi = np.atleast_1d(item_lo).astype(np.int64), np.atleast_1d(item_hi).astype(np.int64)
         return trie_walk.range_allowed(self._kernel, self._prompt(prompt), item_lo, item_hi)
 
-    def log_mass(self, prompt: int, item_lo: np.ndarray, item_hi: np.ndarray) -> np.ndarray:
-        """log M of allowed item-position ranges for `prompt` (float64); 0 without a prior."""
-        item_lo, item_hi = np.atleast_1d(item_lo).astype(np.int64), np.atleast_1d(item_hi).astype(np.int64)
+    def node_log_prior(self, prompt: int, nodes) -> np.ndarray:
+        """The lookahead ``L`` of trie nodes (``TitleTrie.children``/``root`` ids) for `prompt`; 0 without a prior."""
+        nodes = np.atleast_1d(np.asarray(nodes, dtype=np.int64))
         if not self.has_prior:
-            return np.zeros(len(item_lo))
-        return trie_walk.range_log_mass(self._kernel, self._prompt(prompt), item_lo, item_hi)
+            return np.zeros(len(nodes))
+        return self._kernel.prior_node_log[self._prompt(prompt), nodes]
+
+    def title_log_mass(self, prompt: int, seq: int) -> float:
+        """``log M`` of trie sequence `seq` for `prompt`: its allowed items' renormalised mass (-inf: none); 0.0
+        without a prior."""
+        if not self.has_prior:
+            return 0.0
+        own_node = self.trie.walk(self.trie.suffix(seq, 0)).node  # the node that covers this title alone
+        return float(self.node_log_prior(prompt, own_node)[0])
+
+    def prior_offset(self, prompt: int) -> float:
+        """``w * L(root)``: what a title's increments lack of ``w * log M(title)`` (0.0 with ``"sum"``)."""
+        return self.prior_weight * float(self.node_log_prior(prompt, self.trie.root()[0])[0])
 
     def excluded_positions(self, prompt: int) -> np.ndarray:
         """The sorted item positions `prompt` may not get (excluded, or of zero prior mass)."""
@@ -225,7 +243,7 @@ class ItemConstraints:
 
     def __repr__(self) -> str:
         return (f"ItemConstraints(prompts={self.num_prompts}, excluded={len(self._kernel.excluded)}, "
-                f"prior={self.has_prior}, prior_weight={self.prior_weight})")
+                f"prior={self.has_prior}, prior_weight={self.prior_weight}, prior_lookahead={self.prior_lookahead!r})")
 
 
 def _titles(count: int) -> str:
@@ -284,26 +302,46 @@ def _checked_prior(item_log_prior, trie: TitleTrie) -> np.ndarray:
     return prior
 
 
-def _prior_sums(trie: TitleTrie, prior: np.ndarray, excluded: list[np.ndarray]):
-    """Per prompt: cumulative mass over item positions (normalised), least positive mass, and zero-mass positions."""
+def _prior_node_log(trie: TitleTrie, prior: np.ndarray, excluded: list[np.ndarray], lookahead: str):
+    """Per prompt: the lookahead ``L`` of every trie node (float64), and the positions of zero mass."""
     by_position = np.empty_like(prior)
     by_position[:, trie.positions_in_build_order()] = prior
-    num_prompts, num_items = by_position.shape
-    cum = np.zeros((num_prompts, num_items + 1))
-    floor = np.empty(num_prompts)
+    seq_starts = trie.item_range(np.arange(len(trie)), np.arange(len(trie)))[0]
+    node_log = np.empty((len(prior), trie.num_nodes))
     zero_mass = []
-    for p in range(num_prompts):
-        row = by_position[p]
+    for p, row in enumerate(by_position):
         row[excluded[p]] = -np.inf
         best = row.max()
         if best == -np.inf:
             raise ValueError(f"`item_log_prior[{p}]` puts no mass on any item prompt {p} may get (every value is "
                              "-inf once `exclude` is applied); give it a finite log-prior on some allowed item")
-        mass = np.exp(np.maximum(row - best, -_MAX_LOG_RANGE))
-        mass[row == -np.inf] = 0.0
-        np.cumsum(mass, out=cum[p, 1:])
-        total = cum[p, -1]
-        cum[p] /= total
-        floor[p] = mass[mass > 0].min() / total
-        zero_mass.append(np.union1d(excluded[p], np.flatnonzero(mass == 0)).astype(np.int64))
-    return cum, floor, zero_mass
+        with np.errstate(over="ignore"):
+            shifted = row - best  # the best item has mass 1, so no sum below overflows
+        lost = np.flatnonzero(np.isinf(shifted) & np.isfinite(row))
+        if len(lost):
+            j = int(np.flatnonzero(trie.positions_in_build_order() == lost[0])[0])
+            raise ValueError(f"`item_log_prior[{p}, {j}]` = {float(prior[p, j])!r} lies more than float64's range below "
+                             f"the prompt's best value {float(best)!r}; give log-priors within 1e308 of each other")
+        with np.errstate(divide="ignore"):
+            seq_log = np.logaddexp.reduceat(shifted, seq_starts)  # a title's mass: the sum over its items
+        seq_log -= np.log(np.sum(np.exp(seq_log)))  # normalised over the allowed items
+        trie_walk.node_log_values(trie.arrays, seq_log, lookahead == "max", node_log[p])
+        if lookahead == "sum":
+            node_log[p] -= node_log[p, 0]  # M(root) = 1 exactly, not to the last bit of a sum
+        zero_mass.append(np.union1d(excluded[p], np.flatnonzero(row == -np.inf)).astype(np.int64))
+    return node_log, zero_mass
+
+
+def _check_weight(node_log: np.ndarray, prior_weight: float) -> None:
+    """Refuses a weight that would push fused scores out of float32 (they would read as masked, -inf)."""
+    finite = np.where(np.isfinite(node_log), node_log, np.inf)
+    spans = node_log[:, 0] - finite.min(axis=1)  # the root's L is the largest, the least title's L the smallest
+    p = int(np.argmax(spans))
+    span = float(spans[p])
+    if prior_weight * span > _FLOAT32_MAX:
+        raise ValueError(
+            f"`prior_weight` {prior_weight!r} times prompt {p}'s prior log-mass range ({span:.6g} nats between its "
+            f"best and its least allowed title) is {prior_weight * span:.6g}, beyond float32's largest value "
+            f"{_FLOAT32_MAX:.4g}: fused scores would become -inf and read as masked. Use prior_weight <= "
+            f"{_FLOAT32_MAX / span:.6g}"
+        )

@@ -47,8 +47,8 @@ class _Queues:
         tokens, nodes, los, his, increments = allowed_children(
             self.trie, self.constraints, self.batch[p], entry.node, entry.lo, entry.hi, len(entry.tokens))
         lm = log_probs[torch.from_numpy(tokens).to(log_probs.device)].cpu().numpy()
-        for t, n, lo, hi, lp, fused in zip(tokens, nodes, los, his, lm, fuse(lm, increments)):
-            self.push(p, np.float32(entry.score + fused), np.float32(entry.log_prob + lp), entry.tokens + (int(t),),
+        for t, n, lo, hi, lp, fused in zip(tokens, nodes, los, his, lm, fuse(entry.score, lm, increments)):
+            self.push(p, fused, np.float32(entry.log_prob + lp), entry.tokens + (int(t),),
                       int(n), int(lo), int(hi))
 
     def settle(self, p: int, found: list, k: int) -> bool:

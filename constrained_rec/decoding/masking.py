@@ -57,14 +57,15 @@ def _mask_numba(scores, generated, trie, constraints, rows_per_prompt, pad):
         bits_dtype = _BITS_DTYPE[scores.dtype]
         neg_inf = torch.tensor(float("-inf"), dtype=scores.dtype).view(bits_dtype).numpy()[()]
         trie_walk.mask_scores(scores.view(bits_dtype).numpy(), ids, trie.arrays, constraints.kernel_arrays,
-                              rows_per_prompt, pad, neg_inf, status, depth)
+                              rows_per_prompt, pad, neg_inf, 0.0, status, depth)
         return status, depth
     # With a prior the kernel adds values, in float32 or float64; half precision goes through float32 (the torch
     # kernel rounds alike).
     wide = scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
     neg_inf = wide.new_tensor(float("-inf")).numpy()[()]
+    limit = torch.finfo(scores.dtype).max  # the range of the dtype the scores go back to
     trie_walk.mask_scores(wide.numpy(), ids, trie.arrays, constraints.kernel_arrays, rows_per_prompt, pad, neg_inf,
-                          status, depth)
+                          limit, status, depth)
     if wide is not scores:
         scores.copy_(wide)
     return status, depth

@@ -27,7 +27,12 @@ class TitleTrieProcessor(LogitsProcessor):
     With `item_log_prior` (a collaborative assistant's item distribution, per prompt), an allowed token `t`
     after the prefix `h` scores `s(t) + prior_weight * (log M(h + t) - log M(h))`, where `M(h)` is the prior mass
     of the items whose titles start with `h` (see `constrained_rec.decoding.constraints`); along a title this adds
-    `prior_weight * log M(title)` to the model's score, and items of zero mass are excluded.
+    `prior_weight * log M(title)` to the model's score, and items of zero mass are excluded. With
+    `prior_lookahead="max"`, `M(h)` is instead the mass of the best title under `h`: titles then compete by the
+    best title they can still become, and each title's total lacks the per-prompt constant
+    `constraints.prior_offset(prompt)`: the same for every title of a prompt, so complete titles rank as under
+    `"sum"` (with `length_penalty=0`), while partial titles compete differently (and sampling draws each token
+    differently); `generate()`'s sequence scores are higher by `-prior_offset(prompt)`.
 
     **Rows and prompts.** With per-prompt inputs (`exclude`, `item_log_prior`) for `P` prompts, the `rows` of a
     step are `P` consecutive groups of `rows / P` rows (batch x beams x returned sequences, as `generate()` lays
@@ -63,12 +68,15 @@ class TitleTrieProcessor(LogitsProcessor):
             `-inf` is zero mass (the item is excluded). Need not be normalised.
         prior_weight (`float`, *optional*, defaults to 1.0):
             `w` >= 0, the weight of the prior's log-mass.
+        prior_lookahead (`str`, *optional*, defaults to `"sum"`):
+            `"sum"` or `"max"`: what a partial title's increments look ahead to (see above).
         constraints (`ItemConstraints`, *optional*):
             Instead of `exclude`/`item_log_prior`/`prior_weight`: constraints already built for `trie`.
 
     Raises `ValueError` during generation when a row's generated ids are not a trie path (naming the row and
-    its ids), when exclusion leaves a row no title to finish, or when another processor already banned every
-    token the trie allows at a row; it never leaves a row unconstrained.
+    its ids), when exclusion leaves a row no title to finish, when another processor already banned every
+    token the trie allows at a row, or when a fused score left the scores' dtype (a `prior_weight` too large
+    for float16 scores); it never leaves a row unconstrained.
 
     Examples:
 
@@ -105,6 +113,7 @@ class TitleTrieProcessor(LogitsProcessor):
         backend: str = "auto",
         item_log_prior=None,
         prior_weight: float = 1.0,
+        prior_lookahead: str = "sum",
         constraints: ItemConstraints | None = None,
     ):
         if not isinstance(trie, TitleTrie):
@@ -118,7 +127,7 @@ class TitleTrieProcessor(LogitsProcessor):
             raise ValueError(f"`backend` has to be one of {BACKENDS}, but is {backend!r}")
         if constraints is None:
             constraints = ItemConstraints.build(trie, exclude=exclude, item_log_prior=item_log_prior,
-                                                prior_weight=prior_weight)
+                                                prior_weight=prior_weight, prior_lookahead=prior_lookahead)
         elif not isinstance(constraints, ItemConstraints) or exclude is not None or item_log_prior is not None:
             raise ValueError("pass either `constraints` (an ItemConstraints) or `exclude`/`item_log_prior`, not both")
         constraints.check_trie(trie)
@@ -188,6 +197,12 @@ class TitleTrieProcessor(LogitsProcessor):
                 f"row {row}: generated ids {ids} are not a path of the title trie (token {ids[depth[row]]} at "
                 f"position {int(depth[row])} is not allowed there); was the processor applied from the first "
                 f"generated token, with prompt_length={self.prompt_length}?"
+            )
+        if status[row] == trie_walk.PRIOR_OVERFLOW:
+            raise ValueError(
+                f"row {row}: after the generated ids {ids}, a finite score plus its prior increment (prior_weight="
+                f"{self.constraints.prior_weight!r}) falls below the range of the scores' dtype and would read as "
+                "masked; lower prior_weight or score in float32"
             )
         if status[row] == trie_walk.ALL_BANNED:
             allowed = self.trie.next_tokens(ids)

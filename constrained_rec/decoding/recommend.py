@@ -34,8 +34,10 @@ accelerator; on a CPU, where a forward costs about its tokens, it saves little, 
 costs its tokens either way.
 
 Exact mode (``mode="exact"``) returns the true top-k titles under the model: a best-first search over the
-trie, ranked by total log-probability. Log-probabilities only fall along a path, so a complete title that
-reaches the top of the queue beats everything still in it. It is bounded by ``node_budget``, the most trie
+trie, ranked by total log-probability (plus ``w * log M(title)`` with a prior). Log-probabilities only fall
+along a path, so a complete title that reaches the top of the queue beats everything still in it. With a
+prior a prefix is bounded by ``w * log max_{titles t under it} M(t)`` (``prior_lookahead="max"``, exact mode's
+default), which is tighter than the mass under it wherever many titles share a prefix. It is bounded by ``node_budget``, the most trie
 prefixes the model may score per prompt; a prompt that hits it is reported in
 :attr:`DecodeStats.budget_exhausted` (and a warning), its proven titles first.
 """
@@ -51,7 +53,7 @@ import numpy as np
 import torch
 
 from constrained_rec.decoding.beam import beam_search
-from constrained_rec.decoding.constraints import ItemConstraints
+from constrained_rec.decoding.constraints import LOOKAHEADS, ItemConstraints
 from constrained_rec.decoding.exact import exact_search
 from constrained_rec.decoding.runner import (
     ACCELERATOR_FORWARD_COST_TOKENS,
@@ -141,6 +143,7 @@ def recommend(
     node_budget: int = 2000,
     item_log_prior=None,
     prior_weight: float = 1.0,
+    prior_lookahead: str | None = None,
     constraints: ItemConstraints | None = None,
 ) -> DecodeResult:
     r"""
@@ -184,8 +187,16 @@ def recommend(
             that fused score.
         prior_weight (`float`, *optional*, defaults to 1.0):
             The prior's weight `w` >= 0.
+        prior_lookahead (`str`, *optional*, defaults to `"sum"` in beam mode, `"max"` in exact mode):
+            What a partial title's prior increments look ahead to: `"sum"`, the mass of every title under it, or
+            `"max"`, the mass of its best title (`constrained_rec.decoding.constraints`). Titles get the same fused totals
+            either way (the per-prompt constant `"max"` leaves out is added back to `fused_log_prob` and `score`);
+            beam search prunes differently, exact search proves the same top-`k` with fewer prefixes under
+            `"max"`. Beam mode with `"max"` needs `length_penalty=0.0` (a penalty would turn the constant into a
+            length preference).
         constraints (`ItemConstraints`, *optional*):
-            Instead of `exclude`/`item_log_prior`/`prior_weight`: constraints built for `trie` and these prompts.
+            Instead of `exclude`/`item_log_prior`/`prior_weight`/`prior_lookahead`: constraints built for `trie`
+            and these prompts.
 
     Returns:
         `DecodeResult`: `recommendations[p]`, a best-first list of `k` `Recommendation`s per prompt, and `stats`.
@@ -222,7 +233,8 @@ def recommend(
     num_beams = _check_options(model, trie, k, num_beams, mode, length_penalty, batch_size, node_budget)
     prompt_ids = checked_prompt_ids(tokenizer, prompts, trie, model)
     _check_prompt_lengths(model, trie, prompt_ids)
-    constraints = _constraints(trie, len(prompt_ids), exclude, item_log_prior, prior_weight, constraints)
+    constraints = _constraints(trie, len(prompt_ids), exclude, item_log_prior, prior_weight, constraints,
+                               _lookahead(prior_lookahead, mode, length_penalty, constraints))
 
     stats = DecodeStats()
     runner = ModelRunner(model, trie, stats)
@@ -264,7 +276,7 @@ def recommend_at_weights(model, tokenizer, prompts: Sequence[str | Sequence[int]
     if not weights:
         raise ValueError("`prior_weights` is empty; give at least one weight")
     _check_prompt_lengths(model, trie, prompt_ids)
-    constraints = [_constraints(trie, len(prompt_ids), exclude, item_log_prior, w, None) for w in weights]
+    constraints = [_constraints(trie, len(prompt_ids), exclude, item_log_prior, w, None, "sum") for w in weights]
     available = _warn_fewer_titles(constraints[0], len(prompt_ids), k)
     stats = [DecodeStats() for _ in weights]
     recommendations: list[list[list[Recommendation]]] = [[] for _ in weights]
@@ -391,10 +403,30 @@ def check_prompt_positions(model, tokenizer, prompts: Sequence[str], trie: Title
                     "tokens; its EOS is never fed back)")
 
 
-def _constraints(trie, num_prompts: int, exclude, item_log_prior, prior_weight, constraints) -> ItemConstraints:
+def _lookahead(prior_lookahead, mode: str, length_penalty, constraints) -> str:
+    """The prior lookahead to build constraints with: the given one, or the mode's default."""
+    if prior_lookahead is not None and prior_lookahead not in LOOKAHEADS:
+        raise ValueError(f"`prior_lookahead` has to be None or one of {LOOKAHEADS}, but is {prior_lookahead!r}")
+    if constraints is not None and prior_lookahead not in (None, getattr(constraints, "prior_lookahead", None)):
+        raise ValueError(f"`prior_lookahead={prior_lookahead!r}` disagrees with the given `constraints`, built with "
+                         f"{getattr(constraints, 'prior_lookahead', None)!r}; pass one of them")
+    lookahead = getattr(constraints, "prior_lookahead", None) or prior_lookahead or (
+        "max" if mode == "exact" else "sum")
+    if mode == "beam" and lookahead == "max" and length_penalty != 0.0:
+        raise ValueError(
+            f"prior_lookahead='max' leaves a per-prompt constant out of every title's fused score, which "
+            f"length_penalty={length_penalty!r} would turn into a preference for some lengths; use length_penalty=0.0 "
+            "or prior_lookahead='sum'"
+        )
+    return lookahead
+
+
+def _constraints(trie, num_prompts: int, exclude, item_log_prior, prior_weight, constraints,
+                 lookahead: str) -> ItemConstraints:
     if constraints is None:
         constraints = ItemConstraints.build(trie, num_prompts=num_prompts, exclude=exclude,
-                                            item_log_prior=item_log_prior, prior_weight=prior_weight)
+                                            item_log_prior=item_log_prior, prior_weight=prior_weight,
+                                            prior_lookahead=lookahead)
     elif not isinstance(constraints, ItemConstraints) or exclude is not None or item_log_prior is not None:
         raise ValueError("pass either `constraints` (an ItemConstraints) or `exclude`/`item_log_prior`, not both")
     elif constraints.num_prompts not in (None, num_prompts):
@@ -406,6 +438,9 @@ def _constraints(trie, num_prompts: int, exclude, item_log_prior, prior_weight, 
 def _recommendation(trie: TitleTrie, constraints: ItemConstraints, prompt: int, hypothesis: Hypothesis) -> Recommendation:
     items = constraints.allowed_items(prompt, hypothesis.seq)
     title = trie.titles.title(items[0]) if trie.titles is not None else None
-    prior_log_mass = float(constraints.log_mass(prompt, *trie.item_range(hypothesis.seq, hypothesis.seq + 1))[0])
-    return Recommendation(items, title, float(hypothesis.log_prob), float(hypothesis.score), list(hypothesis.tokens),
-                          prior_log_mass, float(hypothesis.fused))
+    # The search's totals lack w * L(root) under the "max" lookahead (a per-prompt constant, 0 under "sum"); a
+    # length penalty, which would scale it, is refused with "max".
+    offset = np.float32(constraints.prior_offset(prompt))
+    return Recommendation(items, title, float(hypothesis.log_prob), float(np.float32(hypothesis.score + offset)),
+                          list(hypothesis.tokens), constraints.title_log_mass(prompt, hypothesis.seq),
+                          float(np.float32(hypothesis.fused + offset)))

@@ -31,8 +31,9 @@ def allowed_children(trie: TitleTrie, constraints: ItemConstraints, prompt: int,
     """The continuations prompt `prompt` may take after a prefix of length `depth` at (node, lo, hi).
 
     Returns arrays (tokens, nodes, seq_los, seq_his, increments): the children the trie and the constraints
-    allow, with their prior increments ``w * min(log M(child) - log M(prefix), 0)`` (float64; 0 without a
-    prior), computed by the kernels' own functions so that both paths score alike.
+    allow, with their prior increments ``w * min(L(child) - L(prefix), 0)`` (float64; 0 without a prior; a
+    tail's child is its own node, so 0), the kernels' formula (``trie_walk.prior_increment``) on the same
+    per-node values, so that both paths score alike.
     """
     tokens, nodes, los, his = trie.children(node, lo, hi, depth)
     item_lo, item_hi = trie.item_range(los, his)
@@ -40,14 +41,25 @@ def allowed_children(trie: TitleTrie, constraints: ItemConstraints, prompt: int,
     tokens, nodes, los, his, item_lo, item_hi = (a[keep] for a in (tokens, nodes, los, his, item_lo, item_hi))
     increments = np.zeros(len(tokens))
     if constraints.has_prior and len(tokens):
-        parent = constraints.log_mass(prompt, *trie.item_range(lo, hi))[0]
-        increments = constraints.prior_weight * np.minimum(constraints.log_mass(prompt, item_lo, item_hi) - parent, 0.0)
+        parent = constraints.node_log_prior(prompt, node)[0]
+        increments = constraints.prior_weight * np.minimum(constraints.node_log_prior(prompt, nodes) - parent, 0.0)
     return tokens, nodes, los, his, increments
 
 
-def fuse(log_probs, increments) -> np.ndarray:
-    """A token's fused score as the processor writes it on float32 scores: log-prob plus increment, in float32."""
-    return np.asarray(log_probs, dtype=np.float32) + np.asarray(increments).astype(np.float32)
+def fuse(total, log_probs, increments) -> np.ndarray:
+    """`total` plus each token's fused score as the processor writes it on float32 scores (log-prob plus
+    increment, in float32); raises where a finite log-prob would turn into a non-finite score."""
+    log_probs = np.asarray(log_probs, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        fused = (total + (log_probs + np.asarray(increments).astype(np.float32))).astype(np.float32)
+    bad = ~np.isfinite(fused) & np.isfinite(log_probs)
+    if bad.any():
+        raise ValueError(
+            f"a fused score left float32's range ({float(np.broadcast_to(total, fused.shape)[bad][0])!r} so far, log-prob "
+            f"{float(log_probs[bad][0])!r}, prior increment {float(np.asarray(increments)[bad][0])!r}): lower "
+            "prior_weight"
+        )
+    return fused
 
 
 def accumulate(start: np.float32, log_probs) -> np.float32:

@@ -374,34 +374,44 @@ def random_log_prior(num_items, seed, zero_mass=3):
 
 
 def brute_force_fused(model, trie, seqs, items, prior, weight, exclude=None):
-    """Per prompt, {title: (log p_LM, log M, fused)} over every title of positive mass, by brute force."""
+    """Per prompt, {title: (log p_LM, log M, fused)} over every title of positive mass, by brute force in log space
+    (so that masses of 1e-300 next to 1 keep their value)."""
     lm = brute_force_log_probs(model, trie)
     out = []
     for p, totals in enumerate(lm):
         excluded = exclude[p] if exclude else set()
-        mass = np.array([0.0 if i in excluded else np.exp(v) for i, v in zip(items, prior[p])])
-        title_mass = {}
-        for m, s in zip(mass, seqs):
-            title_mass[tuple(s) + (EOS,)] = title_mass.get(tuple(s) + (EOS,), 0.0) + m / mass.sum()
-        out.append({t: (totals[t], np.log(m), totals[t] + weight * np.log(m)) for t, m in title_mass.items() if m > 0})
+        logs = np.array([-np.inf if i in excluded else v for i, v in zip(items, prior[p])])
+        total = np.logaddexp.reduce(logs)
+        title_log = {}
+        for v, s in zip(logs, seqs):
+            title = tuple(s) + (EOS,)
+            title_log[title] = np.logaddexp(title_log.get(title, -np.inf), v - total)
+        out.append({t: (totals[t], m, totals[t] + weight * m) for t, m in title_log.items() if m > -np.inf})
     return out
 
 
 @pytest.mark.parametrize("weight", [0.5, 2.0])
 @pytest.mark.parametrize("with_exclude", [False, True])
-def test_beam_with_prior_equals_generate_with_the_prior_processor(model, weight, with_exclude):
+@pytest.mark.parametrize("lookahead", ["sum", "max"])
+def test_beam_with_prior_equals_generate_with_the_prior_processor(model, weight, with_exclude, lookahead):
     seqs, items = make_catalog(0)
     trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=items)
     prior = random_log_prior(len(items), seed=1)
     exclude = excluded_items(items) if with_exclude else None
     expected = generate_top(model, trie, k=4, num_beams=6, length_penalty=0.0, exclude=exclude, item_log_prior=prior,
-                            prior_weight=weight)
+                            prior_weight=weight, prior_lookahead=lookahead)
     result = recommend(model, None, PROMPTS, trie, 4, num_beams=6, jump=False, exclude=exclude, item_log_prior=prior,
-                       prior_weight=weight)
+                       prior_weight=weight, prior_lookahead=lookahead)
     truth = brute_force_fused(model, trie, seqs, items, prior, weight, exclude)
+    constraints = ItemConstraints.build(trie, exclude=exclude, item_log_prior=prior, prior_weight=weight,
+                                        prior_lookahead=lookahead) if exclude else ItemConstraints.build(
+        trie, item_log_prior=prior, prior_weight=weight, prior_lookahead=lookahead)
     for p, recs in enumerate(result.recommendations):
         assert [r.token_ids for r in recs] == [list(t) for t, _ in expected[p]]
-        np.testing.assert_allclose([r.score for r in recs], [s for _, s in expected[p]], rtol=0, atol=1e-5)
+        # generate()'s totals lack the constant w * L(root) under "max"; recommend adds it back.
+        offset = constraints.prior_offset(p)
+        assert (offset == 0.0) == (lookahead == "sum")
+        np.testing.assert_allclose([r.score - offset for r in recs], [s for _, s in expected[p]], rtol=0, atol=1e-5)
         for r in recs:
             log_prob, log_mass, fused = truth[p][tuple(r.token_ids)]
             assert r.log_prob == pytest.approx(log_prob, abs=1e-4)
@@ -415,22 +425,61 @@ def test_beam_with_prior_equals_generate_with_the_prior_processor(model, weight,
     seed=st.integers(0, 100),
     weight=st.sampled_from([0.3, 1.0, 3.0]),
     jump=st.booleans(),
+    lookahead=st.sampled_from([None, "sum", "max"]),
+    peaked=st.booleans(),
 )
-def test_exact_mode_with_prior_equals_brute_force(seqs, seed, weight, jump):
-    """Duplicate and prefix titles are common with few token values; exact mode proves the fused top-k."""
+def test_exact_mode_with_prior_equals_brute_force(seqs, seed, weight, jump, lookahead, peaked):
+    """Duplicate and prefix titles are common with few token values; exact mode proves the fused top-k under either
+    bound, peaked priors included (masses of 1e-20 to e^-1000 next to 1, which prefix sums floored)."""
     items = list(range(len(seqs)))
     trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS)
     prior = random_log_prior(len(items), seed, zero_mass=1)
+    if peaked:
+        prior = np.random.default_rng(seed).choice([0.0, -46.0, -58.0, -69.0, -1000.0], size=prior.shape)
     truth = brute_force_fused(PEAKED, trie, seqs, items, prior, weight)
     k = min(3, min(len(t) for t in truth))
     result = recommend(PEAKED, None, PROMPTS, trie, k, mode="exact", jump=jump, item_log_prior=prior,
-                       prior_weight=weight, node_budget=10_000)
+                       prior_weight=weight, node_budget=10_000, prior_lookahead=lookahead)
     assert result.stats.proven == [k] * len(PROMPTS)
     for recs, titles in zip(result.recommendations, truth):
         best = sorted((fused for _, _, fused in titles.values()), reverse=True)[:k]
-        np.testing.assert_allclose([r.fused_log_prob for r in recs], best, atol=1e-4)
+        np.testing.assert_allclose([r.fused_log_prob for r in recs], best, rtol=1e-6, atol=1e-4)
         for r in recs:
-            assert titles[tuple(r.token_ids)][2] == pytest.approx(r.fused_log_prob, abs=1e-4)
+            assert titles[tuple(r.token_ids)][2] == pytest.approx(r.fused_log_prob, rel=1e-6, abs=1e-4)
+            assert titles[tuple(r.token_ids)][1] == pytest.approx(r.prior_log_mass, rel=1e-12, abs=1e-12)
+
+
+def test_exact_mode_under_a_peaked_prior_is_exact(model):
+    """Issue 21's probe: masses 1e-20 to 1e-30 after a mass of 1 in trie order were floored to one value by the
+    prefix sums, and exact search "proved" a top-4 in the LM's order, 20 nats off."""
+    seqs, items = make_catalog(0)
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=items)
+    order = [trie.item_ids(s)[0] for s in trie.sequences()]  # one item per title, in trie order
+    prior = np.full((len(PROMPTS), len(items)), -np.inf)
+    for item, log_mass in zip(order[:4], [0.0, -46.0, -58.0, -69.0]):  # 1, 1e-20, 6e-26, 1e-30
+        prior[:, items.index(item)] = log_mass
+    truth = brute_force_fused(model, trie, seqs, items, prior, 1.0)
+    for lookahead in ("sum", "max"):
+        result = recommend(model, None, PROMPTS, trie, 4, mode="exact", item_log_prior=prior, prior_weight=1.0,
+                           prior_lookahead=lookahead)
+        for recs, titles in zip(result.recommendations, truth):
+            expected = sorted(titles, key=lambda t: -titles[t][2])
+            assert [tuple(r.token_ids) for r in recs] == expected
+            np.testing.assert_allclose([r.prior_log_mass for r in recs], [titles[t][1] for t in expected], rtol=1e-12,
+                                       atol=1e-15)  # float64 rounding of a log near 0
+
+
+def test_prior_lookahead_options_are_checked(model):
+    seqs, items = make_catalog(1)
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=items)
+    prior = random_log_prior(len(items), seed=2, zero_mass=0)
+    with pytest.raises(ValueError, match=r"`prior_lookahead` has to be None or one of \('sum', 'max'\), but is 'best'"):
+        recommend(model, None, PROMPTS, trie, 4, item_log_prior=prior, prior_lookahead="best")
+    with pytest.raises(ValueError, match="prior_lookahead='max' leaves a per-prompt constant .* length_penalty=1.0"):
+        recommend(model, None, PROMPTS, trie, 4, item_log_prior=prior, prior_lookahead="max", length_penalty=1.0)
+    constraints = ItemConstraints.build(trie, item_log_prior=prior)
+    with pytest.raises(ValueError, match="`prior_lookahead='max'` disagrees with the given `constraints`, built with 'sum'"):
+        recommend(model, None, PROMPTS, trie, 4, constraints=constraints, prior_lookahead="max")
 
 
 def test_prior_weight_zero_is_the_plain_search_and_constraints_can_be_passed(model):
@@ -502,3 +551,14 @@ def test_prompts_past_rotary_positions_warn_once_per_model_naming_the_limit():
         warnings.simplefilter("error")
         recommend(model, None, long_prompts, trie, 2)  # the same model again: no second warning
         recommend(make_tiny_llama(vocab_size=VOCAB), None, long_prompts, trie, 2)  # 256 positions: fits
+
+
+def test_the_searches_refuse_a_fused_score_that_leaves_float32():
+    """ItemConstraints bounds w times the prior's range by float32's largest value; a sum near it can still
+    overflow, and -inf would then rank as a masked title in both searches."""
+    from constrained_rec.decoding.steps import fuse
+
+    assert fuse(np.float32(-1.0), [-2.0, -3.0], [-0.5, 0.0]).tolist() == [-3.5, -4.0]
+    with pytest.raises(ValueError, match=r"a fused score left float32's range \(-3.0\d*e\+38 so far, log-prob -1.0, prior "
+                                         r"increment -1e\+38\): lower prior_weight"):
+        fuse(np.float32(-3e38), [-2.0, -1.0], [0.0, -1e38])

@@ -171,10 +171,10 @@ def test_unconstrained_tiny_model_does_not_write_titles_by_itself():
     assert not all(trie.output_item_ids(row[4:].tolist()) for row in out)
 
 
-@pytest.mark.parametrize("with_prior", [False, True])
+@pytest.mark.parametrize("with_prior", [None, "sum", "max"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_numba_and_torch_kernels_agree_on_a_larger_catalog(with_prior, dtype):
-    """Wide nodes (the dense pass, and the prior's cached root increments) need a catalog this large."""
+    """Wide nodes (the dense pass, with the prior under either lookahead) need a catalog this large."""
     rng = np.random.default_rng(0)
     seqs = [rng.integers(3, 500, size=rng.integers(1, 8)).tolist() for _ in range(3000)]
     trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS)
@@ -188,7 +188,7 @@ def test_numba_and_torch_kernels_agree_on_a_larger_catalog(with_prior, dtype):
             rows.append((path + [PAD] * 4)[:4])
     input_ids = torch.tensor(rows)
     scores = torch.randn(64, 512).to(dtype)
-    prior = {"item_log_prior": rng.normal(size=(8, 3000))} if with_prior else {}
+    prior = {"item_log_prior": rng.normal(size=(8, 3000)), "prior_lookahead": with_prior} if with_prior else {}
     outs = []
     for depth in (0, 1, 4):  # the root (wide), one token in (wide and narrow nodes), deeper
         for backend in BACKENDS:
