@@ -245,6 +245,14 @@ def test_a_shared_head_changes_no_result(make_model, mode, jump):
     assert together.stats.forward_tokens < alone.stats.forward_tokens - len(HEAD)
 
 
+def test_an_attention_that_ignores_a_4d_mask_is_refused(model):
+    trie = TitleTrie.from_token_sequences([[5, 6]], eos_token_id=EOS)
+    flash = make_tiny_llama(vocab_size=VOCAB)
+    flash.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="'flash_attention_2' attention of LlamaForCausalLM does not take"):
+        recommend(flash, None, PROMPTS, trie, 1)
+
+
 @pytest.mark.parametrize("mode", ["beam", "exact"])
 def test_batches_and_left_padding_do_not_change_results(model, mode):
     seqs, items = make_catalog(4)

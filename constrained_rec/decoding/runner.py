@@ -15,6 +15,8 @@ from constrained_rec.trie import TitleTrie
 # The price of one more forward, in padded tokens: on a CPU a forward costs about its tokens, on an
 # accelerator mostly its launch. A batch's shared prompt head is prefilled apart only when that saves more.
 CPU_FORWARD_COST_TOKENS = 16
+# Attention implementations that add a custom 4D mask (TokenTree's) to the scores (None: a model that predates them).
+MASKED_ATTENTION = (None, "eager", "sdpa")
 ACCELERATOR_FORWARD_COST_TOKENS = 4096
 
 
@@ -26,6 +28,13 @@ class ModelRunner:
         self.trie = trie
         self.stats = stats
         lm = causal_lm(model)
+        attention = getattr(lm.config, "_attn_implementation", None)
+        if attention not in MASKED_ATTENTION:
+            raise ValueError(
+                f"decoding feeds beams after their prompt through a 4D attention mask, which the {attention!r} "
+                f"attention of {type(lm).__name__} does not take; load the model with attn_implementation one of "
+                f"{sorted(a for a in MASKED_ATTENTION if a)}"
+            )
         self.cache_kwarg = cache_keyword(lm)
         self.keeps_logits = "logits_to_keep" in inspect.signature(lm.forward).parameters
         self.device = model.get_input_embeddings().weight.device
