@@ -231,6 +231,28 @@ def _walk_rows(generated, trie, num_prompts, rows_per_prompt, status_out, depth_
     return group_key
 
 
+# Without a prior, a row at a wide node whose children are fewer than vocab / SPARSE_FILL_RATIO is filled with
+# -inf and its allowed scores put back (a write-only pass), not selected column by column (a read-modify-write
+# that costs as much as a copy, and more than the fill wherever few columns survive).
+SPARSE_FILL_RATIO = 8
+
+
+@cached_njit(nogil=True)
+def _keep_only(row, tokens, allowed, neg_inf, saved):
+    """Sets `row` to `neg_inf` except at the `tokens` that are `allowed` (their scores are kept)."""
+    kept = 0
+    for tok in tokens:
+        if allowed[tok]:
+            saved[kept] = row[tok]
+            kept += 1
+    row[:] = neg_inf
+    kept = 0
+    for tok in tokens:
+        if allowed[tok]:
+            row[tok] = saved[kept]
+            kept += 1
+
+
 @cached_njit(nogil=True)
 def _overflows(row, tokens, allowed, increment, neg_inf, limit):
     """Whether a finite score of an allowed token in `tokens` falls below -`limit` once its increment is added."""
@@ -249,6 +271,7 @@ def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt
     order = np.argsort(group_key)
     allowed = np.empty(vocab, dtype=np.bool_)
     increment = np.zeros(vocab if with_prior else 0, dtype=scores.dtype)  # rounded to the scores' dtype
+    saved = np.empty(0, dtype=scores.dtype)
     i = 0
     while i < num_rows:
         key = group_key[order[i]]
@@ -259,6 +282,11 @@ def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt
             first = order[i]
             prompt = min(first // rows_per_prompt, num_prompts - 1)
             kept = _dense_allowed(allowed, increment, nodes[first], trie, constraints, prompt, with_prior)
+            a = trie.child_offsets[nodes[first]]
+            b = trie.child_offsets[nodes[first] + 1]
+            sparse = (b - a) * SPARSE_FILL_RATIO < vocab
+            if sparse and len(saved) < b - a:
+                saved = np.empty(b - a, dtype=scores.dtype)
             for g in range(i, j):
                 r = order[g]
                 if kept == 0:
@@ -272,6 +300,8 @@ def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt
                 if with_prior:
                     for v in range(vocab):  # branch-free, so that it vectorises
                         row[v] = row[v] + increment[v] if allowed[v] else neg_inf
+                elif sparse:
+                    _keep_only(row, trie.node_tokens[a:b], allowed, neg_inf, saved)
                 else:
                     for v in range(vocab):
                         row[v] = row[v] if allowed[v] else neg_inf

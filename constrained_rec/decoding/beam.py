@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from constrained_rec.decoding.constraints import ItemConstraints
-from constrained_rec.decoding.runner import ModelRunner, PromptBatch, teacher_forced
+from constrained_rec.decoding.runner import ModelRunner, PromptBatch, TokenTree
 from constrained_rec.decoding.steps import Hypothesis, accumulate, allowed_children, fuse
 from constrained_rec.trie.trie import TitleTrie
 
@@ -95,28 +95,27 @@ def beam_search(runner: ModelRunner, trie: TitleTrie, prompt: PromptBatch, const
     zeros = np.zeros(num_prompts, dtype=np.float32)
     beams = _Beams(np.arange(num_prompts), zeros, zeros.copy(), [()] * num_prompts, np.full(num_prompts, node),
                    np.full(num_prompts, lo), np.full(num_prompts, hi))
-    logits, cache = prompt.last_logits, prompt.cache
+    tree = TokenTree(prompt)
+    paths = np.zeros((num_prompts, 0), dtype=np.int64)  # per beam: the tree positions of its generated tokens
+    logits = prompt.last_logits
     step = 0
     while len(beams.prompt):
         cands = _expand(beams, trie, constraints, batch, torch.log_softmax(logits.float(), dim=-1), step)
         running, jumps = _select(cands, finished, num_beams, eos, jump, step, length_penalty)
         jumps = _worth_jumping(trie, finished, num_beams, jumps, cands, length_penalty)
         if jumps:
-            for c, hypothesis in zip(jumps, _jump(runner, trie, prompt, cache, step, jumps, cands, beams, length_penalty)):
+            for c, hypothesis in zip(jumps, _jump(runner, trie, tree, paths, step, jumps, cands, beams, length_penalty)):
                 finished[cands.prompt[c]].append(hypothesis)
         running = _still_running(cands, running, finished, num_beams, step, length_penalty)
         if len(running) == 0:
             break
-        cache.reorder_cache(torch.from_numpy(cands.parent[running]).to(prompt.device))  # at step 0: expands the prompt
+        parents = cands.parent[running]
         beams = _Beams(cands.prompt[running], cands.score[running], cands.log_prob[running],
                        [beams.tokens[cands.parent[c]] + (int(cands.token[c]),) for c in running],
                        cands.node[running], cands.lo[running], cands.hi[running])
-        prompts = torch.from_numpy(beams.prompt).to(prompt.device)
-        ids = torch.from_numpy(cands.token[running]).to(prompt.device)[:, None]
-        mask = prompt.rows_mask(prompts, step, torch.ones_like(ids))
-        positions = (prompt.lengths[prompts] + step)[:, None]
-        logits, cache = runner(ids, mask, positions, cache=cache)
-        logits = logits[:, -1, :]
+        tree.keep_prompts(np.unique(beams.prompt))
+        logits, positions = tree.step(runner, beams.prompt, paths[parents], cands.token[running])
+        paths = np.concatenate([paths[parents], positions[:, None]], axis=1)
         step += 1
     return finished
 
@@ -139,12 +138,13 @@ def _worth_jumping(trie: TitleTrie, finished, num_beams: int, jumps: list, cands
     return worth
 
 
-def _jump(runner, trie, prompt, cache, step, jumps, cands: _Beams, beams: _Beams, length_penalty) -> list[Hypothesis]:
+def _jump(runner, trie, tree: TokenTree, paths, step, jumps, cands: _Beams, beams: _Beams,
+          length_penalty) -> list[Hypothesis]:
     """Finishes the beams `jumps`, whose prefixes have one completion each, by scoring it in one forward."""
     suffixes = [trie.suffix(int(cands.lo[c]), step + 1) for c in jumps]
     fed = [[int(cands.token[c])] + suffix[:-1] for c, suffix in zip(jumps, suffixes)]
-    parents = cands.parent[jumps].tolist()
-    log_probs = teacher_forced(runner, prompt, cache, parents, beams.prompt[parents].tolist(), step, fed, suffixes)
+    parents = cands.parent[jumps]
+    log_probs = tree.score(runner, beams.prompt[parents].tolist(), paths[parents], fed, suffixes)
     runner.stats.jumped += len(jumps)
     out = []
     for c, suffix, suffix_log_probs in zip(jumps, suffixes, log_probs):

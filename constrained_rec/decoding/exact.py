@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from constrained_rec.decoding.constraints import ItemConstraints
-from constrained_rec.decoding.runner import ModelRunner, PromptBatch, teacher_forced
+from constrained_rec.decoding.runner import ModelRunner, PromptBatch, TokenTree
 from constrained_rec.decoding.steps import Hypothesis, accumulate, allowed_children, fuse
 from constrained_rec.trie.trie import TitleTrie
 
@@ -82,6 +82,7 @@ def exact_search(runner: ModelRunner, trie: TitleTrie, prompt: PromptBatch, cons
     completion is fed with that completion (which adds no prior increment), coming back as a complete title.
     """
     queues = _Queues(trie, constraints, batch)
+    tree = TokenTree(prompt)
     root_log_probs = torch.log_softmax(prompt.last_logits.float(), dim=-1)
     node, lo, hi = trie.root()
     for p in range(len(batch)):
@@ -102,12 +103,12 @@ def exact_search(runner: ModelRunner, trie: TitleTrie, prompt: PromptBatch, cons
                 expanded[p] += len(taken)
                 work += [(p, entry) for entry in taken]
         if work:
-            _expand(runner, prompt, queues, work, trie, jump)
+            _expand(runner, tree, queues, work, trie, jump)
     _finish(runner, queues, found, expanded, exhausted, batch, k, node_budget)
     return found
 
 
-def _expand(runner, prompt, queues: _Queues, work: list, trie: TitleTrie, jump: bool) -> None:
+def _expand(runner, tree: TokenTree, queues: _Queues, work: list, trie: TitleTrie, jump: bool) -> None:
     """Scores the prefixes of `work` in as few forwards as pay, and queues what they lead to."""
     fed, scored = [], []
     for _, entry in work:
@@ -119,7 +120,7 @@ def _expand(runner, prompt, queues: _Queues, work: list, trie: TitleTrie, jump: 
             fed.append(list(entry.tokens))
             scored.append(None)
     rows = [p for p, _ in work]
-    log_probs = teacher_forced(runner, prompt, prompt.cache, rows, rows, 0, fed, scored)
+    log_probs = tree.score(runner, rows, np.zeros((len(rows), 0), dtype=np.int64), fed, scored)
     for (p, entry), wanted, lp in zip(work, scored, log_probs):
         if wanted is None:
             queues.push_children(p, entry, lp)

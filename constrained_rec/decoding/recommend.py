@@ -3,10 +3,16 @@
 `recommend` is what evaluation calls; `TitleTrieProcessor` inside `generate()` stays the drop-in path for
 users' own calls. Three things make it faster than `generate(num_beams=B)` with the processor:
 
-* **One prefill per prompt.** `generate()` copies each prompt B times before the first step, so it runs
-  B prefills of the same prompt. Here a (left-padded) batch of prompts is prefilled once, the first step
-  is taken from those logits, and the beams are made by expanding the prompt's KV cache (an
-  ``index_select`` of its rows, the same operation beam search uses to reorder beams), never the prompt.
+* **One prefill per prompt, and one for what the prompts share.** `generate()` copies each prompt B times
+  before the first step, so it runs B prefills of the same prompt. Here a batch of prompts is prefilled
+  once: the head all of them share (the longest common prefix of their token ids, e.g. the instruction)
+  in one row, then each prompt's remainder after it (left-padded, with explicit position ids), and the
+  first step is taken from those logits.
+* **No cache copy per beam.** The KV cache keeps one row per prompt. Every token a beam feeds goes into
+  its prompt's row beside its sibling beams' tokens (a token tree), and a 4D attention mask lets it see
+  only its prompt and its own ancestors, at the positions it would have alone; so no step copies,
+  reorders or grows the prompt's keys and values once per beam, as step-by-step beam search does. Jumps
+  and exact mode feed their tokens the same way, packed into as few batch rows as pay.
 * **Only live beams.** `generate()` keeps B rows per prompt even when fewer continuations exist (the
   rest are fillers scored -1e9 that are computed and thrown away); here a step forwards only the beams
   that are still running, and a prompt whose search is over leaves the batch.
@@ -286,7 +292,7 @@ def recommend_at_weights(model, tokenizer, prompts: Sequence[str | Sequence[int]
             batch = list(range(start, min(start + batch_size, len(prompt_ids))))
             runner.stats = stats[0]
             prompt = PromptBatch([prompt_ids[p] for p in batch], runner)
-            own_rows = torch.arange(len(batch), device=prompt.device)
+            own_rows = torch.arange(len(batch), device=prompt.last_logits.device)
             for w, weight_constraints in enumerate(constraints):
                 runner.stats = stats[w]
                 forked = copy.copy(prompt)  # beam search reorders its prompt's cache in place: each weight its own

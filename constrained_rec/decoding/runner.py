@@ -1,18 +1,22 @@
-"""The model side of constrained decoding: explicit-cache forwards, prompt prefill, teacher forcing."""
+"""The model side of constrained decoding: explicit-cache forwards, the prompt prefill (its shared head once),
+and the token tree, through which every search feeds tokens after the prompts' cache without copying it per beam."""
 
 from __future__ import annotations
 
 import copy
 import inspect
 
+import numpy as np
 import torch
 
 from constrained_rec.hf import cache_keyword, causal_lm, left_pad
 from constrained_rec.trie.trie import TitleTrie
 
 # The price of one more forward, in padded tokens: on a CPU a forward costs about its tokens, on an
-# accelerator mostly its launch. Rows of different lengths are split into forwards by it (length_groups).
+# accelerator mostly its launch. A batch's shared prompt head is prefilled apart only when that saves more.
 CPU_FORWARD_COST_TOKENS = 16
+# Attention implementations that add a custom 4D mask (TokenTree's) to the scores (None: a model that predates them).
+MASKED_ATTENTION = (None, "eager", "sdpa")
 ACCELERATOR_FORWARD_COST_TOKENS = 4096
 
 
@@ -24,14 +28,23 @@ class ModelRunner:
         self.trie = trie
         self.stats = stats
         lm = causal_lm(model)
+        attention = getattr(lm.config, "_attn_implementation", None)
+        if attention not in MASKED_ATTENTION:
+            raise ValueError(
+                f"decoding feeds beams after their prompt through a 4D attention mask, which the {attention!r} "
+                f"attention of {type(lm).__name__} does not take; load the model with attn_implementation one of "
+                f"{sorted(a for a in MASKED_ATTENTION if a)}"
+            )
         self.cache_kwarg = cache_keyword(lm)
         self.keeps_logits = "logits_to_keep" in inspect.signature(lm.forward).parameters
         self.device = model.get_input_embeddings().weight.device
+        self.dtype = model.get_input_embeddings().weight.dtype
         on_cpu = self.device.type == "cpu"
         self.forward_cost = CPU_FORWARD_COST_TOKENS if on_cpu else ACCELERATOR_FORWARD_COST_TOKENS
         self.checked_vocab = False
 
-    def __call__(self, input_ids, attention_mask, position_ids, cache=None, last_only=False):
+    def __call__(self, input_ids, attention_mask, position_ids, cache=None, last_only=False, real_tokens=None):
+        """`attention_mask`: 2D (padding) or 4D (additive, as `TokenTree` builds it, with `real_tokens` given)."""
         kwargs = {"use_cache": True}
         if cache is not None:
             kwargs[self.cache_kwarg] = cache
@@ -39,7 +52,9 @@ class ModelRunner:
             kwargs["logits_to_keep"] = 1
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         self.stats.model_forwards += 1
-        self.stats.forward_tokens += int(attention_mask[:, -input_ids.shape[1] :].sum())
+        if real_tokens is None:
+            real_tokens = int(attention_mask[:, -input_ids.shape[1] :].sum())
+        self.stats.forward_tokens += real_tokens
         if not self.checked_vocab:
             if self.trie.max_token_id >= out.logits.shape[-1]:
                 raise ValueError(
@@ -55,94 +70,201 @@ class ModelRunner:
         return out.logits, new_cache
 
 
-def select_rows(cache, rows: torch.Tensor):
-    """A new cache holding `rows` of `cache` (repeats allowed), leaving `cache` untouched."""
+def select_rows(cache, rows: torch.Tensor | None):
+    """A new cache holding `rows` of `cache` (repeats allowed; None: all, without copying a tensor), leaving
+    `cache` untouched by whatever is fed after the new one."""
     if hasattr(cache, "layers"):
         forked = copy.copy(cache)
-        forked.layers = [copy.copy(layer) for layer in cache.layers]  # reorder_cache rebinds their tensors
+        forked.layers = [copy.copy(layer) for layer in cache.layers]  # reorder_cache and forwards rebind their tensors
     else:
         forked = copy.deepcopy(cache)
-    forked.reorder_cache(rows)
+    if rows is not None:
+        forked.reorder_cache(rows)
     return forked
 
 
+def shared_prefix_length(prompts: list[list[int]]) -> int:
+    """The length of the longest common prefix of the prompts' token ids, short of every prompt's last token
+    (each prompt keeps a token of its own, whose logits start the search)."""
+    first, limit = prompts[0], min(len(p) for p in prompts) - 1
+    shared = 0
+    while shared < limit and all(p[shared] == first[shared] for p in prompts):
+        shared += 1
+    return shared
+
+
 class PromptBatch:
-    """A left-padded batch of prompts, prefilled once: its cache, mask, lengths and last-position logits."""
+    """A batch of prompts, prefilled once: its cache (a row per prompt), mask, lengths and last-position logits.
 
-    def __init__(self, prompts: list[list[int]], runner: ModelRunner):
-        ids, mask = left_pad(prompts, pad_token_id=0)  # padding is masked out: any id does
+    The head the prompts share (their longest common prefix of token ids, `shared`) is prefilled once, in one
+    row, and its cache copied to every prompt's row; the prompts' own remainders are then left-padded and
+    prefilled after it, with explicit position ids (a remainder starts at position `shared` whatever its
+    padding) and a mask that skips the padding between the head and the remainder. The head is shared only
+    when it saves more tokens than a forward costs (`ModelRunner.forward_cost`) and `share_prefix` is on.
+    """
+
+    def __init__(self, prompts: list[list[int]], runner: ModelRunner, share_prefix: bool = True):
+        shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
+        if not share_prefix or (len(prompts) - 1) * shared <= runner.forward_cost:
+            shared = 0
+        cache = None
+        if shared:
+            head = torch.tensor([prompts[0][:shared]], device=runner.device)
+            _, cache = runner(head, torch.ones_like(head), torch.arange(shared, device=runner.device)[None],
+                              last_only=True)
+            cache.reorder_cache(torch.zeros(len(prompts), dtype=torch.long, device=runner.device))
+        ids, mask = left_pad([p[shared:] for p in prompts], pad_token_id=0)  # padding is masked out: any id does
         ids, mask = ids.to(runner.device), mask.to(runner.device)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate() numbers left-padded prompts
-        logits, self.cache = runner(ids, mask, positions, last_only=True)
+        positions = shared + (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate() numbers left padding
+        mask = torch.cat([torch.ones((len(prompts), shared), dtype=mask.dtype, device=mask.device), mask], dim=1)
+        logits, self.cache = runner(ids, mask, positions, cache=cache, last_only=True)
         self.last_logits = logits[:, -1, :]
-        self.mask = mask
-        self.lengths = mask.sum(-1)  # real tokens per prompt: the position of the first generated token
-        self.device = runner.device
-
-    def rows_mask(self, prompts: torch.Tensor, generated: int, new: torch.Tensor) -> torch.Tensor:
-        """Attention mask for rows of `prompts` with `generated` tokens cached and a block `new` of new tokens."""
-        done = torch.ones((len(prompts), generated), dtype=torch.long, device=self.device)
-        return torch.cat([self.mask[prompts], done, new], dim=1)
+        self.shared = shared
+        self.mask = mask.bool().cpu().numpy()  # (prompts, cache positions): which hold the prompt's tokens
+        self.lengths = mask.sum(-1).cpu().numpy()  # real tokens per prompt: the position of the first generated token
 
 
-def length_groups(lengths: list[int], forward_cost: int) -> list[list[int]]:
-    """Splits rows into forwards so that padded tokens plus `forward_cost` per forward is least.
+# What one more batch row costs in a packed forward besides its tokens: its copy of a cache row.
+BATCH_ROW_COST_TOKENS = 2
 
-    Rows sorted by length are cut into contiguous groups (dynamic programming over the cut points); a group
-    costs `forward_cost + rows * longest`. Returns the row indices of each group.
+
+class TokenTree:
+    """The prompts' KV cache, one row per prompt, and every token fed after them as a tree of segments.
+
+    A segment is a run of tokens fed after a prompt and after `ancestors`, cache positions of tokens fed
+    earlier (a beam's generated prefix). All segments of a prompt go into its row (or a copy of it), side by
+    side, and a 4D mask lets each token see only its prompt, its ancestors and the tokens before it in its
+    own segment, at the position ids it would have alone. The beams of a prompt thus share its cache rows:
+    no per-beam copy, reorder or growth of the prompt's keys and values, which step by step beam search
+    otherwise pays on every step (the model's work per token is the same).
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    n = len(order)
-    best = [0] + [None] * n  # best[j]: least cost of the first j rows
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(j):
-            cost = best[i] + forward_cost + (j - i) * lengths[order[i]]
-            if best[j] is None or cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups, j = [], n
-    while j:
-        groups.append(order[cut[j] : j])
-        j = cut[j]
-    return groups[::-1]
+
+    def __init__(self, prompt: PromptBatch):
+        self.prompt = prompt
+        self.cache = prompt.cache
+        self.row_prompt = np.arange(len(prompt.lengths))  # the prompt of each cache row (sorted)
+        self.width = prompt.mask.shape[1]  # cache positions filled so far
+
+    def keep_prompts(self, prompts: np.ndarray) -> None:
+        """Drops the cache rows of every prompt not in `prompts` (sorted, unique)."""
+        if len(prompts) < len(self.row_prompt):
+            rows = np.searchsorted(self.row_prompt, prompts)
+            self.cache.reorder_cache(torch.from_numpy(rows).to(self.prompt_device))
+            self.row_prompt = self.row_prompt[rows]
+
+    @property
+    def prompt_device(self):
+        return self.prompt.last_logits.device
+
+    def step(self, runner: ModelRunner, prompts: np.ndarray, ancestors: np.ndarray, tokens: np.ndarray):
+        """Feeds one token per beam (beams grouped by prompt, every prompt of the tree present) and keeps them.
+
+        Returns the beams' next-token logits (beams, vocab) and the cache positions their tokens took.
+        """
+        rows = np.searchsorted(self.row_prompt, prompts)
+        slot = np.arange(len(rows)) - np.searchsorted(rows, rows)  # the beam's place among its prompt's beams
+        bins = [np.flatnonzero(rows == r) for r in range(len(self.row_prompt))]
+        logits, starts = self._forward(runner, self.cache, np.arange(len(bins)), bins, [[t] for t in tokens.tolist()],
+                                       prompts, ancestors)
+        positions = self.width + slot
+        self.width += logits.shape[1]
+        return logits[rows, slot], positions
+
+    def score(self, runner: ModelRunner, prompts: list[int], ancestors: np.ndarray, fed: list[list[int]],
+              scored: list[list[int] | None]) -> list:
+        """Feeds each segment's tokens `fed[i]` after prompt `prompts[i]` and its `ancestors[i]` (cache
+        positions), leaving the tree as it was.
+
+        Returns, per segment, the float32 log-probabilities of its tokens `scored` (scored[i][j] at the position
+        that predicts it: `len(fed[i]) - len(scored[i]) + j`), or, where scored[i] is None, the log-softmax of its
+        last position's logits (the distribution over the next token).
+        """
+        rows = np.searchsorted(self.row_prompt, np.asarray(prompts))
+        bin_rows, bins = _pack(rows, [len(f) for f in fed])
+        same = np.array_equal(bin_rows, np.arange(len(self.row_prompt)))
+        forked = select_rows(self.cache, None if same else torch.from_numpy(bin_rows).to(self.prompt_device))
+        logits, starts = self._forward(runner, forked, bin_rows, bins, fed, np.asarray(prompts), ancestors)
+        return _log_probs(logits, starts, fed, scored)
+
+    def _forward(self, runner, cache, bin_rows, bins, fed, prompts, ancestors):
+        """One forward of the segments packed in `bins` (segment indices per batch row; row b extends the cache
+        row `bin_rows[b]`). Returns the logits (bins, width, vocab) and each segment's (bin, first column)."""
+        lengths = [len(f) for f in fed]
+        width = max(sum(lengths[i] for i in b) for b in bins)
+        ids = np.full((len(bins), width), self.prompt_eos(runner), dtype=np.int64)
+        positions = np.zeros((len(bins), width), dtype=np.int64)
+        seen = np.zeros((len(bins), width, self.width + width), dtype=bool)
+        seen[:, :, : self.prompt.mask.shape[1]] = self.prompt.mask[self.row_prompt[bin_rows]][:, None, :]
+        generated = ancestors.shape[1]
+        starts = np.zeros((len(fed), 2), dtype=np.int64)
+        causal = np.tril(np.ones((width, width), dtype=bool))
+        for b, segments in enumerate(bins):
+            at = 0
+            for i in segments:
+                n = lengths[i]
+                ids[b, at : at + n] = fed[i]
+                positions[b, at : at + n] = self.prompt.lengths[prompts[i]] + generated + np.arange(n)
+                seen[b, at : at + n, ancestors[i]] = True
+                seen[b, at : at + n, self.width + at : self.width + at + n] = causal[:n, :n]
+                starts[i] = (b, at)
+                at += n
+            seen[b, at:, self.width + at : self.width + width] = causal[: width - at, : width - at]  # padding sees itself
+        device = self.prompt_device
+        mask = torch.zeros(seen.shape, dtype=runner.dtype, device=device)
+        mask.masked_fill_(~torch.from_numpy(seen).to(device), torch.finfo(runner.dtype).min)
+        logits, _ = runner(torch.from_numpy(ids).to(device), mask[:, None], torch.from_numpy(positions).to(device),
+                           cache=cache, real_tokens=sum(lengths))
+        return logits, starts
+
+    @staticmethod
+    def prompt_eos(runner: ModelRunner) -> int:
+        return runner.trie.eos_token_id
 
 
-def teacher_forced(runner, prompt: PromptBatch, cache, cache_rows: list[int], row_prompts: list[int],
-                    generated: int, fed: list[list[int]], scored: list[list[int] | None]) -> list:
-    """Feeds each row's tokens `fed` after `generated` tokens held in row `cache_rows[i]` of `cache`.
+def _pack(rows: np.ndarray, lengths: list[int]) -> tuple[np.ndarray, list[list[int]]]:
+    """Packs segments (cache row, length) into batch rows of one cache row each, padded to the fullest.
 
-    Returns, per row, the float32 log-probabilities of its tokens `scored` (scored[i][j] at the position
-    that predicts it: `len(fed[i]) - len(scored[i]) + j`), or, where scored[i] is None, the log-softmax of
-    the last position's logits (the distribution over the next token). Rows are right-padded into as few
-    forwards as pays (`length_groups`); `cache` itself is left untouched.
+    Per cache row, longest first into the first batch row with room (first-fit decreasing) under a capacity;
+    of a few capacities (multiples of the longest segment, fractions of a cache row's tokens) the one with the
+    fewest padded tokens wins, each batch row counting `BATCH_ROW_COST_TOKENS` more for its copy of the cache.
     """
-    out = [None] * len(fed)
-    for group in length_groups([len(f) for f in fed], runner.forward_cost):
-        width = max(len(fed[i]) for i in group)
-        ids = torch.full((len(group), width), runner.trie.eos_token_id, dtype=torch.long)
-        new = torch.zeros((len(group), width), dtype=torch.long)
-        for row, i in enumerate(group):
-            ids[row, : len(fed[i])] = torch.tensor(fed[i])
-            new[row, : len(fed[i])] = 1
-        prompts = torch.tensor([row_prompts[i] for i in group], device=prompt.device)
-        ids, new = ids.to(prompt.device), new.to(prompt.device)
-        mask = prompt.rows_mask(prompts, generated, new)
-        positions = (prompt.lengths[prompts] + generated)[:, None] + torch.arange(width, device=prompt.device)
-        forked = select_rows(cache, torch.tensor([cache_rows[i] for i in group], device=prompt.device))
-        logits, _ = runner(ids, mask, positions, cache=forked)
-        rows, cols = [], []
-        for row, i in enumerate(group):
-            count = 1 if scored[i] is None else len(scored[i])
-            rows += [row] * count
-            cols += range(len(fed[i]) - count, len(fed[i]))
-        log_probs = torch.log_softmax(logits[rows, cols].float(), dim=-1)
-        at = 0
-        for i in group:
-            if scored[i] is None:
-                out[i] = log_probs[at]
-                at += 1
-            else:
-                wanted = torch.tensor(scored[i], device=log_probs.device)
-                out[i] = log_probs[torch.arange(at, at + len(wanted), device=log_probs.device), wanted].cpu().numpy()
-                at += len(wanted)
+    by_row: dict[int, list[int]] = {}
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        by_row.setdefault(int(rows[i]), []).append(i)
+    longest = max(lengths)
+    totals = [sum(lengths[i] for i in segments) for segments in by_row.values()]
+    capacities = {longest * m for m in range(1, 9)} | {-(-t // k) for t in totals for k in range(1, 5)}
+    best = None
+    for capacity in sorted(c for c in capacities if c >= longest):
+        bins, fills, bin_rows = [], [], []
+        for row in sorted(by_row):
+            first = len(bins)
+            for i in by_row[row]:
+                b = next((b for b in range(first, len(bins)) if fills[b] + lengths[i] <= capacity), None)
+                if b is None:
+                    bins.append([])
+                    fills.append(0)
+                    bin_rows.append(row)
+                    b = len(bins) - 1
+                bins[b].append(i)
+                fills[b] += lengths[i]
+        cost = len(bins) * (max(fills) + BATCH_ROW_COST_TOKENS)
+        if best is None or cost < best[0]:
+            best = (cost, np.array(bin_rows, dtype=np.int64), bins)
+    return best[1], best[2]
+
+
+def _log_probs(logits: torch.Tensor, starts: np.ndarray, fed: list[list[int]], scored: list[list[int] | None]) -> list:
+    """Per segment, the log-probabilities `TokenTree.score` returns, from the packed logits: a scored token's
+    logit less its position's log-sum-exp, so no full log-softmax is written for positions that score one token."""
+    log_norm = torch.logsumexp(logits.float(), dim=-1)
+    out = []
+    for i, (b, at) in enumerate(starts.tolist()):
+        end = at + len(fed[i])
+        if scored[i] is None:
+            out.append(logits[b, end - 1].float() - log_norm[b, end - 1])
+        else:
+            cols = torch.arange(end - len(scored[i]), end, device=logits.device)
+            wanted = torch.tensor(scored[i], device=logits.device)
+            out.append((logits[b, cols, wanted].float() - log_norm[b, cols]).cpu().numpy())
     return out

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from constrained_rec.decoding.recommend import DecodeStats, checked_prompt_ids
-from constrained_rec.decoding.runner import ModelRunner, PromptBatch, teacher_forced
+from constrained_rec.decoding.runner import ModelRunner, PromptBatch, TokenTree
 from constrained_rec.trie.trie import TitleTrie
 
 
@@ -53,9 +53,10 @@ def _as_trie(trie_or_token_ids) -> TitleTrie:
 def _score_prompt_batch(runner: ModelRunner, prompts: list[list[int]], titles: list[list[list[int]]],
                         batch_size: int) -> list[np.ndarray]:
     """Total log-probabilities of ``titles[p]`` after ``prompts[p]``: one left-padded prefill of the prompts,
-    then every title's tokens but its last are fed (decoding's ``teacher_forced``) after its prompt's cache rows,
+    then every title's tokens but its last are fed (decoding's ``TokenTree.score``) after its prompt's cache rows,
     ``batch_size`` titles at a time."""
     prompt = PromptBatch(prompts, runner)
+    tree = TokenTree(prompt)
     first = torch.log_softmax(prompt.last_logits.float(), dim=-1)
     rows = [(p, t) for p in range(len(prompts)) for t in range(len(titles[p]))]
     totals = [np.zeros(len(t), dtype=np.float64) for t in titles]
@@ -66,8 +67,8 @@ def _score_prompt_batch(runner: ModelRunner, prompts: list[list[int]], titles: l
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         owners = [p for p, _ in chunk]
-        log_probs = teacher_forced(runner, prompt, prompt.cache, owners, owners, 0,
-                                   [titles[p][t][:-1] for p, t in chunk], [titles[p][t][1:] for p, t in chunk])
+        log_probs = tree.score(runner, owners, np.zeros((len(chunk), 0), dtype=np.int64),
+                               [titles[p][t][:-1] for p, t in chunk], [titles[p][t][1:] for p, t in chunk])
         for (p, t), title_log_probs in zip(chunk, log_probs):
             totals[p][t] += title_log_probs.astype(np.float64).sum()
     return totals

@@ -195,6 +195,64 @@ def test_jump_scores_titles_as_step_by_step_decoding_does(length_penalty):
         assert scores == sorted(scores, reverse=True)
 
 
+# A head of 20 token ids every prompt shares (an instruction), then each user's part, of different lengths.
+HEAD = [1] + list(range(3, 23))
+HEADED = [HEAD + [30, 31, 32], HEAD + [40], HEAD + [25, 26, 27, 28, 29, 33, 34]]
+
+
+@settings(max_examples=50, deadline=None)
+@given(prompts=st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=6), min_size=1, max_size=4))
+def test_shared_prefix_is_the_longest_common_prefix_of_the_ids_short_of_a_last_token(prompts):
+    from constrained_rec.decoding.runner import shared_prefix_length
+
+    shared = shared_prefix_length(prompts)
+    brute = max(n for n in range(min(map(len, prompts))) if all(p[:n] == prompts[0][:n] for p in prompts))
+    assert shared == brute
+
+
+@pytest.mark.parametrize("make_model", [lambda: make_tiny_llama(vocab_size=VOCAB), tiny_gpt2], ids=["llama", "gpt2"])
+def test_a_shared_head_is_prefilled_once_with_the_same_logits(make_model):
+    from constrained_rec.decoding.recommend import DecodeStats
+    from constrained_rec.decoding.runner import ModelRunner, PromptBatch
+
+    model = make_model()
+    trie = TitleTrie.from_token_sequences([[5, 6]], eos_token_id=EOS)
+    with torch.inference_mode():
+        runner = ModelRunner(model, trie, DecodeStats())
+        shared = PromptBatch(HEADED, runner)
+        tokens = runner.stats.forward_tokens
+        alone = PromptBatch(HEADED, runner, share_prefix=False)
+    assert shared.shared == len(HEAD) and alone.shared == 0
+    assert tokens == len(HEAD) + sum(len(p) - len(HEAD) for p in HEADED)  # the head once
+    np.testing.assert_allclose(shared.last_logits.numpy(), alone.last_logits.numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(shared.lengths, [len(p) for p in HEADED])
+
+
+@pytest.mark.parametrize("make_model", [lambda: make_tiny_llama(vocab_size=VOCAB), tiny_gpt2], ids=["llama", "gpt2"])
+@pytest.mark.parametrize("mode,jump", [("beam", False), ("beam", True), ("exact", True)])
+def test_a_shared_head_changes_no_result(make_model, mode, jump):
+    """Prompts decoded together (their head prefilled once, padding between head and remainder) give what
+    each prompt gives alone (no sharing): the same titles and log-probabilities."""
+    model = make_model()
+    seqs, items = make_catalog(2)
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=items)
+    options = dict(k=3, mode=mode, jump=jump, exclude=excluded_items(items))
+    together = recommend(model, None, HEADED, trie, batch_size=3, **options)
+    alone = recommend(model, None, HEADED, trie, batch_size=1, **options)
+    assert tokens_of(together) == tokens_of(alone)
+    for a, b in zip(together.recommendations, alone.recommendations):
+        np.testing.assert_allclose([r.log_prob for r in a], [r.log_prob for r in b], rtol=0, atol=1e-5)
+    assert together.stats.forward_tokens < alone.stats.forward_tokens - len(HEAD)
+
+
+def test_an_attention_that_ignores_a_4d_mask_is_refused(model):
+    trie = TitleTrie.from_token_sequences([[5, 6]], eos_token_id=EOS)
+    flash = make_tiny_llama(vocab_size=VOCAB)
+    flash.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="'flash_attention_2' attention of LlamaForCausalLM does not take"):
+        recommend(flash, None, PROMPTS, trie, 1)
+
+
 @pytest.mark.parametrize("mode", ["beam", "exact"])
 def test_batches_and_left_padding_do_not_change_results(model, mode):
     seqs, items = make_catalog(4)

@@ -199,6 +199,31 @@ def test_numba_and_torch_kernels_agree_on_a_larger_catalog(with_prior, dtype):
         assert torch.isinf(outs[-1]).any() and torch.isfinite(outs[-1]).any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_wide_nodes_with_few_children_for_the_vocabulary_keep_exactly_their_allowed_scores(dtype):
+    """A wide node (over 64 children) with fewer than vocab / 8 of them is masked by a fill and a put-back,
+    not a column-by-column select: same allowed tokens and scores as brute force, with exclusions."""
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(3, 150, size=rng.integers(1, 6)).tolist() for _ in range(600)]
+    item_ids = list(range(600))
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=item_ids)
+    exclude = [set(rng.choice(600, size=100, replace=False).tolist()) for _ in range(4)]
+    paths = complete(seqs, EOS)
+    rows = []
+    for prompt in range(4):
+        kept = [i for i in item_ids if i not in exclude[prompt]]
+        rows += [paths[kept[rng.integers(len(kept))]][:1] for _ in range(3)]
+    for depth in (0, 1):
+        proc = TitleTrieProcessor(trie, 0, exclude=exclude, pad_token_id=PAD, backend="numba")
+        scores = torch.randn(12, 4096).to(dtype)
+        out = proc(torch.tensor(rows)[:, :depth], scores.clone())
+        for r, row in enumerate(rows):
+            allowed = allowed_next(seqs, EOS, row[:depth], item_ids, exclude[r // 3])
+            assert torch.isfinite(out[r]).nonzero().flatten().tolist() == allowed
+            assert torch.equal(out[r, allowed], scores[r, allowed])
+            assert (out[r][~torch.isfinite(out[r])] == float("-inf")).all()
+
+
 # ---------------------------------------------------------------- hardening (issue 10)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(

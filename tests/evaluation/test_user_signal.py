@@ -37,9 +37,11 @@ def naive_log_prob(model, prompt: list[int], title: list[int]) -> float:
     return log_probs[positions, torch.tensor(title)].sum().item()
 
 
-def random_case(seed: int, num_prompts: int):
+def random_case(seed: int, num_prompts: int, head: int = 0):
+    """`head` token ids shared by every prompt (an instruction, prefilled once per batch), then each one's own."""
     rng = np.random.default_rng(seed)
-    prompts = [[1] + rng.integers(3, VOCAB, size=rng.integers(1, 12)).tolist() for _ in range(num_prompts)]
+    shared = [1] + rng.integers(3, VOCAB, size=head).tolist()
+    prompts = [shared + rng.integers(3, VOCAB, size=rng.integers(1, 12)).tolist() for _ in range(num_prompts)]
     table = {100 + i: rng.integers(3, VOCAB, size=rng.integers(1, 7)).tolist() + [EOS] for i in range(12)}
     candidates = [rng.choice(list(table), size=rng.integers(1, 8), replace=True).tolist() for _ in prompts]
     return prompts, table, candidates
@@ -51,11 +53,11 @@ def test_doctests():
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), num_prompts=st.integers(1, 5), batch_size=st.integers(1, 9),
-       prompt_batch_size=st.integers(1, 4))
-def test_score_titles_equals_naive_forward(seed, num_prompts, batch_size, prompt_batch_size):
-    """Left-padded prompt batches, right-padded title batches, titles of 2 to 7 tokens, repeated candidates."""
+       prompt_batch_size=st.integers(1, 4), head=st.sampled_from([0, 20]))
+def test_score_titles_equals_naive_forward(seed, num_prompts, batch_size, prompt_batch_size, head):
+    """Left-padded prompt batches (with a shared head or not), packed titles of 2 to 7 tokens, repeated candidates."""
     model = make_tiny_llama(vocab_size=VOCAB, seed=seed % 3)
-    prompts, table, candidates = random_case(seed, num_prompts)
+    prompts, table, candidates = random_case(seed, num_prompts, head)
     scores = score_titles(model, None, prompts, candidates, table, batch_size=batch_size,
                           prompt_batch_size=prompt_batch_size)
     for prompt, items, got in zip(prompts, candidates, scores):
