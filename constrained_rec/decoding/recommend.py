@@ -251,19 +251,14 @@ def recommend(
             prompt = PromptBatch([prompt_ids[p] for p in batch], runner)
             if mode == "beam":
                 found = beam_search(runner, trie, prompt, constraints, batch, num_beams, jump, float(length_penalty))
-                stats.expanded += [0] * len(batch)
-                stats.budget_exhausted += [False] * len(batch)
-                stats.proven += [0] * len(batch)
+                _no_exact_stats(stats, len(batch))
             else:
                 found = exact_search(runner, trie, prompt, constraints, batch, k, num_beams, jump, node_budget)
             for p, hypotheses in zip(batch, found):
                 recommendations.append([_recommendation(trie, constraints, p, h) for h in hypotheses[:k]])
     available = _warn_fewer_titles(constraints, len(prompt_ids), k)
-    short = [p for p, recs in enumerate(recommendations) if len(recs) < min(k, available[p])]
-    if short and mode == "beam":
-        warnings.warn(
-            f"beam search finished fewer than k={k} titles for prompts {short[:10]}; raise num_beams", stacklevel=2
-        )
+    if mode == "beam":
+        _warn_short_beams([recommendations], available, k)
     return DecodeResult(recommendations, stats)
 
 
@@ -298,17 +293,26 @@ def recommend_at_weights(model, tokenizer, prompts: Sequence[str | Sequence[int]
                 forked = copy.copy(prompt)  # beam search reorders its prompt's cache in place: each weight its own
                 forked.cache = select_rows(prompt.cache, own_rows)
                 found = beam_search(runner, trie, forked, weight_constraints, batch, num_beams, jump, 0.0)
-                stats[w].expanded += [0] * len(batch)
-                stats[w].budget_exhausted += [False] * len(batch)
-                stats[w].proven += [0] * len(batch)
+                _no_exact_stats(stats[w], len(batch))
                 recommendations[w] += [[_recommendation(trie, weight_constraints, p, h) for h in hypotheses[:k]]
                                        for p, hypotheses in zip(batch, found)]
-    short = sorted({p for found in recommendations for p, recs in enumerate(found)
-                    if len(recs) < min(k, available[p])})
+    _warn_short_beams(recommendations, available, k)
+    return [DecodeResult(found, s) for found, s in zip(recommendations, stats)]
+
+
+def _no_exact_stats(stats: DecodeStats, num_prompts: int) -> None:
+    """Beam search expands no prefixes of exact search's, exhausts no budget and proves nothing."""
+    stats.expanded += [0] * num_prompts
+    stats.budget_exhausted += [False] * num_prompts
+    stats.proven += [0] * num_prompts
+
+
+def _warn_short_beams(results: list[list[list[Recommendation]]], available: list[int], k: int) -> None:
+    """Warns for the prompts where beam search (in any of `results`) finished fewer titles than it could reach."""
+    short = sorted({p for found in results for p, recs in enumerate(found) if len(recs) < min(k, available[p])})
     if short:
         warnings.warn(f"beam search finished fewer than k={k} titles for prompts {short[:10]}; raise num_beams",
-                      stacklevel=2)
-    return [DecodeResult(found, s) for found, s in zip(recommendations, stats)]
+                      stacklevel=3)
 
 
 def _warn_fewer_titles(constraints: ItemConstraints, num_prompts: int, k: int) -> list[int]:
