@@ -9,17 +9,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from constrained_rec.collaborative.base import Assistant, DamagedAssistantError, assistant_data, columns_of, read_config
-from constrained_rec.collaborative.closed_form import EASE, Popularity
+from constrained_rec.collaborative.registry import assistant_class
 from constrained_rec.collaborative.sasrec import SASRec, SASRecConfig
 from constrained_rec.data import InteractionData, SplitConfig
 
-ASSISTANTS: dict[str, type[Assistant]] = {"popularity": Popularity, "ease": EASE, "sasrec": SASRec}
-
 
 def _check_name(name: str) -> type[Assistant]:
-    if name not in ASSISTANTS:
-        raise ValueError(f"unknown assistant {name!r}; accepted: {sorted(ASSISTANTS)}")
-    return ASSISTANTS[name]
+    return assistant_class(name)
 
 
 def fit_assistant(name: str, data: InteractionData, split_config: SplitConfig | None = None, seed: int = 0,

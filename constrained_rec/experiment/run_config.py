@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from constrained_rec.collaborative.registry import ASSISTANTS
 from constrained_rec.evaluation.evaluate import DECODERS
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ QUICK_KS = (1, 5, 10)
 # strongest assistant measured on ml-100k (NDCG@10 .101 vs EASE .071, README); --quick uses popularity (fit in
 # no time). With an assistant the defaults decode twice (LM alone and LM + prior), so K stops at 10 (10 beams)
 # to keep the main job within 20 minutes on the 2-core CPU.
-ASSISTANT_CHOICES = ("none", "popularity", "ease", "sasrec")
+ASSISTANT_CHOICES = ("none", *ASSISTANTS)  # the registered assistants (collaborative.registry), or none
 DEFAULT_ASSISTANT, QUICK_ASSISTANT = "sasrec", "popularity"
 ASSISTANT_KS = (1, 5, 10)
 DEFAULT_SEARCH_ERROR_USERS = 2
