@@ -67,3 +67,29 @@ def test_the_report_renders_a_typed_result(tmp_path):
     write_report(tmp_path, typed)
     assert json.loads((tmp_path / "metrics.json").read_text()) == typed.to_dict()
     assert "| most-popular | 2 |" in (tmp_path / "report.md").read_text()
+
+
+def test_the_split_positions_are_computed_once_per_run(tmp_path, monkeypatch):
+    """Issue 19: loading, the evaluation samples and the assistant's fit used to compute them 4 times."""
+    import constrained_rec.collaborative.base
+    import constrained_rec.data
+    import constrained_rec.data.splits
+    from constrained_rec.experiment.assistant_step import fit_assistant_step
+    from constrained_rec.experiment.run_config import RunConfig
+    from constrained_rec.experiment.steps import evaluation_samples, load_data
+
+    calls = []
+    original = constrained_rec.data.splits.split_positions
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    for module in (constrained_rec.data, constrained_rec.data.splits, constrained_rec.collaborative.base):
+        monkeypatch.setattr(module, "split_positions", counted)
+    config = RunConfig(quick=True, eval_users=4)
+    loaded = load_data(config)
+    evaluation_samples(config, loaded)
+    state = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    assert fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=state) is not None
+    assert len(calls) == 1
