@@ -41,7 +41,7 @@ class TrieCursor(NamedTuple):
 
     def at(self, index) -> "TrieCursor":
         """Entry ``index`` of a cursor of arrays as a cursor of ints; an index array or a mask keeps arrays."""
-        if np.ndim(index) == 0:
+        if isinstance(index, (int, np.integer)):
             return TrieCursor(int(self.node[index]), int(self.seq_lo[index]), int(self.seq_hi[index]), self.depth)
         return TrieCursor(self.node[index], self.seq_lo[index], self.seq_hi[index], self.depth)
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_trie import EOS, catalogs
 
 from brute import allowed_next, complete
 from constrained_rec import TitleTrie, TrieCursor
 from constrained_rec.trie.trie import _ARRAYS
-from test_trie import EOS, catalogs
 
 
 def _ids(seqs, item_ids):
