@@ -2,8 +2,8 @@
 
 A change that claims to keep behaviour (a refactor) runs the same command before and after and compares the two
 folders: every prediction record and metric must be equal, exactly (floats bit for bit), except the fields that
-measure time. Paths into a run's own folder (``"adapter": "/tmp/run-a/adapter"``) compare as paths relative
-to it.
+measure time. The run's own folder, wherever a string names it (``"adapter": "/tmp/run-a/adapter"``, the
+command's ``--output-dir /tmp/run-a``), reads ``<run>``, so two folders' paths into themselves compare equal.
 """
 
 from __future__ import annotations
@@ -68,20 +68,20 @@ def compare_runs(a: str | Path, b: str | Path, patterns: Sequence[str] = RESULT_
 def _documents(path: Path, folder: Path) -> list:
     text = path.read_text()
     docs = [json.loads(line) for line in text.splitlines() if line.strip()] if path.suffix == ".jsonl" else [json.loads(text)]
-    prefixes = sorted({str(folder), str(folder.resolve())}, key=len, reverse=True)
-    return [_relative_paths(doc, prefixes) for doc in docs]
+    names = sorted({str(folder), str(folder.resolve())}, key=len, reverse=True)
+    # The folder's path as a whole path or path prefix: "/tmp/run-a" in "/tmp/run-a/adapter", not in "/tmp/run-ab".
+    own = re.compile("(?:" + "|".join(map(re.escape, names)) + r")(?=/|\s|$|['\"])")
+    return [_relative_paths(doc, own) for doc in docs]
 
 
-def _relative_paths(value, prefixes: list[str]):
-    """``value`` with every string that is a path into the run folder written relative to it (``<run>/...``)."""
+def _relative_paths(value, own: re.Pattern):
+    """``value`` with the run folder's own path written ``<run>`` in every string."""
     if isinstance(value, dict):
-        return {key: _relative_paths(item, prefixes) for key, item in value.items()}
+        return {key: _relative_paths(item, own) for key, item in value.items()}
     if isinstance(value, list):
-        return [_relative_paths(item, prefixes) for item in value]
+        return [_relative_paths(item, own) for item in value]
     if isinstance(value, str):
-        for prefix in prefixes:
-            if value == prefix or value.startswith(prefix + "/"):
-                return "<run>" + value[len(prefix):]
+        return own.sub("<run>", value)
     return value
 
 

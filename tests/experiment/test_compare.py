@@ -17,13 +17,14 @@ def _record(sample, scores, seconds):
     return {"method": "constrained", "sample": sample, "item_ids": [3, 1], "scores": scores, "seconds": seconds}
 
 
-def _run(folder, scores=(-1.5, -2.25), seconds=0.1, extra=None):
+def _run(folder, scores=(-1.5, -2.25), seconds=0.1, extra=None, data="/data/x.csv"):
     folder.mkdir()
     records = [_record(0, list(scores), seconds), _record(1, [-0.5, float("nan")], seconds)] + (extra or [])
     (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     metrics = {"methods": {"constrained": {"ndcg@10": {"value": 0.25, "ci": [0.0, 0.5]}, "seconds": seconds,
                                            "users_per_s": 1 / seconds}},
-               "adapter": str(folder / "adapter"), "timings": {"total_s": seconds}}
+               "adapter": str(folder / "adapter"), "timings": {"total_s": seconds},
+               "command": f"run.py --output-dir {folder} --data {data}"}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "report.md").write_text(f"took {seconds} s")  # not a result file
     return folder
@@ -37,8 +38,8 @@ def test_runs_equal_but_for_timing_and_their_own_paths_are_equal(tmp_path):
 
 
 def test_every_difference_is_named(tmp_path):
-    a = _run(tmp_path / "a")
-    b = _run(tmp_path / "b", scores=(-1.5, -2.0), extra=[_record(2, [], 0.1)])
+    a = _run(tmp_path / "a", data=f"{tmp_path}/a2/x.csv")  # beside the folder, not in it
+    b = _run(tmp_path / "b", scores=(-1.5, -2.0), extra=[_record(2, [], 0.1)], data=f"{tmp_path}/b2/x.csv")
     metrics = json.loads((b / "metrics.json").read_text())
     metrics["methods"]["constrained"]["ndcg@10"]["value"] = 0  # an int where a has a float: 0.25 != 0
     metrics["adapter"] = str(tmp_path / "elsewhere")
@@ -49,6 +50,8 @@ def test_every_difference_is_named(tmp_path):
         "predictions_extra.jsonl: only in a",
         "metrics.json methods.constrained.ndcg@10.value: 0.25 != 0",
         f"metrics.json adapter: '<run>/adapter' != {str(tmp_path / 'elsewhere')!r}",
+        f"metrics.json command: 'run.py --output-dir <run> --data {a}2/x.csv' != "
+        f"'run.py --output-dir <run> --data {b}2/x.csv'",
         "metrics.json new: only in b",
         "predictions.jsonl: 2 records != 3",
         "predictions.jsonl:1 scores[1]: -2.25 != -2.0",
