@@ -111,7 +111,12 @@ def score_titles(model, tokenizer, prompts: Sequence[str | Sequence[int]], candi
     if isinstance(candidates, (str, bytes)) or len(candidates) != len(prompt_ids):
         raise ValueError(f"`candidates` has to hold one sequence of items per prompt ({len(prompt_ids)}), "
                          f"but is {candidates!r}")
-    titles = [trie.title_token_ids(items) for items in candidates]
+    titles = []
+    for p, items in enumerate(candidates):
+        try:
+            titles.append(trie.title_token_ids(items))
+        except ValueError as error:
+            raise ValueError(f"`candidates[{p}]`: {error}") from None
     runner = ModelRunner(model, trie, DecodeStats())
     scores: list[np.ndarray] = []
     with torch.inference_mode():

@@ -243,7 +243,7 @@ def test_bad_input_names_the_value(copy_task):
     with pytest.raises(ValueError, match="proposer named items \\[777\\]"):
         user_signal(model, None, users[:3], trie, num_candidates=2, generic=[BOS, SEP],
                     proposer=lambda sample, n, banned: [777, 0])
-    with pytest.raises(ValueError, match="candidate items \\[5\\]"):
+    with pytest.raises(ValueError, match="candidates\\[0\\].*item ids \\[5\\] are not in the trie's catalog"):
         score_titles(model, None, [[1, 2]], [[5]], {4: [7, EOS]})
     with pytest.raises(ValueError, match="token id 500"):
         score_titles(model, None, [[1, 500]], [[4]], {4: [7, EOS]})
