@@ -11,6 +11,7 @@ from test_trie import EOS, catalogs
 
 from brute import allowed_next, complete
 from constrained_rec import TitleTrie, TrieCursor
+from constrained_rec.kernels.trie_walk import TrieArrays
 from constrained_rec.trie.trie import _ARRAYS
 
 
@@ -103,5 +104,6 @@ def test_cursor_helpers():
 def test_the_arrays_are_private():
     trie = TitleTrie.from_token_sequences([[5, 6], [7]], eos_token_id=EOS)
     assert [name for name in _ARRAYS if hasattr(trie, name)] == []
-    kernel = trie.arrays()
-    assert kernel.eos == EOS and kernel.seq_offsets.tolist() == [0, 3, 5]
+    kernel = trie.arrays()  # the kernels' view: the stored arrays themselves, no copies
+    assert isinstance(kernel, TrieArrays) and kernel.eos == EOS
+    assert all(getattr(kernel, name) is getattr(trie._arrays, name) for name in kernel._fields if name != "eos")
