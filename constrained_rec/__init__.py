@@ -20,7 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 __version__ = "0.1.0"
 _EXPORTS = {
     "TitleTrie": "constrained_rec.trie.trie",
-    "TitleIndex": "constrained_rec.trie.trie",
+    "TrieCursor": "constrained_rec.trie.cursor",
+    "TitleIndex": "constrained_rec.trie.titles",
     "response_text": "constrained_rec.trie.tokenization",
     "title_token_ids": "constrained_rec.trie.tokenization",
     "prompt_token_ids": "constrained_rec.trie.tokenization",

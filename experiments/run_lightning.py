@@ -44,7 +44,7 @@ def _candidates(samples, trie, count: int, seed: int) -> list[list[int]] | None:
     """Per user: the target and ``count`` items drawn (seeded) from the catalog outside the user's history."""
     if count == 0:
         return None
-    catalog = np.asarray(sorted(set(trie.items_at(trie.positions_in_build_order()))), dtype=np.int64)
+    catalog = np.unique(trie.item_ids_in_build_order())
     rng = np.random.default_rng([seed, 24])
     rows = []
     for sample in samples:

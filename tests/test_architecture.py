@@ -99,7 +99,7 @@ def test_function_length_counts_code_not_docstring():
 def test_only_the_trie_and_the_kernels_read_the_trie_arrays():
     reads = [hit for path in ALL_SOURCES if _name(path) not in MAY_READ_TRIE_ARRAYS
              for hit in _attribute_reads(path, TRIE_ARRAYS)]
-    assert reads == [], f"ask TitleTrie (children, suffix, item_range, items_at, ...) instead of reading: {reads}"
+    assert reads == [], f"ask TitleTrie (children(cursor), item_range, suffix, items_at, ...) instead of reading: {reads}"
 
 
 def test_only_the_constraints_and_the_kernels_read_the_constraint_arrays():

@@ -13,6 +13,7 @@ import torch
 from constrained_rec.decoding.constraints import ItemConstraints
 from constrained_rec.decoding.runner import ModelRunner, PromptBatch, TokenTree
 from constrained_rec.decoding.steps import Hypothesis, accumulate, allowed_children, fuse
+from constrained_rec.trie.cursor import TrieCursor
 from constrained_rec.trie.trie import TitleTrie
 
 
@@ -29,32 +30,32 @@ class _Beams:
     score: np.ndarray  # float32: log-prob plus prior increments, what beam search ranks by
     log_prob: np.ndarray  # float32: the model's log-probability alone
     tokens: list
-    node: np.ndarray
-    lo: np.ndarray
-    hi: np.ndarray
+    cursor: TrieCursor  # of arrays: where each leads
     parent: np.ndarray | None = None  # candidates: the beam they continue
     token: np.ndarray | None = None  # candidates: the token they add
 
 
 def _expand(beams: _Beams, trie: TitleTrie, constraints: ItemConstraints, batch: list[int], log_probs, step: int):
     """Every allowed continuation of every beam, scored as the processor and transformers would."""
-    parts = []
+    parts, cursors = [], []
     for beam in range(len(beams.prompt)):
-        tokens, nodes, los, his, increments = allowed_children(
-            trie, constraints, batch[beams.prompt[beam]], beams.node[beam], beams.lo[beam], beams.hi[beam], step)
-        parts.append((np.full(len(tokens), beam), tokens, nodes, los, his, increments))
-    parent, token, node, lo, hi, increment = (np.concatenate(column) for column in zip(*parts))
+        tokens, children, increments = allowed_children(trie, constraints, batch[beams.prompt[beam]],
+                                                        beams.cursor.at(beam))
+        parts.append((np.full(len(tokens), beam), tokens, increments))
+        cursors.append(children)
+    parent, token, increment = (np.concatenate(column) for column in zip(*parts))
     lm = log_probs[torch.from_numpy(parent).to(log_probs.device), torch.from_numpy(token).to(log_probs.device)]
     lm = lm.cpu().numpy()
     score = fuse(beams.score[parent], lm, increment)
     log_prob = (beams.log_prob[parent] + lm).astype(np.float32)
-    return _Beams(beams.prompt[parent], score, log_prob, beams.tokens, node, lo, hi, parent, token)
+    return _Beams(beams.prompt[parent], score, log_prob, beams.tokens, TrieCursor.concatenate(cursors), parent, token)
 
 
 def _select(cands: _Beams, finished, num_beams: int, eos: int, jump: bool, step: int, length_penalty: float):
     """Per prompt, transformers' choice: the top 2 * num_beams continuations; an EOS among the top num_beams
     finishes a title, the best num_beams others run on (or jump, at a tail). Returns (running, jumps)."""
     running, jumps = [], []
+    tail = cands.cursor.is_tail
     for p in np.unique(cands.prompt):
         own = np.flatnonzero(cands.prompt == p)
         top = own[np.argsort(-cands.score[own], kind="stable")][: 2 * num_beams]
@@ -62,10 +63,10 @@ def _select(cands: _Beams, finished, num_beams: int, eos: int, jump: bool, step:
         done = top[:num_beams][is_eos[:num_beams]]
         if len(done):
             scores = penalised(cands.score[done], step + 1, length_penalty)
-            finished[p] += [Hypothesis(scores[i], cands.log_prob[c], cands.score[c], int(cands.lo[c]),
+            finished[p] += [Hypothesis(scores[i], cands.log_prob[c], cands.score[c], int(cands.cursor.seq_lo[c]),
                                        cands.tokens[cands.parent[c]] + (eos,)) for i, c in enumerate(done)]
         for c in top[~is_eos][:num_beams]:
-            (jumps if jump and cands.hi[c] - cands.lo[c] == 1 else running).append(c)
+            (jumps if jump and tail[c] else running).append(c)
     for p in np.unique(cands.prompt):
         finished[p] = sorted(finished[p], key=lambda h: -h.score)[:num_beams]
     return np.array(running, dtype=np.int64), jumps
@@ -91,10 +92,8 @@ def beam_search(runner: ModelRunner, trie: TitleTrie, prompt: PromptBatch, const
     eos = trie.eos_token_id
     num_prompts = len(batch)
     finished: list[list[Hypothesis]] = [[] for _ in range(num_prompts)]
-    node, lo, hi = trie.root()
     zeros = np.zeros(num_prompts, dtype=np.float32)
-    beams = _Beams(np.arange(num_prompts), zeros, zeros.copy(), [()] * num_prompts, np.full(num_prompts, node),
-                   np.full(num_prompts, lo), np.full(num_prompts, hi))
+    beams = _Beams(np.arange(num_prompts), zeros, zeros.copy(), [()] * num_prompts, trie.root().repeat(num_prompts))
     tree = TokenTree(prompt)
     paths = np.zeros((num_prompts, 0), dtype=np.int64)  # per beam: the tree positions of its generated tokens
     logits = prompt.last_logits
@@ -112,7 +111,7 @@ def beam_search(runner: ModelRunner, trie: TitleTrie, prompt: PromptBatch, const
         parents = cands.parent[running]
         beams = _Beams(cands.prompt[running], cands.score[running], cands.log_prob[running],
                        [beams.tokens[cands.parent[c]] + (int(cands.token[c]),) for c in running],
-                       cands.node[running], cands.lo[running], cands.hi[running])
+                       cands.cursor.at(running))
         tree.keep_prompts(np.unique(beams.prompt))
         logits, positions = tree.step(runner, beams.prompt, paths[parents], cands.token[running])
         paths = np.concatenate([paths[parents], positions[:, None]], axis=1)
@@ -131,7 +130,7 @@ def _worth_jumping(trie: TitleTrie, finished, num_beams: int, jumps: list, cands
     for c in jumps:
         done = finished[cands.prompt[c]]
         if len(done) == num_beams:
-            length = trie.sequence_length(int(cands.lo[c]))
+            length = trie.sequence_length(int(cands.cursor.seq_lo[c]))
             if not penalised(cands.score[c : c + 1], length, length_penalty)[0] > done[-1].score:
                 continue
         worth.append(c)
@@ -141,7 +140,7 @@ def _worth_jumping(trie: TitleTrie, finished, num_beams: int, jumps: list, cands
 def _jump(runner, trie, tree: TokenTree, paths, step, jumps, cands: _Beams, beams: _Beams,
           length_penalty) -> list[Hypothesis]:
     """Finishes the beams `jumps`, whose prefixes have one completion each, by scoring it in one forward."""
-    suffixes = [trie.suffix(int(cands.lo[c]), step + 1) for c in jumps]
+    suffixes = [trie.completion(cands.cursor.at(c)) for c in jumps]
     fed = [[int(cands.token[c])] + suffix[:-1] for c, suffix in zip(jumps, suffixes)]
     parents = cands.parent[jumps]
     log_probs = tree.score(runner, beams.prompt[parents].tolist(), paths[parents], fed, suffixes)
@@ -151,5 +150,6 @@ def _jump(runner, trie, tree: TokenTree, paths, step, jumps, cands: _Beams, beam
         fused = accumulate(cands.score[c], suffix_log_probs)
         tokens = beams.tokens[cands.parent[c]] + (int(cands.token[c]),) + tuple(suffix)
         score = penalised(np.array([fused]), len(tokens), length_penalty)[0]
-        out.append(Hypothesis(score, accumulate(cands.log_prob[c], suffix_log_probs), fused, int(cands.lo[c]), tokens))
+        out.append(Hypothesis(score, accumulate(cands.log_prob[c], suffix_log_probs), fused, int(cands.cursor.seq_lo[c]),
+                              tokens))
     return out

@@ -66,8 +66,9 @@ class ItemConstraints:
     (1, True)
     >>> [round(float(np.exp(constraints.title_log_mass(0, seq))), 4) for seq in (0, 1)]  # [5, 6], [5, 7]: renormalised
     [0.6667, 0.3333]
-    >>> constraints.allowed(0, *trie.item_range([0, 2], [2, 3]))  # under [5]; [8] (item 12, excluded)
-    array([ True, False])
+    >>> tokens, children = trie.children(trie.root())
+    >>> tokens.tolist(), constraints.allowed(0, *trie.item_range(children))  # item 12, title [8], is excluded
+    ([5, 8], array([ True, False]))
 
     ```
     """
@@ -194,7 +195,7 @@ class ItemConstraints:
         return trie_walk.range_allowed(self._kernel, self._prompt(prompt), item_lo, item_hi)
 
     def node_log_prior(self, prompt: int, nodes) -> np.ndarray:
-        """The lookahead ``L`` of trie nodes (``TitleTrie.children``/``root`` ids) for `prompt`; 0 without a prior."""
+        """The lookahead ``L`` of trie nodes (the ``node`` of a ``TrieCursor``) for `prompt`; 0 without a prior."""
         nodes = np.atleast_1d(np.asarray(nodes, dtype=np.int64))
         if not self.has_prior:
             return np.zeros(len(nodes))
@@ -210,7 +211,7 @@ class ItemConstraints:
 
     def prior_offset(self, prompt: int) -> float:
         """``w * L(root)``: what a title's increments lack of ``w * log M(title)`` (0.0 with ``"sum"``)."""
-        return self.prior_weight * float(self.node_log_prior(prompt, self.trie.root()[0])[0])
+        return self.prior_weight * float(self.node_log_prior(prompt, self.trie.root().node)[0])
 
     def excluded_positions(self, prompt: int) -> np.ndarray:
         """The sorted item positions `prompt` may not get (excluded, or of zero prior mass)."""
@@ -219,14 +220,14 @@ class ItemConstraints:
 
     def allowed_items(self, prompt: int, seq: int) -> list[int]:
         """The item ids of trie sequence `seq` that `prompt` may get."""
-        lo, hi = self.trie.item_range(seq, seq + 1)
+        lo, hi = self.trie.sequence_item_range(seq)
         positions = np.arange(int(lo), int(hi))
         return self.trie.items_at(positions[~np.isin(positions, self.excluded_positions(prompt))])
 
     def titles_available(self, prompt: int) -> int:
         """How many distinct titles `prompt` can still get."""
         touched = np.unique(self.trie.sequence_at(self.excluded_positions(prompt)))  # titles with an excluded item
-        return len(self.trie) - int(np.sum(~self.allowed(prompt, *self.trie.item_range(touched, touched + 1))))
+        return len(self.trie) - int(np.sum(~self.allowed(prompt, *self.trie.sequence_item_range(touched))))
 
     def removal_cause(self, prompt: int) -> str:
         """What took titles away from `prompt`, for messages: `exclude`, the prior's -inf entries, or both."""
@@ -253,7 +254,7 @@ def _titles(count: int) -> str:
 def _titles_covered(trie: TitleTrie, positions: np.ndarray) -> int:
     """How many titles have every one of their items among the item `positions` (sorted, distinct)."""
     seqs, counts = np.unique(trie.sequence_at(positions), return_counts=True)
-    lo, hi = trie.item_range(seqs, seqs + 1)
+    lo, hi = trie.sequence_item_range(seqs)
     return int(np.sum(counts == hi - lo))
 
 
@@ -306,7 +307,7 @@ def _prior_node_log(trie: TitleTrie, prior: np.ndarray, excluded: list[np.ndarra
     """Per prompt: the lookahead ``L`` of every trie node (float64), and the positions of zero mass."""
     by_position = np.empty_like(prior)
     by_position[:, trie.positions_in_build_order()] = prior
-    seq_starts = trie.item_range(np.arange(len(trie)), np.arange(len(trie)))[0]
+    seq_starts = trie.sequence_item_range(np.arange(len(trie)))[0]
     node_log = np.empty((len(prior), trie.num_nodes))
     zero_mass = []
     for p, row in enumerate(by_position):
@@ -325,7 +326,7 @@ def _prior_node_log(trie: TitleTrie, prior: np.ndarray, excluded: list[np.ndarra
         with np.errstate(divide="ignore"):
             seq_log = np.logaddexp.reduceat(shifted, seq_starts)  # a title's mass: the sum over its items
         seq_log -= np.log(np.sum(np.exp(seq_log)))  # normalised over the allowed items
-        trie_walk.node_log_values(trie.arrays, seq_log, lookahead == "max", node_log[p])
+        trie_walk.node_log_values(trie.arrays(), seq_log, lookahead == "max", node_log[p])
         if lookahead == "sum":
             node_log[p] -= node_log[p, 0]  # M(root) = 1 exactly, not to the last bit of a sum
         zero_mass.append(np.union1d(excluded[p], np.flatnonzero(row == -np.inf)).astype(np.int64))

@@ -13,6 +13,7 @@ import torch
 from constrained_rec.decoding.constraints import ItemConstraints
 from constrained_rec.decoding.runner import ModelRunner, PromptBatch, TokenTree
 from constrained_rec.decoding.steps import Hypothesis, accumulate, allowed_children, fuse
+from constrained_rec.trie.cursor import TrieCursor
 from constrained_rec.trie.trie import TitleTrie
 
 
@@ -25,9 +26,7 @@ class _Entry(NamedTuple):
     score: np.float32  # fused: log-prob plus prior increments, the search's bound
     log_prob: np.float32
     tokens: tuple
-    node: int
-    lo: int
-    hi: int
+    cursor: TrieCursor  # where `tokens` lead (a complete title: its sequence is cursor.seq_lo)
 
 
 class _Queues:
@@ -38,25 +37,23 @@ class _Queues:
         self.heaps: list[list[_Entry]] = [[] for _ in batch]
         self.order = itertools.count()
 
-    def push(self, p, score, log_prob, tokens, node, lo, hi):
+    def push(self, p, score, log_prob, tokens, cursor: TrieCursor):
         running = tokens[-1] != self.trie.eos_token_id
         heapq.heappush(self.heaps[p], _Entry(-float(score), running, next(self.order), np.float32(score),
-                                             np.float32(log_prob), tokens, node, lo, hi))
+                                             np.float32(log_prob), tokens, cursor))
 
     def push_children(self, p, entry: _Entry, log_probs: torch.Tensor):
-        tokens, nodes, los, his, increments = allowed_children(
-            self.trie, self.constraints, self.batch[p], entry.node, entry.lo, entry.hi, len(entry.tokens))
+        tokens, children, increments = allowed_children(self.trie, self.constraints, self.batch[p], entry.cursor)
         lm = log_probs[torch.from_numpy(tokens).to(log_probs.device)].cpu().numpy()
-        for t, n, lo, hi, lp, fused in zip(tokens, nodes, los, his, lm, fuse(entry.score, lm, increments)):
-            self.push(p, fused, np.float32(entry.log_prob + lp), entry.tokens + (int(t),),
-                      int(n), int(lo), int(hi))
+        for c, (t, lp, fused) in enumerate(zip(tokens, lm, fuse(entry.score, lm, increments))):
+            self.push(p, fused, np.float32(entry.log_prob + lp), entry.tokens + (int(t),), children.at(c))
 
     def settle(self, p: int, found: list, k: int) -> bool:
         """Moves the complete titles at the top of queue `p` to `found`; True when `p` is done."""
         heap = self.heaps[p]
         while heap and not heap[0].running and len(found) < k:
             e = heapq.heappop(heap)
-            found.append(Hypothesis(e.score, e.log_prob, e.score, e.lo, e.tokens))
+            found.append(Hypothesis(e.score, e.log_prob, e.score, e.cursor.seq_lo, e.tokens))
         return len(found) == k or not heap
 
     def pop_prefixes(self, p: int, count: int) -> list[_Entry]:
@@ -84,9 +81,9 @@ def exact_search(runner: ModelRunner, trie: TitleTrie, prompt: PromptBatch, cons
     queues = _Queues(trie, constraints, batch)
     tree = TokenTree(prompt)
     root_log_probs = torch.log_softmax(prompt.last_logits.float(), dim=-1)
-    node, lo, hi = trie.root()
+    root = trie.root()
     for p in range(len(batch)):
-        queues.push_children(p, _Entry(0.0, True, -1, np.float32(0), np.float32(0), (), node, lo, hi), root_log_probs[p])
+        queues.push_children(p, _Entry(0.0, True, -1, np.float32(0), np.float32(0), (), root), root_log_probs[p])
     found: list[list[Hypothesis]] = [[] for _ in batch]
     expanded, exhausted = [0] * len(batch), [False] * len(batch)
     active = set(range(len(batch)))
@@ -112,8 +109,8 @@ def _expand(runner, tree: TokenTree, queues: _Queues, work: list, trie: TitleTri
     """Scores the prefixes of `work` in as few forwards as pay, and queues what they lead to."""
     fed, scored = [], []
     for _, entry in work:
-        if jump and entry.hi - entry.lo == 1:
-            rest = trie.suffix(entry.lo, len(entry.tokens))
+        if jump and entry.cursor.is_tail:
+            rest = trie.completion(entry.cursor)
             fed.append(list(entry.tokens) + rest[:-1])
             scored.append(rest)
         else:
@@ -127,7 +124,7 @@ def _expand(runner, tree: TokenTree, queues: _Queues, work: list, trie: TitleTri
         else:
             runner.stats.jumped += 1
             queues.push(p, accumulate(entry.score, lp), accumulate(entry.log_prob, lp), entry.tokens + tuple(wanted),
-                        entry.node, entry.lo, entry.hi)
+                        entry.cursor._replace(depth=len(entry.tokens) + len(wanted)))
 
 
 def _finish(runner, queues: _Queues, found, expanded, exhausted, batch, k: int, node_budget: int) -> None:
@@ -136,7 +133,7 @@ def _finish(runner, queues: _Queues, found, expanded, exhausted, batch, k: int, 
         proven = len(found[p])
         if exhausted[p]:
             complete = sorted((e for e in queues.heaps[p] if not e.running), key=lambda e: (e.key, e.order))
-            found[p] += [Hypothesis(e.score, e.log_prob, e.score, e.lo, e.tokens) for e in complete[: k - proven]]
+            found[p] += [Hypothesis(e.score, e.log_prob, e.score, e.cursor.seq_lo, e.tokens) for e in complete[: k - proven]]
         runner.stats.expanded.append(expanded[p])
         runner.stats.budget_exhausted.append(exhausted[p])
         runner.stats.proven.append(proven)

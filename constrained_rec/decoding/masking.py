@@ -56,7 +56,7 @@ def _mask_numba(scores, generated, trie, constraints, rows_per_prompt, pad):
         # Masking only moves bits: one kernel for every float dtype, bfloat16 included.
         bits_dtype = _BITS_DTYPE[scores.dtype]
         neg_inf = torch.tensor(float("-inf"), dtype=scores.dtype).view(bits_dtype).numpy()[()]
-        trie_walk.mask_scores(scores.view(bits_dtype).numpy(), ids, trie.arrays, constraints.kernel_arrays,
+        trie_walk.mask_scores(scores.view(bits_dtype).numpy(), ids, trie.arrays(), constraints.kernel_arrays,
                               rows_per_prompt, pad, neg_inf, 0.0, status, depth)
         return status, depth
     # With a prior the kernel adds values, in float32 or float64; half precision goes through float32 (the torch
@@ -64,7 +64,7 @@ def _mask_numba(scores, generated, trie, constraints, rows_per_prompt, pad):
     wide = scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
     neg_inf = wide.new_tensor(float("-inf")).numpy()[()]
     limit = torch.finfo(scores.dtype).max  # the range of the dtype the scores go back to
-    trie_walk.mask_scores(wide.numpy(), ids, trie.arrays, constraints.kernel_arrays, rows_per_prompt, pad, neg_inf,
+    trie_walk.mask_scores(wide.numpy(), ids, trie.arrays(), constraints.kernel_arrays, rows_per_prompt, pad, neg_inf,
                           limit, status, depth)
     if wide is not scores:
         scores.copy_(wide)

@@ -23,19 +23,6 @@ def check_positive_int(name: str, value) -> int:
     return int(value)
 
 
-def trie_title_token_ids(trie: TitleTrie, item_ids: Sequence[int]) -> list[list[int]]:
-    """The token ids (EOS included) under which ``trie`` holds each item's title; unknown items are an error."""
-    ids = [int(i) for i in item_ids]
-    try:
-        positions = trie.positions_of(set(ids))  # sorted positions
-    except ValueError:
-        unknown = sorted(set(ids) - set(catalog_items(trie).tolist()))
-        raise ValueError(f"candidate items {unknown[:10]} are not in the catalog of {trie.num_items} items") from None
-    position_of = dict(zip(trie.items_at(positions), positions.tolist()))
-    seqs = trie.sequence_at([position_of[i] for i in ids]) if ids else []
-    return [trie.suffix(int(seq), 0) for seq in seqs]
-
-
 def _as_trie(trie_or_token_ids) -> TitleTrie:
     """The trie itself, or one built from a table of item id -> token ids (all ending in the same EOS)."""
     if isinstance(trie_or_token_ids, TitleTrie):
@@ -124,7 +111,12 @@ def score_titles(model, tokenizer, prompts: Sequence[str | Sequence[int]], candi
     if isinstance(candidates, (str, bytes)) or len(candidates) != len(prompt_ids):
         raise ValueError(f"`candidates` has to hold one sequence of items per prompt ({len(prompt_ids)}), "
                          f"but is {candidates!r}")
-    titles = [trie_title_token_ids(trie, items) for items in candidates]
+    titles = []
+    for p, items in enumerate(candidates):
+        try:
+            titles.append(trie.title_token_ids(items))
+        except ValueError as error:
+            raise ValueError(f"`candidates[{p}]`: {error}") from None
     runner = ModelRunner(model, trie, DecodeStats())
     scores: list[np.ndarray] = []
     with torch.inference_mode():

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from constrained_rec.decoding.constraints import ItemConstraints
+from constrained_rec.trie.cursor import TrieCursor
 from constrained_rec.trie.trie import TitleTrie
 
 
@@ -26,24 +27,23 @@ class Hypothesis:
     tokens: tuple
 
 
-def allowed_children(trie: TitleTrie, constraints: ItemConstraints, prompt: int, node: int, lo: int, hi: int,
-                     depth: int):
-    """The continuations prompt `prompt` may take after a prefix of length `depth` at (node, lo, hi).
+def allowed_children(trie: TitleTrie, constraints: ItemConstraints, prompt: int, cursor: TrieCursor):
+    """The continuations prompt `prompt` may take after the prefix at `cursor` (a cursor of ints).
 
-    Returns arrays (tokens, nodes, seq_los, seq_his, increments): the children the trie and the constraints
-    allow, with their prior increments ``w * min(L(child) - L(prefix), 0)`` (float64; 0 without a prior; a
-    tail's child is its own node, so 0), the kernels' formula (``trie_walk.prior_increment``) on the same
-    per-node values, so that both paths score alike.
+    Returns (tokens, children, increments): the next tokens the trie and the constraints allow, their cursors
+    (one cursor of arrays), and their prior increments ``w * min(L(child) - L(prefix), 0)`` (float64; 0 without
+    a prior; a tail's child is its own node, so 0), the kernels' formula (``trie_walk.prior_increment``) on the
+    same per-node values, so that both paths score alike.
     """
-    tokens, nodes, los, his = trie.children(node, lo, hi, depth)
-    item_lo, item_hi = trie.item_range(los, his)
-    keep = constraints.allowed(prompt, item_lo, item_hi)
-    tokens, nodes, los, his, item_lo, item_hi = (a[keep] for a in (tokens, nodes, los, his, item_lo, item_hi))
+    tokens, children = trie.children(cursor)
+    keep = constraints.allowed(prompt, *trie.item_range(children))
+    tokens, children = tokens[keep], children.at(keep)
     increments = np.zeros(len(tokens))
     if constraints.has_prior and len(tokens):
-        parent = constraints.node_log_prior(prompt, node)[0]
-        increments = constraints.prior_weight * np.minimum(constraints.node_log_prior(prompt, nodes) - parent, 0.0)
-    return tokens, nodes, los, his, increments
+        parent = constraints.node_log_prior(prompt, cursor.node)[0]
+        increments = constraints.prior_weight * np.minimum(constraints.node_log_prior(prompt, children.node) - parent,
+                                                           0.0)
+    return tokens, children, increments
 
 
 def fuse(total, log_probs, increments) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch
 
 from constrained_rec.hf import base_causal_lm, left_pad
 from constrained_rec.hf import cache_dir as default_cache_dir
-from constrained_rec.trie.trie import TitleIndex
+from constrained_rec.trie.titles import TitleIndex
 
 
 def parse_generated_title(text: str) -> str:

@@ -117,13 +117,6 @@ def generic_prompt(item_noun: str = "movies", template: str = "alpaca", tokenize
     return prompt.replace(history, history.replace(f'"{_HISTORY_PLACEHOLDER}"', "").rstrip())
 
 
-def _same_title_items(trie: TitleTrie, item_id: int) -> set[int]:
-    """Every catalog item whose title is token-for-token the title of ``item_id`` (itself included)."""
-    seq = int(trie.sequence_at(trie.positions_of([item_id]))[0])
-    lo, hi = trie.item_range(seq, seq + 1)
-    return set(trie.items_at(np.arange(lo, hi)))
-
-
 def _draw_candidates(samples, trie: TitleTrie, num_candidates: int, seed: int, proposer, exclude) -> list[list[int]]:
     """Per sample: the target, then ``num_candidates`` other items (sampled or proposed, validated)."""
     catalog = catalog_items(trie)
@@ -137,7 +130,7 @@ def _draw_candidates(samples, trie: TitleTrie, num_candidates: int, seed: int, p
         unknown = sorted(set(int(x) for x in consumed) - known)
         if unknown:
             raise ValueError(f"excluded items {unknown[:10]} of user {sample.user_id} are not in the catalog")
-        banned = set(int(x) for x in consumed) | _same_title_items(trie, target)
+        banned = set(int(x) for x in consumed) | set(trie.items_with_same_title(target))
         if proposer is None:
             available = len(known - banned)
             if available < num_candidates:

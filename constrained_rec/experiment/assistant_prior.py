@@ -28,7 +28,7 @@ class AssistantPrior:
     def __init__(self, assistant, histories: Sequence[Sequence[int]], trie):
         from constrained_rec.collaborative.base import columns_of
 
-        build_ids = np.asarray(trie.items_at(trie.positions_in_build_order()), dtype=np.int64)
+        build_ids = trie.item_ids_in_build_order()
         assistant_ids = np.asarray(assistant.item_ids, dtype=np.int64)
         if len(build_ids) != len(assistant_ids) or set(build_ids.tolist()) != set(assistant_ids.tolist()):
             raise ValueError(f"the assistant's catalog ({len(assistant_ids)} items) is not the trie's "

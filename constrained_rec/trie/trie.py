@@ -18,41 +18,50 @@ Layout (flat numpy arrays, built once, saved and memory-mapped as ``.npy`` files
   stop sharing prefixes after a few tokens, so most tokens live only once, in ``seq_tokens``, and the
   node arrays stay a small fraction of a plain token-per-node trie. Node 0 is the root.
 
-The hot loops that walk these arrays live in ``constrained_rec.kernels``; the title text -> item ids
-map for exact grounding is a marisa-trie (compact, memory-mapped on load). ``constrained_rec.trie.build``
-compiles the arrays, ``constrained_rec.trie.io`` checks a saved folder before it is used.
+The arrays are one private field of the trie. The hot loops that walk them live in ``constrained_rec.kernels``
+and receive them as one ``TrieArrays`` (:meth:`TitleTrie.arrays`, :meth:`TitleTrie.device_arrays`); searches in
+Python move a :class:`TrieCursor` through the trie (:meth:`TitleTrie.root`, :meth:`TitleTrie.children`) and
+everything else asks the trie's query methods. The title text -> item ids map for exact grounding is a
+marisa-trie (``constrained_rec.trie.titles``). ``constrained_rec.trie.build`` compiles the arrays,
+``constrained_rec.trie.io`` checks a saved folder before it is used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
-import marisa_trie
 import numpy as np
 import torch
 
 from constrained_rec.kernels import torch_mask, trie_walk
 from constrained_rec.trie import build as trie_build
 from constrained_rec.trie import io as trie_io
+from constrained_rec.trie.cursor import TrieCursor
+from constrained_rec.trie.titles import TitleIndex
 from constrained_rec.trie.tokenization import eos_token_id, titles_token_ids
 
 FORMAT_VERSION = 3  # 2: build_positions; items of one sequence sorted by id. 3: digests of the title index
 READABLE_VERSIONS = (2, 3)  # the arrays are the same; a format-2 title index cannot be verified
-_ARRAYS = (
-    "seq_tokens",
-    "seq_offsets",
-    "seq_item_offsets",
-    "item_ids_by_position",
-    "child_offsets",
-    "node_tokens",
-    "node_seq_lo",
-    "node_seq_hi",
-    "build_positions",
-)
+
+
+class _Arrays(NamedTuple):
+    """The trie's storage (module docstring): read here, by ``trie.build``, ``trie.io`` and the kernels only."""
+
+    seq_tokens: np.ndarray
+    seq_offsets: np.ndarray
+    seq_item_offsets: np.ndarray
+    item_ids_by_position: np.ndarray
+    child_offsets: np.ndarray
+    node_tokens: np.ndarray
+    node_seq_lo: np.ndarray
+    node_seq_hi: np.ndarray
+    build_positions: np.ndarray
+
+
+_ARRAYS = _Arrays._fields
 
 
 class TitleTrie:
@@ -81,12 +90,11 @@ class TitleTrie:
     ```
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], eos_token_id: int, titles: "TitleIndex | None" = None):
+    def __init__(self, arrays: Mapping[str, np.ndarray], eos_token_id: int, titles: TitleIndex | None = None):
         missing = [name for name in _ARRAYS if name not in arrays]
         if missing:
             raise ValueError(f"TitleTrie needs the arrays {list(_ARRAYS)}; missing {missing}")
-        for name in _ARRAYS:
-            setattr(self, name, arrays[name])
+        self._arrays = _Arrays(*(arrays[name] for name in _ARRAYS))
         self.eos_token_id = int(eos_token_id)
         self.titles = titles
         self._fingerprint: str | None = None
@@ -136,98 +144,146 @@ class TitleTrie:
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
-        return len(self.seq_offsets) - 1
+        return len(self._arrays.seq_offsets) - 1
 
     @property
     def num_items(self) -> int:
-        return len(self.item_ids_by_position)
+        return len(self._arrays.item_ids_by_position)
 
     @property
     def num_nodes(self) -> int:
-        return len(self.node_tokens)
+        return len(self._arrays.node_tokens)
 
     @property
     def max_length(self) -> int:
         """Longest sequence, EOS included: the ``max_new_tokens`` a ``generate()`` call needs."""
-        return int(np.diff(self.seq_offsets).max())
+        return int(np.diff(self._arrays.seq_offsets).max())
 
     @property
     def max_token_id(self) -> int:
-        return int(self.seq_tokens.max())
+        return int(self._arrays.seq_tokens.max())
 
     def walk(self, prefix: Sequence[int]) -> trie_walk.WalkState:
         """Where ``prefix`` leads: the kernel's :class:`~constrained_rec.kernels.trie_walk.WalkState`."""
         return self._walk(trie_build.query_ids(prefix, "prefix"))
 
     def _walk(self, ids: list[int]) -> trie_walk.WalkState:
-        return trie_walk.walk_prefix(np.asarray(ids, dtype=np.int64), self.arrays)
+        return trie_walk.walk_prefix(np.asarray(ids, dtype=np.int64), self.arrays())
 
-    @property
     def arrays(self) -> trie_walk.TrieArrays:
-        """The arrays every walk reads, as the kernels take them (one ``TrieArrays``)."""
-        return trie_walk.TrieArrays(self.seq_tokens, self.seq_offsets, self.seq_item_offsets, self.child_offsets,
-                                    self.node_tokens, self.node_seq_lo, self.node_seq_hi, self.eos_token_id)
+        """The arrays every walk reads, as the kernels take them (one ``TrieArrays``); for the kernels only."""
+        a = self._arrays
+        return trie_walk.TrieArrays(a.seq_tokens, a.seq_offsets, a.seq_item_offsets, a.child_offsets, a.node_tokens,
+                                    a.node_seq_lo, a.node_seq_hi, self.eos_token_id)
 
     def device_arrays(self, device) -> torch_mask.DeviceTrie:
-        """:attr:`arrays` copied to a torch ``device`` for the torch kernel, once per device."""
+        """:meth:`arrays` copied to a torch ``device`` for the torch kernel, once per device."""
         cache = self.__dict__.setdefault("_device_arrays", {})
         device = torch.device(device)
         if device not in cache:
-            cache[device] = torch_mask.DeviceTrie.from_arrays(self.arrays, device)
+            cache[device] = torch_mask.DeviceTrie.from_arrays(self.arrays(), device)
         return cache[device]
 
-    # Searches that walk the trie in Python (constrained_rec.decoding.recommend) ask these instead of reading the arrays.
-    def root(self) -> tuple[int, int, int]:
-        """(node, seq_lo, seq_hi) of the empty prefix: node 0, every sequence."""
-        return 0, 0, len(self)
+    # Searches that walk the trie in Python (constrained_rec.decoding) move a TrieCursor instead of reading the arrays.
+    def root(self) -> TrieCursor:
+        """The cursor of the empty prefix: node 0, every sequence, depth 0."""
+        return TrieCursor(0, 0, len(self), 0)
 
-    def children(self, node: int, seq_lo: int, seq_hi: int, depth: int):
-        """The continuations of a prefix of length ``depth`` at state (node, seq_lo, seq_hi).
+    def children(self, cursor: TrieCursor) -> tuple[np.ndarray, TrieCursor]:
+        """The continuations of the prefix at ``cursor`` (a cursor of ints): ``(tokens, children)``.
 
-        Returns the arrays (tokens, nodes, seq_los, seq_his), one entry per allowed next token, each child's
-        state. A prefix with a single completion (a tail) has one child, read from its sequence.
+        ``tokens`` (int64, sorted) has one entry per allowed next token, ``children`` their cursors as one cursor
+        of arrays, one token deeper. A tail has one child, read from its sequence; past its EOS it has none,
+        which is an error.
         """
-        if seq_hi - seq_lo == 1:
-            token = self.seq_tokens[self.seq_offsets[seq_lo] + depth]
-            return (np.array([token], dtype=np.int64), np.array([node], dtype=np.int64),
-                    np.array([seq_lo], dtype=np.int64), np.array([seq_hi], dtype=np.int64))
-        a, b = int(self.child_offsets[node]), int(self.child_offsets[node + 1])
-        return (self.node_tokens[a:b].astype(np.int64), np.arange(a, b, dtype=np.int64),
-                self.node_seq_lo[a:b].astype(np.int64), self.node_seq_hi[a:b].astype(np.int64))
+        a = self._arrays
+        node, lo, hi, depth = cursor
+        if hi - lo == 1:
+            at = a.seq_offsets[lo] + depth
+            if at >= a.seq_offsets[lo + 1]:
+                raise ValueError(f"{cursor} is past the EOS of sequence {lo}: a complete title has no children")
+            return (np.array([a.seq_tokens[at]], dtype=np.int64),
+                    TrieCursor(np.array([node], dtype=np.int64), np.array([lo], dtype=np.int64),
+                               np.array([hi], dtype=np.int64), depth + 1))
+        first, stop = int(a.child_offsets[node]), int(a.child_offsets[node + 1])
+        return (a.node_tokens[first:stop].astype(np.int64),
+                TrieCursor(np.arange(first, stop, dtype=np.int64), a.node_seq_lo[first:stop].astype(np.int64),
+                           a.node_seq_hi[first:stop].astype(np.int64), depth + 1))
+
+    def completion(self, cursor: TrieCursor) -> list[int]:
+        """The one completion of a tail's prefix (the rest of its sequence, EOS included); an error elsewhere."""
+        if not cursor.is_tail:
+            raise ValueError(f"{cursor} has {cursor.seq_hi - cursor.seq_lo} completions, not one (not a tail)")
+        return self.suffix(cursor.seq_lo, cursor.depth)
 
     def suffix(self, seq: int, depth: int) -> list[int]:
         """The tokens of sequence ``seq`` from position ``depth`` on (EOS included)."""
-        return self.seq_tokens[self.seq_offsets[seq] + depth : self.seq_offsets[seq + 1]].tolist()
+        a = self._arrays
+        return a.seq_tokens[a.seq_offsets[seq] + depth : a.seq_offsets[seq + 1]].tolist()
 
     def sequence_length(self, seq) -> np.ndarray | int:
         """The length of sequence(s) ``seq``, EOS included."""
         seq = np.asarray(seq)
-        lengths = self.seq_offsets[seq + 1] - self.seq_offsets[seq]
+        lengths = self._arrays.seq_offsets[seq + 1] - self._arrays.seq_offsets[seq]
         return int(lengths) if lengths.ndim == 0 else lengths.astype(np.int64)
 
-    def item_range(self, seq_lo, seq_hi) -> tuple[np.ndarray, np.ndarray]:
-        """The item positions of sequences seq_lo:seq_hi (scalars or arrays): (position_lo, position_hi)."""
-        return (np.asarray(self.seq_item_offsets[seq_lo], dtype=np.int64),
-                np.asarray(self.seq_item_offsets[seq_hi], dtype=np.int64))
+    def item_range(self, cursor: TrieCursor) -> tuple[np.ndarray, np.ndarray]:
+        """The item positions under ``cursor`` (of ints or of arrays), ``(position_lo, position_hi)``, int64."""
+        offsets = self._arrays.seq_item_offsets
+        return (np.asarray(offsets[cursor.seq_lo], dtype=np.int64),
+                np.asarray(offsets[cursor.seq_hi], dtype=np.int64))
+
+    def sequence_item_range(self, seq) -> tuple[np.ndarray, np.ndarray]:
+        """The item positions of sequence(s) ``seq`` (an int or an array), ``(position_lo, position_hi)``, int64."""
+        seq = np.asarray(seq, dtype=np.int64)
+        offsets = self._arrays.seq_item_offsets
+        return np.asarray(offsets[seq], dtype=np.int64), np.asarray(offsets[seq + 1], dtype=np.int64)
 
     def sequence_at(self, positions) -> np.ndarray:
         """The sequence each item position belongs to."""
-        return np.searchsorted(self.seq_item_offsets, np.asarray(positions), side="right") - 1
+        return np.searchsorted(self._arrays.seq_item_offsets, np.asarray(positions), side="right") - 1
 
     def items_at(self, positions) -> list[int]:
         """The catalog item ids at the given item positions."""
-        return self.item_ids_by_position[np.asarray(positions, dtype=np.int64)].tolist()
+        return self._arrays.item_ids_by_position[np.asarray(positions, dtype=np.int64)].tolist()
 
     def positions_in_build_order(self) -> np.ndarray:
         """``[j]``: the item position of the ``j``-th item id given to the builder (per-item arrays in that order)."""
-        return self.build_positions
+        return self._arrays.build_positions
+
+    def item_ids_in_build_order(self) -> np.ndarray:
+        """The catalog's item ids (int64) in the order given to the builder: column ``j`` of an item prior.
+
+        >>> TitleTrie.from_token_sequences([[7], [5]], eos_token_id=2, item_ids=[30, 10]).item_ids_in_build_order()
+        array([30, 10])
+        """
+        return self._arrays.item_ids_by_position[self._arrays.build_positions].astype(np.int64)
+
+    def title_token_ids(self, item_ids: Iterable[int]) -> list[list[int]]:
+        """The token ids (EOS included) of each item's title as the trie holds them; an unknown item is an error.
+
+        >>> trie = TitleTrie.from_token_sequences([[5, 6], [7], [5, 6]], eos_token_id=2, item_ids=[10, 11, 12])
+        >>> trie.title_token_ids([12, 11, 12])
+        [[5, 6, 2], [7, 2], [5, 6, 2]]
+        """
+        return [self.suffix(int(seq), 0) for seq in self.sequence_at(self._position_of_each(item_ids))]
+
+    def items_with_same_title(self, item_id: int) -> list[int]:
+        """The item ids (sorted) whose title is token for token that of ``item_id``, itself included.
+
+        >>> TitleTrie.from_token_sequences([[5, 6], [7], [5, 6]], eos_token_id=2, item_ids=[10, 11, 12]).items_with_same_title(12)
+        [10, 12]
+        """
+        (position,) = self._position_of_each([item_id])
+        lo, hi = self.sequence_item_range(self.sequence_at(position))
+        return self._arrays.item_ids_by_position[lo:hi].tolist()
 
     def next_tokens(self, prefix: Sequence[int]) -> list[int]:
         """Sorted token ids allowed after ``prefix``; empty if ``prefix`` is not a trie path or is complete."""
         state = self._walk(trie_build.query_ids(prefix, "prefix"))
         if state.status != trie_walk.IN_TRIE:
             return []
-        return self.children(state.node, state.seq_lo, state.seq_hi, state.depth)[0].tolist()
+        return self.children(TrieCursor(state.node, state.seq_lo, state.seq_hi, state.depth))[0].tolist()
 
     def item_ids(self, generated: Sequence[int]) -> list[int]:
         """Catalog item ids whose sequence equals ``generated`` (EOS optional at the end); ``[]`` if none."""
@@ -239,8 +295,8 @@ class TitleTrie:
         state = self._walk(ids)
         if state.status != trie_walk.FINISHED or state.depth != len(ids):
             return []
-        lo, hi = self.seq_item_offsets[state.seq_lo], self.seq_item_offsets[state.seq_lo + 1]
-        return self.item_ids_by_position[lo:hi].tolist()
+        lo, hi = self.sequence_item_range(state.seq_lo)
+        return self._arrays.item_ids_by_position[lo:hi].tolist()
 
     def output_item_ids(self, generated: Sequence[int], strict: bool = False) -> list[int]:
         """:meth:`item_ids` of a ``generate()`` output row: the ids up to its first EOS (the rest is padding).
@@ -295,13 +351,17 @@ class TitleTrie:
     def sequences(self) -> Iterable[list[int]]:
         """Every distinct sequence, EOS included, in lexicographic order."""
         for s in range(len(self)):
-            yield self.seq_tokens[self.seq_offsets[s] : self.seq_offsets[s + 1]].tolist()
+            yield self.suffix(s, 0)
 
     def positions_of(self, item_ids: Iterable[int]) -> np.ndarray:
         """Sorted positions (in ``item_ids_by_position``) of the given item ids; unknown ids are an error."""
+        return np.unique(self._position_of_each(item_ids, "; exclude only catalog items"))
+
+    def _position_of_each(self, item_ids: Iterable[int], hint: str = "") -> np.ndarray:
+        """The position of each given item id, in their order; unknown ids are an error."""
         if self._id_order is None:
-            self._id_order = np.argsort(self.item_ids_by_position, kind="stable")
-            self._sorted_ids = self.item_ids_by_position[self._id_order]
+            self._id_order = np.argsort(self._arrays.item_ids_by_position, kind="stable")
+            self._sorted_ids = self._arrays.item_ids_by_position[self._id_order]
         ids = np.asarray(trie_build.query_item_ids(item_ids), dtype=np.int64)
         where = np.searchsorted(self._sorted_ids, ids)
         where_clipped = np.minimum(where, len(self._sorted_ids) - 1)
@@ -309,16 +369,16 @@ class TitleTrie:
         if len(unknown):
             raise ValueError(
                 f"item ids {sorted(set(unknown.tolist()))[:10]} are not in the trie's catalog of "
-                f"{self.num_items} items; exclude only catalog items"
+                f"{self.num_items} items{hint}"
             )
-        return np.unique(self._id_order[where_clipped])
+        return self._id_order[where_clipped]
 
     def fingerprint(self) -> str:
         """A hash of the sequences, their items and EOS: equal fingerprints mean identical catalogs."""
         if self._fingerprint is None:
             digest = hashlib.sha256(f"eos={self.eos_token_id}".encode())
             for name in ("seq_tokens", "seq_offsets", "seq_item_offsets", "item_ids_by_position"):
-                digest.update(np.ascontiguousarray(getattr(self, name), dtype=np.int64).tobytes())
+                digest.update(np.ascontiguousarray(getattr(self._arrays, name), dtype=np.int64).tobytes())
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
 
@@ -333,8 +393,8 @@ class TitleTrie:
         """Writes the trie to the folder ``path`` (created if needed): one ``.npy`` per array."""
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        for name in _ARRAYS:
-            np.save(folder / f"{name}.npy", np.ascontiguousarray(getattr(self, name)))
+        for name, array in self._arrays._asdict().items():
+            np.save(folder / f"{name}.npy", np.ascontiguousarray(array))
         meta = {"format_version": FORMAT_VERSION, "eos_token_id": self.eos_token_id, "fingerprint": self.fingerprint()}
         if self.titles is not None:
             self.titles.save(folder)
@@ -375,96 +435,7 @@ class TitleTrie:
             trie_io.check_nodes(folder, arrays)
         trie._fingerprint = meta.get("fingerprint")
         if meta.get("has_titles"):
-            trie.titles = TitleIndex.load(folder, trie.item_ids_by_position if check else None)
+            trie.titles = TitleIndex.load(folder, trie._arrays.item_ids_by_position if check else None)
             if check:
                 trie_io.check_digests(folder, meta, "title_files", TitleIndex.FILES, trie.fingerprint())
         return trie
-
-
-class TitleIndex:
-    """Title text -> item ids (exact match), and item id -> title, in a marisa-trie.
-
-    The marisa trie stores each distinct title once; ``key_item_offsets`` and ``key_item_ids`` map its
-    key ids to item ids, and ``item_key`` maps (sorted) item ids back to key ids.
-    """
-
-    _ARRAYS = ("key_item_offsets", "key_item_ids", "sorted_item_ids", "item_key")
-    FILES = ("titles.marisa",) + tuple(f"titles_{name}.npy" for name in _ARRAYS)
-
-    def __init__(self, keys: marisa_trie.Trie, key_item_offsets: np.ndarray, key_item_ids: np.ndarray,
-                 sorted_item_ids: np.ndarray, item_key: np.ndarray):
-        self.keys = keys
-        self.key_item_offsets = key_item_offsets
-        self.key_item_ids = key_item_ids
-        self.sorted_item_ids = sorted_item_ids
-        self.item_key = item_key
-
-    @classmethod
-    def build(cls, titles: Sequence[str], item_ids: Sequence[int]) -> "TitleIndex":
-        stored = [_escape_title(t, i) for i, t in enumerate(titles)]
-        keys = marisa_trie.Trie(stored)
-        key_of_item = np.fromiter((keys[t] for t in stored), dtype=np.int64, count=len(stored))
-        ids = np.asarray(item_ids, dtype=np.int64)
-        by_key = np.argsort(key_of_item, kind="stable")
-        key_item_offsets = np.searchsorted(key_of_item[by_key], np.arange(len(keys) + 1))
-        id_order = np.argsort(ids, kind="stable")
-        return cls(keys, key_item_offsets, ids[by_key], ids[id_order], key_of_item[id_order])
-
-    def items_for_title(self, title: str) -> list[int]:
-        """Item ids whose title is exactly ``title``; ``[]`` if none."""
-        if not isinstance(title, str):
-            raise ValueError(f"a title is a str, got {title!r}")
-        key = self.keys.get(_escape_title(title)) if _valid_utf8(title) else None
-        if key is None:
-            return []
-        return self.key_item_ids[self.key_item_offsets[key] : self.key_item_offsets[key + 1]].tolist()
-
-    def title(self, item_id: int) -> str:
-        """The title of ``item_id``; a KeyError naming it if it is not in the catalog."""
-        (item_id,) = trie_build.query_item_ids([item_id])
-        where = int(np.searchsorted(self.sorted_item_ids, item_id))
-        if where == len(self.sorted_item_ids) or self.sorted_item_ids[where] != item_id:
-            raise KeyError(f"item {item_id} is not in the catalog")
-        return _unescape_title(self.keys.restore_key(int(self.item_key[where])))
-
-    def save(self, folder: Path) -> None:
-        self.keys.save(str(folder / "titles.marisa"))
-        for name in self._ARRAYS:
-            np.save(folder / f"titles_{name}.npy", getattr(self, name))
-
-    @classmethod
-    def load(cls, folder: Path, item_ids: np.ndarray | None = None) -> "TitleIndex":
-        """Opens the index :meth:`save` wrote; with ``item_ids`` (the trie's), checks it indexes exactly them."""
-        keys = trie_io.open_marisa(folder / "titles.marisa")
-        arrays = {name: trie_io.read_array(folder / f"titles_{name}.npy") for name in cls._ARRAYS}
-        if item_ids is not None:
-            trie_io.check_title_index(folder, keys, arrays, item_ids)
-        return cls(keys, *(arrays[name] for name in cls._ARRAYS))
-
-
-# marisa-trie keys end at NUL, so titles are stored escaped: \x01 -> \x01\x01, NUL -> \x01\x02 (a
-# no-op for every title without these two control characters).
-_ESCAPES = {"\x01": "\x01\x01", "\x00": "\x01\x02"}
-_UNESCAPE = re.compile("\x01(.)", re.DOTALL)
-
-
-def _valid_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _escape_title(title: str, index: int | None = None) -> str:
-    if index is not None and not _valid_utf8(title):
-        raise ValueError(f"title {index} {title!r} holds a lone surrogate and is not valid Unicode text")
-    if "\x00" not in title and "\x01" not in title:
-        return title
-    return "".join(_ESCAPES.get(c, c) for c in title)
-
-
-def _unescape_title(key: str) -> str:
-    if "\x01" not in key:
-        return key
-    return _UNESCAPE.sub(lambda m: "\x01" if m.group(1) == "\x01" else "\x00", key)

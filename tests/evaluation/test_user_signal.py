@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import constrained_rec.evaluation.user_signal
 from conftest import make_tiny_llama
 from constrained_rec import TitleTrie
-from constrained_rec.decoding.scoring import score_titles, trie_title_token_ids
+from constrained_rec.decoding.scoring import score_titles
 from constrained_rec.evaluation.user_signal import derangement, generic_prompt, rank_and_auc, user_signal
 from constrained_rec.experiment.report import plot_user_signal, signal_markdown
 
@@ -72,14 +72,6 @@ def test_score_titles_uses_the_peft_adapter():
     for got, want, without in zip(scores, expected, base):
         np.testing.assert_allclose(got, want, atol=1e-4)
         assert np.abs(np.asarray(want) - np.asarray(without)).max() > 1e-3  # the adapter changes the scores
-
-
-def test_trie_token_ids_are_the_trie_sequences():
-    seqs = [[5, 6, 7], [5, 9], [11, 12], [11, 12]]  # the last two items share a title
-    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=[10, 20, 30, 40])
-    assert trie_title_token_ids(trie, [40, 10, 30]) == [[11, 12, EOS], [5, 6, 7, EOS], [11, 12, EOS]]
-    with pytest.raises(ValueError, match="99"):
-        trie_title_token_ids(trie, [10, 99])
 
 
 def test_derangement_has_no_fixed_point_and_is_seeded():
@@ -245,7 +237,7 @@ def test_bad_input_names_the_value(copy_task):
     with pytest.raises(ValueError, match="proposer named items \\[777\\]"):
         user_signal(model, None, users[:3], trie, num_candidates=2, generic=[BOS, SEP],
                     proposer=lambda sample, n, banned: [777, 0])
-    with pytest.raises(ValueError, match="candidate items \\[5\\]"):
+    with pytest.raises(ValueError, match="candidates\\[0\\].*item ids \\[5\\] are not in the trie's catalog"):
         score_titles(model, None, [[1, 2]], [[5]], {4: [7, EOS]})
     with pytest.raises(ValueError, match="token id 500"):
         score_titles(model, None, [[1, 500]], [[4]], {4: [7, EOS]})
@@ -280,5 +272,5 @@ def test_score_titles_equals_naive_forward_on_the_embedded_model():
     scores = score_titles(model, tokenizer, prompts, candidates, trie, batch_size=3)
     for prompt, items, got in zip(prompts, candidates, scores):
         ids = prompt_token_ids(tokenizer, prompt)
-        expected = [naive_log_prob(model, ids, tokens) for tokens in trie_title_token_ids(trie, items)]
+        expected = [naive_log_prob(model, ids, tokens) for tokens in trie.title_token_ids(items)]
         np.testing.assert_allclose(got, expected, rtol=0, atol=2e-3)

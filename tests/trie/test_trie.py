@@ -93,7 +93,7 @@ def test_save_load_round_trip(tmp_path_factory, catalog):
         assert loaded.item_ids(s) == trie.item_ids(s)
         for cut in range(len(s) + 1):
             assert loaded.next_tokens(s[:cut]) == trie.next_tokens(s[:cut])
-    assert isinstance(loaded.seq_tokens, np.memmap)
+    assert isinstance(loaded._arrays.seq_tokens, np.memmap)
 
 
 class CharTokenizer:  # one token per character (its code point + 3, so never EOS), EOS = 2
@@ -163,9 +163,9 @@ def test_build_positions_map_given_order_to_positions(catalog, rng):
     seqs, item_ids = catalog
     ids = list(range(len(seqs))) if item_ids is None else item_ids
     trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=item_ids)
-    assert trie.build_positions.shape == (len(seqs),)
-    assert trie.item_ids_by_position[trie.build_positions].tolist() == ids
-    assert sorted(trie.build_positions.tolist()) == list(range(len(seqs)))
+    assert trie._arrays.build_positions.shape == (len(seqs),)
+    assert trie._arrays.item_ids_by_position[trie._arrays.build_positions].tolist() == ids
+    assert sorted(trie._arrays.build_positions.tolist()) == list(range(len(seqs)))
 
 
 @settings(max_examples=200, deadline=None)
@@ -179,7 +179,7 @@ def test_fingerprint_depends_on_the_catalog_not_its_order(catalog, rng, data):
     rng.shuffle(shuffled)
     same = TitleTrie.from_token_sequences([s for _, s in shuffled], eos_token_id=EOS, item_ids=[i for i, _ in shuffled])
     assert same.fingerprint() == trie.fingerprint()
-    assert same.item_ids_by_position.tolist() == trie.item_ids_by_position.tolist()
+    assert same._arrays.item_ids_by_position.tolist() == trie._arrays.item_ids_by_position.tolist()
     # Any change to the set of (item id, sequence) pairs, or to EOS, changes it.
     which = data.draw(st.integers(0, len(pairs) - 1))
     changed = pairs[:]

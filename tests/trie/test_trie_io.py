@@ -225,7 +225,7 @@ def test_any_single_edit_is_refused_or_harmless(tmp_path_factory, name, data):
             assert loaded.next_tokens(full[:cut]) == trie.next_tokens(full[:cut])
         assert loaded.titles.items_for_title(t) == trie.titles.items_for_title(t)
     assert [loaded.titles.title(i) for i in (5, 3, 9, 1, 7, 11, 2)] == titles
-    assert loaded.build_positions.tolist() == trie.build_positions.tolist()
+    assert loaded._arrays.build_positions.tolist() == trie._arrays.build_positions.tolist()
 
 
 # ---------------------------------------------------------------------- the title index against the catalog
