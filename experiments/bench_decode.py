@@ -309,10 +309,11 @@ def prior_search(args) -> None:
     """NDCG@10, speed and exact search's work of beam (sum, max) and exact (max, sum) under an assistant prior."""
     from constrained_rec.collaborative import fit_assistant
     from constrained_rec.evaluation.metrics import ndcg, target_rank
-    from constrained_rec.experiment.assistant_prior import AssistantPrior, full_histories
+    from constrained_rec.experiment.assistant_prior import AssistantPrior
+    from constrained_rec.experiment.assistant_step import full_histories
     from constrained_rec.experiment.catalog import catalog_trie
-    from constrained_rec.experiment.pipeline import evaluation_samples, load_data
     from constrained_rec.experiment.run_config import RunConfig
+    from constrained_rec.experiment.steps import evaluation_samples, load_data
     from constrained_rec.model import load_adapter
 
     config = RunConfig(eval_users=args.users)

@@ -11,16 +11,16 @@ import torch
 
 from constrained_rec.data import SplitConfig, load_interactions, make_splits
 from constrained_rec.decoding.recommend import recommend
-from constrained_rec.experiment.assistant_prior import (
+from constrained_rec.experiment.assistant_prior import AssistantPrior
+from constrained_rec.experiment.assistant_step import (
     SWEEP_BATCH,
     WEIGHT_GRID,
-    AssistantPrior,
     fit_assistant_step,
     sweep_prior_weight,
     sweep_samples,
 )
 from constrained_rec.experiment.catalog import catalog_trie
-from constrained_rec.experiment.pipeline import LoadedData
+from constrained_rec.experiment.steps import LoadedData
 from constrained_rec.model import load_model
 
 torch.set_num_threads(1)

@@ -33,7 +33,8 @@ def _prior(config, data_module, trie):
     if config.assistant == "none":
         return None
     from constrained_rec.collaborative import fit_assistant
-    from constrained_rec.experiment.assistant_prior import AssistantPrior, full_histories
+    from constrained_rec.experiment.assistant_prior import AssistantPrior
+    from constrained_rec.experiment.assistant_step import full_histories
 
     assistant = fit_assistant(config.assistant, data_module.data, data_module.split_config, seed=config.seed)
     return AssistantPrior(assistant, full_histories(data_module.data, data_module.splits["test"]), trie)

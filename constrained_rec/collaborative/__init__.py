@@ -15,39 +15,35 @@ validation NDCG@10). :func:`fit_assistant` fits one by name; :class:`AssistantRe
 catalog with one for :func:`constrained_rec.evaluation.evaluate.evaluate`.
 """
 
-from constrained_rec.collaborative.base import (
-    Assistant,
-    AssistantData,
-    DamagedAssistantError,
-    assistant_data,
-    histories_before,
-    sample_rows,
-)
-from constrained_rec.collaborative.closed_form import EASE, Popularity, ease_weights
-from constrained_rec.collaborative.recommend import (
-    ASSISTANTS,
-    AssistantRecommender,
-    fit_assistant,
-    load_assistant,
-    rank_columns,
-)
-from constrained_rec.collaborative.sasrec import SASRec, SASRecConfig
+from importlib import import_module
 
-__all__ = [
-    "ASSISTANTS",
-    "Assistant",
-    "AssistantData",
-    "AssistantRecommender",
-    "DamagedAssistantError",
-    "EASE",
-    "Popularity",
-    "SASRec",
-    "SASRecConfig",
-    "assistant_data",
-    "ease_weights",
-    "fit_assistant",
-    "histories_before",
-    "load_assistant",
-    "rank_columns",
-    "sample_rows",
-]
+# name -> its module, imported on first use: reading the assistants' names (registry) imports no torch
+_EXPORTS = {
+    "ASSISTANTS": "constrained_rec.collaborative.registry",
+    "Assistant": "constrained_rec.collaborative.base",
+    "AssistantData": "constrained_rec.collaborative.base",
+    "AssistantRecommender": "constrained_rec.collaborative.recommend",
+    "DamagedAssistantError": "constrained_rec.collaborative.base",
+    "EASE": "constrained_rec.collaborative.closed_form",
+    "Popularity": "constrained_rec.collaborative.closed_form",
+    "SASRec": "constrained_rec.collaborative.sasrec",
+    "SASRecConfig": "constrained_rec.collaborative.sasrec",
+    "assistant_data": "constrained_rec.collaborative.base",
+    "ease_weights": "constrained_rec.collaborative.closed_form",
+    "fit_assistant": "constrained_rec.collaborative.recommend",
+    "histories_before": "constrained_rec.collaborative.base",
+    "load_assistant": "constrained_rec.collaborative.recommend",
+    "rank_columns": "constrained_rec.collaborative.recommend",
+    "sample_rows": "constrained_rec.collaborative.base",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'constrained_rec.collaborative' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

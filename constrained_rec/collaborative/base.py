@@ -104,8 +104,10 @@ def sample_rows(data: InteractionData, samples) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
-def assistant_data(data: InteractionData, split_config: SplitConfig | None = None) -> AssistantData:
-    """The training interactions and validation samples of ``data`` split by ``split_config``.
+def assistant_data(data: InteractionData, split_config: SplitConfig | None = None,
+                   positions: dict[str, np.ndarray] | None = None) -> AssistantData:
+    """The training interactions and validation samples of ``data`` split by ``split_config`` (its
+    :func:`~constrained_rec.data.split_positions`, computed here unless ``positions`` gives them).
 
     Example:
 
@@ -120,7 +122,7 @@ def assistant_data(data: InteractionData, split_config: SplitConfig | None = Non
     ```
     """
     split_config = split_config or SplitConfig()
-    positions = split_positions(data, split_config)
+    positions = split_positions(data, split_config) if positions is None else positions
     frame = data.interactions
     held_out = np.zeros(len(frame), dtype=bool)
     held_out[positions["validation"]] = True

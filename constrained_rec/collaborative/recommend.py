@@ -9,21 +9,17 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from constrained_rec.collaborative.base import Assistant, DamagedAssistantError, assistant_data, columns_of, read_config
-from constrained_rec.collaborative.closed_form import EASE, Popularity
+from constrained_rec.collaborative.registry import assistant_class
 from constrained_rec.collaborative.sasrec import SASRec, SASRecConfig
 from constrained_rec.data import InteractionData, SplitConfig
 
-ASSISTANTS: dict[str, type[Assistant]] = {"popularity": Popularity, "ease": EASE, "sasrec": SASRec}
-
 
 def _check_name(name: str) -> type[Assistant]:
-    if name not in ASSISTANTS:
-        raise ValueError(f"unknown assistant {name!r}; accepted: {sorted(ASSISTANTS)}")
-    return ASSISTANTS[name]
+    return assistant_class(name)
 
 
 def fit_assistant(name: str, data: InteractionData, split_config: SplitConfig | None = None, seed: int = 0,
-                  **options) -> Assistant:
+                  positions: dict | None = None, **options) -> Assistant:
     """Fit the assistant ``name`` on the training interactions of ``data`` split by ``split_config``.
 
     Args:
@@ -32,6 +28,8 @@ def fit_assistant(name: str, data: InteractionData, split_config: SplitConfig | 
             its validation samples choose hyper-parameters (see :func:`assistant_data`).
         split_config ([`SplitConfig`], *optional*): The split (defaults to leave-one-out).
         seed (`int`, defaults to 0): Seed of the fit (only SASRec is random).
+        positions (`dict`, *optional*): :func:`~constrained_rec.data.split_positions` of ``data`` under
+            ``split_config``, where the caller has them already.
         options: ``smoothing`` (popularity), ``l2_grid`` (ease), any :class:`SASRecConfig` field and ``log``
             (sasrec).
 
@@ -53,12 +51,12 @@ def fit_assistant(name: str, data: InteractionData, split_config: SplitConfig | 
         if unknown:
             raise ValueError(f"unknown sasrec option(s) {unknown}; accepted: {sorted(fields | {'log'})}")
         log = options.pop("log", None)
-        return SASRec.fit(assistant_data(data, split_config), SASRecConfig(**options), seed=seed, log=log)
+        return SASRec.fit(assistant_data(data, split_config, positions), SASRecConfig(**options), seed=seed, log=log)
     accepted = {"popularity": {"smoothing"}, "ease": {"l2_grid"}}[name]
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise ValueError(f"unknown {name} option(s) {unknown}; accepted: {sorted(accepted)}")
-    return cls.fit(assistant_data(data, split_config), seed=seed, **options)
+    return cls.fit(assistant_data(data, split_config, positions), seed=seed, **options)
 
 
 def load_assistant(folder: str | os.PathLike) -> Assistant:

@@ -215,7 +215,8 @@ def _fingerprint(data: InteractionData, config: SplitConfig, tokenizer, split: s
     return digest.hexdigest()[:16]
 
 
-def make_splits(data: InteractionData, config: SplitConfig | None = None, tokenizer=None):
+def make_splits(data: InteractionData, config: SplitConfig | None = None, tokenizer=None,
+                positions: dict[str, np.ndarray] | None = None):
     """Training, validation and test samples as a ``datasets.DatasetDict``.
 
     Each row is one sample: ``user_id``, ``history_item_ids`` / ``history_titles`` (up to
@@ -229,6 +230,8 @@ def make_splits(data: InteractionData, config: SplitConfig | None = None, tokeni
         data ([`InteractionData`]): From :func:`load_interactions`.
         config ([`SplitConfig`], *optional*): Protocol, history length, sampling, template.
         tokenizer (*optional*): Needed for ``template="chat"`` only.
+        positions (*optional*): :func:`split_positions` of ``data`` under ``config``, where the caller has them
+            already (they are computed here otherwise).
 
     Example:
 
@@ -248,7 +251,7 @@ def make_splits(data: InteractionData, config: SplitConfig | None = None, tokeni
     if config.template == "chat" and tokenizer is None:
         raise ValueError("template 'chat' renders prompts with the tokenizer's chat template; pass tokenizer=")
     context = _SampleContext.build(data)
-    positions = split_positions(data, config)
+    positions = split_positions(data, config) if positions is None else positions
     splits = {}
     for split, rows in positions.items():
         count = config.train_samples if split == "train" else config.eval_samples

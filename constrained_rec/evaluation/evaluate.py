@@ -31,7 +31,12 @@ from constrained_rec.evaluation import metrics
 from constrained_rec.evaluation.predictions import PredictionStore
 from constrained_rec.hf import process_state
 
-DECODERS = ("beam", "generate")
+# The constrained decoders, registered here only: name -> the function of constrained_rec.evaluation.recommenders
+# that decodes with it ("module:function", imported when first used, so that reading the options imports no
+# torch). Each takes recommend_constrained's arguments (model, tokenizer, prompts, trie, k, num_beams,
+# length_penalty, exclude, item_log_prior, prior_weight) and returns its (rankings, invalid).
+DECODERS = {"beam": "constrained_rec.evaluation.recommenders:recommend_beam",
+            "generate": "constrained_rec.evaluation.recommenders:recommend_generate"}
 
 
 @runtime_checkable

@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Collection, Iterable, Mapping, Sequence
 
 import torch
@@ -92,9 +93,11 @@ def recommend_constrained(model, tokenizer, prompts: Sequence[str], trie: TitleT
 
     Args:
         decoder (`str`, defaults to `"beam"`):
-            ``"beam"``: :func:`constrained_rec.decoding.recommend.recommend` (one prefill per prompt, beams share its KV
-            cache, unique suffixes scored in one forward). ``"generate"``: transformers' ``generate()`` with
-            :class:`TitleTrieProcessor`, the drop-in path (B prefills of each prompt, one step per token).
+            A name in :data:`constrained_rec.evaluation.evaluate.DECODERS`, which names its function.
+            ``"beam"`` (:func:`recommend_beam`): :func:`constrained_rec.decoding.recommend.recommend` (one prefill per
+            prompt, beams share its KV cache, unique suffixes scored in one forward). ``"generate"``
+            (:func:`recommend_generate`): transformers' ``generate()`` with :class:`TitleTrieProcessor`, the drop-in
+            path (B prefills of each prompt, one step per token).
         item_log_prior (array-like `(len(prompts), trie.num_items)`, *optional*), prior_weight (`float`):
             A collaborative prior fused into the search (columns in the trie's build order): titles rank by
             ``log p_LM(title) + prior_weight * log M(title)``, see :func:`constrained_rec.decoding.recommend.recommend`.
@@ -106,9 +109,14 @@ def recommend_constrained(model, tokenizer, prompts: Sequence[str], trie: TitleT
     """
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; accepted: {list(DECODERS)}")
-    if decoder == "beam":
-        return _recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude,
-                               item_log_prior, prior_weight)
+    module, function = DECODERS[decoder].split(":")
+    return getattr(import_module(module), function)(model, tokenizer, prompts, trie, k, num_beams, length_penalty,
+                                                    exclude, item_log_prior, prior_weight)
+
+
+def recommend_generate(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude, item_log_prior=None,
+                       prior_weight=1.0):
+    """The ``"generate"`` decoder: transformers' ``generate()`` with :class:`TitleTrieProcessor`."""
     config = _generation_config(tokenizer, num_beams, k, length_penalty, trie.max_length)
     constraints = ItemConstraints.build(trie, num_prompts=len(prompts), exclude=exclude,
                                         item_log_prior=item_log_prior, prior_weight=prior_weight)
@@ -128,8 +136,9 @@ def recommend_constrained(model, tokenizer, prompts: Sequence[str], trie: TitleT
     return _checked_rankings(trie, outputs, exclude)
 
 
-def _recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude, item_log_prior=None,
-                    prior_weight=1.0):
+def recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude, item_log_prior=None,
+                   prior_weight=1.0):
+    """The ``"beam"`` decoder: :func:`constrained_rec.decoding.recommend.recommend`."""
     from constrained_rec.decoding.recommend import FewerTitlesWarning, recommend
 
     with warnings.catch_warnings():

@@ -25,13 +25,16 @@ whether the history narrows the catalog at all.
 Titles are scored exactly as the trie holds them (:func:`constrained_rec.trie.tokenization.title_token_ids`,
 EOS included) by :func:`constrained_rec.decoding.scoring.score_titles`: one prefill per prompt, whose KV cache is then expanded over that
 prompt's candidates, which are fed teacher-forced in batches.
+
+Its markdown section and plot are :func:`constrained_rec.experiment.report.signal_markdown` and
+:func:`constrained_rec.experiment.report.plot_user_signal`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Collection, Mapping, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 
@@ -41,7 +44,6 @@ from constrained_rec.prompts import build_prompt, history_text
 from constrained_rec.trie.trie import TitleTrie
 
 CONDITIONS = ("own", "other", "generic")
-CONDITION_LABELS = {"own": "own history", "other": "another user's history", "generic": "generic (empty history)"}
 DIFFERENCES = {"own_minus_other": ("own", "other"), "own_minus_generic": ("own", "generic")}
 # Stands in for the history while the generic prompt is rendered by build_prompt, then is cut out.
 _HISTORY_PLACEHOLDER = "HISTORY-PLACEHOLDER"
@@ -257,59 +259,3 @@ def user_signal(model, tokenizer, samples: Sequence, trie: TitleTrie, *, num_can
                      "other_user_id": [int(samples[j].user_id) for j in others_of],
                      "rank": {c: ranks[c].tolist() for c in CONDITIONS}},
     }
-
-
-# ---------------------------------------------------------------------------------------------- reporting
-def interval_cells(figure: Mapping, digits: int, signed: bool = False) -> tuple[str, str]:
-    """A ``{value, ci}`` figure as two table cells: the value and ``[low, high]``."""
-    sign = "+" if signed else ""
-    low, high = figure["ci"]
-    return f"{figure['value']:{sign}.{digits}f}", f"[{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
-
-
-def signal_verdict(signal: Mapping) -> str:
-    """One sentence: whether the own - other AUC interval excludes zero."""
-    low, high = signal["differences"]["own_minus_other"]["auc"]["ci"]
-    confidence = int(round(signal.get("confidence", 0.95) * 100))
-    if low > 0:
-        return f"The model reads the user's history: own beats another user's prompt ({confidence}% CI above 0)."
-    if high < 0:
-        return f"Another user's prompt ranks targets better than the user's own ({confidence}% CI below 0)."
-    return f"No user-specific signal detected: the own - other difference's {confidence}% CI includes 0."
-
-
-def signal_markdown(signal: Mapping) -> str:
-    """A markdown section for report.md: rank and AUC per condition, then the paired differences."""
-    n = signal["num_candidates"]
-    confidence = int(round(signal.get("confidence", 0.95) * 100))
-    lines = ["## User signal", "",
-             f"The target among {n + 1} candidates ({signal['candidates']}), {signal['users']} users; "
-             f"rank 1 = best, AUC 0.5 = chance. {signal_verdict(signal)}", "",
-             f"| prompt | mean rank | {confidence}% CI | AUC | {confidence}% CI |", "|---|---|---|---|---|"]
-    for condition in CONDITIONS:
-        figures = signal["conditions"][condition]
-        lines.append("| " + " | ".join([CONDITION_LABELS[condition], *interval_cells(figures["mean_rank"], 2),
-                                         *interval_cells(figures["auc"], 3)]) + " |")
-    for name, (a, b) in DIFFERENCES.items():
-        figures = signal["differences"][name]
-        rank, rank_ci = interval_cells(figures["mean_rank"], 2, signed=True)
-        auc, auc_ci = interval_cells(figures["auc"], 3, signed=True)
-        lines.append(f"| difference {a} - {b} | {rank} | {rank_ci} | {auc} | {auc_ci} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_user_signal(axis, signal: Mapping) -> None:
-    """Draws the AUC of each condition with its interval on a matplotlib ``axis`` (chance at 0.5)."""
-    aucs = [signal["conditions"][c]["auc"] for c in CONDITIONS]
-    values = [f["value"] for f in aucs]
-    errors = [[v - f["ci"][0] for v, f in zip(values, aucs)], [f["ci"][1] - v for v, f in zip(values, aucs)]]
-    axis.bar(range(len(CONDITIONS)), values, yerr=errors, capsize=4, color=["tab:blue", "tab:gray", "tab:orange"])
-    axis.axhline(0.5, color="black", linewidth=0.8, linestyle="--", label="chance")
-    axis.set_xticks(range(len(CONDITIONS)), [CONDITION_LABELS[c].replace(" (", "\n(") for c in CONDITIONS],
-                    fontsize="small")
-    difference = signal["differences"]["own_minus_other"]["auc"]
-    axis.set_title(f"user signal: AUC own - other {difference['value']:+.3f} "
-                   f"[{difference['ci'][0]:+.3f}, {difference['ci'][1]:+.3f}]", fontsize="small")
-    axis.set_ylabel(f"target AUC among {signal['num_candidates'] + 1} candidates")
-    axis.set_ylim(0, 1)
-    axis.legend(fontsize="small")

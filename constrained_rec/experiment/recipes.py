@@ -194,7 +194,8 @@ def _recipe_data(recipe: Recipe, settings: SearchSettings, train_samples: int, t
 def run_recipe(recipe: Recipe, settings: SearchSettings) -> dict:
     """Train the recipe's adapter and measure the user-signal control; the JSON-ready result."""
     from constrained_rec.evaluation.evaluate import consumed_items, samples_from_split
-    from constrained_rec.evaluation.user_signal import signal_verdict, user_signal
+    from constrained_rec.evaluation.user_signal import user_signal
+    from constrained_rec.experiment.report import signal_verdict
     from constrained_rec.model import load_model
     from constrained_rec.training.train import TrainConfig, train
 
@@ -235,7 +236,7 @@ def run_recipe(recipe: Recipe, settings: SearchSettings) -> dict:
 # -------------------------------------------------------------------------------------------------- the table
 def interval_text(figure: dict, digits: int = 3) -> str:
     """``"+0.028 [+0.010, +0.049]"``: a signed figure with its interval."""
-    from constrained_rec.evaluation.user_signal import interval_cells
+    from constrained_rec.experiment.report import interval_cells
 
     return " ".join(interval_cells(figure, digits, signed=True))
 

@@ -1,5 +1,6 @@
 """The files a run leaves: ``metrics.json``, ``report.md`` (a table per method) and ``metrics.png``; with
-several user-signal controls keyed by candidate kind (the GPU-scale run's) also ``user_signal.png``."""
+several user-signal controls keyed by candidate kind (the GPU-scale run's) also ``user_signal.png``. The
+user-signal control's markdown and plot (:func:`signal_markdown`, :func:`plot_user_signal`) live here too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import platform
 from pathlib import Path
 from typing import Mapping
 
+# The user-signal control's conditions as report.md and the plots name them.
+CONDITION_LABELS = {"own": "own history", "other": "another user's history", "generic": "generic (empty history)"}
 LIBRARIES = ("constrained-rec", "torch", "transformers", "peft", "accelerate", "datasets", "numpy", "numba")
 
 
@@ -112,8 +115,6 @@ def markdown_report(results: Mapping) -> str:
     if results.get("assistant"):
         lines += ["", *assistant_markdown(results["assistant"])]
     if results.get("user_signal"):
-        from constrained_rec.evaluation.user_signal import signal_markdown
-
         signal = results["user_signal"]
         for name, control in ({None: signal} if _single_signal(signal) else _named_signals(signal)).items():
             heading = "## User signal" if name is None else f"## User signal ({name} candidates)"
@@ -203,7 +204,7 @@ def _title_hits_table(methods: Mapping[str, dict], ks: list[int]) -> list[str]:
 def plot_metrics(methods: Mapping[str, dict], path: str | os.PathLike, user_signal: Mapping | None = None,
                  paired: list | None = None) -> None:
     """HR@K and NDCG@K per method, with their intervals as error bars, in one figure; with ``user_signal`` a
-    panel shows the control (:func:`constrained_rec.evaluation.user_signal.plot_user_signal`), with ``paired`` one the paired
+    panel shows the control (:func:`plot_user_signal`), with ``paired`` one the paired
     comparisons (:func:`constrained_rec.evaluation.paired.plot_paired`)."""
     import matplotlib
 
@@ -214,8 +215,6 @@ def plot_metrics(methods: Mapping[str, dict], path: str | os.PathLike, user_sign
     panels = 2 + bool(user_signal) + bool(paired)
     figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
     if user_signal:
-        from constrained_rec.evaluation.user_signal import plot_user_signal
-
         plot_user_signal(axes[2], user_signal)
     if paired:
         from constrained_rec.evaluation.paired import plot_paired
@@ -238,7 +237,9 @@ def plot_metrics(methods: Mapping[str, dict], path: str | os.PathLike, user_sign
 
 
 def write_report(output_dir: str | os.PathLike, results: Mapping) -> None:
-    """Write ``metrics.json``, ``report.md`` and ``metrics.png`` for ``results`` (with a ``methods`` entry)."""
+    """Write ``metrics.json``, ``report.md`` and ``metrics.png`` for ``results``: a
+    :class:`~constrained_rec.experiment.results.RunResults`, or any mapping with a ``methods`` entry."""
+    results = results.to_dict() if hasattr(results, "to_dict") else results
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
@@ -257,8 +258,6 @@ def plot_user_signals(signals: Mapping[str, Mapping], path: str | os.PathLike) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from constrained_rec.evaluation.user_signal import plot_user_signal
-
     figure, axes = plt.subplots(1, len(signals), figsize=(5 * len(signals), 4), squeeze=False)
     for axis, (name, signal) in zip(axes[0], signals.items()):
         plot_user_signal(axis, signal)
@@ -266,3 +265,63 @@ def plot_user_signals(signals: Mapping[str, Mapping], path: str | os.PathLike) -
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+# ------------------------------------------------------------------- the user-signal control
+def interval_cells(figure: Mapping, digits: int, signed: bool = False) -> tuple[str, str]:
+    """A ``{value, ci}`` figure as two table cells: the value and ``[low, high]``."""
+    sign = "+" if signed else ""
+    low, high = figure["ci"]
+    return f"{figure['value']:{sign}.{digits}f}", f"[{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
+def signal_verdict(signal: Mapping) -> str:
+    """One sentence: whether the own - other AUC interval excludes zero."""
+    low, high = signal["differences"]["own_minus_other"]["auc"]["ci"]
+    confidence = int(round(signal.get("confidence", 0.95) * 100))
+    if low > 0:
+        return f"The model reads the user's history: own beats another user's prompt ({confidence}% CI above 0)."
+    if high < 0:
+        return f"Another user's prompt ranks targets better than the user's own ({confidence}% CI below 0)."
+    return f"No user-specific signal detected: the own - other difference's {confidence}% CI includes 0."
+
+
+def signal_markdown(signal: Mapping) -> str:
+    """A markdown section for report.md: rank and AUC per condition, then the paired differences."""
+    from constrained_rec.evaluation.user_signal import CONDITIONS, DIFFERENCES
+
+    n = signal["num_candidates"]
+    confidence = int(round(signal.get("confidence", 0.95) * 100))
+    lines = ["## User signal", "",
+             f"The target among {n + 1} candidates ({signal['candidates']}), {signal['users']} users; "
+             f"rank 1 = best, AUC 0.5 = chance. {signal_verdict(signal)}", "",
+             f"| prompt | mean rank | {confidence}% CI | AUC | {confidence}% CI |", "|---|---|---|---|---|"]
+    for condition in CONDITIONS:
+        figures = signal["conditions"][condition]
+        lines.append("| " + " | ".join([CONDITION_LABELS[condition], *interval_cells(figures["mean_rank"], 2),
+                                         *interval_cells(figures["auc"], 3)]) + " |")
+    for name, (a, b) in DIFFERENCES.items():
+        figures = signal["differences"][name]
+        rank, rank_ci = interval_cells(figures["mean_rank"], 2, signed=True)
+        auc, auc_ci = interval_cells(figures["auc"], 3, signed=True)
+        lines.append(f"| difference {a} - {b} | {rank} | {rank_ci} | {auc} | {auc_ci} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_user_signal(axis, signal: Mapping) -> None:
+    """Draws the AUC of each condition with its interval on a matplotlib ``axis`` (chance at 0.5)."""
+    from constrained_rec.evaluation.user_signal import CONDITIONS
+
+    aucs = [signal["conditions"][c]["auc"] for c in CONDITIONS]
+    values = [f["value"] for f in aucs]
+    errors = [[v - f["ci"][0] for v, f in zip(values, aucs)], [f["ci"][1] - v for v, f in zip(values, aucs)]]
+    axis.bar(range(len(CONDITIONS)), values, yerr=errors, capsize=4, color=["tab:blue", "tab:gray", "tab:orange"])
+    axis.axhline(0.5, color="black", linewidth=0.8, linestyle="--", label="chance")
+    axis.set_xticks(range(len(CONDITIONS)), [CONDITION_LABELS[c].replace(" (", "\n(") for c in CONDITIONS],
+                    fontsize="small")
+    difference = signal["differences"]["own_minus_other"]["auc"]
+    axis.set_title(f"user signal: AUC own - other {difference['value']:+.3f} "
+                   f"[{difference['ci'][0]:+.3f}, {difference['ci'][1]:+.3f}]", fontsize="small")
+    axis.set_ylabel(f"target AUC among {signal['num_candidates'] + 1} candidates")
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize="small")

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from constrained_rec.collaborative.registry import ASSISTANTS
 from constrained_rec.evaluation.evaluate import DECODERS
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ QUICK_KS = (1, 5, 10)
 # strongest assistant measured on ml-100k (NDCG@10 .101 vs EASE .071, README); --quick uses popularity (fit in
 # no time). With an assistant the defaults decode twice (LM alone and LM + prior), so K stops at 10 (10 beams)
 # to keep the main job within 20 minutes on the 2-core CPU.
-ASSISTANT_CHOICES = ("none", "popularity", "ease", "sasrec")
+ASSISTANT_CHOICES = ("none", *ASSISTANTS)  # the registered assistants (collaborative.registry), or none
 DEFAULT_ASSISTANT, QUICK_ASSISTANT = "sasrec", "popularity"
 ASSISTANT_KS = (1, 5, 10)
 DEFAULT_SEARCH_ERROR_USERS = 2
@@ -345,15 +346,18 @@ def model_name(config: RunConfig) -> str:
     return adapter_train_config(config.adapter)["base_model"] if config.adapter else DEFAULT_MODEL
 
 
-def run_identity(config: RunConfig) -> dict:
-    """Every option that changes a run's results: data, split, model, adapter, training, decoding, seed.
+def run_identity(config: RunConfig, name: str | None = None, extra: dict | None = None) -> dict:
+    """Every option that changes a run's results: data, split, model, adapter, training, decoding, seed; the one
+    record of a run's options (``run.json``), for every entry point.
 
-    Left out are options that change only speed or which methods are listed (``--constrained``,
-    ``--baselines``, batch size of decoding, threads, device, output folder).
+    ``name`` is the resolved base model (:func:`model_name`, read here where not given); ``extra`` holds an entry
+    point's own options that change results (the scale run's training budget, bf16, ...), recorded beside them
+    and replacing entries of the same name. Left out are options that change only speed or which methods are
+    listed (``--constrained``, ``--baselines``, batch size of decoding, threads, device, output folder).
     """
     size = config.size
     return {
-        "dataset": config.dataset, "data_dir": config.data_dir, "model": model_name(config),
+        "dataset": config.dataset, "data_dir": config.data_dir, "model": name or model_name(config),
         **{name: getattr(config, name) for name in DATA_OPTIONS},
         "adapter": str(Path(config.adapter).resolve()) if config.adapter else None,
         "train_samples": size.train_samples, "epochs": size.epochs, "validation_samples": size.validation_samples,
@@ -364,6 +368,7 @@ def run_identity(config: RunConfig) -> dict:
         "num_beams": config.num_beams or max(config.ks), "length_penalty": config.length_penalty,
         "exclude_history": config.exclude_history, "decoder": config.decoder, "seed": config.seed,
         "assistant": config.assistant_name, "prior_weight": config.prior_weight,
+        **(extra or {}),
     }
 
 
@@ -438,23 +443,27 @@ def _empty_split(data, split_config, split: str, purposes: list[tuple[str, str]]
                       f"interactions per user or in time): {who} needs them{instead}")
 
 
-def check_run_identity(output_dir: Path, config: RunConfig, state) -> None:
+def check_run_identity(output_dir: Path, config: RunConfig, state, extra: dict | None = None,
+                       name: str | None = None, predictions: str = "") -> None:
     """Refuse to resume a folder written by a run with other options, naming them (old -> new).
 
-    The main process writes ``run.json`` on the first run; the others wait for it. A folder with results
-    but no ``run.json`` was written by an older version whose options are unknown: also refused.
+    The main process writes ``run.json`` (:func:`run_identity` of ``config``, ``name`` and ``extra``) on the first
+    run; the others wait for it. A folder with results (the adapter, the assistant, or the predictions'
+    ``evaluation.json`` in its ``predictions`` subfolder) but no ``run.json`` was written by an older version
+    whose options are unknown: also refused.
     """
     from constrained_rec.evaluation.predictions import check_identity
     from constrained_rec.experiment.run_folder import DATA_FILES_KEY
 
     path = output_dir / RUN_IDENTITY
-    earlier = [name for name in ("adapter", "evaluation.json") if (output_dir / name).exists()]
+    results = ("adapter", "assistant", str(Path(predictions) / "evaluation.json"))
+    earlier = [result for result in results if (output_dir / result).exists()]
     if earlier and not path.is_file():
         raise ValueError(f"{output_dir} holds results ({', '.join(earlier)}) of a run whose options were not "
                          f"recorded (no {RUN_IDENTITY}); it cannot be resumed safely: choose a new --output-dir")
     if not earlier and state.is_main_process and path.is_file():
         path.unlink()  # a run that failed before producing anything: nothing to resume, its options do not bind
     try:
-        check_identity(path, run_identity(config), state, "a run", ignore=(DATA_FILES_KEY,))
+        check_identity(path, run_identity(config, name, extra), state, "a run", ignore=(DATA_FILES_KEY,))
     except ValueError as error:
         raise ValueError(f"{error}. A new run needs a new folder: pass another --output-dir") from None

@@ -2,16 +2,15 @@
 
 ``experiments/gpu_run.py`` is its command line (argparse -> :class:`ScaleRunConfig` -> :func:`run_at_scale`).
 
-Steps, in the order :func:`run_at_scale` calls them, reusing the main job's (:mod:`constrained_rec.experiment.pipeline`)
-wherever the run is the same: :func:`~constrained_rec.experiment.pipeline.load_data` (leave-one-out, every training
-window), :func:`~constrained_rec.experiment.pipeline.load_base_model` and the catalog trie; :func:`train_within_budget`
-(LoRA training cut to a wall-clock budget, bf16 autocast on CUDA); the assistant fit on the training split
-(:func:`constrained_rec.experiment.pipeline.fit_assistant_step`, ``assistant="none"`` turns it off) and the methods of
-:func:`~constrained_rec.experiment.pipeline.build_recommenders` (most-popular, the assistant, the LM alone, LM + prior);
-the user-signal control twice (:func:`run_controls`: uniform candidates and the assistant's top-N as hard
-negatives); :func:`~constrained_rec.experiment.pipeline.assemble_results` and
-:func:`constrained_rec.experiment.report.write_report` (``metrics.json``, ``report.md``, ``metrics.png`` and, for the
-two controls, ``user_signal.png``).
+The steps are the run skeleton's (:func:`constrained_rec.experiment.skeleton.run_experiment`, as
+``experiments/run.py``'s): ml-100k leave-one-out with every training window, the base model and the catalog trie,
+the assistant fit on the training split (``assistant="none"`` turns it off), the adapter, the methods (most-popular,
+the assistant, the LM alone, LM + prior), the evaluation, the controls and the report. The scale run's policy
+(:func:`scale_policy`) trains the adapter within a wall-clock budget (:func:`train_within_budget`, bf16 autocast on
+CUDA) and runs the user-signal control twice (uniform candidates and the assistant's top-N as hard negatives);
+``metrics.json``, ``report.md``, ``metrics.png`` and, for the two controls, ``user_signal.png`` land in the output
+folder, whose ``run.json`` records the options as ``experiments/run.py``'s does (a resume with other options is
+refused).
 
 Sizing. Training gets a wall-clock budget (``train_budget_s``, default 180 s): runs of 2 and 8 calibration
 steps measure seconds per step on this machine, and ``max_steps`` is cut so that ``epochs`` over all windows
@@ -32,7 +31,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from constrained_rec.experiment.run_config import (
@@ -42,8 +40,9 @@ from constrained_rec.experiment.run_config import (
     parse_device,
     parse_ks,
     parse_prior_weight,
-    resolve_device,
 )
+from constrained_rec.experiment.skeleton import Policy, run_experiment
+from constrained_rec.experiment.steps import Adapter
 
 # The sizes whose default depends on ``tiny``: the GPU run, and the CPU smoke size where every step runs in a
 # couple of minutes. ``None`` in SCALE means "all" (training windows, test users).
@@ -211,127 +210,54 @@ def train_within_budget(config: ScaleRunConfig, model, tokenizer, trie, splits, 
             "train_loss": result.train_loss, "best_eval_loss": result.best_eval_loss}
 
 
-def assistant_proposer(assisted):
-    """The user-signal proposer of an :class:`~constrained_rec.experiment.assistant_prior.AssistantSetup`: the assistant's
-    best ``N`` items outside ``banned`` (hard negatives), ties by item id."""
-    from constrained_rec.collaborative import rank_columns
+def scale_policy(config: ScaleRunConfig) -> Policy:
+    """The scale run's choices for :func:`~constrained_rec.experiment.skeleton.run_experiment`: the adapter trained
+    within the budget (:func:`train_within_budget`), bf16 autocast, one CPU thread (up to 8 beside a GPU), the
+    predictions in ``OUTPUT_DIR/evaluation``, the user-signal control with uniform and with the assistant's
+    candidates, and its own options in ``run.json`` and the results."""
 
-    item_ids = np.asarray(assisted.assistant.item_ids, dtype=np.int64)
+    def bf16(run) -> bool:
+        return run.device.type == "cuda" if config.bf16 is None else config.bf16
 
-    def proposer(sample, n, banned):
-        log_probs = assisted.assistant.item_log_probs([assisted.histories[sample.index]])
-        excluded = np.isin(item_ids, np.fromiter(banned, dtype=np.int64, count=len(banned)))[None, :]
-        return item_ids[rank_columns(log_probs, excluded, n)[0]].tolist()
-    proposer.__name__ = f"{assisted.name} top-N"
-    return proposer
+    def adapter(run) -> Adapter:
+        trained = train_within_budget(config, run.model.to(run.device), run.tokenizer, run.trie, run.loaded.splits,
+                                      run.output_dir, run.device, bf16(run))
+        model = trained.pop("model")
+        run.timings["train_s"] = trained.pop("seconds")
+        return Adapter(model, run.output_dir / "adapter", trained)
 
+    def describe(run) -> dict:
+        return {"dataset": {"train_windows": len(run.loaded.splits["train"])},
+                "config": {"train_samples": config.train_samples, "batch_size": config.batch_size,
+                           "learning_rate": config.learning_rate, "train_budget_s": config.train_budget_s,
+                           "bf16": bf16(run)}}
 
-def run_controls(config: ScaleRunConfig, model, tokenizer, trie, loaded, inputs, assisted, device,
-                 bf16: bool) -> dict:
-    """The user-signal control with uniform candidates, and with the assistant's top-N where there is one;
-    keyed ``"uniform"`` and by the assistant's name."""
-    from constrained_rec.evaluation.user_signal import user_signal
-
-    options = {"num_candidates": config.signal_candidates, "seed": config.seed,
-               "batch_size": 256 if device.type == "cuda" else 32,
-               "item_noun": loaded.split_config.item_noun, "template": loaded.split_config.template}
-    with autocast(device, bf16):
-        signals = {"uniform": user_signal(model, tokenizer, inputs.samples, trie, **options)}
-        if assisted is not None:
-            signals[assisted.name] = user_signal(model, tokenizer, inputs.samples, trie,
-                                                 proposer=assistant_proposer(assisted), **options)
-    return signals
+    return Policy(adapter=adapter, controls=("user_signal",), signal_candidates=("uniform", "assistant"),
+                  signal_batch_size=lambda device: 256 if device.type == "cuda" else 32,
+                  identity={"train_samples": config.train_samples, "validation_samples": config.validation_samples,
+                            "train_budget_s": config.train_budget_s, "bf16": config.bf16},
+                  threads=lambda run_config, device: 1 if device.type == "cpu" else min(8, os.cpu_count() or 1),
+                  precision=lambda run: autocast(run.device, bf16(run)), predictions="evaluation", describe=describe,
+                  summary=lambda run: json.dumps(run.timings))
 
 
-def run_at_scale(config: ScaleRunConfig) -> dict:
+def run_at_scale(config: ScaleRunConfig):
     """Train within the budget, evaluate every method on the test users, run both controls, write the report.
 
     Returns:
-        The results written to ``metrics.json``: the main job's (:func:`constrained_rec.experiment.pipeline.assemble_results`)
+        The :class:`~constrained_rec.experiment.results.RunResults` written to ``metrics.json``: the main job's
         plus the training figures (``train``), ``dataset.train_windows``, the training options in ``config`` and
         ``user_signal``, a dict of controls keyed by candidate kind (``"uniform"``, the assistant's name).
+        ``None`` on the other processes of a sharded run.
 
     Example:
 
     ```python
     >>> from constrained_rec.experiment.scale_run import ScaleRunConfig, run_at_scale
     >>> results = run_at_scale(ScaleRunConfig(output_dir="/tmp/gpu-tiny", tiny=True))  # doctest: +SKIP
-    >>> sorted(results["user_signal"])  # doctest: +SKIP
+    >>> sorted(results.user_signal)  # doctest: +SKIP
     ['popularity', 'uniform']
 
     ```
     """
-    from constrained_rec.experiment.run_folder import folder_lock
-    from constrained_rec.hf import process_state
-
-    with folder_lock(config.output_dir, process_state(), config.command):  # one run per folder, as run.py
-        return _run_at_scale(config)
-
-
-def _run_at_scale(config: ScaleRunConfig) -> dict:
-    """:func:`run_at_scale` once the folder is locked."""
-    from transformers import set_seed
-
-    from constrained_rec.evaluation.evaluate import config_dict, evaluate
-    from constrained_rec.evaluation.grounding import model_fingerprint
-    from constrained_rec.experiment.catalog import catalog_trie
-    from constrained_rec.experiment.pipeline import (
-        Adapter,
-        assemble_results,
-        build_recommenders,
-        eval_config,
-        evaluation_samples,
-        fit_assistant_step,
-        load_base_model,
-        load_data,
-    )
-    from constrained_rec.experiment.report import write_report
-    from constrained_rec.hf import process_state
-
-    started, timings = time.perf_counter(), {}
-    state, run_config = process_state(), config.pipeline_config()
-    device = resolve_device(config.device)
-    bf16 = device.type == "cuda" if config.bf16 is None else config.bf16
-    torch.set_num_threads(1 if device.type == "cpu" else min(8, os.cpu_count() or 1))
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(config.seed)
-
-    tick = time.perf_counter()
-    loaded = load_data(run_config)
-    name, model, tokenizer = load_base_model(run_config)
-    trie = catalog_trie(loaded.data, tokenizer)
-    model.to(device)
-    timings["load_s"] = time.perf_counter() - tick
-
-    trained = train_within_budget(config, model, tokenizer, trie, loaded.splits, output_dir, device, bf16)
-    model = trained.pop("model").to(device).eval()
-    timings["train_s"] = trained.pop("seconds")
-
-    tick = time.perf_counter()
-    evaluation = eval_config(run_config, device)
-    inputs = evaluation_samples(run_config, loaded)
-    assisted = fit_assistant_step(run_config, model, tokenizer, trie, loaded, output_dir, state, timings)
-    recommenders = build_recommenders(run_config, model, tokenizer, trie, loaded.data, inputs, evaluation, assisted)
-    identity = {"catalog": trie.fingerprint(), "adapter": str(output_dir / "adapter"),
-                "model": model_fingerprint(model, include_adapter=True), "eval": config_dict(evaluation),
-                "assistant": assisted.name if assisted else None,
-                "prior_weight": assisted.prior_weight if assisted else None}
-    with autocast(device, bf16):
-        records = evaluate(recommenders, inputs.samples, output_dir / "evaluation", identity=identity)
-    timings["evaluate_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    signals = run_controls(config, model, tokenizer, trie, loaded, inputs, assisted, device, bf16)
-    timings["user_signal_s"] = time.perf_counter() - tick
-    timings["total_s"] = time.perf_counter() - started
-
-    results = assemble_results(run_config, loaded, name, Adapter(model, output_dir / "adapter", trained), evaluation,
-                               inputs, records, device, state, timings, [n for r in recommenders for n in r.names],
-                               assisted, {"user_signal": signals})
-    results["dataset"]["train_windows"] = len(loaded.splits["train"])
-    results["config"].update(train_samples=config.train_samples, batch_size=config.batch_size,
-                             learning_rate=config.learning_rate, train_budget_s=config.train_budget_s, bf16=bf16)
-    write_report(output_dir, results)
-    print((output_dir / "report.md").read_text())
-    print(json.dumps(timings))
-    return results
+    return run_experiment(config.pipeline_config(), scale_policy(config))

@@ -13,7 +13,9 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ASSISTANTS = ("none", "popularity", "ease", "sasrec")
+from constrained_rec.collaborative import registry
+
+ASSISTANTS = ("none", *registry.ASSISTANTS)
 
 
 @dataclass

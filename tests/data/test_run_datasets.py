@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from constrained_rec.experiment.pipeline import load_data, run
+from constrained_rec.experiment.pipeline import run
 from constrained_rec.experiment.run_config import RunConfig
+from constrained_rec.experiment.steps import load_data
 from constrained_rec.prompts import build_prompt
 from experiments.run import build_parser  # the script's own parser (pytest puts the repository root on sys.path)
 

@@ -13,6 +13,7 @@ from conftest import make_tiny_llama
 from constrained_rec import TitleTrie
 from constrained_rec.evaluation import evaluate as ev
 from constrained_rec.evaluation.evaluate import (
+    DECODERS,
     EvalConfig,
     EvalSample,
     Recommender,
@@ -85,7 +86,7 @@ def test_training_item_counts_leave_out_held_out_rows():
     assert training_item_counts(frame, [2, 4]) == {5: 2, 6: 1}
 
 
-@pytest.mark.parametrize("decoder", ["beam", "generate"])
+@pytest.mark.parametrize("decoder", list(DECODERS))  # every registered decoder
 def test_constrained_recommender_returns_scored_catalog_items(model, tokenizer, trie, decoder):
     config = EvalConfig(ks=(1, 3), num_beams=4, decoder=decoder)
     samples = make_samples(3)
@@ -110,7 +111,7 @@ def test_duplicate_titles_expand_to_all_their_items(model, tokenizer):
     assert ConstrainedRecommender(model, tokenizer, trie, config)([sample])["constrained"][0]["item_ids"] == [2]
 
 
-@pytest.mark.parametrize("decoder", ["beam", "generate"])
+@pytest.mark.parametrize("decoder", list(DECODERS))  # every registered decoder
 def test_a_user_with_fewer_titles_than_k_gets_them_with_a_warning_naming_the_user(model, tokenizer, trie, decoder):
     """Issue 17 item 1: a long history on a small catalog leaves a user 2 titles for K = 5; the evaluation gives that
     user 2 recommendations (the missing ranks count as misses) and names the user, and a user who consumed every

@@ -15,14 +15,8 @@ import constrained_rec.evaluation.user_signal
 from conftest import make_tiny_llama
 from constrained_rec import TitleTrie
 from constrained_rec.decoding.scoring import score_titles
-from constrained_rec.evaluation.user_signal import (
-    derangement,
-    generic_prompt,
-    plot_user_signal,
-    rank_and_auc,
-    signal_markdown,
-    user_signal,
-)
+from constrained_rec.evaluation.user_signal import derangement, generic_prompt, rank_and_auc, user_signal
+from constrained_rec.experiment.report import plot_user_signal, signal_markdown
 
 EOS = 2
 VOCAB = 64

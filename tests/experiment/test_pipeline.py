@@ -346,7 +346,7 @@ def test_lm_plus_prior_recommender_is_decode_recommend_with_the_prior():
 
 def _fake_loaded(data, test_rows=True):
     from constrained_rec.data import SplitConfig, make_splits
-    from constrained_rec.experiment.pipeline import LoadedData
+    from constrained_rec.experiment.steps import LoadedData
 
     split_config = SplitConfig(eval_samples=8, seed=0)
     splits = make_splits(data, split_config)
@@ -365,7 +365,7 @@ def ml100k():
 def test_the_assistant_is_fit_on_training_interactions_only(ml100k, tmp_path):
     from constrained_rec.data import split_positions
     from constrained_rec.evaluation.evaluate import training_item_counts
-    from constrained_rec.experiment.assistant_prior import fit_assistant_step
+    from constrained_rec.experiment.assistant_step import fit_assistant_step
 
     loaded = _fake_loaded(ml100k)
     setup = fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE)
@@ -387,7 +387,7 @@ def test_the_assistant_is_fit_on_training_interactions_only(ml100k, tmp_path):
 def test_a_damaged_assistant_folder_is_refit_with_a_message(ml100k, tmp_path, capsys):
     """Issue 17 item 2: an assistant folder left damaged (here: its counts cut short, as a save killed by the old
     non-atomic writer left it) is detected on resume and refit, saying so; every resume used to die on numpy."""
-    from constrained_rec.experiment.assistant_prior import fit_assistant_step
+    from constrained_rec.experiment.assistant_step import fit_assistant_step
 
     loaded = _fake_loaded(ml100k)
     first = fit_assistant_step("popularity", loaded, tmp_path, seed=0, state=SINGLE)
@@ -406,7 +406,7 @@ def test_auto_weight_sweep_uses_validation_users_only(ml100k, tmp_path, monkeypa
     from types import SimpleNamespace
 
     import constrained_rec.decoding.recommend
-    from constrained_rec.experiment.assistant_prior import fit_assistant_step, prior_weight_step, sweep_prior_weight
+    from constrained_rec.experiment.assistant_step import fit_assistant_step, prior_weight_step, sweep_prior_weight
     from constrained_rec.experiment.catalog import catalog_trie
     from constrained_rec.model import load_tokenizer
 
@@ -468,8 +468,8 @@ def test_auto_weight_sweep_uses_validation_users_only(ml100k, tmp_path, monkeypa
 ])
 def test_methods_with_an_assistant_in_report_order(options, names):
     from constrained_rec.evaluation.evaluate import EvalConfig
-    from constrained_rec.experiment.assistant_prior import AssistantSetup
-    from constrained_rec.experiment.pipeline import EvaluationInputs, build_recommenders
+    from constrained_rec.experiment.assistant_step import AssistantSetup
+    from constrained_rec.experiment.steps import EvaluationInputs, build_recommenders
 
     build_ids = [60, 10, 40, 20, 50, 30]
     trie = _tiny_catalog(build_ids)

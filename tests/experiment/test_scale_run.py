@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_llama
-from constrained_rec.experiment.scale_run import SCALE, TINY, ScaleRunConfig, assistant_proposer
+from constrained_rec.experiment.controls import assistant_proposer
+from constrained_rec.experiment.scale_run import SCALE, TINY, ScaleRunConfig
 from experiments.gpu_run import build_parser
 
 
@@ -57,7 +58,7 @@ def test_the_script_reports_bad_options_as_usage_errors(capsys):
 
 def test_the_pipeline_config_keeps_every_training_window_and_user():
     from constrained_rec.data import split_positions
-    from constrained_rec.experiment.pipeline import load_data
+    from constrained_rec.experiment.steps import load_data
 
     run_config = ScaleRunConfig(output_dir="out", eval_users=3).pipeline_config()
     assert run_config.constrained and not run_config.baselines and run_config.assistant_name == "ease"
@@ -66,6 +67,36 @@ def test_the_pipeline_config_keeps_every_training_window_and_user():
     assert len(loaded.splits["test"]) == 3
     assert ScaleRunConfig(output_dir="out").pipeline_config().all_users
     assert load_data(ScaleRunConfig(output_dir="out", tiny=True).pipeline_config()).splits["train"].num_rows == 16
+
+
+class _Loading(Exception):
+    pass
+
+
+def test_resuming_the_scale_run_with_other_options_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    """Issue 19: the scale run writes and checks run.json as run.py does (it used to resume any folder)."""
+    import constrained_rec.data
+    from constrained_rec.experiment.run_config import RUN_IDENTITY
+    from constrained_rec.experiment.scale_run import run_at_scale
+
+    def loading(*args, **kwargs):
+        raise _Loading
+
+    monkeypatch.setattr(constrained_rec.data, "load_interactions", loading)
+    first = ScaleRunConfig(output_dir=str(tmp_path), tiny=True, train_budget_s=60)
+    with pytest.raises(_Loading):  # past the checks: the options are recorded
+        run_at_scale(first)
+    recorded = json.loads((tmp_path / RUN_IDENTITY).read_text())
+    assert recorded["train_budget_s"] == 60 and recorded["epochs"] == 1 and recorded["train_samples"] == 16
+    (tmp_path / "adapter").mkdir()  # the run trained something before it stopped
+    with pytest.raises(_Loading):  # the same options resume
+        run_at_scale(ScaleRunConfig(output_dir=str(tmp_path), tiny=True, train_budget_s=60))
+    for other, difference in ((dict(train_budget_s=30), "train_budget_s: 60 -> 30"), (dict(epochs=2), "epochs: 1 -> 2"),
+                              (dict(assistant="ease"), "assistant: 'popularity' -> 'ease'")):
+        with pytest.raises(ValueError, match="pass another --output-dir") as error:
+            run_at_scale(ScaleRunConfig(output_dir=str(tmp_path), tiny=True, **{"train_budget_s": 60, **other}))
+        assert difference in str(error.value)
+    assert json.loads((tmp_path / RUN_IDENTITY).read_text()) == recorded  # the folder is untouched
 
 
 def test_the_assistants_candidates_are_its_best_items_outside_the_banned_ones():
@@ -120,7 +151,7 @@ def test_the_tiny_run_end_to_end_on_a_cpu(tmp_path):
     config = ScaleRunConfig(output_dir=str(tmp_path), tiny=True, train_budget_s=600)
     results = run_at_scale(config)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics == json.loads(json.dumps(results))
+    assert metrics == json.loads(json.dumps(results.to_dict()))
     assert metrics["command"] == config.command and metrics["dataset"]["eval_users"] == 2
     assert metrics["dataset"]["train_windows"] == 16 and metrics["train"]["steps"] >= 1
     assert metrics["train"]["seconds_per_step_calibration"] > 0
