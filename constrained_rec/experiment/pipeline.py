@@ -139,12 +139,14 @@ class Adapter:
     model: object
     folder: Path | None  # None: the base model, zero-shot
     train_summary: dict | None
+    collab: object = None  # its CollabTokens with --collab-tokens items (constrained_rec.experiment.collab_run)
 
 
 def prepare_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, output_dir: Path,
-                    timings: dict) -> Adapter:
+                    timings: dict, collab=None) -> Adapter:
     """Load ``--adapter``, or the adapter an earlier run of this folder finished, or train one; zero-shot
     with ``--train-samples 0``. Every adapter is checked against the base model and the catalog trie."""
+    from constrained_rec.experiment.collab_run import adapter_tokens
     from constrained_rec.model import check_adapter, load_adapter
 
     folder = Path(config.adapter) if config.adapter else output_dir / "adapter"
@@ -153,14 +155,14 @@ def prepare_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedDat
     if config.adapter or (folder / "train_config.json").is_file():  # given, or finished by an interrupted run
         summary = check_adapter(folder, model_name(config), trie)
         model, _ = load_adapter(folder, base_model=model)
-        return Adapter(model, folder, summary)
+        return Adapter(model, folder, summary, adapter_tokens(folder, collab))
     tick = time.perf_counter()
-    model = train_adapter(config, model, tokenizer, trie, loaded, folder)
+    model = train_adapter(config, model, tokenizer, trie, loaded, folder, collab)
     timings["train_s"] = time.perf_counter() - tick
-    return Adapter(model, folder, check_adapter(folder, model_name(config), trie))
+    return Adapter(model, folder, check_adapter(folder, model_name(config), trie), collab)
 
 
-def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, folder: Path):
+def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, folder: Path, collab=None):
     """LoRA-tune ``model`` on the training split into ``folder``; the trained model."""
     from constrained_rec.training.train import TrainConfig, train
 
@@ -172,7 +174,7 @@ def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData,
                                seed=config.seed, catalog_fingerprint=trie.fingerprint(),
                                warmup_steps=min(20, max(1, size.train_samples // config.batch_size // 10)))
     return train(model, tokenizer, loaded.splits["train"], train_config, eval_dataset=validation,
-                 output_dir=folder).model
+                 output_dir=folder, collab=collab).model
 
 
 @dataclass
@@ -205,7 +207,7 @@ def evaluation_samples(config: RunConfig, loaded: LoadedData) -> EvaluationInput
 
 
 def fit_assistant_step(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, output_dir: Path, state,
-                       timings: dict):
+                       timings: dict, collab=None):
     """The assistant fit on the training split (saved in ``OUTPUT_DIR/assistant``, reloaded on resume) with
     its prior weight (given, or chosen on validation users); ``None`` with ``--assistant none``."""
     from constrained_rec.experiment.assistant_prior import fit_assistant_step as fit
@@ -216,6 +218,7 @@ def fit_assistant_step(config: RunConfig, model, tokenizer, trie, loaded: Loaded
     if setup is None:
         return None
     timings["assistant_s"] = time.perf_counter() - tick
+    setup.tokens = collab  # the sweep's validation prompts carry them too
     tick = time.perf_counter()
     prior_weight_step(setup, config.prior_weight, model, tokenizer, trie, loaded, output_dir, config.exclude_history,
                       config.seed, state)
@@ -392,6 +395,7 @@ def _run_in_folder(config: RunConfig, state, device, output_dir: Path, started: 
     from constrained_rec.evaluation.evaluate import config_dict, evaluate
     from constrained_rec.evaluation.grounding import model_fingerprint
     from constrained_rec.experiment.catalog import catalog_trie
+    from constrained_rec.experiment.collab_run import collab_tokens_step, soft_samples
     from constrained_rec.experiment.report import write_report
     from constrained_rec.experiment.run_folder import check_data_files
 
@@ -415,12 +419,16 @@ def _run_in_folder(config: RunConfig, state, device, output_dir: Path, started: 
                          f"{len(trie)} distinct titles; use smaller --k values")
     check_prompt_positions(model, tokenizer, [p for split in loaded.splits.values() for p in split["prompt"]], trie,
                            "the run's prompts")  # before training and evaluation, not in their middle
-    adapter = prepare_adapter(config, model, tokenizer, trie, loaded, output_dir, timings)
+    # ---- collaborative tokens (issue 23, --collab-tokens items; constrained_rec.experiment.collab_run): the assistant
+    # is fit before the adapter, which trains (or is checked) with its tokens; every prompt below carries them
+    collab = collab_tokens_step(config, model, loaded, output_dir, state, timings)
+    adapter = prepare_adapter(config, model, tokenizer, trie, loaded, output_dir, timings, collab)
     model = adapter.model.to(device).eval()
 
     tick = time.perf_counter()
     inputs = evaluation_samples(config, loaded)
-    assisted = fit_assistant_step(config, model, tokenizer, trie, loaded, output_dir, state, timings)
+    soft_samples(adapter.collab, tokenizer, inputs, loaded)  # ---- collaborative tokens: the test prompts
+    assisted = fit_assistant_step(config, model, tokenizer, trie, loaded, output_dir, state, timings, adapter.collab)
     recommenders = build_recommenders(config, model, tokenizer, trie, loaded.data, inputs, evaluation, assisted)
     timings["eval_setup_s"] = time.perf_counter() - tick
     identity = {"eval": {k: v for k, v in config_dict(evaluation).items() if k != "batch_size"},

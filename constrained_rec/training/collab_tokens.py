@@ -28,7 +28,6 @@ import torch
 
 from constrained_rec.trie.tokenization import SoftPrompt, soft_token_ids
 
-COLLAB_CHOICES = ("none", "items")
 WEIGHTS_FILE = "collab_tokens.pt"
 META_FILE = "collab_tokens.json"
 
@@ -113,6 +112,28 @@ class CollabTokens(torch.nn.Module):
         return {"assistant": self.kind, "fingerprint": self.fingerprint, "items": len(self.item_ids),
                 "dim": int(self.table.shape[1]), "hidden_size": int(self.projector.out_features)}
 
+    def load_projector(self, folder: str | Path) -> "CollabTokens":
+        """Read the projector an adapter in ``folder`` was trained with into these tokens (in eval mode).
+
+        Refused, naming both values: an adapter trained without tokens, or with those of another assistant (another
+        kind, or the same kind fit to other item embeddings: another fingerprint) or for another hidden size.
+        """
+        saved = saved_collab_tokens(folder)
+        if saved is None:
+            raise ValueError(f"the adapter {folder} was trained without collaborative tokens (no {META_FILE}); "
+                             "evaluate it with --collab-tokens none, or train a new adapter with --collab-tokens items")
+        mine = self.describe()
+        if (saved["assistant"], saved["fingerprint"]) != (mine["assistant"], mine["fingerprint"]):
+            raise ValueError(f"the adapter {folder} was trained with the tokens of the {saved['assistant']!r} assistant "
+                             f"of fingerprint {saved['fingerprint']}, but this assistant is {mine['assistant']!r} of "
+                             f"fingerprint {mine['fingerprint']}: give the assistant it was trained with (the same "
+                             "data, split and seed), or train a new adapter")
+        if (saved["dim"], saved["hidden_size"]) != (mine["dim"], mine["hidden_size"]):
+            raise ValueError(f"the adapter {folder}'s projector maps {saved['dim']} to {saved['hidden_size']} dims, "
+                             f"these tokens {mine['dim']} to {mine['hidden_size']}: another base model")
+        self.projector.load_state_dict(torch.load(Path(folder) / WEIGHTS_FILE, weights_only=True))
+        return self.eval()
+
     def save(self, folder: str | Path) -> dict:
         """Write the projector and :meth:`describe` into ``folder`` (an adapter's); returns the description."""
         folder = Path(folder)
@@ -135,22 +156,9 @@ def saved_collab_tokens(folder: str | Path) -> dict | None:
 
 
 def load_collab_tokens(folder: str | Path, assistant) -> CollabTokens:
-    """The tokens an adapter in ``folder`` was trained with, on ``assistant``'s table.
-
-    Refused, naming both values: an adapter trained without tokens, another kind of assistant, or one whose item
-    embeddings differ (another fit: its fingerprint differs from the one the adapter recorded).
-    """
-    saved = saved_collab_tokens(folder)
-    if saved is None:
-        raise ValueError(f"the adapter {folder} was trained without collaborative tokens (no {META_FILE}); "
-                         "evaluate it with --collab-tokens none, or train a new adapter with --collab-tokens items")
+    """The tokens an adapter in ``folder`` was trained with, on ``assistant``'s table
+    (:meth:`CollabTokens.load_projector`: another or no assistant is refused, naming both values)."""
     embeddings = assistant.item_embeddings()  # an assistant without them: a ValueError naming its kind
-    fingerprint = assistant_fingerprint(assistant.name, assistant.item_ids, embeddings)
-    if assistant.name != saved["assistant"] or fingerprint != saved["fingerprint"]:
-        raise ValueError(f"the adapter {folder} was trained with the tokens of the {saved['assistant']!r} assistant "
-                         f"of fingerprint {saved['fingerprint']}, but this assistant is {assistant.name!r} of "
-                         f"fingerprint {fingerprint}: give the assistant it was trained with (the same data, split "
-                         "and seed), or train a new adapter")
-    tokens = CollabTokens(assistant.name, assistant.item_ids, embeddings, saved["hidden_size"], fingerprint)
-    tokens.projector.load_state_dict(torch.load(Path(folder) / WEIGHTS_FILE, weights_only=True))
-    return tokens.eval()
+    saved = saved_collab_tokens(folder) or {}
+    hidden = saved.get("hidden_size", 1)
+    return CollabTokens(assistant.name, assistant.item_ids, embeddings, hidden).load_projector(folder)
