@@ -97,3 +97,33 @@ def test_the_parser_refuses_unknown_recipes_and_idle_runs():
         main(["--users", "1", "--list"])
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_a_recipe_with_collab_tokens_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
+    import numpy as np
+
+    import constrained_rec.collaborative as collaborative
+    from constrained_rec.collaborative import SASRec, SASRecConfig
+    from constrained_rec.collaborative.sasrec import SASRecNetwork
+    from constrained_rec.model import load_tokenizer
+
+    fitted = []
+
+    def unfitted_sasrec(name, data, split_config, seed=0, **options):  # a random SASRec instead of minutes of fitting
+        config = SASRecConfig(dim=8, heads=1)
+        fitted.append((name, seed))
+        return SASRec(np.array(sorted(data.titles)), config, SASRecNetwork(len(data.titles), config))
+
+    monkeypatch.setattr(collaborative, "fit_assistant", unfitted_sasrec)
+    model_dir = tmp_path / "tiny"
+    make_tiny_llama(vocab_size=49152, seed=0).save_pretrained(model_dir)
+    load_tokenizer().save_pretrained(model_dir)
+    results = tmp_path / "results"
+    main(["--recipe", "all-r16-items", "--train-samples", "8", "--users", "3", "--candidates", "2",
+          "--eval-samples", "3", "--model", str(model_dir), "--output-dir", str(tmp_path / "runs"),
+          "--results", str(results)])
+    result = json.loads((results / "all-r16-items.json").read_text())
+    assert fitted == [("sasrec", 0)] and result["recipe"]["collab_tokens"] == "items"
+    assert result["steps"] == 1 and result["signal"]["users"] == 3
+    assert json.loads((tmp_path / "runs" / "all-r16-items" / "collab_tokens.json").read_text())["assistant"] == "sasrec"
+    assert "+ items tokens" in (results / "table.md").read_text()
