@@ -8,7 +8,8 @@ code call :func:`run` directly. Each step is its own function, in the order :fun
 2. :func:`load_data`: the data set and its leave-one-out splits, then
    :func:`constrained_rec.experiment.run_folder.check_data_files` (a resume only on the same data files);
 3. :func:`load_base_model` and :func:`constrained_rec.experiment.catalog.catalog_trie`: the model and the catalog trie;
-4. :func:`prepare_adapter`: train an adapter, or load and check a given or finished one;
+4. :func:`prepare_adapter`: train an adapter, or load and check a given or finished one (with ``--collab-tokens
+   items`` the assistant is fit first and the adapter trains with its tokens, :mod:`constrained_rec.experiment.collab_run`);
 5. :func:`evaluation_samples`: the test samples with their exclusions, item counts and popularity;
 6. :func:`fit_assistant_step` (``--assistant``): the collaborative assistant, fit on the training split only,
    and the prior's weight (:mod:`constrained_rec.experiment.assistant_prior`);

@@ -253,6 +253,9 @@ class RunConfig:
             raise ValueError(f"--collab-tokens {self.collab_tokens} reads the assistant's item embeddings, but "
                              f"--assistant {self.assistant_name} has none; pass --assistant "
                              f"{' or '.join(COLLAB_ASSISTANTS)} (the default with --collab-tokens items)")
+        if self.collab_tokens != "none" and self.train_samples == 0 and self.adapter is None:
+            raise ValueError(f"--collab-tokens {self.collab_tokens} feeds the prompt through a projector trained with the "
+                             "adapter, but --train-samples 0 trains none (zero-shot); train one, or pass --adapter DIR")
 
     @property
     def search_error_count(self) -> int:

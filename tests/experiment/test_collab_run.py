@@ -18,6 +18,8 @@ def test_collab_tokens_need_an_assistant_with_item_embeddings():
             RunConfig(collab_tokens="items", assistant=assistant)
     with pytest.raises(ValueError, match=r"--collab-tokens\) must be one of \['none', 'items'\], got 'users'"):
         RunConfig(collab_tokens="users")
+    with pytest.raises(ValueError, match="--train-samples 0 trains none"):
+        RunConfig(collab_tokens="items", train_samples=0)
     quick = RunConfig(collab_tokens="items", quick=True)
     assert quick.assistant_name == "sasrec" and RunConfig(quick=True).assistant_name == "popularity"
     assert run_identity(quick)["collab_tokens"] == "items"

@@ -5,6 +5,7 @@ folder's round trip and the refusals of a wrong or missing assistant."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -112,7 +113,8 @@ def test_soft_prompts_with_the_token_embeddings_decode_as_the_ids(mode):
                    prior_weight=2.0, batch_size=3)
     _same(recommend(model, None, prompts, trie, **options), recommend(model, None, soft, trie, **options))
     # the soft rows are read: other embeddings there give other scores
-    other = [SoftPrompt(s.ids, s.positions, torch.randn(s.embeds.shape)) for s in soft]
+    generator = torch.Generator().manual_seed(0)
+    other = [SoftPrompt(s.ids, s.positions, torch.randn(s.embeds.shape, generator=generator)) for s in soft]
     changed = recommend(model, None, other, trie, **options)
     assert any(abs(a.log_prob - b.log_prob) > 1e-3 for x, y in zip(changed.recommendations,
                recommend(model, None, prompts, trie, **options).recommendations) for a, b in zip(x, y))
@@ -279,3 +281,25 @@ def test_soft_samples_carry_each_users_tokens():
     assert sample_digest(soft) != sample_digest(samples)  # a resumed evaluation tells them apart
     with pytest.raises(ValueError, match="3 split rows for 8 samples"):
         tokens.soft_samples(tokenizer, samples, list(data)[:3])
+
+
+def test_the_user_signal_control_reads_each_users_soft_tokens_and_none_in_the_generic_prompt():
+    from constrained_rec.evaluation.user_signal import user_signal
+
+    model = make_tiny_llama()
+    trie = TitleTrie.from_token_sequences([[5 + i, 20 + i] for i in range(8)], eos_token_id=2, item_ids=range(8))
+    table = model.get_input_embeddings().weight.detach()
+    ids = [[1, 5 + u, 20 + u, 3, 40 + u] for u in range(4)]
+    users = [SimpleNamespace(user_id=u, prompt=p, target_item_id=u + 1, exclude={u}) for u, p in enumerate(ids)]
+    soft = [SimpleNamespace(**{**vars(s), "prompt": SoftPrompt(p, [4], table[[p[4]]].clone())})
+            for s, p in zip(users, ids)]
+    plain, hybrid = (user_signal(model, None, u, trie, num_candidates=3, generic=[1, 3]) for u in (users, soft))
+    for condition in ("own", "other", "generic"):
+        assert plain["per_user"]["rank"][condition] == hybrid["per_user"]["rank"][condition]
+    # with other soft rows the own and other prompts change, the generic prompt (no tokens) does not
+    generator = torch.Generator().manual_seed(0)
+    moved = [SimpleNamespace(**{**vars(s), "prompt": SoftPrompt(s.prompt.ids, [4], 30 * torch.randn(1, 32,
+                                                                 generator=generator))}) for s in soft]
+    changed = user_signal(model, None, moved, trie, num_candidates=3, generic=[1, 3])
+    assert changed["per_user"]["rank"]["generic"] == plain["per_user"]["rank"]["generic"]
+    assert changed["per_user"]["rank"]["own"] != plain["per_user"]["rank"]["own"]
