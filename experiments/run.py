@@ -39,6 +39,7 @@ from constrained_rec.experiment.pipeline import run
 from constrained_rec.experiment.run_config import (
     ASSISTANT_CHOICES,
     ASSISTANT_KS,
+    COLLAB_TOKEN_CHOICES,
     DEFAULT_ASSISTANT,
     DEFAULT_SEARCH_ERROR_USERS,
     DEFAULTS,
@@ -130,6 +131,10 @@ def add_assistant_arguments(parser: argparse.ArgumentParser) -> None:
                             "generic prompt (constrained_rec.evaluation.user_signal)")
     group.add_argument("--signal-candidates", type=positive_int, default=5,
                        help="candidates besides the target in the user-signal control (5: ~185 CPU s per 100 users)")
+    # collaborative tokens (issue 23): constrained_rec.training.collab_tokens, constrained_rec.experiment.collab_run
+    group.add_argument("--collab-tokens", choices=COLLAB_TOKEN_CHOICES, default="none",
+                       help="items: after each history title, a soft token projector(assistant item embedding), "
+                            "trained with the adapter; the assistant (sasrec, the default then) is fit first")
 
 
 def build_parser() -> argparse.ArgumentParser:

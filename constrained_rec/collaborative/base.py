@@ -231,6 +231,13 @@ class Assistant:
     def _log_probs(self, columns: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
+    def item_embeddings(self) -> np.ndarray:
+        """float32 ``(len(item_ids), dim)``: row ``j`` is item ``item_ids[j]``'s learned embedding, for the LM's
+        collaborative tokens (``training.collab_tokens``). Only assistants that learn item embeddings have them
+        (SASRec); the others raise a ``ValueError`` naming their kind."""
+        raise ValueError(f"the {self.name!r} assistant has no item embeddings, so it cannot give collaborative "
+                         "tokens; use an assistant that learns them: 'sasrec'")
+
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the assistant into ``folder`` atomically: into a temporary folder beside it, then renamed, so a
         kill at any moment leaves the old folder (or none) and never a partial one."""

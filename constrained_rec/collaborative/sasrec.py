@@ -175,6 +175,11 @@ class SASRec(Assistant):
     def _log_probs(self, columns: list[np.ndarray]) -> np.ndarray:
         return torch.log_softmax(torch.from_numpy(self.logits(columns)), dim=1).numpy()
 
+    def item_embeddings(self) -> np.ndarray:
+        """float32 ``(items, dim)``: the item embedding table (the one its logits tie to), row ``j`` for
+        ``item_ids[j]`` (the padding row left out)."""
+        return self.network.items.weight[1:].detach().float().numpy().copy()
+
     @classmethod
     def fit(cls, data: AssistantData, config: SASRecConfig | None = None, seed: int = 0,
             log=None) -> "SASRec":

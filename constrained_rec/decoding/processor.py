@@ -24,6 +24,14 @@ class TitleTrieProcessor(LogitsProcessor):
     The generated ids of a row are `input_ids[row, prompt_length:]`; the walk is stateless, so beams may be
     reordered freely between steps. Scores are masked in place (set to `-inf`) and returned.
 
+    **Prompts given as embeddings** (`generate(inputs_embeds=...)`, e.g. prompts with collaborative soft tokens,
+    `tokenization.SoftPrompt`): pass the prompts' `input_ids` (placeholders at the soft positions) alongside
+    `inputs_embeds`; `generate()` then reads the embeddings for the prompt and keeps `input_ids` as the first
+    columns of every row, so `prompt_length` is `input_ids.shape[1]` as without them (what
+    `evaluation.recommenders` does). With `inputs_embeds` alone the rows hold only the generated ids: pass
+    `prompt_length=0`, and with per-prompt inputs give `exclude`/`item_log_prior` for the batch's prompts in order
+    (rows cannot be matched to prompts by their ids then, so no such check is made).
+
     With `item_log_prior` (a collaborative assistant's item distribution, per prompt), an allowed token `t`
     after the prefix `h` scores `s(t) + prior_weight * (log M(h + t) - log M(h))`, where `M(h)` is the prior mass
     of the items whose titles start with `h` (see `constrained_rec.decoding.constraints`); along a title this adds

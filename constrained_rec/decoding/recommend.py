@@ -70,13 +70,13 @@ from constrained_rec.decoding.runner import (
 )
 from constrained_rec.decoding.steps import Hypothesis
 from constrained_rec.hf import check_positions
-from constrained_rec.trie.tokenization import eos_token_id, prompt_token_ids
+from constrained_rec.trie.tokenization import SoftPrompt, eos_token_id, prompt_token_ids
 from constrained_rec.trie.trie import TitleTrie
 
 MODES = ("beam", "exact")
 __all__ = ["recommend", "recommend_at_weights", "Recommendation", "DecodeStats", "DecodeResult", "MODES",
            "CPU_FORWARD_COST_TOKENS", "ACCELERATOR_FORWARD_COST_TOKENS", "checked_prompt_ids", "check_prompt_positions",
-           "FewerTitlesWarning"]
+           "FewerTitlesWarning", "soft_parts"]
 
 
 class FewerTitlesWarning(UserWarning):
@@ -161,8 +161,10 @@ def recommend(
         tokenizer (`PreTrainedTokenizerBase` or `None`):
             Tokenizes string prompts with `tokenization.prompt_token_ids`; its EOS must be the trie's.
             May be `None` when every prompt is given as token ids.
-        prompts (`Sequence[str | Sequence[int]]`):
-            One prompt per user: a string, or its token ids (BOS included where the model uses one).
+        prompts (`Sequence[str | Sequence[int] | SoftPrompt]`):
+            One prompt per user: a string, or its token ids (BOS included where the model uses one), or a
+            `tokenization.SoftPrompt` (token ids some of whose positions take given input embeddings: prefilled by
+            `inputs_embeds`).
         trie (`TitleTrie`):
             The catalog's titles, tokenized as the model writes them.
         k (`int`):
@@ -244,11 +246,12 @@ def recommend(
 
     stats = DecodeStats()
     runner = ModelRunner(model, trie, stats)
+    soft = soft_parts(prompts, model)
     recommendations: list[list[Recommendation]] = []
     with torch.inference_mode():
         for start in range(0, len(prompt_ids), batch_size):
             batch = list(range(start, min(start + batch_size, len(prompt_ids))))
-            prompt = PromptBatch([prompt_ids[p] for p in batch], runner)
+            prompt = PromptBatch([prompt_ids[p] for p in batch], runner, soft=[soft[p] for p in batch])
             if mode == "beam":
                 found = beam_search(runner, trie, prompt, constraints, batch, num_beams, jump, float(length_penalty))
                 _no_exact_stats(stats, len(batch))
@@ -282,11 +285,12 @@ def recommend_at_weights(model, tokenizer, prompts: Sequence[str | Sequence[int]
     stats = [DecodeStats() for _ in weights]
     recommendations: list[list[list[Recommendation]]] = [[] for _ in weights]
     runner = ModelRunner(model, trie, stats[0])
+    soft = soft_parts(prompts, model)
     with torch.inference_mode():
         for start in range(0, len(prompt_ids), batch_size):
             batch = list(range(start, min(start + batch_size, len(prompt_ids))))
             runner.stats = stats[0]
-            prompt = PromptBatch([prompt_ids[p] for p in batch], runner)
+            prompt = PromptBatch([prompt_ids[p] for p in batch], runner, soft=[soft[p] for p in batch])
             own_rows = torch.arange(len(batch), device=prompt.last_logits.device)
             for w, weight_constraints in enumerate(constraints):
                 runner.stats = stats[w]
@@ -380,6 +384,8 @@ def checked_prompt_ids(tokenizer, prompts: Sequence[str | Sequence[int]], trie: 
         )
     out = []
     for p, prompt in enumerate(prompts):
+        if isinstance(prompt, SoftPrompt):
+            prompt = prompt.ids
         if isinstance(prompt, str):
             if tokenizer is None:
                 raise ValueError(f"prompt {p} is a string, which needs a tokenizer; pass one or give token ids")
@@ -398,6 +404,22 @@ def checked_prompt_ids(tokenizer, prompts: Sequence[str | Sequence[int]], trie: 
         for p, ids in enumerate(out):
             if max(ids) >= vocab:
                 raise ValueError(f"prompt {p} holds token id {max(ids)}, but the model embeds only {vocab} tokens")
+    return out
+
+
+def soft_parts(prompts: Sequence, model) -> list:
+    """Per prompt, ``(soft positions, embeddings)`` of a :class:`~constrained_rec.trie.tokenization.SoftPrompt`
+    (``None`` for any other prompt); an embedding width other than the model's hidden size is an error."""
+    hidden = model.get_input_embeddings().weight.shape[1]
+    out = []
+    for p, prompt in enumerate(prompts):
+        if not isinstance(prompt, SoftPrompt):
+            out.append(None)
+            continue
+        if prompt.embeds.shape[1] != hidden:
+            raise ValueError(f"prompt {p}'s soft tokens are {prompt.embeds.shape[1]}-wide embeddings, but the model's "
+                             f"input embeddings are {hidden}-wide")
+        out.append((prompt.positions, prompt.embeds))
     return out
 
 

@@ -43,14 +43,20 @@ class ModelRunner:
         self.forward_cost = CPU_FORWARD_COST_TOKENS if on_cpu else ACCELERATOR_FORWARD_COST_TOKENS
         self.checked_vocab = False
 
-    def __call__(self, input_ids, attention_mask, position_ids, cache=None, last_only=False, real_tokens=None):
-        """`attention_mask`: 2D (padding) or 4D (additive, as `TokenTree` builds it, with `real_tokens` given)."""
+    def __call__(self, input_ids, attention_mask, position_ids, cache=None, last_only=False, real_tokens=None,
+                 inputs_embeds=None):
+        """`attention_mask`: 2D (padding) or 4D (additive, as `TokenTree` builds it, with `real_tokens` given).
+        With `inputs_embeds` (`(rows, len, hidden)`) the model reads them instead of `input_ids`' embeddings."""
         kwargs = {"use_cache": True}
         if cache is not None:
             kwargs[self.cache_kwarg] = cache
         if last_only and self.keeps_logits:
             kwargs["logits_to_keep"] = 1
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        if inputs_embeds is None:
+            kwargs["input_ids"] = input_ids
+        else:
+            kwargs["inputs_embeds"] = inputs_embeds
+        out = self.model(attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         self.stats.model_forwards += 1
         if real_tokens is None:
             real_tokens = int(attention_mask[:, -input_ids.shape[1] :].sum())
@@ -93,6 +99,20 @@ def shared_prefix_length(prompts: list[list[int]]) -> int:
     return shared
 
 
+def soft_inputs(model, ids: torch.Tensor, soft: list, offsets: list[int]):
+    """The input embeddings of the left-padded `ids`, where prompt `p`'s soft tokens (`soft[p]`: `(positions,
+    embeds)` or None; positions in the prompt's ids) replace the token embeddings at `offsets[p] + positions`;
+    None where no prompt has a soft token (the ids path)."""
+    if not any(s is not None and len(s[0]) for s in soft):
+        return None
+    embeds = model.get_input_embeddings()(ids)
+    for row, (part, offset) in enumerate(zip(soft, offsets)):
+        if part is not None and len(part[0]):
+            columns = torch.as_tensor(part[0], dtype=torch.long, device=ids.device) + offset
+            embeds[row, columns] = part[1].to(device=embeds.device, dtype=embeds.dtype)
+    return embeds
+
+
 class PromptBatch:
     """A batch of prompts, prefilled once: its cache (a row per prompt), mask, lengths and last-position logits.
 
@@ -101,10 +121,16 @@ class PromptBatch:
     prefilled after it, with explicit position ids (a remainder starts at position `shared` whatever its
     padding) and a mask that skips the padding between the head and the remainder. The head is shared only
     when it saves more tokens than a forward costs (`ModelRunner.forward_cost`) and `share_prefix` is on.
+
+    `soft` (per prompt `(positions, embeds)` or None, from `tokenization.SoftPrompt`) prefills the remainders by
+    `inputs_embeds`: the token embeddings with each soft position's row replaced. The shared head stops before
+    the first soft position of any prompt (soft tokens differ between prompts whatever their placeholder id).
     """
 
-    def __init__(self, prompts: list[list[int]], runner: ModelRunner, share_prefix: bool = True):
+    def __init__(self, prompts: list[list[int]], runner: ModelRunner, share_prefix: bool = True, soft=None):
+        soft = soft or [None] * len(prompts)
         shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
+        shared = min([shared] + [int(s[0][0]) for s in soft if s is not None and len(s[0])])
         if not share_prefix or (len(prompts) - 1) * shared <= runner.forward_cost:
             shared = 0
         cache = None
@@ -116,8 +142,9 @@ class PromptBatch:
         ids, mask = left_pad([p[shared:] for p in prompts], pad_token_id=0)  # padding is masked out: any id does
         ids, mask = ids.to(runner.device), mask.to(runner.device)
         positions = shared + (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate() numbers left padding
+        embeds = soft_inputs(runner.model, ids, soft, [ids.shape[1] - len(p) for p in prompts])
         mask = torch.cat([torch.ones((len(prompts), shared), dtype=mask.dtype, device=mask.device), mask], dim=1)
-        logits, self.cache = runner(ids, mask, positions, cache=cache, last_only=True)
+        logits, self.cache = runner(ids, mask, positions, cache=cache, last_only=True, inputs_embeds=embeds)
         self.last_logits = logits[:, -1, :]
         self.shared = shared
         self.mask = mask.bool().cpu().numpy()  # (prompts, cache positions): which hold the prompt's tokens

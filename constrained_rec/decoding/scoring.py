@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from constrained_rec.decoding.recommend import DecodeStats, checked_prompt_ids
+from constrained_rec.decoding.recommend import DecodeStats, checked_prompt_ids, soft_parts
 from constrained_rec.decoding.runner import ModelRunner, PromptBatch, TokenTree
 from constrained_rec.trie.trie import TitleTrie
 
@@ -38,11 +38,11 @@ def _as_trie(trie_or_token_ids) -> TitleTrie:
 
 
 def _score_prompt_batch(runner: ModelRunner, prompts: list[list[int]], titles: list[list[list[int]]],
-                        batch_size: int) -> list[np.ndarray]:
+                        batch_size: int, soft: list | None = None) -> list[np.ndarray]:
     """Total log-probabilities of ``titles[p]`` after ``prompts[p]``: one left-padded prefill of the prompts,
     then every title's tokens but its last are fed (decoding's ``TokenTree.score``) after its prompt's cache rows,
     ``batch_size`` titles at a time."""
-    prompt = PromptBatch(prompts, runner)
+    prompt = PromptBatch(prompts, runner, soft=soft)
     tree = TokenTree(prompt)
     first = torch.log_softmax(prompt.last_logits.float(), dim=-1)
     rows = [(p, t) for p in range(len(prompts)) for t in range(len(titles[p]))]
@@ -71,8 +71,9 @@ def score_titles(model, tokenizer, prompts: Sequence[str | Sequence[int]], candi
             A causal LM with a KV cache, in eval mode, on any device; a PEFT model is scored with its adapter.
         tokenizer (`PreTrainedTokenizerBase` or `None`):
             Tokenizes string prompts (`tokenization.prompt_token_ids`); `None` when prompts are token ids.
-        prompts (`Sequence[str | Sequence[int]]`):
-            The prompts, as strings or token ids (BOS included where the model uses one).
+        prompts (`Sequence[str | Sequence[int] | SoftPrompt]`):
+            The prompts, as strings or token ids (BOS included where the model uses one), or
+            `tokenization.SoftPrompt` s (prefilled by `inputs_embeds`).
         candidates (`Sequence[Sequence[int]]`):
             ``candidates[p]``: the items to score after prompt ``p`` (catalog item ids, or keys of the table).
         trie_or_token_ids (`TitleTrie` or `Mapping[int, Sequence[int]]`):
@@ -118,11 +119,13 @@ def score_titles(model, tokenizer, prompts: Sequence[str | Sequence[int]], candi
         except ValueError as error:
             raise ValueError(f"`candidates[{p}]`: {error}") from None
     runner = ModelRunner(model, trie, DecodeStats())
+    soft = soft_parts(prompts, model)
     scores: list[np.ndarray] = []
     with torch.inference_mode():
         for start in range(0, len(prompt_ids), prompt_batch_size):
             stop = start + prompt_batch_size
-            scores += _score_prompt_batch(runner, prompt_ids[start:stop], titles[start:stop], batch_size)
+            scores += _score_prompt_batch(runner, prompt_ids[start:stop], titles[start:stop], batch_size,
+                                          soft[start:stop])
     return scores
 
 

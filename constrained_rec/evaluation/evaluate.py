@@ -130,7 +130,10 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class EvalSample:
-    """One held-out interaction: the prompt, the target, and the items never to recommend to this user."""
+    """One held-out interaction: the prompt, the target, and the items never to recommend to this user.
+
+    ``prompt`` is the prompt text, or a ``tokenization.SoftPrompt`` where the prompt carries collaborative tokens
+    (``training.collab_tokens.CollabTokens.soft_samples``); decoding and the user-signal control take either."""
 
     index: int
     user_id: int
@@ -202,7 +205,9 @@ def samples_from_split(split, exclude: Sequence[Collection[int]] | None = None) 
 # ------------------------------------------------------------------------------------------ evaluation
 def sample_digest(samples: Sequence[EvalSample]) -> str:
     """A hash of the samples (index, user, target, prompt, exclusions): part of an evaluation's identity."""
-    rows = [[s.index, s.user_id, s.target_item_id, s.prompt, sorted(s.exclude)] for s in samples]
+    # a prompt with soft tokens (tokenization.SoftPrompt) by its text, items and a hash of its soft embeddings
+    rows = [[s.index, s.user_id, s.target_item_id, s.prompt if isinstance(s.prompt, str) else str(s.prompt),
+             sorted(s.exclude)] for s in samples]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 

@@ -29,7 +29,7 @@ from constrained_rec.decoding.processor import TitleTrieProcessor
 from constrained_rec.evaluation.evaluate import DECODERS, EvalConfig, EvalSample
 from constrained_rec.evaluation.grounding import TitleGrounder, last_token_hidden_states, parse_generated_title
 from constrained_rec.hf import adapter_disabled, check_positions, left_pad
-from constrained_rec.trie.tokenization import eos_token_id, prompt_token_ids
+from constrained_rec.trie.tokenization import SoftPrompt, eos_token_id, prompt_token_ids
 from constrained_rec.trie.trie import TitleTrie
 
 
@@ -59,16 +59,26 @@ def _generate(model, tokenizer, prompts: Sequence[str], config, logits_processor
     """``(generated ids per returned row, score per row)`` of one ``generate`` call on left-padded prompts."""
     from transformers import LogitsProcessorList
 
-    input_ids, attention_mask = left_pad([prompt_token_ids(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
+    from constrained_rec.decoding.recommend import soft_parts
+    from constrained_rec.decoding.runner import soft_inputs
+
+    prompt_ids = [list(p.ids) if isinstance(p, SoftPrompt) else prompt_token_ids(tokenizer, p) for p in prompts]
+    input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id)
     device = next(model.parameters()).device
     prompt_length = input_ids.shape[1]
+    # soft tokens (tokenization.SoftPrompt): generate() reads inputs_embeds for the prompt and keeps input_ids as
+    # the rows' first prompt_length ids, so the processor's prompt_length is the same as without them
+    with torch.no_grad():
+        embeds = soft_inputs(model, input_ids.to(device), soft_parts(prompts, model),
+                             [prompt_length - len(p) for p in prompt_ids])
+    extra = {} if embeds is None else {"inputs_embeds": embeds}
     check_positions(model, prompt_length + config.max_new_tokens - 1,
                     f"the longest prompt ({prompt_length} tokens) and max_new_tokens={config.max_new_tokens} (the last "
                     "token is never fed back)")
     processors = LogitsProcessorList([logits_processor(prompt_length)] if logits_processor else [])
     with torch.no_grad():
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                generation_config=config, logits_processor=processors)
+                                generation_config=config, logits_processor=processors, **extra)
     generated = output.sequences[:, prompt_length:].cpu()
     if config.num_beams > 1:
         scores = output.sequences_scores.float().cpu().tolist()

@@ -51,6 +51,7 @@ class AssistantSetup:
     sweep: dict | None = None
     fit_seconds: float | None = None
     fallback: bool = False  # the sweep found the assistant alone at least as good: LM + prior is the assistant
+    tokens: object = None  # CollabTokens of --collab-tokens items: the sweep's validation prompts carry them
     _prior: tuple | None = field(default=None, repr=False, compare=False)  # (trie, its AssistantPrior)
 
     @property
@@ -133,7 +134,7 @@ def prior_weight_step(setup: AssistantSetup, prior_weight, model, tokenizer, tri
     path = Path(output_dir) / ASSISTANT_FOLDER / PRIOR_WEIGHT_FILE
     if (state is None or state.is_main_process) and not path.is_file():
         sweep = sweep_prior_weight(setup.assistant, model, tokenizer, trie, loaded, exclude_history, seed,
-                                   users=users, num_beams=num_beams)
+                                   users=users, num_beams=num_beams, tokens=setup.tokens)
         path.write_text(json.dumps(sweep, indent=1) + "\n")
     _wait(state)
     setup.sweep = json.loads(path.read_text())
@@ -145,7 +146,7 @@ def prior_weight_step(setup: AssistantSetup, prior_weight, model, tokenizer, tri
 def sweep_prior_weight(assistant, model, tokenizer, trie, loaded, exclude_history: bool, seed: int,
                        users: int = SWEEP_USERS, num_beams: int = SWEEP_BEAMS,
                        grid: Sequence[float] = WEIGHT_GRID, name: str | None = None, confidence: float = 0.95,
-                       num_resamples: int = 1000) -> dict:
+                       num_resamples: int = 1000, tokens=None) -> dict:
     """Choose ``w``, or the assistant alone, on validation users (their second-to-last item; test targets unseen).
 
     A seeded sample of ``users`` validation samples is decoded as the run decodes its test users: LM + prior
@@ -159,6 +160,7 @@ def sweep_prior_weight(assistant, model, tokenizer, trie, loaded, exclude_histor
     Returns the sweep, JSON-ready: ``grid``, ``validation_ndcg@10`` and ``validation_ndcg@10_ci`` per ``w``,
     ``assistant_ndcg@10`` (``{value, ci}``), ``versus_assistant`` (per ``w``: the paired difference from the
     assistant alone, :func:`constrained_rec.evaluation.paired.paired_difference`), ``chosen``, ``fallback`` and settings.
+    With ``tokens`` (``training.collab_tokens.CollabTokens``) the validation prompts carry each user's soft tokens.
     """
     from constrained_rec.collaborative import AssistantRecommender
     from constrained_rec.decoding.recommend import recommend_at_weights
@@ -168,7 +170,7 @@ def sweep_prior_weight(assistant, model, tokenizer, trie, loaded, exclude_histor
 
     started, cpu_started = time.perf_counter(), time.process_time()
     name = name or getattr(assistant, "name", "assistant")
-    samples, histories, k = sweep_samples(trie, loaded, exclude_history, seed, users)
+    samples, histories, k = sweep_samples(trie, loaded, exclude_history, seed, users, tokens, tokenizer)
     log_prior = AssistantPrior(assistant, histories, trie)(samples)
     exclude = [s.exclude for s in samples] if exclude_history else None
     results = recommend_at_weights(model, tokenizer, [s.prompt for s in samples], trie, k, grid,
@@ -202,9 +204,9 @@ def sweep_prior_weight(assistant, model, tokenizer, trie, loaded, exclude_histor
             "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started}
 
 
-def sweep_samples(trie, loaded, exclude_history: bool, seed: int, users: int):
-    """The sweep's seeded validation samples, their full histories, and K: 10, or fewer where a small catalog
-    leaves a user fewer titles (NDCG@10 is then over what exists)."""
+def sweep_samples(trie, loaded, exclude_history: bool, seed: int, users: int, tokens=None, tokenizer=None):
+    """The sweep's seeded validation samples (with ``tokens``, their prompts hybrid), their full histories, and K:
+    10, or fewer where a small catalog leaves a user fewer titles (NDCG@10 is then over what exists)."""
     from constrained_rec.decoding.constraints import ItemConstraints
     from constrained_rec.evaluation.evaluate import consumed_items, samples_from_split
 
@@ -217,6 +219,7 @@ def sweep_samples(trie, loaded, exclude_history: bool, seed: int, users: int):
     rows = validation.select(chosen_rows.tolist())
     data = loaded.data
     samples = samples_from_split(rows, consumed_items(data.interactions, rows) if exclude_history else None)
+    samples = samples if tokens is None else tokens.soft_samples(tokenizer, samples, rows)
     available = ItemConstraints.build(trie, num_prompts=len(samples),
                                       exclude=[s.exclude for s in samples] if exclude_history else None)
     k = min([SWEEP_K] + [available.titles_available(p) for p in range(len(samples))])

@@ -21,9 +21,11 @@ from constrained_rec.experiment.steps import prepare_adapter
 
 
 def main_job_adapter(run):
-    """The main job's adapter (:func:`~constrained_rec.experiment.steps.prepare_adapter`)."""
+    """The main job's adapter (:func:`~constrained_rec.experiment.steps.prepare_adapter`), with the run's
+    collaborative tokens where it has them (``--collab-tokens items``, :mod:`constrained_rec.experiment.collab_run`)."""
+    collab = run.assisted.tokens if run.assisted is not None else None
     return prepare_adapter(run.config, run.model_name, run.model, run.tokenizer, run.trie, run.loaded,
-                           run.output_dir, run.timings)
+                           run.output_dir, run.timings, collab)
 
 
 MAIN_JOB = Policy(adapter=main_job_adapter)

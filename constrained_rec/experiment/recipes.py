@@ -19,6 +19,10 @@ Two recipe options are data transforms kept here until they become split options
   independently with this probability (at least one kept, seeded) and the prompt re-rendered; validation and
   test prompts keep the full history.
 
+``collab_tokens="items"`` (issue 23) fits SASRec on the recipe's split first and puts its item embeddings after each
+history title (:mod:`constrained_rec.training.collab_tokens`) in training, validation and the control's own and
+other prompts (the generic prompt has none).
+
 Example (the recipes and their settings; running one trains a model)::
 
     >>> from constrained_rec.experiment.recipes import RECIPES
@@ -64,6 +68,7 @@ class Recipe:
     strip_year: bool = False
     history_dropout: float = 0.0
     history_loss_weight: float = 0.0
+    collab_tokens: str = "none"
 
 
 RECIPES = {r.name: r for r in [
@@ -86,6 +91,8 @@ RECIPES = {r.name: r for r in [
            lora_alpha=32, epochs=3),
     Recipe("all-r16-hloss1-e3", "every linear layer, r=16, history-title loss at weight 1, 3 epochs",
            lora_target_modules=ALL_LINEAR, lora_r=16, lora_alpha=32, history_loss_weight=1.0, epochs=3),
+    Recipe("all-r16-items", "all-r16-lr1e-3 plus collaborative tokens: SASRec's item embedding after each history "
+           "title (issue 23)", lora_target_modules=ALL_LINEAR, lora_r=16, lora_alpha=32, collab_tokens="items"),
 ]}
 
 
@@ -204,6 +211,9 @@ def run_recipe(recipe: Recipe, settings: SearchSettings) -> dict:
     model, tokenizer = load_model(settings.model)
     data, trie, splits = _recipe_data(recipe, settings, train_samples, tokenizer)
     validation = splits["validation"].select(range(settings.eval_samples))
+    tick = time.perf_counter()
+    tokens = _collab_tokens(recipe, data, settings, train_samples, model)
+    assistant_s = time.perf_counter() - tick
     config = TrainConfig(lora_r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
                          lora_target_modules=recipe.lora_target_modules, learning_rate=recipe.learning_rate,
                          epochs=recipe.epochs, seed=settings.seed, catalog_fingerprint=trie.fingerprint(),
@@ -211,12 +221,13 @@ def run_recipe(recipe: Recipe, settings: SearchSettings) -> dict:
                          warmup_steps=min(20, max(1, train_samples // 8 // 10)), checkpoint_every=10 ** 6)
     tick, cpu_tick = time.perf_counter(), time.process_time()
     result = train(model, tokenizer, splits["train"], config, eval_dataset=validation,
-                   output_dir=Path(settings.output_dir) / recipe.name, resume=True)
+                   output_dir=Path(settings.output_dir) / recipe.name, resume=True, collab=tokens)
     train_s, train_cpu = time.perf_counter() - tick, time.process_time() - cpu_tick
     first_eval = next((r["eval_loss"] for r in result.log if "eval_loss" in r), None)
 
     test = splits["test"].select(range(settings.users))
     samples = samples_from_split(test, consumed_items(data.interactions, test))
+    samples = samples if tokens is None else tokens.soft_samples(tokenizer, samples, test)
     tick, cpu_tick = time.perf_counter(), time.process_time()
     signal = user_signal(result.model.eval(), tokenizer, samples, trie, num_candidates=settings.candidates,
                          seed=settings.seed, item_noun=data.item_noun, template=recipe.template)
@@ -226,11 +237,26 @@ def run_recipe(recipe: Recipe, settings: SearchSettings) -> dict:
         "train_samples": train_samples, "steps": result.global_step, "train_loss": result.train_loss,
         "validation_loss": result.best_eval_loss, "first_validation_loss": first_eval,
         "validation_samples": len(validation), "verdict": signal_verdict(signal), "signal": signal,
-        "seconds": {"train": train_s, "signal": signal_s, "total": time.perf_counter() - started,
+        "seconds": {"assistant": assistant_s, "train": train_s, "signal": signal_s, "total": time.perf_counter() - started,
                     "train_cpu": train_cpu, "signal_cpu": signal_cpu, "total_cpu": time.process_time()},
         "threads": torch.get_num_threads(),
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def _collab_tokens(recipe: Recipe, data, settings: SearchSettings, train_samples: int, model):
+    """The recipe's collaborative tokens: ``None``, or those of SASRec fit (seeded) on the recipe's split."""
+    if recipe.collab_tokens == "none":
+        return None
+    if recipe.collab_tokens != "items":
+        raise ValueError(f"recipe {recipe.name!r}: collab_tokens must be 'none' or 'items', got {recipe.collab_tokens!r}")
+    from constrained_rec.collaborative import fit_assistant
+    from constrained_rec.data import SplitConfig
+    from constrained_rec.training.collab_tokens import CollabTokens
+
+    split_config = SplitConfig(train_samples=train_samples, max_history=recipe.max_history, seed=settings.seed)
+    assistant = fit_assistant("sasrec", data, split_config, seed=settings.seed, log=lambda line: print(line, flush=True))
+    return CollabTokens.from_assistant(assistant, model, seed=settings.seed)
 
 
 # -------------------------------------------------------------------------------------------------- the table
@@ -251,6 +277,8 @@ def table_markdown(results: list[dict]) -> str:
         targets = "all linear" if tuple(recipe["lora_target_modules"]) == ALL_LINEAR else ",".join(
             m.replace("_proj", "") for m in recipe["lora_target_modules"])
         aucs = " / ".join(f"{signal['conditions'][c]['auc']['value']:.3f}" for c in ("own", "other", "generic"))
+        if recipe.get("collab_tokens", "none") != "none":
+            targets += f" + {recipe['collab_tokens']} tokens"
         dropout = recipe["history_dropout"]
         history = f"{recipe['max_history']}" + (f", dropout {dropout}" if dropout else "")
         lines.append("| " + " | ".join([

@@ -44,6 +44,10 @@ ASSISTANT_CHOICES = ("none", *ASSISTANTS)  # the registered assistants (collabor
 DEFAULT_ASSISTANT, QUICK_ASSISTANT = "sasrec", "popularity"
 ASSISTANT_KS = (1, 5, 10)
 DEFAULT_SEARCH_ERROR_USERS = 2
+# --collab-tokens (issue 23): "items" puts the assistant's item embedding after each history title
+# (constrained_rec.training.collab_tokens); only an assistant that learns item embeddings has them.
+COLLAB_TOKEN_CHOICES = ("none", "items")
+COLLAB_ASSISTANTS = ("sasrec",)
 
 
 def parse_prior_weight(text) -> float | str:
@@ -147,6 +151,7 @@ class RunConfig:
     search_error_users: int | None = None  # None: DEFAULT_SEARCH_ERROR_USERS with an assistant
     user_signal: bool = True
     signal_candidates: int = 5
+    collab_tokens: str = "none"  # see COLLAB_TOKEN_CHOICES; validated in _check_collab_tokens
 
     def __post_init__(self):
         for name in ("constrained", "all_users", "exclude_history", "baselines", "quick"):
@@ -181,6 +186,7 @@ class RunConfig:
         parse_device(self.device)
         self._check_data_options()
         self._check_assistant_options()
+        self._check_collab_tokens()
         if self.num_beams is not None and self.num_beams < max(self.ks):
             raise ValueError(f"--num-beams {self.num_beams} is smaller than the largest K = {max(self.ks)}: beam "
                              "search returns at most num_beams titles")
@@ -239,6 +245,19 @@ class RunConfig:
                                      f"(nothing of it would run); drop {flag}, or pass --assistant popularity, ease "
                                      "or sasrec")
 
+    def _check_collab_tokens(self) -> None:
+        """``--collab-tokens``: a known choice; ``items`` needs an assistant with item embeddings (SASRec)."""
+        if self.collab_tokens not in COLLAB_TOKEN_CHOICES:
+            raise ValueError(f"RunConfig.collab_tokens (--collab-tokens) must be one of {list(COLLAB_TOKEN_CHOICES)}, "
+                             f"got {self.collab_tokens!r}")
+        if self.collab_tokens != "none" and self.assistant_name not in COLLAB_ASSISTANTS:
+            raise ValueError(f"--collab-tokens {self.collab_tokens} reads the assistant's item embeddings, but "
+                             f"--assistant {self.assistant_name} has none; pass --assistant "
+                             f"{' or '.join(COLLAB_ASSISTANTS)} (the default with --collab-tokens items)")
+        if self.collab_tokens != "none" and self.train_samples == 0 and self.adapter is None:
+            raise ValueError(f"--collab-tokens {self.collab_tokens} feeds the prompt through a projector trained with the "
+                             "adapter, but --train-samples 0 trains none (zero-shot); train one, or pass --adapter DIR")
+
     @property
     def search_error_count(self) -> int:
         """``--search-error-users``: the given number, else ``DEFAULT_SEARCH_ERROR_USERS`` (0 without an assistant)."""
@@ -248,8 +267,10 @@ class RunConfig:
 
     @property
     def assistant_name(self) -> str:
-        """``--assistant``, else ``QUICK_ASSISTANT`` with ``--quick`` and ``DEFAULT_ASSISTANT`` otherwise."""
-        return self.assistant or (QUICK_ASSISTANT if self.quick else DEFAULT_ASSISTANT)
+        """``--assistant``, else ``QUICK_ASSISTANT`` with ``--quick`` (unless ``--collab-tokens items``, whose
+        tokens need SASRec) and ``DEFAULT_ASSISTANT`` otherwise."""
+        quick = self.quick and self.collab_tokens == "none"
+        return self.assistant or (QUICK_ASSISTANT if quick else DEFAULT_ASSISTANT)
 
     @property
     def size(self) -> RunSize:
@@ -364,6 +385,7 @@ def run_identity(config: RunConfig, name: str | None = None, extra: dict | None 
         "batch_size": config.batch_size, "learning_rate": config.learning_rate,
         # only when set, so that folders written before the option existed still resume
         **({"history_loss_weight": config.history_loss_weight} if config.history_loss_weight else {}),
+        **({"collab_tokens": config.collab_tokens} if config.collab_tokens != "none" else {}),
         "eval_users": None if config.all_users else size.eval_users, "ks": list(config.ks),
         "num_beams": config.num_beams or max(config.ks), "length_penalty": config.length_penalty,
         "exclude_history": config.exclude_history, "decoder": config.decoder, "seed": config.seed,

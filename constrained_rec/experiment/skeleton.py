@@ -11,10 +11,12 @@ The steps, as RecBole's ``run_recbole`` takes its own, in a straight line:
    ``run.json`` and the control's candidates are checked), the base model and the catalog trie (K and the prompts'
    positions checked against them);
 3. the assistant (:func:`~constrained_rec.experiment.assistant_step.fit_assistant_step`), fit on the training
-   split before the adapter;
-4. the adapter (``Policy.adapter``: train, load or the base model);
+   split before the adapter (with ``--collab-tokens items``, its collaborative tokens,
+   :mod:`constrained_rec.experiment.collab_run`);
+4. the adapter (``Policy.adapter``: train, load or the base model; the main job's trains with the tokens);
 5. the prior's weight (:func:`~constrained_rec.experiment.assistant_step.prior_weight_step`), the evaluation
-   samples and the recommenders (:func:`~constrained_rec.experiment.steps.build_recommenders`);
+   samples (with tokens, each test prompt carries its user's) and the recommenders
+   (:func:`~constrained_rec.experiment.steps.build_recommenders`);
 6. evaluate (:func:`constrained_rec.evaluation.evaluate.evaluate`, sharded over processes);
 7. the controls (main process, :func:`constrained_rec.experiment.controls.run_controls`);
 8. the results (:func:`~constrained_rec.experiment.results.build_results`) and the report.
@@ -191,14 +193,19 @@ def _load(run: Run) -> None:
 
 
 def _fit_assistant(run: Run):
-    """The assistant fit on the training split (``None`` with ``--assistant none``), before the adapter."""
+    """The assistant fit on the training split (``None`` with ``--assistant none``), before the adapter; with
+    ``--collab-tokens items`` its collaborative tokens (``setup.tokens``)."""
     from constrained_rec.experiment.assistant_step import fit_assistant_step
+    from constrained_rec.experiment.collab_run import collab_tokens
 
     tick = time.perf_counter()
     setup = fit_assistant_step(run.config.assistant_name, run.loaded, run.output_dir, run.config.seed, run.state)
     if setup is not None:
         run.timings["assistant_s"] = time.perf_counter() - tick
         setup.prior(run.trie)  # built once, shared by LM + prior and the search-error check
+        # ---- collaborative tokens (issue 23, --collab-tokens items; constrained_rec.experiment.collab_run): the
+        # adapter trains (or is checked) with them, the sweep's and the test prompts carry them
+        setup.tokens = collab_tokens(run.config, setup, run.model)
     return setup
 
 
@@ -206,11 +213,13 @@ def _methods(run: Run) -> None:
     """The prior's weight (given, or chosen on validation users with the adapter), the evaluation samples and
     the recommenders."""
     from constrained_rec.experiment.assistant_step import prior_weight_step
+    from constrained_rec.experiment.collab_run import soft_samples
     from constrained_rec.experiment.steps import build_recommenders, evaluation_samples
 
     config = run.config
     with timed(run, "eval_setup_s"):
         run.inputs = evaluation_samples(config, run.loaded)
+        soft_samples(run.adapter.collab, run.tokenizer, run.inputs, run.loaded)  # ---- collaborative tokens
         if run.assisted is not None:
             with timed(run, "prior_weight_s"):
                 prior_weight_step(run.assisted, config.prior_weight, run.model, run.tokenizer, run.trie, run.loaded,

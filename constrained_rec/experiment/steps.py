@@ -115,12 +115,16 @@ class Adapter:
     model: object
     folder: Path | None  # None: the base model, zero-shot
     train_summary: dict | None
+    collab: object = None  # its CollabTokens with --collab-tokens items (constrained_rec.experiment.collab_run)
 
 
 def prepare_adapter(config: RunConfig, name: str, model, tokenizer, trie, loaded: LoadedData, output_dir: Path,
-                    timings: dict) -> Adapter:
+                    timings: dict, collab=None) -> Adapter:
     """Load ``--adapter``, or the adapter an earlier run of this folder finished, or train one; zero-shot
-    with ``--train-samples 0``. Every adapter is checked against the base model ``name`` and the catalog trie."""
+    with ``--train-samples 0``. Every adapter is checked against the base model ``name`` and the catalog trie;
+    with ``collab`` (``--collab-tokens items``) it trains with those tokens, or a loaded one is checked against them
+    (:func:`constrained_rec.experiment.collab_run.adapter_tokens`)."""
+    from constrained_rec.experiment.collab_run import adapter_tokens
     from constrained_rec.model import check_adapter, load_adapter
 
     folder = Path(config.adapter) if config.adapter else output_dir / "adapter"
@@ -129,15 +133,16 @@ def prepare_adapter(config: RunConfig, name: str, model, tokenizer, trie, loaded
     if config.adapter or (folder / "train_config.json").is_file():  # given, or finished by an interrupted run
         summary = check_adapter(folder, name, trie)
         model, _ = load_adapter(folder, base_model=model)
-        return Adapter(model, folder, summary)
+        return Adapter(model, folder, summary, adapter_tokens(folder, collab))
     tick = time.perf_counter()
-    model = train_adapter(config, model, tokenizer, trie, loaded, folder)
+    model = train_adapter(config, model, tokenizer, trie, loaded, folder, collab)
     timings["train_s"] = time.perf_counter() - tick
-    return Adapter(model, folder, check_adapter(folder, name, trie))
+    return Adapter(model, folder, check_adapter(folder, name, trie), collab)
 
 
-def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, folder: Path):
-    """LoRA-tune ``model`` on the training split into ``folder``; the trained model."""
+def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, folder: Path, collab=None):
+    """LoRA-tune ``model`` on the training split into ``folder`` (with ``collab``, the tokens' projector too); the
+    trained model."""
     from constrained_rec.training.train import TrainConfig, train
 
     size = config.size
@@ -148,7 +153,7 @@ def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData,
                                seed=config.seed, catalog_fingerprint=trie.fingerprint(),
                                warmup_steps=min(20, max(1, size.train_samples // config.batch_size // 10)))
     return train(model, tokenizer, loaded.splits["train"], train_config, eval_dataset=validation,
-                 output_dir=folder).model
+                 output_dir=folder, collab=collab).model
 
 
 @dataclass

@@ -18,17 +18,24 @@ from constrained_rec.trie.tokenization import example_token_ids, span_token_indi
 @dataclass
 class Example:
     """One tokenized sample: ``ids = prompt ids + title ids + EOS``; the first ``prompt_length`` are the prompt.
-    ``history_targets``: indices of the prompt tokens that are history-title targets (see :func:`history_targets`)."""
+    ``history_targets``: indices of the prompt tokens that are history-title targets (see :func:`history_targets`).
+    ``soft_positions``: the prompt's soft positions (collaborative tokens), ``soft_items`` their rows of the
+    tokens' table (:class:`constrained_rec.training.collab_tokens.CollabTokens`)."""
 
     ids: list[int]
     prompt_length: int
     history_targets: tuple[int, ...] = ()
+    soft_positions: tuple[int, ...] = ()
+    soft_items: tuple[int, ...] = ()
 
 
-def tokenize_examples(tokenizer, dataset, history: bool = False) -> list[Example]:
+def tokenize_examples(tokenizer, dataset, history: bool = False, collab=None) -> list[Example]:
     """Tokenize the ``prompt`` and ``target_title`` columns of ``dataset`` with ``example_token_ids``; with
-    ``history``, also locate each prompt's history-title targets (:func:`history_targets`, from ``history_titles``)."""
+    ``history``, also locate each prompt's history-title targets (:func:`history_targets`, from ``history_titles``);
+    with ``collab`` (:class:`~constrained_rec.training.collab_tokens.CollabTokens`), insert a soft position after
+    each history title (:func:`soft_examples`)."""
     needed = ("prompt", "target_title", "history_titles") if history else ("prompt", "target_title")
+    needed += ("history_titles", "history_item_ids") if collab is not None else ()
     missing = [c for c in needed if c not in getattr(dataset, "column_names", dataset)]
     if missing:
         raise ValueError(
@@ -42,7 +49,25 @@ def tokenize_examples(tokenizer, dataset, history: bool = False) -> list[Example
     if history:
         for example, prompt, history_titles in zip(examples, prompts, dataset["history_titles"]):
             example.history_targets = history_targets(tokenizer, prompt, history_titles)
-    return examples
+    return examples if collab is None else soft_examples(tokenizer, dataset, examples, collab)
+
+
+def soft_examples(tokenizer, dataset, examples: list[Example], collab) -> list[Example]:
+    """``examples`` with one soft position after each history title (the ``collab`` tokens of the row's
+    ``history_item_ids``); history-title targets move with the tokens they index."""
+    from constrained_rec.training.collab_tokens import hybrid_prompt_ids
+
+    out = []
+    for example, prompt, titles, items in zip(examples, dataset["prompt"], dataset["history_titles"],
+                                              dataset["history_item_ids"]):
+        ids, positions = hybrid_prompt_ids(tokenizer, prompt, titles)
+        moved = np.arange(len(ids))[np.isin(np.arange(len(ids)), positions, invert=True)]  # old index -> new
+        if len(moved) != example.prompt_length:
+            raise ValueError(f"the hybrid prompt's text ids differ from the prompt's ({prompt!r})")
+        out.append(Example(ids + example.ids[example.prompt_length:], len(ids),
+                           tuple(int(moved[i]) for i in example.history_targets), tuple(positions),
+                           tuple(collab.columns(items).tolist())))
+    return out
 
 
 def history_targets(tokenizer, prompt: str, history_titles) -> tuple[int, ...]:
@@ -101,16 +126,21 @@ class Batch:
     shared_prefix_length: int = 0
     history_positions: torch.Tensor | None = None  # as positions, for the history-title targets (collate(history=True))
     history_targets: torch.Tensor | None = None
+    soft_positions: torch.Tensor | None = None  # flat b * length + t of each soft position (collaborative tokens)
+    soft_items: torch.Tensor | None = None  # their rows of the tokens' table
 
     def tensors(self) -> tuple:
-        """The arguments of :class:`ResponseLoss` (with the history-title targets where the batch has them)."""
+        """The arguments of :class:`ResponseLoss` (with the history-title targets and the soft tokens where the batch
+        has them)."""
         base = (self.input_ids, self.attention_mask, self.positions, self.targets, self.shared_prefix_length)
-        return base if self.history_positions is None else base + (self.history_positions, self.history_targets)
+        if self.history_positions is not None or self.soft_positions is not None:
+            base += (self.history_positions, self.history_targets)
+        return base if self.soft_positions is None else base + (self.soft_positions, self.soft_items)
 
     def to(self, device) -> "Batch":
-        history = (None, None) if self.history_positions is None else (
-            self.history_positions.to(device), self.history_targets.to(device))
-        return Batch(*(t.to(device) for t in self.tensors()[:4]), self.shared_prefix_length, *history)
+        optional = [None if t is None else t.to(device) for t in (self.history_positions, self.history_targets,
+                                                                   self.soft_positions, self.soft_items)]
+        return Batch(*(t.to(device) for t in self.tensors()[:4]), self.shared_prefix_length, *optional)
 
     def labels(self) -> torch.Tensor:
         """transformers-style labels (-100 where there is no target), for the full-logits reference loss."""
@@ -161,7 +191,14 @@ def collate(examples: Sequence[Example], pad_token_id: int, train_on_inputs: boo
         positions.append(torch.arange(first, n - 1) + row * width)
         targets += example.ids[first + 1:]
     prefix = shared_prefix_length([e.ids for e in examples]) if share_prefix else 0
+    soft = [(row, i, item) for row, e in enumerate(examples) for i, item in zip(e.soft_positions, e.soft_items)]
+    if soft:  # soft tokens differ between rows whatever their placeholder id: the shared prefix stops before them
+        prefix = min([prefix] + [i for _, i, _ in soft])
+        prefix = prefix if prefix >= MIN_SHARED_PREFIX else 0
     batch = Batch(input_ids, attention_mask, torch.cat(positions), torch.tensor(targets, dtype=torch.long), prefix)
+    if soft:
+        batch.soft_positions = torch.tensor([row * width + i for row, i, _ in soft], dtype=torch.long)
+        batch.soft_items = torch.tensor([item for _, _, item in soft], dtype=torch.long)
     if history:
         rows = [(row, i) for row, e in enumerate(examples) for i in e.history_targets]
         batch.history_positions = torch.tensor([row * width + i - 1 for row, i in rows], dtype=torch.long)

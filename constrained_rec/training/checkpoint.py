@@ -49,10 +49,13 @@ class Resumed:
 
 
 def data_fingerprint(examples: Sequence) -> str:
-    """A hash of tokenized examples (``prompt_length`` and ``ids`` of each, in order)."""
+    """A hash of tokenized examples (``prompt_length`` and ``ids`` of each, in order, and their soft tokens where
+    they have some)."""
     digest = hashlib.sha256()
     for example in examples:
         digest.update(np.asarray([example.prompt_length, *example.ids], dtype=np.int64).tobytes())
+        if getattr(example, "soft_positions", ()):
+            digest.update(np.asarray([*example.soft_positions, *example.soft_items], dtype=np.int64).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -163,3 +166,25 @@ class Checkpoint:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             replace_folder(tmp, self.output_dir / "checkpoint")
+
+
+def plot_losses(log: list[dict], path: Path) -> None:
+    """The training and validation losses of ``log`` (``train_log.jsonl`` records) as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    train_points = [(r["step"], r["loss"]) for r in log if "loss" in r]
+    eval_points = [(r["step"], r["eval_loss"]) for r in log if "eval_loss" in r]
+    if train_points:
+        axes.plot(*zip(*train_points), label="train loss", linewidth=1)
+    if eval_points:
+        axes.plot(*zip(*eval_points), "o-", label="validation loss")
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("cross-entropy per target token")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -25,6 +25,10 @@ class ResponseLoss(torch.nn.Module):
     Args:
         model (`PreTrainedModel` or `peft.PeftModel`):
             A causal LM whose logits are ``lm_head(decoder(...))``: Llama, Qwen2, Mistral, SmolLM2.
+        collab (`CollabTokens`, *optional*):
+            The collaborative tokens of batches with soft positions (:mod:`constrained_rec.training.collab_tokens`):
+            there the decoder reads ``inputs_embeds``, the token embeddings with each soft position's row replaced by
+            ``collab(item row)``, so the projector trains with the adapter.
 
     Example:
 
@@ -44,8 +48,9 @@ class ResponseLoss(torch.nn.Module):
     ```
     """
 
-    def __init__(self, model):
+    def __init__(self, model, collab=None):
         super().__init__()
+        self.collab = collab
         config = causal_lm(model).config
         for name in ("final_logit_softcapping", "logit_scale"):
             if getattr(config, name, None) not in (None, 1.0):
@@ -56,21 +61,14 @@ class ResponseLoss(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, positions, targets, shared_prefix_length: int = 0,
-                history_positions=None, history_targets=None) -> torch.Tensor:
+                history_positions=None, history_targets=None, soft_positions=None, soft_items=None) -> torch.Tensor:
         """The summed cross-entropy at ``positions``; with ``history_positions`` (the history-title targets of
-        :func:`constrained_rec.training.batching.collate`) the pair ``[response sum, history sum]``, one LM-head call for both."""
+        :func:`constrained_rec.training.batching.collate`) the pair ``[response sum, history sum]``, one LM-head call for both.
+        ``soft_positions`` (flat) and ``soft_items`` are the batch's collaborative tokens, read through ``collab``."""
         lm = causal_lm(self.model)
         decoder = lm.get_decoder()
-        if shared_prefix_length:
-            prefix = decoder(input_ids=input_ids[:1, :shared_prefix_length], use_cache=True)
-            keyword = cache_keyword(decoder)
-            cache = getattr(prefix, keyword)
-            cache.batch_repeat_interleave(input_ids.shape[0])
-            rest = decoder(input_ids=input_ids[:, shared_prefix_length:], attention_mask=attention_mask,
-                           use_cache=True, **{keyword: cache}).last_hidden_state
-            hidden = torch.cat([prefix.last_hidden_state.expand(input_ids.shape[0], -1, -1), rest], dim=1)
-        else:
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        embeds = None if soft_positions is None else self._soft_embeds(lm, input_ids, soft_positions, soft_items)
+        hidden = _decoder_hidden(decoder, input_ids, attention_mask, shared_prefix_length, embeds)
         hidden = hidden.reshape(-1, hidden.shape[-1])
         if history_positions is None:
             logits = lm.get_output_embeddings()(hidden.index_select(0, positions))
@@ -78,6 +76,29 @@ class ResponseLoss(torch.nn.Module):
         logits = lm.get_output_embeddings()(hidden.index_select(0, torch.cat([positions, history_positions])))
         losses = F.cross_entropy(logits.float(), torch.cat([targets, history_targets]), reduction="none")
         return torch.stack([losses[: len(targets)].sum(), losses[len(targets) :].sum()])
+
+    def _soft_embeds(self, lm, input_ids, soft_positions, soft_items) -> torch.Tensor:
+        """The batch's input embeddings with the soft rows put in (``collab`` of their items)."""
+        if self.collab is None:
+            raise ValueError("the batch has soft positions (collaborative tokens) but the loss was built without "
+                             "their CollabTokens: ResponseLoss(model, collab=...)")
+        embeds = lm.get_input_embeddings()(input_ids)
+        flat = embeds.reshape(-1, embeds.shape[-1])
+        return flat.index_copy(0, soft_positions, self.collab(soft_items).to(flat.dtype)).reshape(embeds.shape)
+
+
+def _decoder_hidden(decoder, input_ids, attention_mask, shared: int, embeds=None) -> torch.Tensor:
+    """The decoder's last hidden states of the batch; the ``shared`` prefix run once, by ids (it ends before any
+    soft position), the rest by ids or, given ``embeds``, by ``inputs_embeds``."""
+    rest = {"input_ids": input_ids[:, shared:]} if embeds is None else {"inputs_embeds": embeds[:, shared:]}
+    if not shared:
+        return decoder(attention_mask=attention_mask, **rest).last_hidden_state
+    prefix = decoder(input_ids=input_ids[:1, :shared], use_cache=True)
+    keyword = cache_keyword(decoder)
+    cache = getattr(prefix, keyword)
+    cache.batch_repeat_interleave(input_ids.shape[0])
+    hidden = decoder(attention_mask=attention_mask, use_cache=True, **rest, **{keyword: cache}).last_hidden_state
+    return torch.cat([prefix.last_hidden_state.expand(input_ids.shape[0], -1, -1), hidden], dim=1)
 
 
 def full_logits_loss(model, batch: Batch) -> torch.Tensor:

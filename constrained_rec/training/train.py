@@ -53,6 +53,7 @@ from constrained_rec.training.checkpoint import (
     TrainState,
     data_fingerprint,
     load_trainable_state,
+    plot_losses,
     trainable_state,
 )
 from constrained_rec.training.loss import ResponseLoss
@@ -182,27 +183,6 @@ class TrainResult:
 
 
 
-def _plot_losses(log: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4))
-    train_points = [(r["step"], r["loss"]) for r in log if "loss" in r]
-    eval_points = [(r["step"], r["eval_loss"]) for r in log if "eval_loss" in r]
-    if train_points:
-        axes.plot(*zip(*train_points), label="train loss", linewidth=1)
-    if eval_points:
-        axes.plot(*zip(*eval_points), "o-", label="validation loss")
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("cross-entropy per target token")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
 def lr_scheduler(optimizer, config: TrainConfig, total_steps: int):
     """The learning-rate schedule of ``config`` (linear warm-up, then ``config.lr_schedule``) over ``total_steps``
     optimizer steps; shared by :func:`train` and :class:`constrained_rec.lightning.BigRecModule`."""
@@ -235,7 +215,7 @@ def write_train_config(folder: Path, config: TrainConfig, model, **progress) -> 
 
 def train(model, tokenizer, train_dataset, config: TrainConfig | None = None, eval_dataset=None,
           output_dir: str | Path = "runs/train", resume: bool = True,
-          callback: Callable[[dict], None] | None = None) -> TrainResult:
+          callback: Callable[[dict], None] | None = None, collab=None) -> TrainResult:
     """LoRA-tune ``model`` to write ``target_title`` after ``prompt``; save the adapter in ``output_dir``.
 
     Args:
@@ -257,6 +237,10 @@ def train(model, tokenizer, train_dataset, config: TrainConfig | None = None, ev
             Continue from ``output_dir/checkpoint`` when there is one (same config and data required).
         callback (`Callable[[dict], None]`, *optional*):
             Called after every optimizer step with that step's record (including ``sample_indices``).
+        collab (`CollabTokens`, *optional*):
+            Collaborative tokens (:mod:`constrained_rec.training.collab_tokens`): every prompt gets a soft position
+            after each history title (rows need ``history_titles`` and ``history_item_ids``), the projector trains
+            with the adapter (the model's ``collab_tokens`` module, so checkpoints hold it) and is saved beside it.
 
     Returns:
         `TrainResult` with the trained ``model`` (a ``peft.PeftModel``, in eval mode) and the log.
@@ -277,9 +261,12 @@ def train(model, tokenizer, train_dataset, config: TrainConfig | None = None, ev
     from accelerate import Accelerator
 
     config = config or TrainConfig()
+    if collab is not None and config.train_on_inputs:
+        raise ValueError("train_on_inputs=True would teach the placeholder ids of collaborative tokens; "
+                         "train with collab tokens on the response (and history-title) loss only")
     process_state()  # the one process state every module shares (gloo under torchrun on CPUs)
     accelerator = Accelerator(cpu=not has_accelerator())
-    run = _TrainingRun(model, tokenizer, train_dataset, eval_dataset, config, Path(output_dir), accelerator)
+    run = _TrainingRun(model, tokenizer, train_dataset, eval_dataset, config, Path(output_dir), accelerator, collab)
     run.start(resume)
     run.train_epochs(callback)
     return run.finish()
@@ -289,12 +276,13 @@ class _TrainingRun:
     """The state of one :func:`train` call: model, optimizer, schedule, progress and log, with one method per phase."""
 
     def __init__(self, model, tokenizer, train_dataset, eval_dataset, config: TrainConfig, output_dir: Path,
-                 accelerator):
+                 accelerator, collab=None):
         self.config, self.output_dir, self.accelerator, self.tokenizer = config, output_dir, accelerator, tokenizer
-        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.world, self.rank, self.collab = accelerator.num_processes, accelerator.process_index, collab
         self.history = config.history_loss_weight > 0
-        self.examples = tokenize_examples(tokenizer, train_dataset, history=self.history)
-        self.eval_examples = tokenize_examples(tokenizer, eval_dataset) if eval_dataset is not None else None
+        self.examples = tokenize_examples(tokenizer, train_dataset, history=self.history, collab=collab)
+        self.eval_examples = (tokenize_examples(tokenizer, eval_dataset, collab=collab) if eval_dataset is not None
+                              else None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.lengths = [len(e.ids) for e in self.examples]
         for name, examples in (("training", self.examples), ("validation", self.eval_examples or [])):
@@ -309,12 +297,15 @@ class _TrainingRun:
             self.total_steps = min(self.total_steps, config.max_steps)
 
         self.model = model = with_lora(model, config)
+        if collab is not None:  # a module of the model: its projector trains, checkpoints and restores with LoRA
+            model.collab_tokens = collab.to(model.get_input_embeddings().weight.device)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.scheduler = lr_scheduler(optimizer, config, self.total_steps)
-        self.loss_module, self.optimizer = accelerator.prepare(ResponseLoss(model), optimizer)
+        self.loss_module, self.optimizer = accelerator.prepare(ResponseLoss(model, collab), optimizer)
         self.state, self.log, self.best_weights = TrainState(), [], None
-        identity = {"config": config.to_dict(), "data": data_fingerprint(self.examples), "world_size": self.world}
+        identity = {"config": config.to_dict(), "data": data_fingerprint(self.examples), "world_size": self.world,
+                    **({"collab_tokens": collab.describe()} if collab is not None else {})}
         self.checkpoint = Checkpoint(output_dir, identity, accelerator)
 
     def start(self, resume: bool) -> None:
@@ -372,7 +363,7 @@ class _TrainingRun:
     def save_checkpoint(self) -> None:
         self.checkpoint.save(self.model, self.optimizer, self.scheduler, self.state, self.log, self.best_weights)
         if self.accelerator.is_main_process:
-            _plot_losses(self.log, self.output_dir / "loss.png")
+            plot_losses(self.log, self.output_dir / "loss.png")
 
     def optimizer_step(self, step_batches: list[list[int]]) -> tuple[float, float | None]:
         """One optimizer step over this process's share of ``step_batches``: ``(mean loss, gradient norm)``."""
@@ -490,9 +481,10 @@ class _TrainingRun:
         if self.accelerator.is_main_process:
             model.save_pretrained(self.output_dir)
             self.tokenizer.save_pretrained(self.output_dir)
+            collab = {} if self.collab is None else {"collab_tokens": self.collab.save(self.output_dir)}
             write_train_config(self.output_dir, self.config, model, train_samples=len(self.examples),
                                global_step=state.global_step, best_eval_loss=state.best_eval_loss,
-                               stopped_early=state.stopped_early)
+                               stopped_early=state.stopped_early, **collab)
         self.accelerator.wait_for_everyone()
         train_losses = [r["loss"] for r in self.log if "loss" in r]
         return TrainResult(model, self.output_dir, state.global_step, train_losses[-1] if train_losses else None,

@@ -81,3 +81,69 @@ def span_token_indices(tokenizer, prompt: str, spans: Sequence[tuple[int, int]])
         raise ValueError("the tokenizer gives other ids with offsets than without; cannot locate titles in the prompt")
     # special tokens (BOS) and tokens without text have empty spans and belong to no title
     return [[i for i, (a, b) in enumerate(offsets) if a < b and a < end and b > start] for start, end in spans]
+
+
+class SoftPrompt:
+    """A prompt as token ids of which some positions take a given input embedding instead of their token's.
+
+    ``ids`` are the prompt's token ids (BOS included where the model uses one); ``positions`` (sorted, distinct)
+    index the *soft* positions, whose input embedding is row ``j`` of ``embeds`` (``(len(positions), hidden)``)
+    instead of the embedding of ``ids[positions[j]]``. The id stored at a soft position is a placeholder that no
+    model reads (:func:`soft_token_ids` stores the EOS id): the positions are carried explicitly, so no text of
+    the prompt, whatever it holds, can be taken for a soft token. Decoding (``decode.recommend``,
+    ``score_titles``) takes a ``SoftPrompt`` wherever it takes a prompt's token ids, and prefills it by
+    ``inputs_embeds``. ``text`` is the prompt's text, ``item_ids`` the items the soft tokens stand for (for
+    reports and the evaluation's sample digest, ``str(prompt)``).
+    """
+
+    def __init__(self, ids, positions, embeds, text: str = "", item_ids=()):
+        self.ids = tuple(int(t) for t in ids)
+        self.positions = tuple(int(p) for p in positions)
+        self.embeds, self.text, self.item_ids = embeds, text, tuple(int(i) for i in item_ids)
+        if not self.ids or min(self.ids) < 0:
+            raise ValueError(f"a soft prompt needs a non-empty list of token ids >= 0, got {list(self.ids)!r}")
+        if list(self.positions) != sorted(set(self.positions)) or (self.positions and not (
+                0 <= self.positions[0] and self.positions[-1] < len(self.ids))):
+            raise ValueError(f"soft positions must be sorted, distinct indices into the {len(self.ids)} prompt ids, "
+                             f"got {list(self.positions)!r}")
+        shape = tuple(getattr(embeds, "shape", ()))
+        if len(shape) != 2 or shape[0] != len(self.positions):
+            raise ValueError(f"a soft prompt needs one embedding row per soft position ({len(self.positions)}), "
+                             f"got embeds of shape {shape}")
+
+    def __str__(self) -> str:
+        import hashlib
+
+        import numpy as np
+
+        digest = hashlib.sha256(np.ascontiguousarray(self.embeds.detach().float().cpu().numpy()).tobytes())
+        return (f"{self.text or list(self.ids)} [soft tokens of items {list(self.item_ids)} at "
+                f"{list(self.positions)}, embeddings {digest.hexdigest()[:16]}]")
+
+    __repr__ = __str__
+
+
+def soft_token_ids(tokenizer, prompt: str, title_spans: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """A hybrid prompt's token ids: :func:`prompt_token_ids` of ``prompt`` with one placeholder position
+    inserted after each history title, and the placeholders' indices.
+
+    ``title_spans`` are the titles' character spans in ``prompt`` (``prompts.history_title_spans``: the text
+    between the quotes). A placeholder goes right after the token holding the title's closing quote (in context
+    the quote may share a token with the comma after it, ``')",'``: then after that token), so the text's ids are
+    exactly :func:`prompt_token_ids`'s, in order, with placeholders between them. The placeholder's id is the
+    tokenizer's EOS; its input embedding is always replaced (:class:`SoftPrompt`).
+    """
+    ids = prompt_token_ids(tokenizer, prompt)
+    quotes = span_token_indices(tokenizer, prompt, [(end, end + 1) for _, end in title_spans])
+    after = [tokens[-1] for tokens in quotes if tokens]
+    if len(after) != len(title_spans) or after != sorted(set(after)):
+        raise ValueError(f"cannot place one soft token after each of the {len(title_spans)} history titles of the "
+                         f"prompt {prompt!r}: their closing quotes are in tokens {after}")
+    out, positions, eos = [], [], eos_token_id(tokenizer)
+    for index, token in enumerate(ids):
+        out.append(token)
+        if after and index == after[0]:
+            positions.append(len(out))
+            out.append(eos)
+            after.pop(0)
+    return out, positions

@@ -70,17 +70,22 @@ def test_the_command_names_only_options_off_their_defaults():
         "--recipe all-r16-lr1e-3 --users 50 --train-samples 8 --model 'a b'")
 
 
-def test_one_recipe_end_to_end_on_a_tiny_model(tmp_path, capsys):
+def _run_on_a_tiny_model(tmp_path, recipe: str) -> dict:
+    """``recipe_search.py --recipe RECIPE`` on 8 samples and 3 users of a tiny random model; its result JSON."""
     from constrained_rec.model import load_tokenizer
 
     model_dir = tmp_path / "tiny"
     make_tiny_llama(vocab_size=49152, seed=0).save_pretrained(model_dir)
     load_tokenizer().save_pretrained(model_dir)
-    results = tmp_path / "results"
-    main(["--recipe", "all-r16-hdrop", "--train-samples", "8", "--users", "3", "--candidates", "2",
+    main(["--recipe", recipe, "--train-samples", "8", "--users", "3", "--candidates", "2",
           "--eval-samples", "3", "--model", str(model_dir), "--output-dir", str(tmp_path / "runs"),
-          "--results", str(results)])
-    result = json.loads((results / "all-r16-hdrop.json").read_text())
+          "--results", str(tmp_path / "results")])
+    return json.loads((tmp_path / "results" / f"{recipe}.json").read_text())
+
+
+def test_one_recipe_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    results = tmp_path / "results"
+    result = _run_on_a_tiny_model(tmp_path, "all-r16-hdrop")
     assert result["steps"] == 1 and result["signal"]["users"] == 3
     assert "--train-samples 8" in result["command"] and "--recipe all-r16-hdrop" in result["command"]
     table = (results / "table.md").read_text()
@@ -97,3 +102,25 @@ def test_the_parser_refuses_unknown_recipes_and_idle_runs():
         main(["--users", "1", "--list"])
     with pytest.raises(SystemExit):
         main([])
+
+
+def test_a_recipe_with_collab_tokens_end_to_end_on_a_tiny_model(tmp_path, monkeypatch):
+    import numpy as np
+
+    import constrained_rec.collaborative as collaborative
+    from constrained_rec.collaborative import SASRec, SASRecConfig
+    from constrained_rec.collaborative.sasrec import SASRecNetwork
+
+    fitted = []
+
+    def unfitted_sasrec(name, data, split_config, seed=0, **options):  # a random SASRec instead of minutes of fitting
+        config = SASRecConfig(dim=8, heads=1)
+        fitted.append((name, seed))
+        return SASRec(np.array(sorted(data.titles)), config, SASRecNetwork(len(data.titles), config))
+
+    monkeypatch.setattr(collaborative, "fit_assistant", unfitted_sasrec)
+    result = _run_on_a_tiny_model(tmp_path, "all-r16-items")
+    assert fitted == [("sasrec", 0)] and result["recipe"]["collab_tokens"] == "items"
+    assert result["steps"] == 1 and result["signal"]["users"] == 3
+    assert json.loads((tmp_path / "runs" / "all-r16-items" / "collab_tokens.json").read_text())["assistant"] == "sasrec"
+    assert "+ items tokens" in (tmp_path / "results" / "table.md").read_text()

@@ -101,9 +101,10 @@ def test_weight_zero_trains_exactly_as_without_the_history_loss(tmp_path, monkey
     tokenized, batched = [], []
     real_tokenize, real_collate = train_module.tokenize_examples, train_module.collate
 
-    def tokenize_spy(tokenizer, dataset, history=False):
+    def tokenize_spy(tokenizer, dataset, history=False, collab=None):
+        assert collab is None  # no collaborative tokens either: the text-only path
         tokenized.append(history)
-        return real_tokenize(tokenizer, dataset, history=history)
+        return real_tokenize(tokenizer, dataset, history=history, collab=collab)
 
     def collate_spy(*args, **kwargs):
         batch = real_collate(*args, **kwargs)
