@@ -179,8 +179,8 @@ class OptionParser(argparse.ArgumentParser):
         where = f"{path}: {action.dest}"
         if isinstance(value, str) and callable(action.type):
             try:
-                value = action.type(value)
-            except argparse.ArgumentTypeError as error:
+                value = action.type(value)  # as the flag reads it: "1e-3", "tab", "all", "1,5,10"
+            except (argparse.ArgumentTypeError, ValueError) as error:
                 raise ValueError(f"{where}: {error}") from None
         elif action.nargs == "+":
             if not (isinstance(value, list) and value and all(isinstance(word, str) for word in value)):
@@ -189,7 +189,7 @@ class OptionParser(argparse.ArgumentParser):
             check_type(where, self.annotations.get(action.dest, "str | None"), value)
             if isinstance(value, list):
                 value = tuple(value)  # the config's own checks (bounds of numbers, ...) follow when it is built
-        if action.choices is not None and value not in action.choices:
+        if action.choices is not None and value is not None and value not in action.choices:
             raise ValueError(f"{where} must be one of {list(action.choices)}, got {value!r}")
         return value
 
