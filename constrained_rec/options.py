@@ -198,6 +198,7 @@ def check_least(config, names: Iterable[str]) -> None:
     """The int options ``names`` of ``config`` are integers >= their field's ``least`` (``None`` where the default
     is ``None``), with an error naming the field and its flag."""
     for spec in option_fields(type(config), names):
-        least = spec.metadata[OPTION]["least"]
-        check_int(getattr(config, spec.name), f"{type(config).__name__}.{spec.name} ({flag_of(spec)})", least=least,
-                  none=spec.default is None)
+        value = getattr(config, spec.name)
+        if value is None and spec.default is None:  # "the default", resolved by the config
+            continue
+        check_int(value, f"{type(config).__name__}.{spec.name} ({flag_of(spec)})", least=spec.metadata[OPTION]["least"])

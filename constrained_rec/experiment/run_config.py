@@ -109,7 +109,7 @@ def assistant_options() -> tuple[str, ...]:
     return tuple(names[names.index("assistant"):])
 
 
-def _column(name: str, default: str, what: str):
+def _column(default: str, what: str):
     return option(None, f"column of the {what} [default {default}]")
 
 
@@ -130,11 +130,11 @@ class RunConfig:
     # The data set's files, columns and split (see DATA_OPTIONS and constrained_rec.data.load_interactions).
     items: str | None = option(None, "items file (item id, title) of an interactions CSV/TSV, or the metadata file "
                                      "of an Amazon reviews file")
-    user_column: str | None = _column("user", "user_id", "interactions file's user id")
-    item_column: str | None = _column("item", "item_id", "interactions file's item id")
-    time_column: str | None = _column("time", "timestamp", "interactions file's time (Unix seconds or ISO 8601)")
-    title_column: str | None = _column("title", "title", "items file's title")
-    items_item_column: str | None = _column("items-item", "--item-column", "items file's item id")
+    user_column: str | None = _column("user_id", "interactions file's user id")
+    item_column: str | None = _column("item_id", "interactions file's item id")
+    time_column: str | None = _column("timestamp", "interactions file's time (Unix seconds or ISO 8601)")
+    title_column: str | None = _column("title", "items file's title")
+    items_item_column: str | None = _column("--item-column", "items file's item id")
     sep: str | None = option(None, "field separator of the CSV/TSV files; \\t or tab for a tab [default: tab for "
                                    ".tsv, comma otherwise]", parse=separator)
     split: str = option("auto", "leave-one-out (last item per user), temporal (D3's global time 8:1:1), given (the "

@@ -110,8 +110,7 @@ class TrainConfig:
         if not self.lora_target_modules or not all(isinstance(name, str) and name for name in self.lora_target_modules):
             raise ValueError("TrainConfig.lora_target_modules (--lora-target-modules) must name at least one module, "
                              f"e.g. 'q_proj', got {self.lora_target_modules!r}")
-        weight = check_number(self.history_loss_weight, "TrainConfig.history_loss_weight (--history-loss-weight)",
-                              least=0)
+        weight = check_number(self.history_loss_weight, "TrainConfig.history_loss_weight", least=0)
         if weight and self.train_on_inputs:
             raise ValueError(f"TrainConfig.history_loss_weight={weight!r} with train_on_inputs=True: train_on_inputs "
                              "already puts every prompt token (history titles included) in the loss; choose one")
