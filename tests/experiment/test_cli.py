@@ -277,3 +277,18 @@ def test_train_py_spells_every_window_all_and_refuses_zero(capsys):
     for bad, message in ((0, "--train-samples all"), (-2, "got -2"), ("some", "got 'some'"), (True, "got True")):
         with pytest.raises(ValueError, match=message):
             TrainJob(output_dir="x", train_samples=bad)
+
+
+def test_resuming_with_other_training_options_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from constrained_rec.experiment.run_config import check_run_identity
+
+    single = SimpleNamespace(is_main_process=True, num_processes=1, process_index=0, wait_for_everyone=lambda: None)
+    check_run_identity(tmp_path, parse_run(["--quick"]), single, name="m")
+    (tmp_path / "adapter").mkdir()  # a result: the folder now binds its options
+    check_run_identity(tmp_path, parse_run(["--quick", "--checkpoint-every", "5"]), single, name="m")  # speed only
+    for argv, named in ((["--lora-r", "16"], "lora_r"), (["--lora-target-modules", "q_proj"], "lora_target_modules"),
+                        (["--warmup-steps", "1"], "warmup_steps")):
+        with pytest.raises(ValueError, match=f"{named}.*pass another --output-dir"):
+            check_run_identity(tmp_path, parse_run(["--quick", *argv]), single, name="m")
