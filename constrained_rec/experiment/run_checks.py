@@ -1,9 +1,55 @@
-"""Checks of a run's data once it is loaded, before the model loads: every split the run needs holds samples, and
-every test user has the user-signal control's candidates to draw (errors name what to pass instead)."""
+"""Checks of a run before the model loads: the device exists (:func:`resolve_device`), the output folder; once the
+data is loaded, every split the run needs holds samples, and every test user has the user-signal control's candidates
+to draw (errors name what to pass instead)."""
 
 from __future__ import annotations
 
-from constrained_rec.experiment.run_config import RunConfig
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from constrained_rec.experiment.run_config import RunConfig, parse_device
+
+if TYPE_CHECKING:
+    import torch
+
+
+def resolve_device(text: str, state=None) -> torch.device:
+    """The device to compute on, checked to exist before anything is loaded.
+
+    ``auto`` is CUDA when available, else the CPU; under ``torchrun`` / ``accelerate launch`` on GPUs each
+    process takes its own GPU (``state.device``).
+    """
+    import torch
+    device = parse_device(text) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+            raise ValueError(f"--device {text!r} asks for a CUDA GPU, but this torch ({torch.__version__}, {built}) "
+                             "sees none; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {text!r}: there are only {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"indices 0 to {torch.cuda.device_count() - 1}")
+        if state is not None and state.num_processes > 1:
+            device = state.device
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {text!r}: MPS is not available on this machine; use --device cpu (or auto)")
+    elif device.type not in ("cpu", "mps"):
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as error:
+            raise ValueError(f"--device {text!r} is not usable here ({error}); use --device cpu (or auto)") from None
+    return device
+
+
+def output_folder(config: RunConfig, state) -> Path:
+    """``--output-dir``, or ``runs/<timestamp>`` in a single process (sharded processes must share a folder)."""
+    if config.output_dir is not None:
+        return Path(config.output_dir)
+    if state.num_processes > 1:
+        raise ValueError("a sharded run (torchrun / accelerate launch with several processes) needs --output-dir: "
+                         "every process must write into the same folder")
+    return Path(f"runs/{datetime.now():%Y%m%d-%H%M%S}")
 
 
 def check_splits(config: RunConfig, data, split_config, available: dict[str, int]) -> None:

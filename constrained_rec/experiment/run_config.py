@@ -1,13 +1,11 @@
 """The options of the main job (:class:`RunConfig`: each field is a flag of ``experiments/run.py``, with its default
-and help text) and the checks that run before anything is loaded: the device exists, and a resumed folder belongs
-to a run with the same options.
+and help text), the run identity and its check that a resumed folder belongs to a run with the same options.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -118,7 +116,8 @@ class RunConfig:
     """Every option of ``experiments/run.py``: each field is its flag (``lora_r`` -> ``--lora-r``), with the flag's
     default and help text (:func:`constrained_rec.options.option`); see ``--help``.
 
-    ``None`` means "the default for this size": :attr:`size`, :attr:`ks` and :func:`resolve_device` resolve them.
+    ``None`` means "the default for this size": :attr:`size`, :attr:`ks` and :func:`~constrained_rec.experiment.run_checks.resolve_device`
+    resolve them.
     ``command`` is the command line recorded in ``metrics.json`` (by default rebuilt from the options).
     """
 
@@ -380,44 +379,6 @@ def parse_device(text: str) -> torch.device | None:
     except (RuntimeError, TypeError):
         raise ValueError(f"--device {text!r} is not a device; accepted: auto, cpu, cuda, cuda:N (N a GPU index), "
                          "mps") from None
-
-
-def resolve_device(text: str, state=None) -> torch.device:
-    """The device to compute on, checked to exist before anything is loaded.
-
-    ``auto`` is CUDA when available, else the CPU; under ``torchrun`` / ``accelerate launch`` on GPUs each
-    process takes its own GPU (``state.device``).
-    """
-    import torch
-    device = parse_device(text) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            built = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
-            raise ValueError(f"--device {text!r} asks for a CUDA GPU, but this torch ({torch.__version__}, {built}) "
-                             "sees none; use --device cpu (or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {text!r}: there are only {torch.cuda.device_count()} CUDA GPU(s), "
-                             f"indices 0 to {torch.cuda.device_count() - 1}")
-        if state is not None and state.num_processes > 1:
-            device = state.device
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {text!r}: MPS is not available on this machine; use --device cpu (or auto)")
-    elif device.type not in ("cpu", "mps"):
-        try:
-            torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as error:
-            raise ValueError(f"--device {text!r} is not usable here ({error}); use --device cpu (or auto)") from None
-    return device
-
-
-def output_folder(config: RunConfig, state) -> Path:
-    """``--output-dir``, or ``runs/<timestamp>`` in a single process (sharded processes must share a folder)."""
-    if config.output_dir is not None:
-        return Path(config.output_dir)
-    if state.num_processes > 1:
-        raise ValueError("a sharded run (torchrun / accelerate launch with several processes) needs --output-dir: "
-                         "every process must write into the same folder")
-    return Path(f"runs/{datetime.now():%Y%m%d-%H%M%S}")
 
 
 def model_name(config: RunConfig) -> str:

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from conftest import REPO_ROOT, make_tiny_llama
 from constrained_rec.experiment.pipeline import run
-from constrained_rec.experiment.run_config import RUN_IDENTITY, RunConfig, check_run_identity, parse_ks, resolve_device
+from constrained_rec.experiment.run_checks import resolve_device
+from constrained_rec.experiment.run_config import RUN_IDENTITY, RunConfig, check_run_identity, parse_ks
 
 SINGLE = SimpleNamespace(is_main_process=True, num_processes=1, process_index=0, wait_for_everyone=lambda: None)
 
