@@ -27,6 +27,8 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from constrained_rec.validation import is_int
+
 if TYPE_CHECKING:
     import torch
 
@@ -102,7 +104,7 @@ def position_limit(model) -> tuple[int | None, bool]:
     import torch
 
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+    if not (is_int(limit) and limit >= 1):
         return None, False
     learned = any(isinstance(module, torch.nn.Embedding) and _is_position_table(name)
                   for name, module in causal_lm(model).named_modules())

@@ -15,7 +15,7 @@ from conftest import REPO_ROOT
 
 # Bottom first, under constrained_rec. A module may import from its own layer or any layer below it, never above.
 LAYERS = [
-    ("base", ["hf", "prompts", "model"]),
+    ("base", ["hf", "prompts", "model", "options", "validation"]),
     ("kernels", ["kernels"]),
     ("trie", ["trie"]),
     ("data", ["data"]),

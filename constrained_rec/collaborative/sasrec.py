@@ -33,6 +33,7 @@ from constrained_rec.collaborative.base import (
     write_config,
 )
 from constrained_rec.evaluation import metrics
+from constrained_rec.validation import check_int
 
 WEIGHTS_FILE = "model.pt"
 
@@ -64,9 +65,7 @@ class SASRecConfig:
 
     def __post_init__(self):
         for name in ("dim", "blocks", "heads", "max_length", "batch_size", "max_epochs", "patience"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_int(getattr(self, name), name, least=1)
         if self.dim % self.heads:
             raise ValueError(f"dim = {self.dim} must be divisible by heads = {self.heads}")
         if not 0.0 <= self.dropout < 1.0:

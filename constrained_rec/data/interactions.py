@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from constrained_rec.prompts import ITEM_NOUNS
+from constrained_rec.validation import check_int
 
 if TYPE_CHECKING:
     from constrained_rec.data.given import GivenSplits
@@ -124,8 +125,7 @@ class InteractionData:
             if not pd.api.types.is_integer_dtype(frame[column].dtype):
                 raise ValueError(f"column {column!r} must hold integers, got dtype {frame[column].dtype}")
         frame = frame.astype(np.int64)
-        if not isinstance(min_user_interactions, int) or min_user_interactions < 1:
-            raise ValueError(f"min_user_interactions must be an integer >= 1, got {min_user_interactions!r}")
+        check_int(min_user_interactions, "min_user_interactions", least=1)
         blank = [item for item, title in titles.items() if not isinstance(title, str) or not title.strip()]
         if blank:
             raise ValueError(f"titles must be non-empty strings; item {blank[0]} has {titles[blank[0]]!r}")

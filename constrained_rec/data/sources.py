@@ -17,6 +17,7 @@ from constrained_rec.data.interactions import InteractionData, move_trailing_art
 from constrained_rec.data.readers import CsvFormat, RawData, read_file, read_folder
 from constrained_rec.hf import cache_dir as library_cache_dir
 from constrained_rec.prompts import ITEM_NOUNS
+from constrained_rec.validation import check_int
 
 logger = logging.getLogger("constrained_rec.data")
 
@@ -238,8 +239,7 @@ def _filter_options(raw: RawData, path: Path, min_user_interactions, keep_items)
         return 1, True
     if min_user_interactions is None:
         min_user_interactions = 3
-    if not isinstance(min_user_interactions, int) or min_user_interactions < 1:
-        raise ValueError(f"min_user_interactions must be an integer >= 1, got {min_user_interactions!r}")
+    check_int(min_user_interactions, "min_user_interactions", least=1)
     return min_user_interactions, bool(keep_items)
 
 

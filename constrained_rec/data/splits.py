@@ -14,6 +14,7 @@ import numpy as np
 from constrained_rec.data.given import SPLIT_FOLDERS
 from constrained_rec.data.interactions import COLUMNS, InteractionData
 from constrained_rec.prompts import ITEM_NOUNS, TEMPLATES, alpaca_affixes, build_prompt
+from constrained_rec.validation import check_int
 
 PROTOCOLS = ("leave_one_out", "global_time", "given")
 # The command line's spellings (experiments/run.py --split) -> protocol names; each name also maps to itself.
@@ -66,12 +67,9 @@ class SplitConfig:
     item_noun: str | None = None
 
     def __post_init__(self):
-        if not isinstance(self.max_history, int) or self.max_history < 1:
-            raise ValueError(f"max_history must be an integer >= 1, got {self.max_history!r}")
+        check_int(self.max_history, "max_history", least=1)
         for name in ("train_samples", "eval_samples"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be None (keep all) or an integer >= 1, got {value!r}")
+            check_int(getattr(self, name), name, least=1, none=True, note=" (None: keep all)")
         if self.protocol != "auto" and self.protocol not in PROTOCOL_ALIASES:
             raise ValueError(f"unknown split protocol {self.protocol!r}; accepted: {['auto', *PROTOCOL_ALIASES]}")
         self.protocol = PROTOCOL_ALIASES.get(self.protocol, self.protocol)

@@ -41,6 +41,7 @@ import torch
 
 from constrained_rec.kernels import torch_mask, trie_walk
 from constrained_rec.trie.trie import TitleTrie
+from constrained_rec.validation import check_int
 
 LOOKAHEADS = ("sum", "max")
 # Fused scores live in float32 (the model's scores, and the searches' sums): w times a prompt's log-mass range
@@ -129,9 +130,7 @@ class ItemConstraints:
         _check_exclude_container(exclude)
         sizes = {name: n for name, n in (("num_prompts", num_prompts), ("exclude", None if exclude is None else len(exclude)),
                                          ("item_log_prior", None if prior is None else prior.shape[0])) if n is not None}
-        if num_prompts is not None and (isinstance(num_prompts, bool) or not isinstance(num_prompts, numbers.Integral)
-                                        or num_prompts < 1):
-            raise ValueError(f"`num_prompts` has to be None or a positive integer, but is {num_prompts!r}")
+        check_int(num_prompts, "`num_prompts`", least=1, none=True, numpy=True)
         if len(set(sizes.values())) > 1:
             detail = ", ".join(f"{name}: {n}" for name, n in sizes.items())
             raise ValueError(f"the inputs disagree on the number of prompts ({detail}); give one entry per prompt")

@@ -12,6 +12,7 @@ from constrained_rec.decoding.constraints import ItemConstraints
 from constrained_rec.decoding.masking import BACKENDS, mask_scores
 from constrained_rec.kernels import trie_walk
 from constrained_rec.trie.trie import TitleTrie
+from constrained_rec.validation import check_int
 
 
 class TitleTrieProcessor(LogitsProcessor):
@@ -126,11 +127,8 @@ class TitleTrieProcessor(LogitsProcessor):
     ):
         if not isinstance(trie, TitleTrie):
             raise ValueError(f"`trie` has to be a TitleTrie, but is {type(trie).__name__}")
-        if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, np.integer)) or prompt_length < 0:
-            raise ValueError(f"`prompt_length` has to be a non-negative integer, but is {prompt_length!r}")
-        if pad_token_id is not None and (isinstance(pad_token_id, bool) or not isinstance(pad_token_id, (int, np.integer))
-                                         or pad_token_id < 0):
-            raise ValueError(f"`pad_token_id` has to be None or a non-negative integer, but is {pad_token_id!r}")
+        check_int(prompt_length, "`prompt_length`", least=0, numpy=True)
+        check_int(pad_token_id, "`pad_token_id`", least=0, none=True, numpy=True)
         if backend not in BACKENDS:
             raise ValueError(f"`backend` has to be one of {BACKENDS}, but is {backend!r}")
         if constraints is None:

@@ -72,6 +72,7 @@ from constrained_rec.decoding.steps import Hypothesis
 from constrained_rec.hf import check_positions
 from constrained_rec.trie.tokenization import SoftPrompt, eos_token_id, prompt_token_ids
 from constrained_rec.trie.trie import TitleTrie
+from constrained_rec.validation import check_int
 
 MODES = ("beam", "exact")
 __all__ = ["recommend", "recommend_at_weights", "Recommendation", "DecodeStats", "DecodeResult", "MODES",
@@ -344,10 +345,10 @@ def _check_options(model, trie, k, num_beams, mode, length_penalty, batch_size, 
     """Validates `recommend`'s options; returns `num_beams` (defaulting to `k`)."""
     if not isinstance(trie, TitleTrie):
         raise ValueError(f"`trie` has to be a TitleTrie, but is {type(trie).__name__}")
-    _check_positive_int("k", k)
+    check_int(k, "`k`", least=1, numpy=True)
     num_beams = int(k) if num_beams is None else num_beams
     for name, value in (("num_beams", num_beams), ("batch_size", batch_size), ("node_budget", node_budget)):
-        _check_positive_int(name, value)
+        check_int(value, f"`{name}`", least=1, numpy=True)
     if mode not in MODES:
         raise ValueError(f"`mode` has to be one of {MODES}, but is {mode!r}")
     if mode == "beam" and num_beams < k:
@@ -364,11 +365,6 @@ def _check_options(model, trie, k, num_beams, mode, length_penalty, batch_size, 
     if getattr(model.config, "is_encoder_decoder", False):
         raise ValueError(f"recommend() needs a decoder-only causal LM, got the encoder-decoder {type(model).__name__}")
     return num_beams
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` has to be a positive integer, but is {value!r}")
 
 
 def checked_prompt_ids(tokenizer, prompts: Sequence[str | Sequence[int]], trie: TitleTrie, model=None) -> list[list[int]]:

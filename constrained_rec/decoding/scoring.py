@@ -15,12 +15,7 @@ import torch
 from constrained_rec.decoding.recommend import DecodeStats, checked_prompt_ids, soft_parts
 from constrained_rec.decoding.runner import ModelRunner, PromptBatch, TokenTree
 from constrained_rec.trie.trie import TitleTrie
-
-
-def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` has to be a positive integer, but is {value!r}")
-    return int(value)
+from constrained_rec.validation import check_int
 
 
 def _as_trie(trie_or_token_ids) -> TitleTrie:
@@ -103,8 +98,8 @@ def score_titles(model, tokenizer, prompts: Sequence[str | Sequence[int]], candi
 
     ```
     """
-    batch_size = check_positive_int("batch_size", batch_size)
-    prompt_batch_size = check_positive_int("prompt_batch_size", prompt_batch_size)
+    batch_size = int(check_int(batch_size, "`batch_size`", least=1, numpy=True))
+    prompt_batch_size = int(check_int(prompt_batch_size, "`prompt_batch_size`", least=1, numpy=True))
     if getattr(model, "training", False):
         raise ValueError("the model is in training mode (dropout is active); call model.eval() first")
     trie = _as_trie(trie_or_token_ids)

@@ -30,6 +30,7 @@ import numpy as np
 from constrained_rec.evaluation import metrics
 from constrained_rec.evaluation.predictions import PredictionStore
 from constrained_rec.hf import process_state
+from constrained_rec.validation import check_int, is_int
 
 # The constrained decoders, registered here only: name -> the function of constrained_rec.evaluation.recommenders
 # that decodes with it ("module:function", imported when first used, so that reading the options imports no
@@ -106,18 +107,15 @@ class EvalConfig:
 
     def __post_init__(self):
         ks = tuple(self.ks)
-        if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        if not ks or not all(is_int(k) and k >= 1 for k in ks):
             raise ValueError(f"ks must be positive integers, got {self.ks!r}")
         self.ks = tuple(sorted(set(ks)))
         if self.num_beams is None:
             self.num_beams = self.max_k
-        if isinstance(self.num_beams, bool) or not isinstance(self.num_beams, int) or self.num_beams < self.max_k:
-            raise ValueError(
-                f"num_beams must be an integer >= max(ks) = {self.max_k} (beam search returns at most num_beams "
-                f"titles), got {self.num_beams!r}"
-            )
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not (is_int(self.num_beams) and self.num_beams >= self.max_k):
+            raise ValueError(f"num_beams must be an integer >= max(ks) = {self.max_k} (beam search returns at most "
+                             f"num_beams titles), got {self.num_beams!r}")
+        check_int(self.batch_size, "batch_size", least=1)
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {self.decoder!r}; accepted: {list(DECODERS)}")
         if not math.isfinite(float(self.length_penalty)):

@@ -26,6 +26,7 @@ import torch
 from constrained_rec.hf import base_causal_lm, left_pad
 from constrained_rec.hf import cache_dir as default_cache_dir
 from constrained_rec.trie.titles import TitleIndex
+from constrained_rec.validation import check_int
 
 
 def parse_generated_title(text: str) -> str:
@@ -241,8 +242,7 @@ class TitleGrounder:
         """
         if self.item_embeddings is None:
             raise ValueError("this grounder has no item embeddings; create it with TitleGrounder.build(model, ...)")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.item_ids):
-            raise ValueError(f"k must be an integer in [1, {len(self.item_ids)}] (the catalog size), got {k!r}")
+        check_int(k, "k", least=1, most=len(self.item_ids), note=" (the catalog size)")
         queries = np.asarray(query_embeddings, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.item_embeddings.shape[1]:
             raise ValueError(

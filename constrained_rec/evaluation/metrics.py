@@ -27,12 +27,11 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from constrained_rec.data.interactions import title_hit_rank
+from constrained_rec.validation import check_int
 
 
 def _check_k(k: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"K must be a positive integer, got {k!r}")
-    return int(k)
+    return int(check_int(k, "K", least=1, numpy=True))
 
 
 def target_rank(ranked_item_ids: Sequence[int], target_item_id: int) -> float:
@@ -123,8 +122,7 @@ def bootstrap_interval(
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
-    if isinstance(num_resamples, bool) or not isinstance(num_resamples, int) or num_resamples < 1:
-        raise ValueError(f"num_resamples must be a positive integer, got {num_resamples!r}")
+    check_int(num_resamples, "num_resamples", least=1)
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1:
         raise ValueError(f"values must be one value per user (1-D), got shape {values.shape}")
@@ -154,8 +152,7 @@ def catalog_coverage(rankings: Iterable[Sequence[int]], catalog_size: int, k: in
 
     ```
     """
-    if isinstance(catalog_size, bool) or not isinstance(catalog_size, int) or catalog_size < 1:
-        raise ValueError(f"catalog_size must be a positive integer, got {catalog_size!r}")
+    check_int(catalog_size, "catalog_size", least=1)
     k = _check_k(k)
     distinct = {item for ranking in rankings for item in list(ranking)[:k]}
     return len(distinct) / catalog_size

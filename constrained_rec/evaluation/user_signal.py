@@ -38,10 +38,11 @@ from typing import Callable, Collection, Sequence
 
 import numpy as np
 
-from constrained_rec.decoding.scoring import catalog_items, check_positive_int, score_titles
+from constrained_rec.decoding.scoring import catalog_items, score_titles
 from constrained_rec.evaluation.metrics import bootstrap_interval
 from constrained_rec.prompts import build_prompt, history_text
 from constrained_rec.trie.trie import TitleTrie
+from constrained_rec.validation import check_int
 
 CONDITIONS = ("own", "other", "generic")
 DIFFERENCES = {"own_minus_other": ("own", "other"), "own_minus_generic": ("own", "generic")}
@@ -228,7 +229,7 @@ def user_signal(model, tokenizer, samples: Sequence, trie: TitleTrie, *, num_can
     ```
     """
     started = time.perf_counter()
-    num_candidates = check_positive_int("num_candidates", num_candidates)
+    num_candidates = int(check_int(num_candidates, "`num_candidates`", least=1, numpy=True))
     if not isinstance(trie, TitleTrie):
         raise ValueError(f"`trie` has to be a TitleTrie, but is {type(trie).__name__}")
     samples = list(samples)

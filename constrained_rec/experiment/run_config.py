@@ -1,17 +1,20 @@
-"""The options of the main job (:class:`RunConfig`, one per flag of ``experiments/run.py``) and the checks that
-run before anything is loaded: the device exists, and a resumed folder belongs to a run with the same options.
+"""The options of the main job (:class:`RunConfig`: each field is a flag of ``experiments/run.py``, with its default
+and help text), the run identity and its check that a resumed folder belongs to a run with the same options.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from constrained_rec.collaborative.registry import ASSISTANTS
 from constrained_rec.evaluation.evaluate import DECODERS
+from constrained_rec.options import check_least, flag_of, option, option_fields, option_of
+from constrained_rec.prompts import ITEM_NOUNS
+from constrained_rec.training.config import TrainConfig
+from constrained_rec.validation import check_int, check_number, is_int
 
 if TYPE_CHECKING:
     import torch
@@ -74,8 +77,11 @@ def parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def separator(text: str) -> str:
+    """``--sep``: the text itself, with ``\\t`` or ``tab`` meaning a tab (what a shell passes most easily)."""
+    if not text:
+        raise ValueError(f"--sep needs a field separator such as , or tab, got {text!r}")
+    return "\t" if text in ("\\t", "tab") else text
 
 
 # The data flags: the generic interactions file's items file, columns and separator (passed to
@@ -84,99 +90,141 @@ def _is_int(value) -> bool:
 DATA_FILE_OPTIONS = ("items", "user_column", "item_column", "time_column", "title_column", "items_item_column", "sep")
 DATA_OPTIONS = (*DATA_FILE_OPTIONS, "split", "max_history", "item_noun")
 SPLIT_CHOICES = ("auto", "leave-one-out", "temporal", "given")
+# The training options run.py shares with train.py beyond --epochs, --batch-size, --learning-rate,
+# --history-loss-weight and --seed (defaults and help on TrainConfig's fields); run_identity records those that
+# change the adapter where they differ from the default.
+TRAINING_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "train_on_inputs",
+                    "gradient_accumulation_steps", "lr_schedule", "warmup_steps", "max_steps", "eval_every",
+                    "early_stopping_patience", "checkpoint_every")
+# the int options and their least values are on the fields (option(least=...)); seed has its own message
+_INT_OPTIONS = ("max_history", "train_samples", "epochs", "batch_size", "eval_users", "num_beams", "eval_batch_size",
+                "threads", "search_error_users", "signal_candidates")
 
 
-def add_data_file_arguments(parser) -> None:
-    """The ``DATA_FILE_OPTIONS`` flags (``--items``, the column options) on an argparse parser or group, for
-    ``experiments/run.py`` and ``experiments/train.py`` alike; ``--sep`` is left to each script."""
-    parser.add_argument("--items", default=None, help="items file (item id, title) of an interactions CSV/TSV, or "
-                        "the metadata file of an Amazon reviews file")
-    for column, default, what in (("user", "user_id", "interactions file's user id"),
-                                  ("item", "item_id", "interactions file's item id"),
-                                  ("time", "timestamp", "interactions file's time (Unix seconds or ISO 8601)"),
-                                  ("title", "title", "items file's title"),
-                                  ("items-item", "--item-column", "items file's item id")):
-        parser.add_argument(f"--{column}-column", default=None, help=f"column of the {what} [default {default}]")
+def assistant_options() -> tuple[str, ...]:
+    """The options of the collaborative assistant, LM + prior and the controls: the fields from ``assistant`` on."""
+    names = [spec.name for spec in option_fields(RunConfig)]
+    return tuple(names[names.index("assistant"):])
+
+
+def _column(default: str, what: str):
+    return option(None, f"column of the {what} [default {default}]")
 
 
 @dataclass
 class RunConfig:
-    """Every option of ``experiments/run.py`` (same names as its flags, same defaults); see ``--help``.
+    """Every option of ``experiments/run.py``: each field is its flag (``lora_r`` -> ``--lora-r``), with the flag's
+    default and help text (:func:`constrained_rec.options.option`); see ``--help``.
 
-    ``None`` means "the default for this size": :attr:`size`, :attr:`ks` and :func:`resolve_device` resolve them.
+    ``None`` means "the default for this size": :attr:`size`, :attr:`ks` and :func:`~constrained_rec.experiment.run_checks.resolve_device`
+    resolve them.
     ``command`` is the command line recorded in ``metrics.json`` (by default rebuilt from the options).
     """
 
-    constrained: bool = False
-    dataset: str = "ml-100k"
-    data_dir: str | None = None
+    constrained: bool = option(False, "decode with the title trie; without it, the BIGRec baseline (free decoding "
+                                      "+ grounding)")
+    dataset: str = option("ml-100k", "data set name (ml-100k, ml-latest-small, ml-1m, ...) or path (see 'data set' "
+                                     "below and constrained_rec.data)")
+    data_dir: str | None = option(None, "folder of GroupLens data sets (default $CONSTRAINED_REC_DATA)")
     # The data set's files, columns and split (see DATA_OPTIONS and constrained_rec.data.load_interactions).
-    items: str | None = None
-    user_column: str | None = None
-    item_column: str | None = None
-    time_column: str | None = None
-    title_column: str | None = None
-    items_item_column: str | None = None
-    sep: str | None = None
-    split: str = "auto"
-    max_history: int = 10
-    item_noun: str | None = None
-    model: str | None = None
-    train_samples: int | None = None
-    epochs: int | None = None
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    history_loss_weight: float = 0.0
-    adapter: str | None = None
-    eval_users: int | None = None
-    all_users: bool = False
-    k: tuple[int, ...] | None = None
-    num_beams: int | None = None
-    length_penalty: float = 0.0
-    exclude_history: bool = True
-    baselines: bool = False
-    eval_batch_size: int | None = None
-    decoder: str = "beam"
-    threads: int | None = None
-    quick: bool = False
-    seed: int = 0
-    device: str = "auto"
-    output_dir: str | None = None
+    items: str | None = option(None, "items file (item id, title) of an interactions CSV/TSV, or the metadata file "
+                                     "of an Amazon reviews file")
+    user_column: str | None = _column("user_id", "interactions file's user id")
+    item_column: str | None = _column("item_id", "interactions file's item id")
+    time_column: str | None = _column("timestamp", "interactions file's time (Unix seconds or ISO 8601)")
+    title_column: str | None = _column("title", "items file's title")
+    items_item_column: str | None = _column("--item-column", "items file's item id")
+    sep: str | None = option(None, "field separator of the CSV/TSV files; \\t or tab for a tab [default: tab for "
+                                   ".tsv, comma otherwise]", parse=separator)
+    split: str = option("auto", "leave-one-out (last item per user), temporal (D3's global time 8:1:1), given (the "
+                                "data set's own train/valid/test files), auto: given where the data set has its own "
+                                "split, else leave-one-out", choices=SPLIT_CHOICES)
+    max_history: int = option(10, "at most this many previous items in a prompt (BIGRec's and D3's 10)", least=1)
+    item_noun: str | None = option(None, "the prompt's noun for the items [default the data set's: movies for "
+                                         "MovieLens, products for Amazon, items otherwise]", choices=sorted(ITEM_NOUNS))
+    model: str | None = option(None, "smollm2-135m (embedded), a local model folder, or a Hugging Face id in the "
+                                     "local cache [default: the base model of --adapter, else smollm2-135m]")
+    train_samples: int | None = option(None, f"training samples drawn (seeded); 0 evaluates the base model "
+                                             f"zero-shot [default {DEFAULTS.train_samples}, --quick "
+                                             f"{QUICK.train_samples}]", least=0)
+    epochs: int | None = option(None, f"training epochs [default {DEFAULTS.epochs}]", least=1)
+    batch_size: int = option_of(TrainConfig, "batch_size", help="training batch size")
+    learning_rate: float = option_of(TrainConfig, "learning_rate", default=1e-3, help=(
+        "LoRA learning rate (high: the CPU default trains for only 16 steps; train.py's default is "
+        f"{TrainConfig.learning_rate})"))
+    history_loss_weight: float = option_of(TrainConfig, "history_loss_weight")
+    # the rest of train.py's training options (TRAINING_OPTIONS), same names and defaults
+    lora_r: int = option_of(TrainConfig, "lora_r")
+    lora_alpha: int = option_of(TrainConfig, "lora_alpha")
+    lora_dropout: float = option_of(TrainConfig, "lora_dropout")
+    lora_target_modules: tuple[str, ...] = option_of(TrainConfig, "lora_target_modules")
+    train_on_inputs: bool = option_of(TrainConfig, "train_on_inputs")
+    gradient_accumulation_steps: int = option_of(TrainConfig, "gradient_accumulation_steps")
+    lr_schedule: str = option_of(TrainConfig, "lr_schedule")
+    warmup_steps: int | None = option_of(TrainConfig, "warmup_steps", default=None, help=(
+        "optimizer steps of linear learning-rate warm-up [default: a tenth of the steps of an epoch, between 1 and "
+        f"20; train.py's default is {TrainConfig.warmup_steps}]"))
+    max_steps: int | None = option_of(TrainConfig, "max_steps")
+    eval_every: int | None = option_of(TrainConfig, "eval_every")
+    early_stopping_patience: int | None = option_of(TrainConfig, "early_stopping_patience")
+    checkpoint_every: int = option_of(TrainConfig, "checkpoint_every")
+    adapter: str | None = option(None, "evaluate this trained LoRA adapter folder instead of training")
+    eval_users: int | None = option(None, f"test users, a seeded sample [default {DEFAULTS.eval_users}, --quick "
+                                          f"{QUICK.eval_users}]", least=1)
+    all_users: bool = option(False, "evaluate every test user")
+    k: tuple[int, ...] | None = option(None, f"cut-offs K [default 1,5,10,20, --quick {','.join(map(str, QUICK_KS))}]",
+                                       parse=parse_ks)
+    num_beams: int | None = option(None, "beam width (>= max K) [default max K]", least=1)
+    length_penalty: float = option(0.0, "beams ranked by log_prob / length**length_penalty; 0 = total "
+                                        "log-probability")
+    exclude_history: bool = option(True, "keep items the user already consumed out of the ranking")
+    baselines: bool = option(False, "also most-popular, the other decoding mode on the same adapter, and zero-shot "
+                                    "constrained")
+    eval_batch_size: int | None = option(None, "prompts decoded together [default 8 on a GPU, 4 on a CPU]", least=1)
+    decoder: str = option("beam", "constrained decoding: beam (constrained_rec.decoding.recommend, fast) or generate "
+                                  "(transformers generate() with TitleTrieProcessor)", choices=DECODERS)
+    threads: int | None = option(None, "torch CPU threads [default half the cores: on a shared 2-core machine two "
+                                       "threads run up to 4x slower than one while another process computes]", least=1)
+    quick: bool = option(False, "a smoke run: few samples and users (<= 3 min here)")
+    seed: int = option(0, "seeds sampling, training and the bootstrap", least=0)
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    output_dir: str | None = option(None, "where results go [default runs/<timestamp>]; pass an interrupted run's "
+                                          "folder to resume it")
     command: str | None = None
-    # The collaborative assistant, LM + prior and the controls (see ASSISTANT_CHOICES; validated in
-    # _check_assistant_options).
-    assistant: str | None = None
-    prior_weight: float | str = "auto"
-    lm_alone: bool = True
-    search_error_users: int | None = None  # None: DEFAULT_SEARCH_ERROR_USERS with an assistant
-    user_signal: bool = True
-    signal_candidates: int = 5
-    collab_tokens: str = "none"  # see COLLAB_TOKEN_CHOICES; validated in _check_collab_tokens
+    # The collaborative assistant, LM + prior and the controls, all the fields from here on (assistant_options();
+    # validated in _check_assistant_options).
+    assistant: str | None = option(None, f"the assistant; none: no prior (no assistant methods) [default "
+                                         f"{DEFAULT_ASSISTANT}, --quick {QUICK_ASSISTANT}; with an assistant the "
+                                         f"default K is {','.join(map(str, ASSISTANT_KS))}]", choices=ASSISTANT_CHOICES)
+    prior_weight: float | str = option("auto", "the prior's weight w >= 0, or auto: chosen on 30 validation users by "
+                                               "the NDCG@10 of LM + prior beam search at each w of the grid 0, 1, 4, "
+                                               "16, 64", parse=parse_prior_weight)
+    lm_alone: bool = option(True, "also decode with the LM alone; --no-lm-alone lists only most-popular, the "
+                                  "assistant and LM + prior (a long all-users run)")
+    search_error_users: int | None = option(None, f"test users on which LM + prior's beam top-K is compared with "
+                                                  f"exact search (0: off) [default {DEFAULT_SEARCH_ERROR_USERS} with an "
+                                                  "assistant]", least=0)
+    user_signal: bool = option(True, "the user-signal control: targets scored under the user's own, another user's "
+                                     "and a generic prompt (constrained_rec.evaluation.user_signal)")
+    signal_candidates: int = option(5, "candidates besides the target in the user-signal control (5: ~185 CPU s "
+                                       "per 100 users)", least=1)
+    # collaborative tokens (issue 23): constrained_rec.training.collab_tokens, constrained_rec.experiment.collab_run
+    collab_tokens: str = option("none", "items: after each history title, a soft token projector(assistant item "
+                                        "embedding), trained with the adapter; the assistant (sasrec, the default "
+                                        "then) is fit first", choices=COLLAB_TOKEN_CHOICES)
 
     def __post_init__(self):
         for name in ("constrained", "all_users", "exclude_history", "baselines", "quick"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"RunConfig.{name} must be True or False, got {getattr(self, name)!r}")
-        for name, least in (("train_samples", 0), ("epochs", 1), ("batch_size", 1), ("eval_users", 1),
-                            ("num_beams", 1), ("eval_batch_size", 1), ("threads", 1)):
-            value = getattr(self, name)
-            if value is not None and not (_is_int(value) and value >= least):
-                raise ValueError(f"RunConfig.{name} (--{name.replace('_', '-')}) must be an integer >= {least}, "
-                                 f"got {value!r}")
-        if not (_is_int(self.seed) and self.seed >= 0):
-            raise ValueError(f"RunConfig.seed (--seed) must be an integer >= 0 (numpy takes no negative seed), "
-                             f"got {self.seed!r}")
+        check_least(self, _INT_OPTIONS)
+        check_int(self.seed, "RunConfig.seed (--seed)", least=0, note=" (numpy takes no negative seed)")
         if self.k is not None:
             self.k = tuple(self.k)
-            if not self.k or not all(_is_int(k) and k >= 1 for k in self.k):
+            if not self.k or not all(is_int(k) and k >= 1 for k in self.k):
                 raise ValueError(f"RunConfig.k (--k) must be positive integers like (1, 5, 10, 20), got {self.k!r}")
-        for name in ("learning_rate", "length_penalty"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"RunConfig.{name} must be a finite number, got {value!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"RunConfig.learning_rate (--learning-rate) must be > 0, got {self.learning_rate!r}")
-        self._check_history_loss_weight()
+        check_number(self.learning_rate, "RunConfig.learning_rate (--learning-rate)", positive=True)
+        check_number(self.length_penalty, "RunConfig.length_penalty (--length-penalty)")
         if self.decoder not in DECODERS:
             raise ValueError(f"RunConfig.decoder (--decoder) must be one of {list(DECODERS)}, got {self.decoder!r}")
         for name in ("dataset", "data_dir", "model", "adapter", "output_dir", "command"):
@@ -185,26 +233,45 @@ class RunConfig:
                 raise ValueError(f"RunConfig.{name} must be a non-empty string or None, got {value!r}")
         parse_device(self.device)
         self._check_data_options()
+        self._check_training()
         self._check_assistant_options()
         self._check_collab_tokens()
         if self.num_beams is not None and self.num_beams < max(self.ks):
             raise ValueError(f"--num-beams {self.num_beams} is smaller than the largest K = {max(self.ks)}: beam "
                              "search returns at most num_beams titles")
 
-    def _check_history_loss_weight(self) -> None:
-        """``--history-loss-weight``: a finite number >= 0 that only a run that trains can use."""
-        weight = self.history_loss_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"RunConfig.history_loss_weight (--history-loss-weight) must be a finite number >= 0, "
-                             f"got {weight!r}")
-        if weight and (self.adapter is not None or self.train_samples == 0):
-            reason = f"--adapter {self.adapter}" if self.adapter is not None else "--train-samples 0"
-            raise ValueError(f"--history-loss-weight {weight} is a training option, but {reason} trains nothing")
+    def _check_training(self) -> None:
+        """The training options: checked as :class:`TrainConfig` checks them; a run that trains nothing
+        (``--adapter``, ``--train-samples 0``) refuses any of them given."""
+        self.lora_target_modules = tuple(self.lora_target_modules)
+        check_number(self.history_loss_weight, "RunConfig.history_loss_weight (--history-loss-weight)", least=0)
+        self.train_config()  # TrainConfig's own checks, naming the flags
+        if self.adapter is None and self.train_samples != 0:
+            return
+        reason = f"--adapter {self.adapter}" if self.adapter is not None else "--train-samples 0"
+        defaults = {spec.name: spec.default for spec in fields(self)}
+        for name in ("history_loss_weight", *TRAINING_OPTIONS):
+            value = getattr(self, name)
+            if value != defaults[name]:
+                shown = " ".join(value) if isinstance(value, tuple) else value
+                raise ValueError(f"--{name.replace('_', '-')} {shown} is a training option, but {reason} trains "
+                                 "nothing")
+
+    def train_config(self, catalog_fingerprint: str | None = None) -> TrainConfig:
+        """The :class:`TrainConfig` this run trains with: its training options; the warm-up a tenth of an epoch's
+        steps (1 to 20) unless ``--warmup-steps`` is given."""
+        size = self.size
+        warmup = self.warmup_steps
+        if warmup is None:
+            warmup = min(20, max(1, size.train_samples // self.batch_size // 10))
+        return TrainConfig(epochs=size.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                           history_loss_weight=self.history_loss_weight, seed=self.seed,
+                           catalog_fingerprint=catalog_fingerprint, warmup_steps=warmup,
+                           **{name: getattr(self, name) for name in TRAINING_OPTIONS if name != "warmup_steps"})
 
     def _check_data_options(self) -> None:
         """The data flags: non-empty strings, a known split and noun, a history of at least one item."""
         from constrained_rec.data import PROTOCOL_ALIASES
-        from constrained_rec.prompts import ITEM_NOUNS
 
         for name in DATA_FILE_OPTIONS:
             value = getattr(self, name)
@@ -213,8 +280,6 @@ class RunConfig:
                                  f"None, got {value!r}")
         if self.split not in SPLIT_CHOICES and self.split not in PROTOCOL_ALIASES:
             raise ValueError(f"RunConfig.split (--split) must be one of {list(SPLIT_CHOICES)}, got {self.split!r}")
-        if not (_is_int(self.max_history) and self.max_history >= 1):
-            raise ValueError(f"RunConfig.max_history (--max-history) must be an integer >= 1, got {self.max_history!r}")
         if self.item_noun is not None and self.item_noun not in ITEM_NOUNS:
             raise ValueError(f"RunConfig.item_noun (--item-noun) must be one of {sorted(ITEM_NOUNS)}, "
                              f"got {self.item_noun!r}")
@@ -228,11 +293,6 @@ class RunConfig:
         for name in ("lm_alone", "user_signal"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"RunConfig.{name} must be True or False, got {getattr(self, name)!r}")
-        for name, least in (("search_error_users", 0), ("signal_candidates", 1)):
-            value = getattr(self, name)
-            if not (_is_int(value) and value >= least) and not (name == "search_error_users" and value is None):
-                raise ValueError(f"RunConfig.{name} (--{name.replace('_', '-')}) must be an integer >= {least}, "
-                                 f"got {value!r}")
         if not self.lm_alone and self.assistant_name == "none":
             raise ValueError("--no-lm-alone skips the LM-alone decoding, which leaves nothing of the LM to evaluate "
                              "without an assistant; pass --assistant popularity, ease or sasrec")
@@ -294,15 +354,16 @@ class RunConfig:
         if self.command is not None:
             return self.command
         words = ["python", "experiments/run.py"]
-        for spec in fields(self):
-            value, default = getattr(self, spec.name), spec.default
-            flag = "--" + spec.name.replace("_", "-")
-            if spec.name == "command" or value == default:
+        for spec in option_fields(RunConfig):
+            value, default, flag = getattr(self, spec.name), spec.default, flag_of(spec)
+            if value == default:
                 continue
             if isinstance(value, bool):
                 words.append(flag if value else f"--no-{flag[2:]}")
+            elif spec.name == "k":
+                words += [flag, ",".join(map(str, value))]
             else:
-                words += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+                words += [flag, *map(str, value)] if isinstance(value, tuple) else [flag, str(value)]
         return " ".join(words)
 
 
@@ -318,44 +379,6 @@ def parse_device(text: str) -> torch.device | None:
     except (RuntimeError, TypeError):
         raise ValueError(f"--device {text!r} is not a device; accepted: auto, cpu, cuda, cuda:N (N a GPU index), "
                          "mps") from None
-
-
-def resolve_device(text: str, state=None) -> torch.device:
-    """The device to compute on, checked to exist before anything is loaded.
-
-    ``auto`` is CUDA when available, else the CPU; under ``torchrun`` / ``accelerate launch`` on GPUs each
-    process takes its own GPU (``state.device``).
-    """
-    import torch
-    device = parse_device(text) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            built = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
-            raise ValueError(f"--device {text!r} asks for a CUDA GPU, but this torch ({torch.__version__}, {built}) "
-                             "sees none; use --device cpu (or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {text!r}: there are only {torch.cuda.device_count()} CUDA GPU(s), "
-                             f"indices 0 to {torch.cuda.device_count() - 1}")
-        if state is not None and state.num_processes > 1:
-            device = state.device
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {text!r}: MPS is not available on this machine; use --device cpu (or auto)")
-    elif device.type not in ("cpu", "mps"):
-        try:
-            torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as error:
-            raise ValueError(f"--device {text!r} is not usable here ({error}); use --device cpu (or auto)") from None
-    return device
-
-
-def output_folder(config: RunConfig, state) -> Path:
-    """``--output-dir``, or ``runs/<timestamp>`` in a single process (sharded processes must share a folder)."""
-    if config.output_dir is not None:
-        return Path(config.output_dir)
-    if state.num_processes > 1:
-        raise ValueError("a sharded run (torchrun / accelerate launch with several processes) needs --output-dir: "
-                         "every process must write into the same folder")
-    return Path(f"runs/{datetime.now():%Y%m%d-%H%M%S}")
 
 
 def model_name(config: RunConfig) -> str:
@@ -374,7 +397,8 @@ def run_identity(config: RunConfig, name: str | None = None, extra: dict | None 
     ``name`` is the resolved base model (:func:`model_name`, read here where not given); ``extra`` holds an entry
     point's own options that change results (the scale run's training budget, bf16, ...), recorded beside them
     and replacing entries of the same name. Left out are options that change only speed or which methods are
-    listed (``--constrained``, ``--baselines``, batch size of decoding, threads, device, output folder).
+    listed (``--constrained``, ``--baselines``, batch size of decoding, threads, device, output folder,
+    ``--checkpoint-every``).
     """
     size = config.size
     return {
@@ -386,6 +410,7 @@ def run_identity(config: RunConfig, name: str | None = None, extra: dict | None 
         # only when set, so that folders written before the option existed still resume
         **({"history_loss_weight": config.history_loss_weight} if config.history_loss_weight else {}),
         **({"collab_tokens": config.collab_tokens} if config.collab_tokens != "none" else {}),
+        **_training_identity(config),
         "eval_users": None if config.all_users else size.eval_users, "ks": list(config.ks),
         "num_beams": config.num_beams or max(config.ks), "length_penalty": config.length_penalty,
         "exclude_history": config.exclude_history, "decoder": config.decoder, "seed": config.seed,
@@ -394,75 +419,12 @@ def run_identity(config: RunConfig, name: str | None = None, extra: dict | None 
     }
 
 
-def check_splits(config: RunConfig, data, split_config, available: dict[str, int]) -> None:
-    """Before the model loads: every split this run needs holds samples, or an error naming the missing or empty
-    CSV (D3 / MiniOneRec layouts) or split, who needs it and what to pass instead.
-
-    ``available`` is the number of samples of each split (``train``, ``validation``, ``test``).
-    """
-    training = bool(config.size.train_samples) and not config.adapter
-    needs = {"test": [("the evaluation", "")]}
-    if training:
-        needs["train"] = [(f"training (--train-samples {config.size.train_samples} without --adapter)",
-                           "--train-samples 0 to evaluate the base model zero-shot, or --adapter DIR")]
-    validation = []
-    if training:
-        validation.append(("training (its validation loss picks the saved adapter)",
-                           "--train-samples 0 or --adapter DIR"))
-    if config.assistant_name in ("ease", "sasrec"):
-        validation.append((f"the {config.assistant_name} assistant (it chooses its settings on validation samples)",
-                           "--assistant popularity or none"))
-    if config.assistant_name != "none" and config.prior_weight == "auto":
-        validation.append(("--prior-weight auto (it weighs the prior on validation users)", "--prior-weight 1"))
-    needs["validation"] = validation
-    for split, purposes in needs.items():
-        if purposes and not available[split]:
-            raise _empty_split(data, split_config, split, purposes)
-
-
-def check_signal_candidates(config: RunConfig, data, test_split) -> None:
-    """Before the model loads: every test user has ``--signal-candidates`` items to draw for the user-signal
-    control (the catalog less the user's consumed items and the items titled like the target), or an error
-    naming the flag, the user and the largest value that works (it used to fail after the whole evaluation)."""
-    if not config.user_signal or len(test_split) < 2:  # with fewer than 2 users the control is not run
-        return
-    from collections import Counter
-
-    from constrained_rec.evaluation.evaluate import consumed_items
-
-    same_title = Counter(data.titles.values())
-    fewest = None
-    for row, consumed in zip(test_split, consumed_items(data.interactions, test_split)):
-        title = data.titles[int(row["target_item_id"])]
-        banned = same_title[title] + sum(data.titles[i] != title for i in consumed if i in data.titles)
-        left = len(data.titles) - banned
-        if fewest is None or left < fewest[0]:
-            fewest = (left, int(row["user_id"]))
-    if fewest[0] < config.signal_candidates:
-        raise ValueError(f"--signal-candidates {config.signal_candidates} is more than test user {fewest[1]} has to "
-                         f"draw: {fewest[0]} items of the catalog's {len(data.titles)} remain once the user's consumed "
-                         f"items and the target's title are left out; pass --signal-candidates {max(1, fewest[0])} or "
-                         "less, or --no-user-signal")
-
-
-def _empty_split(data, split_config, split: str, purposes: list[tuple[str, str]]) -> Exception:
-    """The error for a split without samples that ``purposes`` (``(who needs it, what to pass instead)``) need."""
-    from constrained_rec.data import SPLIT_FOLDERS
-
-    who = " and ".join(purpose for purpose, _ in purposes)
-    instead = "; or pass " + ", or ".join(alternative for _, alternative in purposes if alternative)
-    instead = instead if any(alternative for _, alternative in purposes) else ""
-    given = getattr(data, "given", None)
-    if split_config.protocol == "given" and given is not None:
-        if split not in given.files:
-            try:
-                given.require(split, who)
-            except FileNotFoundError as error:
-                return FileNotFoundError(f"{error}{instead}")
-        return ValueError(f"{given.files[split]} holds no samples (only its header): {who} needs "
-                          f"{SPLIT_FOLDERS[split]} samples; add its rows{instead}")
-    return ValueError(f"{data.name}: the {split_config.protocol} split leaves no {split} samples (too few "
-                      f"interactions per user or in time): {who} needs them{instead}")
+def _training_identity(config: RunConfig) -> dict:
+    """The ``TRAINING_OPTIONS`` that differ from their defaults (only those, so that folders written before the
+    options existed still resume), less ``checkpoint_every`` (a resumed training ends with the same weights)."""
+    defaults = {spec.name: spec.default for spec in fields(config)}
+    return {name: list(value) if isinstance(value, tuple) else value for name in TRAINING_OPTIONS
+            if name != "checkpoint_every" and (value := getattr(config, name)) != defaults[name]}
 
 
 def check_run_identity(output_dir: Path, config: RunConfig, state, extra: dict | None = None,

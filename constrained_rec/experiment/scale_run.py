@@ -43,6 +43,7 @@ from constrained_rec.experiment.run_config import (
 )
 from constrained_rec.experiment.skeleton import Policy, run_experiment
 from constrained_rec.experiment.steps import Adapter
+from constrained_rec.validation import check_int, check_number, is_int
 
 # The sizes whose default depends on ``tiny``: the GPU run, and the CPU smoke size where every step runs in a
 # couple of minutes. ``None`` in SCALE means "all" (training windows, test users).
@@ -52,10 +53,6 @@ SCALE = {"epochs": 3, "batch_size": 64, "train_budget_s": 180.0, "train_samples"
 TINY = {"epochs": 1, "batch_size": 8, "train_budget_s": 0.0, "train_samples": 16, "eval_users": 2,
         "validation_samples": 8, "k": (1, 5), "eval_batch_size": 2, "signal_candidates": 3,
         "assistant": "popularity"}
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -107,20 +104,13 @@ class ScaleRunConfig:
                 raise ValueError(f"ScaleRunConfig.{name} must be a non-empty string, got {value!r}")
         for name, least in (("epochs", 1), ("batch_size", 1), ("train_samples", 1), ("eval_users", 2),
                             ("validation_samples", 1), ("eval_batch_size", 1), ("signal_candidates", 1)):
-            value = getattr(self, name)
-            if value is not None and not (_is_int(value) and value >= least):
-                why = " (the user-signal control pairs users)" if name == "eval_users" else ""
-                raise ValueError(f"ScaleRunConfig.{name} (--{name.replace('_', '-')}) must be an integer >= "
-                                 f"{least}{why}, got {value!r}")
-        for name, positive in (("learning_rate", True), ("train_budget_s", False)):
-            value = getattr(self, name)
-            number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-            if not (number and (value > 0 if positive else value >= 0)):
-                bound = "> 0" if positive else ">= 0 (0: no budget)"
-                raise ValueError(f"ScaleRunConfig.{name} (--{name.replace('_', '-')}) must be a finite number "
-                                 f"{bound}, got {value!r}")
+            why = " (the user-signal control pairs users)" if name == "eval_users" else ""
+            check_int(getattr(self, name), f"ScaleRunConfig.{name} (--{name.replace('_', '-')})", least=least,
+                      none=True, note=why)
+        check_number(self.learning_rate, "ScaleRunConfig.learning_rate (--learning-rate)", positive=True)
+        check_number(self.train_budget_s, "ScaleRunConfig.train_budget_s (--train-budget-s, 0: no budget)", least=0)
         self.k = parse_ks(self.k) if isinstance(self.k, str) else tuple(self.k)
-        if not self.k or not all(_is_int(k) and k >= 1 for k in self.k):
+        if not self.k or not all(is_int(k) and k >= 1 for k in self.k):
             raise ValueError(f"ScaleRunConfig.k (--k) must be positive integers like (1, 5, 10, 20), got {self.k!r}")
         if self.assistant not in ASSISTANT_CHOICES:
             raise ValueError(f"ScaleRunConfig.assistant (--assistant) must be one of {list(ASSISTANT_CHOICES)}, "
@@ -128,8 +118,7 @@ class ScaleRunConfig:
         self.prior_weight = parse_prior_weight(self.prior_weight)
         if self.bf16 is not None and not isinstance(self.bf16, bool):
             raise ValueError(f"ScaleRunConfig.bf16 (--bf16) must be True, False or None (on CUDA), got {self.bf16!r}")
-        if not (_is_int(self.seed) and self.seed >= 0):
-            raise ValueError(f"ScaleRunConfig.seed (--seed) must be an integer >= 0, got {self.seed!r}")
+        check_int(self.seed, "ScaleRunConfig.seed (--seed)", least=0)
         parse_device(self.device)
 
     def pipeline_config(self) -> RunConfig:

@@ -35,14 +35,12 @@ from pathlib import Path
 from typing import Callable
 
 from constrained_rec.experiment.controls import CONTROLS, run_controls
+from constrained_rec.experiment.run_checks import check_signal_candidates, output_folder, resolve_device
 from constrained_rec.experiment.run_config import (
     RUN_IDENTITY,
     RunConfig,
     check_run_identity,
-    check_signal_candidates,
     model_name,
-    output_folder,
-    resolve_device,
 )
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from constrained_rec.data import GROUPLENS_FOLDERS, draw_samples
-from constrained_rec.experiment.run_config import DATA_FILE_OPTIONS, RunConfig, check_splits
+from constrained_rec.experiment.run_checks import check_splits
+from constrained_rec.experiment.run_config import DATA_FILE_OPTIONS, RunConfig
 
 logger = logging.getLogger("constrained_rec.experiment.steps")
 
@@ -47,7 +48,7 @@ def load_data(config: RunConfig) -> LoadedData:
     ``split_config`` comes back resolved (its ``protocol`` and ``item_noun`` made concrete). A split the run needs
     without samples (test; train and validation for training; validation for EASE, SASRec or ``--prior-weight
     auto``), e.g. a D3 layout's missing or header-only CSV, fails here, before the model is loaded, naming the CSV
-    and what to pass instead (:func:`~constrained_rec.experiment.run_config.check_splits`).
+    and what to pass instead (:func:`~constrained_rec.experiment.run_checks.check_splits`).
     """
     from constrained_rec.data import SplitConfig, load_interactions, make_splits, split_positions
 
@@ -143,15 +144,12 @@ def prepare_adapter(config: RunConfig, name: str, model, tokenizer, trie, loaded
 def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, folder: Path, collab=None):
     """LoRA-tune ``model`` on the training split into ``folder`` (with ``collab``, the tokens' projector too); the
     trained model."""
-    from constrained_rec.training.train import TrainConfig, train
+    from constrained_rec.training.train import train
 
     size = config.size
     validation = loaded.splits["validation"]
     validation = validation.select(range(min(size.validation_samples, len(validation))))
-    train_config = TrainConfig(epochs=size.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-                               history_loss_weight=config.history_loss_weight,
-                               seed=config.seed, catalog_fingerprint=trie.fingerprint(),
-                               warmup_steps=min(20, max(1, size.train_samples // config.batch_size // 10)))
+    train_config = config.train_config(catalog_fingerprint=trie.fingerprint())
     return train(model, tokenizer, loaded.splits["train"], train_config, eval_dataset=validation,
                  output_dir=folder, collab=collab).model
 

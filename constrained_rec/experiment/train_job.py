@@ -8,37 +8,48 @@ import os
 from dataclasses import dataclass
 
 from constrained_rec.experiment.run_config import DATA_FILE_OPTIONS, DEFAULT_MODEL
+from constrained_rec.options import check_least, option
+from constrained_rec.validation import check_int, is_int
+
+
+def train_windows(value) -> int | None:
+    """``--train-samples`` of ``experiments/train.py``: a number of training windows >= 1 (drawn, seeded), or
+    ``"all"`` / ``None`` for every window (``None``). ``0``, which meant every window before, is refused naming
+    ``all``: 0 training samples is run.py's zero-shot, which trains nothing."""
+    if value is None or value == "all":
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ValueError(f"--train-samples takes a number of training windows >= 1 or all, got {value!r}") from None
+    if is_int(value) and value == 0:
+        raise ValueError("--train-samples 0 no longer means every training window in experiments/train.py (in "
+                         "run.py 0 trains nothing: zero-shot); pass --train-samples all for every window")
+    return check_int(value, "--train-samples (training windows; all: every one)", least=1)
 
 
 @dataclass
 class TrainJob:
-    """The options of ``experiments/train.py``: what to train on; ``train`` holds the training settings.
+    """The options of ``experiments/train.py`` beside :class:`~constrained_rec.training.config.TrainConfig`'s (``train``)
+    and the data-file options (``data_options``: ``items``, ``user_column``, ``sep``, ...; see ``DATA_FILE_OPTIONS``,
+    for an interactions CSV/TSV or an Amazon reviews file); each field with a flag carries its help text.
+    ``train_samples`` ``None`` keeps every training window; the catalog fingerprint of ``train`` is filled in by
+    :func:`train_job`."""
 
-    Args:
-        output_dir: receives the adapter, ``train_config.json`` and the checkpoint.
-        model: the base model (embedded name, local folder or cached Hugging Face id).
-        data: a name or path accepted by :func:`constrained_rec.data.load_interactions`.
-        data_options: its ``items`` file and column options (``user_column``, ``sep``, ...; see
-            ``DATA_FILE_OPTIONS``), for an interactions CSV/TSV or an Amazon reviews file.
-        train_samples: training windows drawn (seeded); ``None`` keeps all.
-        eval_samples: validation samples for the loss.
-        template: the prompt template.
-        train: :class:`constrained_rec.training.train.TrainConfig` (its ``catalog_fingerprint`` is filled in here).
-        resume: continue from a checkpoint in ``output_dir``.
-    """
-
-    output_dir: str
-    model: str = DEFAULT_MODEL
-    data: str = "ml-100k"
+    output_dir: str = option(help="receives the adapter, train_config.json and the checkpoint")
+    model: str = option(DEFAULT_MODEL, "embedded name, local folder or cached HF id")
+    data: str = option("ml-100k", "a name or path accepted by load_interactions")
     data_options: dict = dataclasses.field(default_factory=dict)
-    train_samples: int | None = 1024
-    eval_samples: int = 200
-    template: str = "alpaca"
+    train_samples: int | None = option(1024, "training windows drawn (seeded); all keeps every sliding window",
+                                       parse=train_windows, metavar="N|all")
+    eval_samples: int = option(200, "validation samples for the loss", least=1)
+    template: str = option("alpaca", "the prompt template")
     train: object = None  # TrainConfig
-    resume: bool = True
+    resume: bool = option(True, "ignore a checkpoint in --output-dir", flag="--no-resume", action="store_false")
 
     def __post_init__(self):
-        from constrained_rec.training.train import TrainConfig
+        from constrained_rec.training.config import TrainConfig
 
         self.train = self.train if self.train is not None else TrainConfig()
         if not isinstance(self.train, TrainConfig):
@@ -48,6 +59,8 @@ class TrainJob:
         unknown = sorted(set(self.data_options) - set(DATA_FILE_OPTIONS))
         if unknown:
             raise ValueError(f"TrainJob.data_options takes {list(DATA_FILE_OPTIONS)}, got {unknown}")
+        self.train_samples = train_windows(self.train_samples)
+        check_least(self, ("eval_samples",))
 
 
 def train_job(job: TrainJob):

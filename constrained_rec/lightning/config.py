@@ -9,10 +9,10 @@ the closest known key); values are checked by the library's own configs (:class:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from constrained_rec import validation
 from constrained_rec.collaborative import registry
 
 ASSISTANTS = ("none", *registry.ASSISTANTS)
@@ -70,17 +70,12 @@ class BigRecConfig:
 
     def __post_init__(self):
         for item in dataclasses.fields(self):
-            _check_type(item.name, str(item.type), getattr(self, item.name))
+            validation.check_type(item.name, str(item.type), getattr(self, item.name))
         if self.assistant not in ASSISTANTS:
             raise ValueError(f"assistant: unknown assistant {self.assistant!r}; accepted: {list(ASSISTANTS)}")
-        if isinstance(self.prior_weight, bool) or not isinstance(self.prior_weight, (int, float)) \
-                or not self.prior_weight >= 0:
-            raise ValueError(f"prior_weight must be a number >= 0, got {self.prior_weight!r}")
-        if isinstance(self.teacher_candidates, bool) or not isinstance(self.teacher_candidates, int) \
-                or self.teacher_candidates < 0:
-            raise ValueError(f"teacher_candidates must be an integer >= 0, got {self.teacher_candidates!r}")
-        if isinstance(self.max_epochs, bool) or not isinstance(self.max_epochs, int) or self.max_epochs < 1:
-            raise ValueError(f"max_epochs must be a positive integer, got {self.max_epochs!r}")
+        validation.check_number(self.prior_weight, "prior_weight", least=0)
+        validation.check_int(self.teacher_candidates, "teacher_candidates", least=0)
+        validation.check_int(self.max_epochs, "max_epochs", least=1)
 
     def train_config(self, catalog_fingerprint: str | None = None):
         from constrained_rec.training.train import TrainConfig
@@ -111,40 +106,17 @@ class BigRecConfig:
         return PromptLimits(max_source_length=self.max_source_length, max_target_length=self.max_target_length)
 
 
-_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list,)}
-
-
-def _check_type(name: str, annotation: str, value) -> None:
-    """A value of the key's type (``None`` where the key allows it); YAML reads ``1e-3`` as text: write ``1.0e-3``."""
-    kinds = [kind.strip() for kind in annotation.split("|")]
-    if value is None and "None" in kinds:
-        return
-    accepted = tuple(t for kind in kinds for t in _TYPES.get(kind, ()))
-    if isinstance(value, bool) and bool not in accepted or not isinstance(value, accepted):
-        raise ValueError(f"{name} must be {' or '.join(kinds)}, got {value!r} ({type(value).__name__})"
-                         + ("; YAML reads 1e-3 as text, write 1.0e-3" if isinstance(value, str) else ""))
-
-
 KEYS = tuple(f.name for f in dataclasses.fields(BigRecConfig))
 
 
 def check_keys(values: dict, where: str) -> None:
     """An unknown key is an error naming it, the closest known key, and where it came from."""
-    for key in values:
-        if key not in KEYS:
-            close = difflib.get_close_matches(str(key), KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{where}: unknown key {key!r}{hint} Known keys: {', '.join(KEYS)}")
+    validation.check_keys(values, KEYS, where)
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> BigRecConfig:
     """The config of a YAML file (a mapping of the keys of :class:`BigRecConfig`), with ``overrides`` on top."""
-    import yaml
-
-    path = Path(path)
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of keys to values, got a {type(values).__name__}")
+    values = validation.read_yaml_mapping(path)
     check_keys(values, str(path))
     check_keys(overrides or {}, "--set")
     return BigRecConfig(**{**values, **(overrides or {})})

@@ -28,6 +28,7 @@ from constrained_rec.evaluation.evaluate import EvalSample, consumed_items, samp
 from constrained_rec.prompts import build_prompt
 from constrained_rec.training.batching import Example, collate, epoch_batches
 from constrained_rec.trie.tokenization import prompt_token_ids, title_token_ids
+from constrained_rec.validation import check_int
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,7 @@ class PromptLimits:
 
     def __post_init__(self):
         for name in ("max_source_length", "max_target_length"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive number of tokens or None (no limit), got {value!r}")
+            check_int(getattr(self, name), f"{name} (tokens)", least=1, none=True, note=" (None: no limit)")
 
     def prompt(self, tokenizer, history_titles: Sequence[str]) -> str:
         """The prompt of ``history_titles`` (oldest first), without its oldest titles where it is too long."""
@@ -86,8 +85,7 @@ class SequencePrompter:
 
     def __init__(self, titles: Mapping[int, str], tokenizer, max_history: int = 10,
                  padding_item_id: int | None = None, limits: PromptLimits | None = None):
-        if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
-            raise ValueError(f"max_history must be a positive integer, got {max_history!r}")
+        check_int(max_history, "max_history", least=1)
         self.titles, self.tokenizer, self.max_history = titles, tokenizer, max_history
         self.padding_item_id, self.limits = padding_item_id, limits or PromptLimits(item_noun="items")
 
@@ -189,8 +187,7 @@ class BigRecDataModule(pl.LightningDataModule):
         from constrained_rec.training.train import TrainConfig
 
         super().__init__()
-        if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
+        check_int(eval_batch_size, "eval_batch_size", least=1)
         self.tokenizer, self.train, self.eval_batch_size = tokenizer, train, eval_batch_size
         self.validation, self.test = list(validation or []), list(test or [])
         self.train_config = train_config or TrainConfig()
@@ -208,10 +205,7 @@ class BigRecDataModule(pl.LightningDataModule):
         (``items``, ``user_column``, ...) go to :func:`constrained_rec.data.load_interactions`."""
         from constrained_rec.data import SplitConfig, load_interactions, make_splits
 
-        if train_samples is not None and (isinstance(train_samples, bool) or not isinstance(train_samples, int)
-                                          or train_samples < 0):
-            raise ValueError(f"train_samples must be an integer >= 0 (0: no training rows) or None (all), "
-                             f"got {train_samples!r}")
+        check_int(train_samples, "train_samples", least=0, none=True, note=" (0: no training rows; None: all)")
         data = load_interactions(dataset, data_dir=data_dir, **file_options)
         # SplitConfig has no "none": draw one training window and drop it
         split_config = replace(split_config or SplitConfig(), train_samples=train_samples or (None if train_samples

@@ -35,7 +35,6 @@ times the gradient accumulation (bit for bit, checked with 2 CPU processes)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -56,117 +55,8 @@ from constrained_rec.training.checkpoint import (
     plot_losses,
     trainable_state,
 )
+from constrained_rec.training.config import TrainConfig
 from constrained_rec.training.loss import ResponseLoss
-
-LR_SCHEDULES = ("cosine", "linear", "constant")
-
-
-@dataclass
-class TrainConfig:
-    """Settings of :func:`train`. Defaults are BIGRec's LoRA settings with a shorter schedule.
-
-    Args:
-        lora_r, lora_alpha, lora_dropout, lora_target_modules:
-            The LoRA adapter (BIGRec: r=8, alpha=16, dropout 0.05 on ``q_proj`` and ``v_proj``).
-        train_on_inputs (`bool`, defaults to `False`):
-            Also learn to predict the prompt tokens (BIGRec's option); by default only the response
-            (title + EOS) is in the loss.
-        history_loss_weight (`float`, defaults to 0.0):
-            Adds ``history_loss_weight x`` the mean cross-entropy of the history titles' tokens in the prompt
-            (titles 2..n, each predicted from the titles before it, as SASRec trains on every position; see
-            :func:`constrained_rec.training.batching.history_targets`) to the response loss. Both are means over their
-            target tokens of the optimizer step. 0 trains exactly as without it; the validation loss stays the
-            response loss. An alternative to ``train_on_inputs``, which it refuses.
-        batch_size (`int`, defaults to 8):
-            Samples per forward pass on each process.
-        gradient_accumulation_steps (`int`, defaults to 1):
-            Forward passes per optimizer step. The loss is the mean over all target tokens of the step.
-        length_group_batches (`int`, defaults to 64):
-            Batches per group of similar-length samples; 1 turns length grouping off.
-        share_prompt_prefix (`bool`, defaults to `True`):
-            Run the token prefix that all samples of a batch share once per batch (see :class:`ResponseLoss`).
-        learning_rate, weight_decay, max_grad_norm:
-            AdamW and gradient clipping (``max_grad_norm=None`` disables clipping).
-        epochs (`int`, defaults to 1), max_steps (`int`, *optional*):
-            Length of training; ``max_steps`` (optimizer steps) stops earlier when set.
-        lr_schedule (`str`, defaults to `"cosine"`), warmup_steps (`int`, defaults to 20):
-            ``"cosine"``, ``"linear"`` or ``"constant"`` after a linear warm-up.
-        seed (`int`, defaults to 0):
-            Seeds the LoRA initialisation, the sample order and dropout.
-        eval_every (`int`, *optional*):
-            Validation loss every this many optimizer steps; by default at the end of each epoch.
-        early_stopping_patience (`int`, *optional*):
-            Stop after this many validations without a new best. Whenever there is validation, the
-            saved adapter is the one with the best validation loss.
-        checkpoint_every (`int`, defaults to 50):
-            Optimizer steps between resumable checkpoints (one is also written at the end of each epoch).
-        log_every (`int`, defaults to 1):
-            Optimizer steps between lines of ``train_log.jsonl``.
-        catalog_fingerprint (`str`, *optional*):
-            Fingerprint of the catalog/trie the model is trained for (``TitleTrie.fingerprint()``),
-            stored in ``train_config.json`` so a mismatched trie can be detected later.
-    """
-
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    train_on_inputs: bool = False
-    history_loss_weight: float = 0.0
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    length_group_batches: int = 64
-    share_prompt_prefix: bool = True
-    learning_rate: float = 3e-4
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    epochs: int = 1
-    max_steps: int | None = None
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 20
-    seed: int = 0
-    eval_every: int | None = None
-    early_stopping_patience: int | None = None
-    checkpoint_every: int = 50
-    log_every: int = 1
-    catalog_fingerprint: str | None = None
-
-    def __post_init__(self):
-        self.lora_target_modules = tuple(self.lora_target_modules)
-        positive = ["lora_r", "batch_size", "gradient_accumulation_steps", "length_group_batches", "epochs",
-                    "checkpoint_every", "log_every"]
-        positive += [name for name in ("max_steps", "eval_every", "early_stopping_patience")
-                     if getattr(self, name) is not None]
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"TrainConfig.seed (--seed) must be an integer >= 0 (numpy takes no negative seed), "
-                             f"got {self.seed!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"TrainConfig.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"TrainConfig.learning_rate must be > 0, got {self.learning_rate!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if not self.lora_target_modules:
-            raise ValueError("TrainConfig.lora_target_modules is empty; name at least one module, e.g. 'q_proj'")
-        weight = self.history_loss_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"TrainConfig.history_loss_weight must be a finite number >= 0, got {weight!r}")
-        if weight and self.train_on_inputs:
-            raise ValueError(f"TrainConfig.history_loss_weight={weight!r} with train_on_inputs=True: train_on_inputs "
-                             "already puts every prompt token (history titles included) in the loss; choose one")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"TrainConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
-
-    def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        values["lora_target_modules"] = list(self.lora_target_modules)
-        return values
 
 
 @dataclass

@@ -12,11 +12,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from constrained_rec.validation import check_int
+
 
 def build_arrays(seqs: Sequence[Sequence[int]], eos_token_id: int, item_ids: Sequence[int] | None) -> dict:
     """The trie arrays of ``seqs`` (token ids without EOS, one per item); every input checked and named."""
-    if isinstance(eos_token_id, bool) or not isinstance(eos_token_id, (int, np.integer)) or eos_token_id < 0:
-        raise ValueError(f"eos_token_id must be a non-negative int, got {eos_token_id!r}")
+    check_int(eos_token_id, "eos_token_id", least=0, numpy=True)
     eos = int(eos_token_id)
     num_items = len(seqs)
     if num_items == 0:

@@ -16,6 +16,8 @@ from pathlib import Path
 import marisa_trie
 import numpy as np
 
+from constrained_rec.validation import check_int
+
 
 def read_meta(folder: Path) -> dict:
     """``trie.json``; a missing folder or file, or bad JSON, is an error naming it."""
@@ -27,8 +29,7 @@ def read_meta(folder: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable trie.json ({err})") from None
     eos = meta.get("eos_token_id") if isinstance(meta, dict) else None
-    if isinstance(eos, bool) or not isinstance(eos, int) or eos < 0:
-        raise ValueError(f"{path}: eos_token_id must be a non-negative int, got {eos!r}")
+    check_int(eos, f"{path}: eos_token_id", least=0)
     return meta
 
 

@@ -595,8 +595,8 @@ def test_bad_sources_and_options(tmp_path, monkeypatch):
     "kwargs, message",
     [
         ({"max_history": 0}, "max_history must be an integer >= 1, got 0"),
-        ({"train_samples": 0}, "train_samples must be None .* got 0"),
-        ({"eval_samples": 2.5}, "eval_samples must be None .* got 2.5"),
+        ({"train_samples": 0}, "train_samples must be an integer >= 1 or None .* got 0"),
+        ({"eval_samples": 2.5}, "eval_samples must be an integer >= 1 or None .* got 2.5"),
         ({"protocol": "random"}, "unknown split protocol 'random'"),
         ({"template": "llama"}, "unknown prompt template 'llama'"),
         ({"time_fractions": (0.8, 0.2, 0.0)}, "time_fractions must be three positive shares"),

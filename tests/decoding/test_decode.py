@@ -323,7 +323,7 @@ def test_titles_and_string_prompts_with_a_tokenizer(smollm2_tokenizer):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"k": 0}, "`k` has to be a positive integer"),
+        ({"k": 0}, "`k` must be an integer >= 1"),
         ({"k": 3, "num_beams": 2}, "num_beams=2 < k=3"),
         ({"mode": "greedy"}, "`mode` has to be one of"),
         ({"mode": "exact", "length_penalty": 1.0}, "needs length_penalty=0.0"),
@@ -332,7 +332,7 @@ def test_titles_and_string_prompts_with_a_tokenizer(smollm2_tokenizer):
         ({"prompts": "just a string"}, "`prompts` has to be a non-empty sequence"),
         ({"prompts": [[1, -2]]}, "prompt 0 has to be a string or a non-empty list of token ids"),
         ({"prompts": ["text"]}, "prompt 0 is a string, which needs a tokenizer"),
-        ({"batch_size": 0}, "`batch_size` has to be a positive integer"),
+        ({"batch_size": 0}, "`batch_size` must be an integer >= 1"),
     ],
 )
 def test_bad_arguments_are_clear_errors(model, kwargs, message):

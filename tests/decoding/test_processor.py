@@ -99,8 +99,8 @@ def test_exclusion_of_every_item_is_refused_up_front():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"prompt_length": -1}, "prompt_length` has to be a non-negative integer, but is -1"),
-        ({"prompt_length": 2.5}, "but is 2.5"),
+        ({"prompt_length": -1}, "prompt_length` must be an integer >= 0, got -1"),
+        ({"prompt_length": 2.5}, "got 2.5"),
         ({"exclude": [{99}]}, r"item ids \[99\] are not in the trie's catalog"),
         ({"exclude": "abc"}, "one collection of item ids per prompt"),
         ({"exclude": [5]}, r"exclude\[0\]` has to be a collection of item ids, but is 5"),

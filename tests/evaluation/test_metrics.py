@@ -92,7 +92,7 @@ def test_popularity_percentiles_are_mid_ranks():
 
 
 def test_bad_inputs_are_named():
-    with pytest.raises(ValueError, match="K must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="K must be an integer >= 1, got 0"):
         hit_rate([1], 0)
     with pytest.raises(ValueError, match="2 rankings for 1 targets"):
         ranking_metrics([[1], [2]], [1])

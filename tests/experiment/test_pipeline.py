@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from conftest import REPO_ROOT, make_tiny_llama
 from constrained_rec.experiment.pipeline import run
-from constrained_rec.experiment.run_config import RUN_IDENTITY, RunConfig, check_run_identity, parse_ks, resolve_device
+from constrained_rec.experiment.run_checks import resolve_device
+from constrained_rec.experiment.run_config import RUN_IDENTITY, RunConfig, check_run_identity, parse_ks
 
 SINGLE = SimpleNamespace(is_main_process=True, num_processes=1, process_index=0, wait_for_everyone=lambda: None)
 
@@ -29,8 +30,8 @@ SINGLE = SimpleNamespace(is_main_process=True, num_processes=1, process_index=0,
     (dict(eval_users=2.5), r"eval_users \(--eval-users\) must be an integer >= 1, got 2.5"),
     (dict(k=(0, 5)), r"k \(--k\) must be positive integers"),
     (dict(k=(1, 20), num_beams=10), r"--num-beams 10 is smaller than the largest K = 20"),
-    (dict(learning_rate=0.0), r"learning_rate \(--learning-rate\) must be > 0, got 0.0"),
-    (dict(length_penalty=float("nan")), r"length_penalty must be a finite number, got nan"),
+    (dict(learning_rate=0.0), r"learning_rate \(--learning-rate\) must be a finite number > 0, got 0.0"),
+    (dict(length_penalty=float("nan")), r"length_penalty \(--length-penalty\) must be a finite number, got nan"),
     (dict(decoder="sample"), r"decoder \(--decoder\) must be one of \['beam', 'generate'\], got 'sample'"),
     (dict(device="gpu0"), r"--device 'gpu0' is not a device; accepted: auto, cpu, cuda, cuda:N"),
     (dict(quick="yes"), r"quick must be True or False, got 'yes'"),

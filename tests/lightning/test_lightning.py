@@ -211,7 +211,7 @@ def test_source_and_target_limits_drop_oldest_titles_or_refuse(setup):
     PromptLimits(max_target_length=length).check_target(tokenizer, "Heat (1995)")
     with pytest.raises(ValueError, match=f"'Heat \\(1995\\)' has {length} tokens .* never truncated"):
         PromptLimits(max_target_length=length - 1).check_target(tokenizer, "Heat (1995)")
-    with pytest.raises(ValueError, match="max_source_length must be a positive number of tokens"):
+    with pytest.raises(ValueError, match=r"max_source_length \(tokens\) must be an integer >= 1"):
         PromptLimits(max_source_length=0)
     limited = BigRecDataModule.from_dataset("ml-100k", tokenizer, train_samples=4, eval_users=2,
                                             limits=PromptLimits(max_source_length=limit))

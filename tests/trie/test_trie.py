@@ -269,7 +269,7 @@ def test_large_token_ids_use_wide_codes():
         ([[5], [6]], {"item_ids": [0, 2**63]}, r"item_ids\[1\] is 9223372036854775808 .* int64 range"),
         ([[5], [6]], {"item_ids": np.array([0, 2**63], np.uint64)}, "does not fit in int64"),
         ([[5], [6]], {"item_ids": "ab"}, "item_ids must be a sequence of int item ids"),
-        ([[5]], {"eos_token_id": -1}, "eos_token_id must be a non-negative int"),
+        ([[5]], {"eos_token_id": -1}, "eos_token_id must be an integer >= 0"),
     ],
 )
 def test_bad_input_is_named(seqs, kwargs, message):

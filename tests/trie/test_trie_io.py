@@ -145,7 +145,7 @@ def test_missing_array_is_named(saved):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda meta: meta.update(eos_token_id=ord("H") + 3), "trie.json: records the catalog fingerprint"),
-    (lambda meta: meta.update(eos_token_id="2"), "trie.json: eos_token_id must be a non-negative int"),
+    (lambda meta: meta.update(eos_token_id="2"), "trie.json: eos_token_id must be an integer >= 0"),
     (lambda meta: meta.update(fingerprint="0123456789abcdef"), "trie.json: records the catalog fingerprint"),
 ])
 def test_edited_trie_json_is_refused(saved, edit, message):
