@@ -52,6 +52,7 @@ from constrained_rec.experiment.run_config import (
     parse_ks,
     parse_prior_weight,
 )
+from constrained_rec.experiment.search_options import PRIOR_LOOKAHEAD_CHOICES
 from constrained_rec.prompts import ITEM_NOUNS
 
 
@@ -120,6 +121,11 @@ def add_assistant_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--prior-weight", type=_cli(parse_prior_weight), default="auto",
                        help="the prior's weight w >= 0, or auto: chosen on 30 validation users by the NDCG@10 of "
                             "LM + prior beam search at each w of the grid 0, 1, 4, 16, 64")
+    group.add_argument("--prior-lookahead", choices=PRIOR_LOOKAHEAD_CHOICES, default=None,
+                       help="what LM + prior's partial titles look ahead to: sum (the mass of every title under "
+                            "them), max (of their best title; same scores for complete titles, other pruning), auto "
+                            "(the weight sweep decodes both and keeps the better arm; needs --prior-weight auto) "
+                            "[default sum, max with --decoder exact (its bound)]")
     group.add_argument("--lm-alone", action=argparse.BooleanOptionalAction, default=True,
                        help="also decode with the LM alone; --no-lm-alone lists only most-popular, the assistant "
                             "and LM + prior (a long all-users run)")
@@ -177,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-batch-size", type=positive_int, default=None,
                         help="prompts decoded together [default 8 on a GPU, 4 on a CPU]")
     parser.add_argument("--decoder", choices=DECODERS, default="beam",
-                        help="constrained decoding: beam (constrained_rec.decoding.recommend, fast) or generate "
-                             "(transformers generate() with TitleTrieProcessor)")
+                        help="constrained decoding: beam (constrained_rec.decoding.recommend, fast), generate "
+                             "(transformers generate() with TitleTrieProcessor) or exact (recommend(mode='exact'): "
+                             "the true top-K, at most 2000 prefixes per user; unproven users are counted)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads [default half the cores: on a shared 2-core machine two threads "
                              "run up to 4x slower than one while another process computes]")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from constrained_rec.collaborative.registry import ASSISTANTS
 from constrained_rec.evaluation.evaluate import DECODERS
+from constrained_rec.experiment.search_options import check_search_options, lookahead
 
 if TYPE_CHECKING:
     import torch
@@ -152,6 +153,7 @@ class RunConfig:
     user_signal: bool = True
     signal_candidates: int = 5
     collab_tokens: str = "none"  # see COLLAB_TOKEN_CHOICES; validated in _check_collab_tokens
+    prior_lookahead: str | None = None  # sum, max, auto; None: the decoder's (experiment.search_options)
 
     def __post_init__(self):
         for name in ("constrained", "all_users", "exclude_history", "baselines", "quick"):
@@ -187,6 +189,7 @@ class RunConfig:
         self._check_data_options()
         self._check_assistant_options()
         self._check_collab_tokens()
+        check_search_options(self)
         if self.num_beams is not None and self.num_beams < max(self.ks):
             raise ValueError(f"--num-beams {self.num_beams} is smaller than the largest K = {max(self.ks)}: beam "
                              "search returns at most num_beams titles")
@@ -386,6 +389,7 @@ def run_identity(config: RunConfig, name: str | None = None, extra: dict | None 
         # only when set, so that folders written before the option existed still resume
         **({"history_loss_weight": config.history_loss_weight} if config.history_loss_weight else {}),
         **({"collab_tokens": config.collab_tokens} if config.collab_tokens != "none" else {}),
+        **({"prior_lookahead": lookahead(config)} if lookahead(config) != "sum" else {}),
         "eval_users": None if config.all_users else size.eval_users, "ks": list(config.ks),
         "num_beams": config.num_beams or max(config.ks), "length_penalty": config.length_penalty,
         "exclude_history": config.exclude_history, "decoder": config.decoder, "seed": config.seed,

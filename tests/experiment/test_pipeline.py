@@ -31,7 +31,18 @@ SINGLE = SimpleNamespace(is_main_process=True, num_processes=1, process_index=0,
     (dict(k=(1, 20), num_beams=10), r"--num-beams 10 is smaller than the largest K = 20"),
     (dict(learning_rate=0.0), r"learning_rate \(--learning-rate\) must be > 0, got 0.0"),
     (dict(length_penalty=float("nan")), r"length_penalty must be a finite number, got nan"),
-    (dict(decoder="sample"), r"decoder \(--decoder\) must be one of \['beam', 'generate'\], got 'sample'"),
+    (dict(decoder="sample"), r"decoder \(--decoder\) must be one of \['beam', 'generate', 'exact'\], got 'sample'"),
+    # issue 21 item 4: --prior-lookahead and --decoder exact
+    (dict(prior_lookahead="best"), r"prior_lookahead \(--prior-lookahead\) must be one of \['sum', 'max', 'auto'\], "
+                                   r"got 'best'"),
+    (dict(prior_lookahead="max", assistant="none"), r"--prior-lookahead max applies to the collaborative prior, but "
+                                                    r"--assistant none"),
+    (dict(prior_lookahead="auto", prior_weight=4), r"--prior-lookahead auto is chosen by the validation sweep, which "
+                                                   r"--prior-weight 4 skips"),
+    (dict(prior_lookahead="auto", decoder="exact"), r"--prior-lookahead auto has nothing to choose with --decoder exact"),
+    (dict(prior_lookahead="max", length_penalty=1.0), r"--prior-lookahead max .* --length-penalty 1.0 would turn"),
+    (dict(decoder="exact", length_penalty=0.5), r"--decoder exact ranks titles by total log-probability, but "
+                                                r"--length-penalty 0.5"),
     (dict(device="gpu0"), r"--device 'gpu0' is not a device; accepted: auto, cpu, cuda, cuda:N"),
     (dict(quick="yes"), r"quick must be True or False, got 'yes'"),
     (dict(model=""), r"model must be a non-empty string or None, got ''"),
