@@ -188,8 +188,9 @@ def _recommend(mode, model, tokenizer, prompts, trie, k, num_beams, length_penal
     from constrained_rec.decoding.recommend import FewerTitlesWarning, recommend
 
     with warnings.catch_warnings():
-        # the evaluation names the users who got fewer titles (ConstrainedRecommender), not batch positions
+        # the evaluation names the users who got fewer titles or no proof (ConstrainedRecommender), not batch positions
         warnings.simplefilter("ignore", FewerTitlesWarning)
+        warnings.filterwarnings("ignore", message="exact search hit node_budget")
         result = recommend(model, tokenizer, list(prompts), trie, k, num_beams=num_beams, mode=mode,
                            length_penalty=length_penalty, exclude=exclude, batch_size=len(prompts),
                            item_log_prior=item_log_prior, prior_weight=prior_weight, prior_lookahead=prior_lookahead,
@@ -308,7 +309,16 @@ class ConstrainedRecommender:
             ranked, bad, extra = decoded.get(sample.index, ([], 0, {}))
             items, titles, scores = _expand(ranked, self.config.max_k)
             records.append(prediction_record(sample, items, titles, scores, len(ranked) + bad, len(ranked), **extra))
-        warn_fewer_recommendations(self.names[0], records, self.config.max_k)
+        unproven = [r for r in records if r.get("budget_exhausted")]
+        warn_fewer_recommendations(self.names[0], [r for r in records if not r.get("budget_exhausted")],
+                                   self.config.max_k)
+        if unproven:
+            named = ", ".join(f"user {r['user_id']} ({r['proven']} proven, {len(r['item_ids'])} items)"
+                              for r in unproven[:10])
+            warnings.warn(f"{self.names[0]}: exact search's node budget ({EXACT_NODE_BUDGET} prefixes) left the "
+                          f"top-{self.config.max_k} of {len(unproven)} user(s) unproven: {named}; their records "
+                          "say so (budget_exhausted, proven titles first, then the best titles scored so far)",
+                          stacklevel=2)
         return {self.names[0]: records}
 
 
