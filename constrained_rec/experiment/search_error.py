@@ -7,16 +7,17 @@ import time
 
 import numpy as np
 
-from constrained_rec.evaluation.recommenders import EXACT_NODE_BUDGET
+from constrained_rec.evaluation import recommenders
 from constrained_rec.experiment.assistant_prior import AssistantPrior
 
 
 def search_error(model, tokenizer, trie, samples, prior: AssistantPrior, prior_weight: float, k: int,
                  num_beams: int, exclude_history: bool, users: int, seed: int,
-                 node_budget: int = EXACT_NODE_BUDGET, prior_lookahead: str = "sum") -> dict:
+                 node_budget: int | None = None, prior_lookahead: str = "sum") -> dict:
     """Beam top-``k`` of LM + prior (partial titles looking ahead by ``prior_lookahead``) against the exact top-``k``
     (same prior, exclusions and weight; the ``"max"`` bound) on a seeded sample of ``users`` test samples:
-    overlap@k of their titles and the fused-score gap.
+    overlap@k of their titles and the fused-score gap. ``node_budget`` defaults to the exact decoder's
+    (:data:`constrained_rec.evaluation.recommenders.EXACT_NODE_BUDGET`).
 
     ``score_gap`` is the mean fused log-probability (``log p_LM + w log M``) of the exact top-``k`` minus
     that of the beam top-``k`` (>= 0 where exact search proved its list; 0 means beam search lost nothing).
@@ -24,6 +25,7 @@ def search_error(model, tokenizer, trie, samples, prior: AssistantPrior, prior_w
     from constrained_rec.decoding.recommend import recommend
 
     started = time.perf_counter()
+    node_budget = recommenders.EXACT_NODE_BUDGET if node_budget is None else node_budget
     rng = np.random.default_rng([int(seed), 4])
     picked = [samples[i] for i in sorted(rng.choice(len(samples), size=min(users, len(samples)), replace=False))]
     options = dict(exclude=[s.exclude for s in picked] if exclude_history else None,

@@ -133,6 +133,7 @@ def test_the_prior_lookahead_reaches_every_search_of_lm_plus_prior(run, tiny_mod
     users."""
     import constrained_rec.decoding.recommend as decode
 
+    monkeypatch.setattr(recommenders, "EXACT_NODE_BUDGET", 100)  # a random model's top-K is costly to prove
     calls, original = [], decode.recommend
 
     def spy(*args, **options):
