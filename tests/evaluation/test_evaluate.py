@@ -102,28 +102,49 @@ def test_constrained_recommender_returns_scored_catalog_items(model, tokenizer, 
             assert score == pytest.approx(total_log_prob(model, tokenizer, sample.prompt, title), abs=1e-3)
 
 
-@pytest.mark.parametrize("weight", [0.0, 4.0])
-def test_the_exact_decoder_is_the_brute_force_top_k_under_the_fused_score(model, tokenizer, trie, weight):
-    """Issue 21 item 4: --decoder exact returns the top-K of every catalog title scored by log p_LM(title) +
-    w log M(title) (M: the prior mass of the title's allowed items over the user's allowed items), proven."""
+def _fused_records(model, tokenizer, trie, decoder, weight, lookahead):
+    """Records of LM + prior (a random prior, ``w = weight``) on 3 samples, and each sample's brute-force fused
+    score of every allowed title: log p_LM(title) + w log M(title), M the prior mass of the title's allowed items
+    over the user's allowed items."""
     rng = np.random.default_rng(5)
     samples = make_samples(3)
     build_order = trie.item_ids_in_build_order().tolist()
     log_prior = np.log(rng.dirichlet(np.full(len(build_order), 0.3), size=len(samples)))
     prior = (lambda batch: log_prior[[s.index for s in batch]]) if weight else None
-    config = EvalConfig(ks=(1, 3), num_beams=4, decoder="exact")
-    records = ConstrainedRecommender(model, tokenizer, trie, config, prior=prior, prior_weight=weight)(samples)
-    for sample, record in zip(samples, records["constrained"]):
+    config = EvalConfig(ks=(1, 3), num_beams=4, decoder=decoder)
+    records = ConstrainedRecommender(model, tokenizer, trie, config, prior=prior, prior_weight=weight,
+                                     prior_lookahead=lookahead)(samples)["constrained"]
+    fused = []
+    for sample in samples:
         allowed = {i: math.exp(log_prior[sample.index, build_order.index(i)]) for i in CATALOG if i not in sample.exclude}
-        fused = {title: total_log_prob(model, tokenizer, sample.prompt, title) + weight * math.log(
-                     sum(m for i, m in allowed.items() if CATALOG[i] == title) / sum(allowed.values()))
-                 for title in {CATALOG[i] for i in allowed}}
-        best = sorted(fused, key=fused.get, reverse=True)[:3]
+        fused.append({title: total_log_prob(model, tokenizer, sample.prompt, title) + weight * math.log(
+                          sum(m for i, m in allowed.items() if CATALOG[i] == title) / sum(allowed.values()))
+                      for title in {CATALOG[i] for i in allowed}})
+    return records, fused
+
+
+@pytest.mark.parametrize("weight, lookahead", [(0.0, None), (4.0, None), (4.0, "sum")])
+def test_the_exact_decoder_is_the_brute_force_top_k_under_the_fused_score(model, tokenizer, trie, weight, lookahead):
+    """Issue 21 item 4: --decoder exact returns the top-K of every catalog title by fused score, proven, under either
+    bound (None: its default, max)."""
+    records, fused = _fused_records(model, tokenizer, trie, "exact", weight, lookahead)
+    for record, scores_of in zip(records, fused):
+        best = sorted(scores_of, key=scores_of.get, reverse=True)[:3]
         got = list(dict.fromkeys(record["titles"]))  # a title of two items fills two of the K = 3 items
         assert got == best[: len(got)] and len(record["item_ids"]) == 3
         assert record["budget_exhausted"] is False and record["proven"] == 3
         scores = {title: score for title, score in zip(record["titles"], record["scores"])}
-        assert [scores[t] for t in got] == pytest.approx([fused[t] for t in got], abs=1e-3)
+        assert [scores[t] for t in got] == pytest.approx([scores_of[t] for t in got], abs=1e-3)
+
+
+@pytest.mark.parametrize("decoder", ["beam", "generate"])
+def test_every_decoder_scores_titles_by_the_fused_score_under_the_max_lookahead(model, tokenizer, trie, decoder):
+    """Issue 21 item 4: under prior_lookahead="max" a decoder's scores are still the titles' full fused scores (the
+    per-prompt constant the lookahead leaves out of the search is added back, generate() included)."""
+    records, fused = _fused_records(model, tokenizer, trie, decoder, 4.0, "max")
+    for record, scores_of in zip(records, fused):
+        assert len(record["titles"]) == 3
+        assert record["scores"] == pytest.approx([scores_of[t] for t in record["titles"]], abs=1e-3)
 
 
 def test_an_exhausted_exact_search_is_recorded_and_counted(model, tokenizer, trie, monkeypatch):
