@@ -269,19 +269,25 @@ def recommend(
 def recommend_at_weights(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: TitleTrie, k: int,
                          prior_weights: Sequence[float], *, item_log_prior, num_beams: int | None = None,
                          exclude: Sequence[Collection[int]] | None = None, batch_size: int = 8,
-                         jump: bool = True) -> list[DecodeResult]:
-    """`recommend(..., mode="beam", item_log_prior=item_log_prior, prior_weight=w)` for every `w` of
-    `prior_weights`, with each batch of prompts prefilled once for all of them (a copy of its KV cache per
-    weight): the same titles and scores, one prefill instead of `len(prior_weights)`. Returns one `DecodeResult`
-    per weight; the prefills are counted in the first one's `stats`.
+                         jump: bool = True, prior_lookahead: str | Sequence[str] = "sum") -> list[DecodeResult]:
+    """`recommend(..., mode="beam", item_log_prior=item_log_prior, prior_weight=w, prior_lookahead=a)` for every
+    `w` of `prior_weights`, with each batch of prompts prefilled once for all of them (a copy of its KV cache per
+    weight): the same titles and scores, one prefill instead of `len(prior_weights)`. `prior_lookahead` is one
+    lookahead `a` for every weight, or one per weight (a weight may repeat with another lookahead). Returns one
+    `DecodeResult` per weight; the prefills are counted in the first one's `stats`.
     """
     num_beams = _check_options(model, trie, k, num_beams, "beam", 0.0, batch_size, 1)
     prompt_ids = checked_prompt_ids(tokenizer, prompts, trie, model)
     weights = list(prior_weights)
     if not weights:
         raise ValueError("`prior_weights` is empty; give at least one weight")
+    lookaheads = [prior_lookahead] * len(weights) if isinstance(prior_lookahead, str) else list(prior_lookahead)
+    if len(lookaheads) != len(weights):
+        raise ValueError(f"`prior_lookahead` gives {len(lookaheads)} lookaheads for {len(weights)} weights; give one "
+                         "string, or one per weight")
     _check_prompt_lengths(model, trie, prompt_ids)
-    constraints = [_constraints(trie, len(prompt_ids), exclude, item_log_prior, w, None, "sum") for w in weights]
+    constraints = [_constraints(trie, len(prompt_ids), exclude, item_log_prior, w, None, _lookahead(a, "beam", 0.0, None))
+                   for w, a in zip(weights, lookaheads)]
     available = _warn_fewer_titles(constraints[0], len(prompt_ids), k)
     stats = [DecodeStats() for _ in weights]
     recommendations: list[list[list[Recommendation]]] = [[] for _ in weights]

@@ -35,9 +35,11 @@ from constrained_rec.validation import check_int, is_int
 # The constrained decoders, registered here only: name -> the function of constrained_rec.evaluation.recommenders
 # that decodes with it ("module:function", imported when first used, so that reading the options imports no
 # torch). Each takes recommend_constrained's arguments (model, tokenizer, prompts, trie, k, num_beams,
-# length_penalty, exclude, item_log_prior, prior_weight) and returns its (rankings, invalid).
+# length_penalty, exclude, item_log_prior, prior_weight, prior_lookahead) and returns its (rankings, invalid,
+# extras): extras[p] holds fields for prompt p's prediction record (exact search's proof, {} for the others).
 DECODERS = {"beam": "constrained_rec.evaluation.recommenders:recommend_beam",
-            "generate": "constrained_rec.evaluation.recommenders:recommend_generate"}
+            "generate": "constrained_rec.evaluation.recommenders:recommend_generate",
+            "exact": "constrained_rec.evaluation.recommenders:recommend_exact"}
 
 
 @runtime_checkable
@@ -85,8 +87,10 @@ class EvalConfig:
         batch_size (`int`, defaults to 4):
             Prompts decoded together (and the granularity of resuming).
         decoder (`str`, defaults to `"beam"`):
-            Constrained decoding by ``"beam"`` (:func:`constrained_rec.decoding.recommend.recommend`) or ``"generate"``
-            (``generate()`` with :class:`TitleTrieProcessor`), see :func:`~constrained_rec.evaluation.recommenders.recommend_constrained`.
+            Constrained decoding by ``"beam"`` (:func:`constrained_rec.decoding.recommend.recommend`), ``"generate"``
+            (``generate()`` with :class:`TitleTrieProcessor`) or ``"exact"`` (``recommend(mode="exact")``, the
+            true top-K within a node budget per user), see
+            :func:`~constrained_rec.evaluation.recommenders.recommend_constrained`.
         confidence (`float`, defaults to 0.95):
             Coverage of the bootstrap intervals.
         bootstrap_resamples (`int`, defaults to 1000):
@@ -272,7 +276,8 @@ def method_metrics(records: Sequence[dict], config: EvalConfig, catalog_size: in
     outputs, ``None`` for methods without model outputs); ``coverage@C``; ``popularity_percentile@C``
     (mean popularity percentile of the top-C items, ``None`` when nothing was recommended), where ``C`` is 10 or the
     largest K when that is smaller (a run with ``--k 1`` recommends one item: ``coverage@1``); ``seconds`` and
-    ``users_per_s`` of the recommender (per process under sharding).
+    ``users_per_s`` of the recommender (per process under sharding). A method decoded by exact search (records
+    with ``budget_exhausted``) also has ``budget_exhausted``: the users whose top-K its node budget left unproven.
     """
     by_method: dict[str, list[dict]] = {}
     for record in records:
@@ -296,6 +301,8 @@ def method_metrics(records: Sequence[dict], config: EvalConfig, catalog_size: in
             "seconds": seconds,
             "users_per_s": len(rows) / seconds if seconds > 0 else None,
         }
+        if any("budget_exhausted" in r for r in rows):
+            figures[method]["budget_exhausted"] = sum(bool(r.get("budget_exhausted")) for r in rows)
     return figures
 
 

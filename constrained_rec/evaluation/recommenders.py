@@ -1,7 +1,8 @@
 """Recommenders: what an evaluation runs. Each turns a batch of samples into one prediction record per
 sample for each of its method names (the :class:`Recommender` protocol).
 
-- :class:`ConstrainedRecommender` ("constrained"): one beam search per prompt under the title trie; every
+- :class:`ConstrainedRecommender` ("constrained"): one search per prompt under the title trie (beam search,
+  ``generate()`` or exact search: :data:`~constrained_rec.evaluation.evaluate.DECODERS`); every
   returned title is a catalog item by construction (measured anyway), duplicate titles expand to all
   their items, ties keep beam order. With ``use_adapter=False`` on a LoRA model it is the zero-shot base
   model under the same constraint ("zero-shot-constrained").
@@ -32,6 +33,9 @@ from constrained_rec.hf import adapter_disabled, check_positions, left_pad
 from constrained_rec.trie.tokenization import SoftPrompt, eos_token_id, prompt_token_ids
 from constrained_rec.trie.trie import TitleTrie
 
+# The "exact" decoder: the most trie prefixes exact search scores per user before it gives up (the search-error
+# check's budget too); a user it stops says so in its prediction record (budget_exhausted, proven).
+EXACT_NODE_BUDGET = 2000
 
 @dataclass
 class RankedTitle:
@@ -97,9 +101,9 @@ def _generate(model, tokenizer, prompts: Sequence[str], config, logits_processor
 
 def recommend_constrained(model, tokenizer, prompts: Sequence[str], trie: TitleTrie, k: int, num_beams: int,
                           length_penalty: float = 0.0, exclude: Sequence[Collection[int]] | None = None,
-                          decoder: str = "beam", item_log_prior=None,
-                          prior_weight: float = 1.0) -> tuple[list[list[RankedTitle]], list[int]]:
-    """The top-``k`` catalog titles per prompt, by beam search under the title trie.
+                          decoder: str = "beam", item_log_prior=None, prior_weight: float = 1.0,
+                          prior_lookahead: str | None = None) -> tuple[list[list[RankedTitle]], list[int], list[dict]]:
+    """The top-``k`` catalog titles per prompt, by beam search (or exact search) under the title trie.
 
     Args:
         decoder (`str`, defaults to `"beam"`):
@@ -107,29 +111,39 @@ def recommend_constrained(model, tokenizer, prompts: Sequence[str], trie: TitleT
             ``"beam"`` (:func:`recommend_beam`): :func:`constrained_rec.decoding.recommend.recommend` (one prefill per
             prompt, beams share its KV cache, unique suffixes scored in one forward). ``"generate"``
             (:func:`recommend_generate`): transformers' ``generate()`` with :class:`TitleTrieProcessor`, the drop-in
-            path (B prefills of each prompt, one step per token).
+            path (B prefills of each prompt, one step per token). ``"exact"`` (:func:`recommend_exact`): exact
+            best-first search, the true top-``k`` within :data:`EXACT_NODE_BUDGET` prefixes per prompt.
         item_log_prior (array-like `(len(prompts), trie.num_items)`, *optional*), prior_weight (`float`):
             A collaborative prior fused into the search (columns in the trie's build order): titles rank by
             ``log p_LM(title) + prior_weight * log M(title)``, see :func:`constrained_rec.decoding.recommend.recommend`.
+        prior_lookahead (`str`, *optional*):
+            ``"sum"`` or ``"max"``, what a partial title's prior increments look ahead to (the order in which beam
+            search prunes; exact search's bound); ``None``: the decoder's default (``"max"`` for exact search,
+            ``"sum"`` otherwise).
 
     Returns:
-        `(rankings, invalid)`: per prompt its titles, best first, and the number of returned sequences
+        `(rankings, invalid, extras)`: per prompt its titles, best first, the number of returned sequences
         that were not a complete catalog title (always 0 unless the constraint is broken: it is measured,
-        not assumed).
+        not assumed), and fields for its prediction record (exact search: ``budget_exhausted``, ``proven``).
     """
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; accepted: {list(DECODERS)}")
     module, function = DECODERS[decoder].split(":")
     return getattr(import_module(module), function)(model, tokenizer, prompts, trie, k, num_beams, length_penalty,
-                                                    exclude, item_log_prior, prior_weight)
+                                                    exclude, item_log_prior, prior_weight, prior_lookahead)
 
 
 def recommend_generate(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude, item_log_prior=None,
-                       prior_weight=1.0):
-    """The ``"generate"`` decoder: transformers' ``generate()`` with :class:`TitleTrieProcessor`."""
+                       prior_weight=1.0, prior_lookahead=None):
+    """The ``"generate"`` decoder: transformers' ``generate()`` with :class:`TitleTrieProcessor`; under the
+    ``"max"`` lookahead each score gets back the per-prompt constant the processor leaves out."""
+    if prior_lookahead == "max" and length_penalty != 0.0:
+        raise ValueError(f"prior_lookahead='max' leaves a per-prompt constant out of every title's score, which "
+                         f"length_penalty={length_penalty!r} would scale by length; use length_penalty=0.0 or 'sum'")
     config = _generation_config(tokenizer, num_beams, k, length_penalty, trie.max_length)
     constraints = ItemConstraints.build(trie, num_prompts=len(prompts), exclude=exclude,
-                                        item_log_prior=item_log_prior, prior_weight=prior_weight)
+                                        item_log_prior=item_log_prior, prior_weight=prior_weight,
+                                        prior_lookahead=prior_lookahead or "sum")
 
     def processor(prompt_length: int) -> TitleTrieProcessor:
         return TitleTrieProcessor(trie, prompt_length=prompt_length, pad_token_id=tokenizer.pad_token_id,
@@ -142,21 +156,45 @@ def recommend_generate(model, tokenizer, prompts, trie, k, num_beams, length_pen
         # -1e9 (repeats, or rows that are no title): those are not outputs of the model, so they are left out.
         real = slice(p * k, p * k + min(k, constraints.titles_available(p)))
         titles = [parse_generated_title(tokenizer.decode(row, skip_special_tokens=True)) for row in rows[real]]
-        outputs.append(list(zip(rows[real], titles, scores[real])))
-    return _checked_rankings(trie, outputs, exclude)
+        offset = constraints.prior_offset(p)  # 0 under "sum"
+        outputs.append([(row, title, score + offset) for row, title, score in zip(rows[real], titles, scores[real])])
+    return (*_checked_rankings(trie, outputs, exclude), [{} for _ in prompts])
 
 
 def recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude, item_log_prior=None,
-                   prior_weight=1.0):
+                   prior_weight=1.0, prior_lookahead=None):
     """The ``"beam"`` decoder: :func:`constrained_rec.decoding.recommend.recommend`."""
+    rankings, invalid, _ = _recommend("beam", model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude,
+                                      item_log_prior, prior_weight, prior_lookahead)
+    return rankings, invalid, [{} for _ in prompts]
+
+
+def recommend_exact(model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude, item_log_prior=None,
+                    prior_weight=1.0, prior_lookahead=None):
+    """The ``"exact"`` decoder: ``recommend(mode="exact")``, the true top-``k`` titles under the model (and the
+    prior, bounded by the ``"max"`` lookahead unless ``prior_lookahead`` says ``"sum"``), ``num_beams`` prefixes
+    scored per forward, at most :data:`EXACT_NODE_BUDGET` per prompt. A prompt that reaches the budget keeps the
+    titles found so far, its proven ones first; its extras say so: ``budget_exhausted`` and ``proven`` (how many of
+    its leading titles are proven the true top ones)."""
+    rankings, invalid, stats = _recommend("exact", model, tokenizer, prompts, trie, k, num_beams, length_penalty,
+                                          exclude, item_log_prior, prior_weight, prior_lookahead)
+    return rankings, invalid, [{"budget_exhausted": bool(exhausted), "proven": int(proven)}
+                               for exhausted, proven in zip(stats.budget_exhausted, stats.proven)]
+
+
+def _recommend(mode, model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude, item_log_prior,
+               prior_weight, prior_lookahead):
+    """:func:`constrained_rec.decoding.recommend.recommend` in ``mode``: ``(rankings, invalid, stats)``."""
     from constrained_rec.decoding.recommend import FewerTitlesWarning, recommend
 
     with warnings.catch_warnings():
-        # the evaluation names the users who got fewer titles (ConstrainedRecommender), not batch positions
+        # the evaluation names the users who got fewer titles or no proof (ConstrainedRecommender), not batch positions
         warnings.simplefilter("ignore", FewerTitlesWarning)
-        result = recommend(model, tokenizer, list(prompts), trie, k, num_beams=num_beams,
+        warnings.filterwarnings("ignore", message="exact search hit node_budget")
+        result = recommend(model, tokenizer, list(prompts), trie, k, num_beams=num_beams, mode=mode,
                            length_penalty=length_penalty, exclude=exclude, batch_size=len(prompts),
-                           item_log_prior=item_log_prior, prior_weight=prior_weight)
+                           item_log_prior=item_log_prior, prior_weight=prior_weight, prior_lookahead=prior_lookahead,
+                           node_budget=EXACT_NODE_BUDGET)
     rankings, invalid = [], []
     for recs in result.recommendations:
         # recommend() already left the excluded items out of each title's items; the trie walk only re-checks
@@ -164,7 +202,7 @@ def recommend_beam(model, tokenizer, prompts, trie, k, num_beams, length_penalty
         complete = [r for r in recs if trie.output_item_ids(r.token_ids)]
         rankings.append([RankedTitle(r.item_ids, r.title, r.score) for r in complete])
         invalid.append(len(recs) - len(complete))
-    return rankings, invalid
+    return rankings, invalid, result.stats
 
 
 def _checked_rankings(trie, outputs, exclude) -> tuple[list[list[RankedTitle]], list[int]]:
@@ -229,15 +267,18 @@ def _expand(ranked: Iterable[RankedTitle], limit: int):
 
 
 class ConstrainedRecommender:
-    """Beam search under the title trie ("constrained"); the base model of a LoRA model with ``use_adapter=False``.
+    """Search under the title trie ("constrained", by ``config.decoder``); the base model of a LoRA model with
+    ``use_adapter=False``.
 
     With ``prior`` (a callable ``samples -> float (len(samples), trie.num_items)`` log-prior rows, columns in the
     trie's build order, e.g. :class:`constrained_rec.experiment.assistant_prior.AssistantPrior`) and ``prior_weight`` it is
-    LM + prior: the search ranks titles by ``log p_LM(title) + prior_weight * log M(title)`` (D3's assistant).
+    LM + prior: the search ranks titles by ``log p_LM(title) + prior_weight * log M(title)`` (D3's assistant), partial
+    titles looking ahead by ``prior_lookahead`` (``None``: the decoder's default, see :func:`recommend_constrained`).
+    Records of exact search carry ``budget_exhausted`` and ``proven`` (:func:`recommend_exact`).
     """
 
     def __init__(self, model, tokenizer, trie: TitleTrie, config: EvalConfig, use_adapter: bool = True,
-                 name: str | None = None, prior=None, prior_weight: float = 1.0):
+                 name: str | None = None, prior=None, prior_weight: float = 1.0, prior_lookahead: str | None = None):
         if eos_token_id(tokenizer) != trie.eos_token_id:
             raise ValueError(
                 f"the tokenizer's EOS id {eos_token_id(tokenizer)} is not the trie's EOS id {trie.eos_token_id}: "
@@ -247,27 +288,37 @@ class ConstrainedRecommender:
             raise ValueError(f"K = {config.max_k} is larger than the catalog's {len(trie)} distinct titles")
         self.model, self.tokenizer, self.trie, self.config = model, tokenizer, trie, config
         self.use_adapter = use_adapter
-        self.prior, self.prior_weight = prior, prior_weight
+        self.prior, self.prior_weight, self.prior_lookahead = prior, prior_weight, prior_lookahead
         self.names = (name or ("constrained" if use_adapter else "zero-shot-constrained"),)
 
     def __call__(self, samples: Sequence[EvalSample]) -> dict[str, list[dict]]:
         # a user who consumed the whole catalog has no title left: an empty list, not a decoding error
         left = [s for s in samples if not (self.config.exclude_history and len(s.exclude) >= self.trie.num_items)]
-        rankings, invalid = {}, {}
+        decoded = {}
         if left:
             exclude = [s.exclude for s in left] if self.config.exclude_history else None
             with nullcontext() if self.use_adapter else adapter_disabled(self.model):
-                ranked, bad = recommend_constrained(
+                ranked, bad, extras = recommend_constrained(
                     self.model, self.tokenizer, [s.prompt for s in left], self.trie, self.config.max_k,
                     self.config.num_beams, self.config.length_penalty, exclude, self.config.decoder,
-                    item_log_prior=self.prior(left) if self.prior is not None else None, prior_weight=self.prior_weight)
-            rankings, invalid = dict(zip((s.index for s in left), ranked)), dict(zip((s.index for s in left), bad))
+                    item_log_prior=self.prior(left) if self.prior is not None else None, prior_weight=self.prior_weight,
+                    prior_lookahead=self.prior_lookahead)
+            decoded = {s.index: found for s, found in zip(left, zip(ranked, bad, extras))}
         records = []
         for sample in samples:
-            ranked, bad = rankings.get(sample.index, []), invalid.get(sample.index, 0)
+            ranked, bad, extra = decoded.get(sample.index, ([], 0, {}))
             items, titles, scores = _expand(ranked, self.config.max_k)
-            records.append(prediction_record(sample, items, titles, scores, len(ranked) + bad, len(ranked)))
-        warn_fewer_recommendations(self.names[0], records, self.config.max_k)
+            records.append(prediction_record(sample, items, titles, scores, len(ranked) + bad, len(ranked), **extra))
+        unproven = [r for r in records if r.get("budget_exhausted")]
+        warn_fewer_recommendations(self.names[0], [r for r in records if not r.get("budget_exhausted")],
+                                   self.config.max_k)
+        if unproven:
+            named = ", ".join(f"user {r['user_id']} ({r['proven']} proven, {len(r['item_ids'])} items)"
+                              for r in unproven[:10])
+            warnings.warn(f"{self.names[0]}: exact search's node budget ({EXACT_NODE_BUDGET} prefixes) left the "
+                          f"top-{self.config.max_k} of {len(unproven)} user(s) unproven: {named}; their records "
+                          "say so (budget_exhausted, proven titles first, then the best titles scored so far)",
+                          stacklevel=2)
         return {self.names[0]: records}
 
 

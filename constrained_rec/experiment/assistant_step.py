@@ -5,13 +5,14 @@
 1. :func:`fit_assistant_step` (before the adapter): fit the assistant on the *training* interactions of the split
    (validation targets only choose its hyper-parameters, test targets are never seen), save it into
    ``OUTPUT_DIR/assistant``; a resumed run reloads it.
-2. :func:`prior_weight_step` (once the adapter is ready): the prior's weight ``w``, given or chosen on validation
-   users (:func:`sweep_prior_weight`), saved beside the assistant; the sweep may instead choose the assistant
-   alone, and LM + prior then falls back to it (its recommendations are the assistant's).
+2. :func:`prior_weight_step` (once the adapter is ready): the prior's weight ``w`` and lookahead, given or chosen
+   on validation users (:func:`sweep_prior_weight`), saved beside the assistant; the sweep may instead choose the
+   assistant alone, and LM + prior then falls back to it (its recommendations are the assistant's).
 
 :func:`sweep_prior_weight` decodes a sample of validation users exactly as the run decodes its test users (LM +
-prior beam search, :mod:`constrained_rec.experiment.assistant_prior`) at every ``w`` of the grid and keeps the
-``w`` with the best validation NDCG@10, so the choice accounts for the search error too.
+prior beam search, or exact search with ``--decoder exact``; :mod:`constrained_rec.experiment.assistant_prior`) at
+every ``w`` of the grid (under each lookahead with ``--prior-lookahead auto``) and keeps the arm with the best
+validation NDCG@10, so the choice accounts for the search error too.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ SWEEP_USERS = 100
 SWEEP_BEAMS = 10
 SWEEP_K = 10
 SWEEP_BATCH = 4
+# --prior-lookahead auto: the sweep decodes every weight under each of these (constrained_rec.decoding.constraints)
+LOOKAHEAD_ARMS = ("sum", "max")
 
 
 @dataclass
@@ -48,6 +51,7 @@ class AssistantSetup:
     assistant: object  # constrained_rec.collaborative.Assistant
     histories: list  # histories[sample.index]: the test user's items before the target, oldest first
     prior_weight: float | None = None
+    prior_lookahead: str = "sum"  # of LM + prior's partial titles: given, or chosen by the sweep
     sweep: dict | None = None
     fit_seconds: float | None = None
     fallback: bool = False  # the sweep found the assistant alone at least as good: LM + prior is the assistant
@@ -125,45 +129,56 @@ def _saved_assistant(folder: Path, name: str) -> bool:
 
 def prior_weight_step(setup: AssistantSetup, prior_weight, model, tokenizer, trie, loaded, output_dir: Path,
                       exclude_history: bool, seed: int, state=None, users: int = SWEEP_USERS,
-                      num_beams: int = SWEEP_BEAMS) -> AssistantSetup:
-    """Set ``setup.prior_weight``: the given number, or (``"auto"``) the sweep's choice, computed once on the
-    main process and saved in ``OUTPUT_DIR/assistant/prior_weight.json`` (a resumed run reads it back)."""
+                      num_beams: int = SWEEP_BEAMS, lookahead: str = "sum", decoder: str = "beam") -> AssistantSetup:
+    """Set ``setup.prior_weight`` and ``setup.prior_lookahead``: the given number and ``lookahead`` (``"sum"`` or
+    ``"max"``), or (``"auto"``) the sweep's choice, computed once on the main process (decoding as ``decoder`` does;
+    under both lookaheads where ``lookahead`` is ``"auto"``) and saved in ``OUTPUT_DIR/assistant/prior_weight.json``
+    (a resumed run reads it back)."""
     if prior_weight != "auto":
-        setup.prior_weight = float(prior_weight)
+        if lookahead == "auto":
+            raise ValueError(f"prior lookahead 'auto' is chosen by the weight sweep, which prior_weight={prior_weight!r} "
+                             "skips; pass prior_weight='auto', or lookahead 'sum' or 'max'")
+        setup.prior_weight, setup.prior_lookahead = float(prior_weight), lookahead
         return setup
     path = Path(output_dir) / ASSISTANT_FOLDER / PRIOR_WEIGHT_FILE
     if (state is None or state.is_main_process) and not path.is_file():
         sweep = sweep_prior_weight(setup.assistant, model, tokenizer, trie, loaded, exclude_history, seed,
-                                   users=users, num_beams=num_beams, tokens=setup.tokens)
+                                   users=users, num_beams=num_beams, tokens=setup.tokens,
+                                   lookaheads=LOOKAHEAD_ARMS if lookahead == "auto" else (lookahead,), decoder=decoder)
         path.write_text(json.dumps(sweep, indent=1) + "\n")
     _wait(state)
     setup.sweep = json.loads(path.read_text())
     setup.fallback = bool(setup.sweep.get("fallback", False))
     setup.prior_weight = None if setup.fallback else float(setup.sweep["chosen"])
+    setup.prior_lookahead = setup.sweep.get("chosen_lookahead", "sum")  # a sweep written before the option: "sum"
     return setup
 
 
 def sweep_prior_weight(assistant, model, tokenizer, trie, loaded, exclude_history: bool, seed: int,
                        users: int = SWEEP_USERS, num_beams: int = SWEEP_BEAMS,
                        grid: Sequence[float] = WEIGHT_GRID, name: str | None = None, confidence: float = 0.95,
-                       num_resamples: int = 1000, tokens=None) -> dict:
-    """Choose ``w``, or the assistant alone, on validation users (their second-to-last item; test targets unseen).
+                       num_resamples: int = 1000, tokens=None, lookaheads: Sequence[str] = ("sum",),
+                       decoder: str = "beam") -> dict:
+    """Choose ``w`` and the lookahead, or the assistant alone, on validation users (their second-to-last item; test
+    targets unseen).
 
     A seeded sample of ``users`` validation samples is decoded as the run decodes its test users: LM + prior
     beam search (``num_beams``, consumed items excluded when ``exclude_history``) at every ``w`` of ``grid``
-    (``w = 0``, if given, is the LM alone), each prompt prefilled once for all of them
-    (:func:`constrained_rec.decoding.recommend.recommend_at_weights`); one more arm is the assistant alone, ranking the whole
-    catalog as the run's assistant method does. The ``w`` with the best validation NDCG@10 wins (the smaller on
-    ties), unless the assistant alone scores at least as well: then ``chosen`` is ``"assistant"`` and LM + prior
-    falls back to it (the LM must beat the assistant to be used).
+    (``w = 0``, if given, is the LM alone) under each of ``lookaheads``, each prompt prefilled once for all of
+    these arms (:func:`constrained_rec.decoding.recommend.recommend_at_weights`); with ``decoder="exact"`` exact
+    search instead, once per ``w`` (one lookahead: its bound). One more arm is the assistant alone, ranking the
+    whole catalog as the run's assistant method does. The arm with the best validation NDCG@10 wins (the first
+    in order on ties: the smaller ``w``, then the earlier lookahead), unless the assistant alone scores at least
+    as well: then ``chosen`` is ``"assistant"`` and LM + prior falls back to it (the LM must beat the assistant).
 
-    Returns the sweep, JSON-ready: ``grid``, ``validation_ndcg@10`` and ``validation_ndcg@10_ci`` per ``w``,
-    ``assistant_ndcg@10`` (``{value, ci}``), ``versus_assistant`` (per ``w``: the paired difference from the
-    assistant alone, :func:`constrained_rec.evaluation.paired.paired_difference`), ``chosen``, ``fallback`` and settings.
-    With ``tokens`` (``training.collab_tokens.CollabTokens``) the validation prompts carry each user's soft tokens.
+    Returns the sweep, JSON-ready: per arm its ``grid`` weight, ``lookahead``, ``validation_ndcg@10`` and
+    ``validation_ndcg@10_ci``, and ``versus_assistant`` (the paired difference from the assistant alone,
+    :func:`constrained_rec.evaluation.paired.paired_difference`); ``assistant_ndcg@10`` (``{value, ci}``),
+    ``chosen`` (the weight), ``chosen_lookahead``, ``fallback`` and settings; exact search adds per arm
+    ``budget_exhausted`` (users whose top-K its node budget left unproven). With ``tokens``
+    (``training.collab_tokens.CollabTokens``) the validation prompts carry each user's soft tokens.
     """
     from constrained_rec.collaborative import AssistantRecommender
-    from constrained_rec.decoding.recommend import recommend_at_weights
     from constrained_rec.evaluation.evaluate import EvalConfig
     from constrained_rec.evaluation.metrics import bootstrap_interval
     from constrained_rec.evaluation.paired import paired_difference, per_user_ndcg
@@ -173,11 +188,11 @@ def sweep_prior_weight(assistant, model, tokenizer, trie, loaded, exclude_histor
     samples, histories, k = sweep_samples(trie, loaded, exclude_history, seed, users, tokens, tokenizer)
     log_prior = AssistantPrior(assistant, histories, trie)(samples)
     exclude = [s.exclude for s in samples] if exclude_history else None
-    results = recommend_at_weights(model, tokenizer, [s.prompt for s in samples], trie, k, grid,
-                                   num_beams=max(num_beams, k), exclude=exclude, item_log_prior=log_prior,
-                                   batch_size=SWEEP_BATCH)
-    arms = {f"w={w:g}": [_sweep_record(s, [i for r in recs for i in r.item_ids], f"w={w:g}")
-                         for s, recs in zip(samples, result.recommendations)] for w, result in zip(grid, results)}
+    weights, arm_lookaheads, results = _decode_arms(model, tokenizer, [s.prompt for s in samples], trie, k, grid,
+                                                    lookaheads, max(num_beams, k), exclude, log_prior, decoder)
+    labels = [f"w={w:g}" + (f",{a}" if len(lookaheads) > 1 else "") for w, a in zip(weights, arm_lookaheads)]
+    arms = {label: [_sweep_record(s, [i for r in recs for i in r.item_ids], label)
+                    for s, recs in zip(samples, result.recommendations)] for label, result in zip(labels, results)}
     alone = AssistantRecommender(assistant, histories, loaded.data.titles,
                                  EvalConfig(ks=(k,), exclude_history=exclude_history), name=name)(samples)[name]
     records = [r for rows in arms.values() for r in rows] + [_sweep_record(s, r["item_ids"], name)
@@ -188,20 +203,43 @@ def sweep_prior_weight(assistant, model, tokenizer, trie, loaded, exclude_histor
         return {"value": float(values.mean()), "ci": list(bootstrap_interval(values, confidence, num_resamples, seed))}
 
     figures = [figure(arm) for arm in arms]
-    best = int(np.argmax([f["value"] for f in figures]))  # the first maximum: the smallest such w
+    best = int(np.argmax([f["value"] for f in figures]))  # the first maximum: the smallest w, then lookahead order
     assistant_figure = figure(name)
     fallback = assistant_figure["value"] >= figures[best]["value"]
-    return {"chosen": "assistant" if fallback else float(grid[best]), "fallback": fallback,
-            "grid": [float(w) for w in grid], "validation_ndcg@10": [f["value"] for f in figures],
+    return {"chosen": "assistant" if fallback else float(weights[best]), "fallback": fallback,
+            "chosen_lookahead": arm_lookaheads[best], "grid": [float(w) for w in weights], "lookahead": arm_lookaheads,
+            **({"budget_exhausted": [sum(r.stats.budget_exhausted) for r in results]} if decoder == "exact" else {}),
+            "decoder": decoder, "validation_ndcg@10": [f["value"] for f in figures],
             "validation_ndcg@10_ci": [f["ci"] for f in figures], "assistant": name,
             "assistant_ndcg@10": assistant_figure,
             "versus_assistant": [paired_difference(records, arm, name, SWEEP_K, confidence, num_resamples, seed)
                                  for arm in arms],
             "users": len(samples), "k": k, "num_beams": max(num_beams, k), "seed": seed, "confidence": confidence,
-            "prefill": "once per validation prompt for all weights",
-            "objective": "validation NDCG@10 of LM + prior beam search at each w, decoded as the test users are, "
-                         "and of the assistant alone",
+            **({"prefill": "once per validation prompt for all weights"} if decoder != "exact" else {}),
+            "objective": f"validation NDCG@10 of LM + prior {'exact' if decoder == 'exact' else 'beam'} search at "
+                         "each w (and lookahead), decoded as the test users are, and of the assistant alone",
             "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started}
+
+
+def _decode_arms(model, tokenizer, prompts, trie, k, grid, lookaheads, num_beams, exclude, log_prior, decoder):
+    """``(weight, lookahead, DecodeResult)`` of every arm, as three lists: every ``w`` of ``grid`` under each of
+    ``lookaheads``, by beam search with one prefill per prompt, or (``decoder="exact"``) by exact search per ``w``."""
+    from constrained_rec.decoding.recommend import recommend, recommend_at_weights
+    from constrained_rec.evaluation.recommenders import EXACT_NODE_BUDGET
+
+    weights = [float(w) for w in grid for _ in lookaheads]
+    arm_lookaheads = [a for _ in grid for a in lookaheads]
+    if decoder != "exact":
+        return weights, arm_lookaheads, recommend_at_weights(
+            model, tokenizer, prompts, trie, k, weights, num_beams=num_beams, exclude=exclude, item_log_prior=log_prior,
+            batch_size=SWEEP_BATCH, prior_lookahead=arm_lookaheads)
+    if len(lookaheads) != 1:
+        raise ValueError(f"exact search returns the same top-K under each lookahead: give one (its bound), not "
+                         f"{list(lookaheads)}")
+    return weights, arm_lookaheads, [
+        recommend(model, tokenizer, prompts, trie, k, num_beams=num_beams, mode="exact", exclude=exclude,
+                  item_log_prior=log_prior, prior_weight=w, prior_lookahead=a, batch_size=SWEEP_BATCH,
+                  node_budget=EXACT_NODE_BUDGET) for w, a in zip(weights, arm_lookaheads)]
 
 
 def sweep_samples(trie, loaded, exclude_history: bool, seed: int, users: int, tokens=None, tokenizer=None):

@@ -47,7 +47,8 @@ def search_error_control(run) -> dict | None:
     else:
         result = search_error(run.model, run.tokenizer, run.trie, run.inputs.samples, assisted.prior(run.trie),
                               assisted.prior_weight, evaluation.max_k, evaluation.num_beams,
-                              config.exclude_history, config.search_error_count, config.seed)
+                              config.exclude_history, config.search_error_count, config.seed,
+                              prior_lookahead=assisted.prior_lookahead)
     run.timings["search_error_s"] = time.perf_counter() - tick
     return result
 

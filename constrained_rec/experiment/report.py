@@ -71,6 +71,8 @@ def markdown_report(results: Mapping) -> str:
              f"evaluation users: {max((m['users'] for m in methods.values()), default=0)}",
              f"beams: {config.get('num_beams')}", f"length penalty: {config.get('length_penalty')}",
              f"history excluded: {config.get('exclude_history')}", f"seed: {results.get('seed')}"]
+    if config.get("decoder", "beam") != "beam":
+        facts.insert(2, f"decoder: {config['decoder']}")
     if results.get("train"):
         facts.append(f"training samples: {results['train'].get('train_samples')}")
     elif "train" in results:
@@ -112,6 +114,9 @@ def markdown_report(results: Mapping) -> str:
         lines.append(f"| mean popularity percentile of the top-{top} | "
                      f"{_number(figures[f'popularity_percentile@{top}'], 1)} | |")
         lines.append(f"| {speed} | {_number(figures['users_per_s'], 3)} | |")
+        if "budget_exhausted" in figures:  # exact search (--decoder exact)
+            lines.append(f"| users whose top-K exact search's node budget left unproven | "
+                         f"{figures['budget_exhausted']} of {figures['users']} | |")
     if results.get("assistant"):
         lines += ["", *assistant_markdown(results["assistant"])]
     if results.get("user_signal"):
@@ -142,7 +147,9 @@ def assistant_markdown(assistant: Mapping) -> list[str]:
         choice = (f"LM + prior falls back to the assistant: on the validation users no weight beat {name} alone, so "
                   f"{fused}'s recommendations are {name}'s.")
     else:
-        choice = f"w = {_number(assistant['prior_weight'], 3)}."
+        choice = (f"w = {_number(assistant['prior_weight'], 3)}, prior lookahead "
+                  f"{assistant.get('prior_lookahead', 'sum')} (a partial title's prior: the mass of "
+                  f"{'its best title' if assistant.get('prior_lookahead') == 'max' else 'every title under it'}).")
     lines = ["## Collaborative prior", "",
              f"Assistant: {name} (fit on the training split only). {fused} ranks titles by "
              f"log p_LM(title) + w log M(title), M the assistant's mass of the title's allowed items; {choice}"]
@@ -161,28 +168,37 @@ def assistant_markdown(assistant: Mapping) -> list[str]:
 
 
 def _sweep_markdown(sweep: Mapping, name: str) -> list[str]:
-    """The weight sweep: validation NDCG@10 per arm with its interval, and each weight against the assistant alone."""
+    """The weight sweep: validation NDCG@10 per arm (a weight, and its lookahead where the sweep chose one too)
+    with its interval, and each arm against the assistant alone."""
+    lookaheads = sweep.get("lookahead") or ["sum"] * len(sweep["grid"])  # a sweep written before the option: "sum"
+    exhausted = sweep.get("budget_exhausted")
+    search = "exact search" if sweep.get("decoder") == "exact" else f"beam search ({sweep['num_beams']} beams)"
     lines = [f"w chosen on {sweep['users']} validation users (second-to-last items; test targets unseen), decoded as "
-             f"the test users are: LM + prior beam search ({sweep['num_beams']} beams) at each w"
+             f"the test users are: LM + prior {search} at each w"
              f"{' (w = 0: the LM alone)' if 0.0 in sweep['grid'] else ''}"
+             f"{', under each prior lookahead' if len(set(lookaheads)) > 1 else ''}"
              f"{', each prompt prefilled once for all weights' if sweep.get('prefill') else ''}; "
-             f"chosen: {sweep['chosen'] if sweep.get('fallback') else 'w = ' + _number(float(sweep['chosen']), 2)}.", ""]
+             f"chosen: {sweep['chosen'] if sweep.get('fallback') else 'w = ' + _number(float(sweep['chosen']), 2)}"
+             f"{', ' + sweep['chosen_lookahead'] if len(set(lookaheads)) > 1 and not sweep.get('fallback') else ''}.", ""]
     cis = sweep.get("validation_ndcg@10_ci")
     if not cis:  # a sweep written before the intervals and the assistant arm (issue 20)
         return lines + ["| w | " + " | ".join(_number(w, 2) for w in sweep["grid"]) + " |",
                         "|---|" + "---|" * len(sweep["grid"]),
                         "| validation NDCG@10 | " + " | ".join(_number(v) for v in sweep["validation_ndcg@10"]) + " |"]
     confidence = int(round(sweep.get("confidence", 0.95) * 100))
+    extra = " | top-K unproven |" if exhausted else " |"
     lines += [f"| arm | validation NDCG@10 | {confidence}% CI | minus {name} alone | {confidence}% CI | "
-              "better / worse / tied |", "|---|---|---|---|---|---|"]
-    for w, value, ci, versus in zip(sweep["grid"], sweep["validation_ndcg@10"], cis, sweep["versus_assistant"]):
+              f"better / worse / tied{extra}", "|---|---|---|---|---|---|" + ("---|" if exhausted else "")]
+    for arm, (w, value, ci, versus) in enumerate(zip(sweep["grid"], sweep["validation_ndcg@10"], cis,
+                                                     sweep["versus_assistant"])):
         low, high = versus["ci"]
-        lines.append(f"| w = {_number(w, 2)} | {_number(value)} | [{_number(ci[0])}, {_number(ci[1])}] | "
+        label = f"w = {_number(w, 2)}" + (f", {lookaheads[arm]}" if len(set(lookaheads)) > 1 else "")
+        lines.append(f"| {label} | {_number(value)} | [{_number(ci[0])}, {_number(ci[1])}] | "
                      f"{versus['value']:+.4f} | [{low:+.4f}, {high:+.4f}] | {versus['wins']} / {versus['losses']} / "
-                     f"{versus['ties']} |")
+                     f"{versus['ties']} |" + (f" {exhausted[arm]} of {sweep['users']} |" if exhausted else ""))
     alone = sweep["assistant_ndcg@10"]
     lines.append(f"| {name} alone | {_number(alone['value'])} | [{_number(alone['ci'][0])}, {_number(alone['ci'][1])}] "
-                 "| | | |")
+                 "| | | |" + (" |" if exhausted else ""))
     return lines
 
 

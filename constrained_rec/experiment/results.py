@@ -89,7 +89,8 @@ def build_results(run) -> RunResults:
         notes=run.inputs.notes, methods={m: methods[m] for m in order},
         assistant=None if assisted is None else {
             "name": assisted.name, "method": assisted.fused_name, "prior_weight": assisted.prior_weight,
-            "falls_back": assisted.fallback, "prior_weight_option": config.prior_weight,
+            "prior_lookahead": None if assisted.fallback else assisted.prior_lookahead, "falls_back": assisted.fallback,
+            "prior_weight_option": config.prior_weight, "prior_lookahead_option": config.prior_lookahead,
             "prior_weight_sweep": assisted.sweep, "fit_seconds": assisted.fit_seconds,
             "fit_info": getattr(assisted.assistant, "fit_info", None),
             "search_error": run.controls.get("search_error")},

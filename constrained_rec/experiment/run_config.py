@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from constrained_rec.collaborative.registry import ASSISTANTS
 from constrained_rec.evaluation.evaluate import DECODERS
+from constrained_rec.experiment.search_options import PRIOR_LOOKAHEAD_CHOICES, check_search_options, lookahead
 from constrained_rec.options import check_least, flag_of, option, option_fields, option_of
 from constrained_rec.prompts import ITEM_NOUNS
 from constrained_rec.training.config import TrainConfig
@@ -181,8 +182,9 @@ class RunConfig:
     baselines: bool = option(False, "also most-popular, the other decoding mode on the same adapter, and zero-shot "
                                     "constrained")
     eval_batch_size: int | None = option(None, "prompts decoded together [default 8 on a GPU, 4 on a CPU]", least=1)
-    decoder: str = option("beam", "constrained decoding: beam (constrained_rec.decoding.recommend, fast) or generate "
-                                  "(transformers generate() with TitleTrieProcessor)", choices=DECODERS)
+    decoder: str = option("beam", "constrained decoding: beam (constrained_rec.decoding.recommend, fast), generate "
+                                  "(transformers generate() with TitleTrieProcessor) or exact (exact top-K under the "
+                                  "fused score, at most 2,000 prefixes per user)", choices=DECODERS)
     threads: int | None = option(None, "torch CPU threads [default half the cores: on a shared 2-core machine two "
                                        "threads run up to 4x slower than one while another process computes]", least=1)
     quick: bool = option(False, "a smoke run: few samples and users (<= 3 min here)")
@@ -196,9 +198,9 @@ class RunConfig:
     assistant: str | None = option(None, f"the assistant; none: no prior (no assistant methods) [default "
                                          f"{DEFAULT_ASSISTANT}, --quick {QUICK_ASSISTANT}; with an assistant the "
                                          f"default K is {','.join(map(str, ASSISTANT_KS))}]", choices=ASSISTANT_CHOICES)
-    prior_weight: float | str = option("auto", "the prior's weight w >= 0, or auto: chosen on 30 validation users by "
-                                               "the NDCG@10 of LM + prior beam search at each w of the grid 0, 1, 4, "
-                                               "16, 64", parse=parse_prior_weight)
+    prior_weight: float | str = option("auto", "the prior's weight w >= 0, or auto: chosen on up to 100 validation "
+                                               "users by the NDCG@10 of LM + prior at w = 1, 4, 16 against the "
+                                               "assistant alone (when that wins, LM + prior falls back to it)", parse=parse_prior_weight)
     lm_alone: bool = option(True, "also decode with the LM alone; --no-lm-alone lists only most-popular, the "
                                   "assistant and LM + prior (a long all-users run)")
     search_error_users: int | None = option(None, f"test users on which LM + prior's beam top-K is compared with "
@@ -212,6 +214,11 @@ class RunConfig:
     collab_tokens: str = option("none", "items: after each history title, a soft token projector(assistant item "
                                         "embedding), trained with the adapter; the assistant (sasrec, the default "
                                         "then) is fit first", choices=COLLAB_TOKEN_CHOICES)
+    prior_lookahead: str | None = option(None, "what a partial title's prior increments look ahead to in LM + "
+                                               "prior decoding: sum (the mass of every title under it), max (its "
+                                               "best title), auto (both decoded on the sweep's validation "
+                                               "users, the better (w, lookahead) kept) [default: sum; max with "
+                                               "--decoder exact]", choices=PRIOR_LOOKAHEAD_CHOICES)
 
     def __post_init__(self):
         for name in ("constrained", "all_users", "exclude_history", "baselines", "quick"):
@@ -236,6 +243,7 @@ class RunConfig:
         self._check_training()
         self._check_assistant_options()
         self._check_collab_tokens()
+        check_search_options(self)
         if self.num_beams is not None and self.num_beams < max(self.ks):
             raise ValueError(f"--num-beams {self.num_beams} is smaller than the largest K = {max(self.ks)}: beam "
                              "search returns at most num_beams titles")
@@ -411,6 +419,7 @@ def run_identity(config: RunConfig, name: str | None = None, extra: dict | None 
         **({"history_loss_weight": config.history_loss_weight} if config.history_loss_weight else {}),
         **({"collab_tokens": config.collab_tokens} if config.collab_tokens != "none" else {}),
         **_training_identity(config),
+        **({"prior_lookahead": lookahead(config)} if lookahead(config) != "sum" else {}),
         "eval_users": None if config.all_users else size.eval_users, "ks": list(config.ks),
         "num_beams": config.num_beams or max(config.ks), "length_penalty": config.length_penalty,
         "exclude_history": config.exclude_history, "decoder": config.decoder, "seed": config.seed,

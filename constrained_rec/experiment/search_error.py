@@ -7,16 +7,17 @@ import time
 
 import numpy as np
 
+from constrained_rec.evaluation import recommenders
 from constrained_rec.experiment.assistant_prior import AssistantPrior
-
-EXACT_NODE_BUDGET = 2000
 
 
 def search_error(model, tokenizer, trie, samples, prior: AssistantPrior, prior_weight: float, k: int,
                  num_beams: int, exclude_history: bool, users: int, seed: int,
-                 node_budget: int = EXACT_NODE_BUDGET) -> dict:
-    """Beam top-``k`` of LM + prior against the exact top-``k`` (same prior, exclusions and weight) on a
-    seeded sample of ``users`` test samples: overlap@k of their titles and the fused-score gap.
+                 node_budget: int | None = None, prior_lookahead: str = "sum") -> dict:
+    """Beam top-``k`` of LM + prior (partial titles looking ahead by ``prior_lookahead``) against the exact top-``k``
+    (same prior, exclusions and weight; the ``"max"`` bound) on a seeded sample of ``users`` test samples:
+    overlap@k of their titles and the fused-score gap. ``node_budget`` defaults to the exact decoder's
+    (:data:`constrained_rec.evaluation.recommenders.EXACT_NODE_BUDGET`).
 
     ``score_gap`` is the mean fused log-probability (``log p_LM + w log M``) of the exact top-``k`` minus
     that of the beam top-``k`` (>= 0 where exact search proved its list; 0 means beam search lost nothing).
@@ -24,12 +25,13 @@ def search_error(model, tokenizer, trie, samples, prior: AssistantPrior, prior_w
     from constrained_rec.decoding.recommend import recommend
 
     started = time.perf_counter()
+    node_budget = recommenders.EXACT_NODE_BUDGET if node_budget is None else node_budget
     rng = np.random.default_rng([int(seed), 4])
     picked = [samples[i] for i in sorted(rng.choice(len(samples), size=min(users, len(samples)), replace=False))]
     options = dict(exclude=[s.exclude for s in picked] if exclude_history else None,
                    item_log_prior=prior(picked), prior_weight=prior_weight, batch_size=len(picked))
     prompts = [s.prompt for s in picked]
-    beam = recommend(model, tokenizer, prompts, trie, k, num_beams=num_beams, **options)
+    beam = recommend(model, tokenizer, prompts, trie, k, num_beams=num_beams, prior_lookahead=prior_lookahead, **options)
     exact = recommend(model, tokenizer, prompts, trie, k, num_beams=num_beams, mode="exact",
                       node_budget=node_budget, **options)
     per_user = []
@@ -43,7 +45,7 @@ def search_error(model, tokenizer, trie, samples, prior: AssistantPrior, prior_w
                          "exact_proven": int(proven)})
     gaps = [u["score_gap"] for u in per_user if u["score_gap"] is not None]
     return {"users": len(picked), "k": k, "num_beams": num_beams, "node_budget": node_budget,
-            "prior_weight": prior_weight,
+            "prior_weight": prior_weight, "prior_lookahead": prior_lookahead,
             f"overlap@{k}": float(np.mean([u[f"overlap@{k}"] for u in per_user])),
             "score_gap": float(np.mean(gaps)) if gaps else None,
             "exact_proven_all": all(u["exact_proven"] >= k for u in per_user),

@@ -212,6 +212,7 @@ def _methods(run: Run) -> None:
     the recommenders."""
     from constrained_rec.experiment.assistant_step import prior_weight_step
     from constrained_rec.experiment.collab_run import soft_samples
+    from constrained_rec.experiment.search_options import lookahead
     from constrained_rec.experiment.steps import build_recommenders, evaluation_samples
 
     config = run.config
@@ -221,7 +222,8 @@ def _methods(run: Run) -> None:
         if run.assisted is not None:
             with timed(run, "prior_weight_s"):
                 prior_weight_step(run.assisted, config.prior_weight, run.model, run.tokenizer, run.trie, run.loaded,
-                                  run.output_dir, config.exclude_history, config.seed, run.state)
+                                  run.output_dir, config.exclude_history, config.seed, run.state,
+                                  lookahead=lookahead(config), decoder=config.decoder)
         run.recommenders = build_recommenders(config, run.model, run.tokenizer, run.trie, run.loaded.data,
                                               run.inputs, run.evaluation, run.assisted)
 

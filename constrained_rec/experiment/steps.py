@@ -213,7 +213,8 @@ def build_recommenders(config: RunConfig, model, tokenizer, trie, data, inputs: 
                                          name=assisted.fused_name)
         else:
             fused = ConstrainedRecommender(model, tokenizer, trie, evaluation, name=assisted.fused_name,
-                                           prior=assisted.prior(trie), prior_weight=assisted.prior_weight)
+                                           prior=assisted.prior(trie), prior_weight=assisted.prior_weight,
+                                           prior_lookahead=assisted.prior_lookahead)
         if not config.lm_alone:
             return recommenders + [fused]
     if config.constrained or config.baselines:
@@ -232,14 +233,15 @@ def build_recommenders(config: RunConfig, model, tokenizer, trie, data, inputs: 
 
 def prediction_identity(evaluation, model, adapter: Adapter, trie, data, assisted) -> dict:
     """What makes two evaluations the same (stored beside the predictions, ``evaluation.json``): the decoding
-    settings (the decoding batch size left out: it changes speed only), the assistant and its weight, the model's
-    weights with the adapter, the adapter folder, the catalog and the data set."""
+    settings (the decoding batch size left out: it changes speed only), the assistant, its weight and lookahead
+    (where not ``"sum"``), the model's weights with the adapter, the adapter folder, the catalog and the data set."""
     from constrained_rec.evaluation.evaluate import config_dict
     from constrained_rec.evaluation.grounding import model_fingerprint
 
     return {"eval": {k: v for k, v in config_dict(evaluation).items() if k != "batch_size"},
             "assistant": assisted.name if assisted else None,
             "prior_weight": assisted.prior_weight if assisted else None,
+            **({"prior_lookahead": assisted.prior_lookahead} if assisted and assisted.prior_lookahead != "sum" else {}),
             "model": model_fingerprint(model, include_adapter=True),
             "adapter": str(adapter.folder) if adapter.folder else None,
             "catalog": trie.fingerprint(), "dataset": data.name}

@@ -21,8 +21,10 @@ def _summary(result):
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10**6), num_prompts=st.integers(1, 5), batch_size=st.integers(1, 3),
-       weights=st.lists(st.sampled_from([0.0, 0.5, 1.0, 4.0, 64.0]), min_size=1, max_size=4))
-def test_every_weight_gives_what_recommend_gives(seed, num_prompts, batch_size, weights):
+       weights=st.lists(st.sampled_from([0.0, 0.5, 1.0, 4.0, 64.0]), min_size=1, max_size=4),
+       lookahead=st.sampled_from(["sum", "max", "per weight"]))
+def test_every_weight_gives_what_recommend_gives(seed, num_prompts, batch_size, weights, lookahead):
+    """Each weight (and its lookahead: one for all, or one per weight) gives what recommend() gives alone."""
     rng = np.random.default_rng(seed)
     sequences = [[int(t) for t in rng.integers(5, 40, size=rng.integers(1, 4))] for _ in range(12)]
     trie = TitleTrie.from_token_sequences(sequences, eos_token_id=2, item_ids=range(12))
@@ -30,11 +32,13 @@ def test_every_weight_gives_what_recommend_gives(seed, num_prompts, batch_size, 
     prior = np.log(rng.dirichlet(np.ones(12), size=num_prompts))
     exclude = [{int(rng.integers(12))} for _ in range(num_prompts)]
     k = min(3, min(len({tuple(s) for i, s in enumerate(sequences) if i not in e}) for e in exclude))
+    lookaheads = [("sum", "max")[w % 2] for w in range(len(weights))] if lookahead == "per weight" else [lookahead] * len(weights)
     shared = recommend_at_weights(MODEL, None, prompts, trie, k, weights, item_log_prior=prior, num_beams=4,
-                                  exclude=exclude, batch_size=batch_size)
-    for weight, result in zip(weights, shared):
+                                  exclude=exclude, batch_size=batch_size,
+                                  prior_lookahead=lookaheads if lookahead == "per weight" else lookahead)
+    for weight, result, lookahead in zip(weights, shared, lookaheads):
         alone = recommend(MODEL, None, prompts, trie, k, num_beams=4, exclude=exclude, item_log_prior=prior,
-                          prior_weight=weight, batch_size=batch_size)
+                          prior_weight=weight, batch_size=batch_size, prior_lookahead=lookahead)
         assert _summary(result) == _summary(alone)
     # the prompts are prefilled once, not once per weight
     prefills = -(-num_prompts // batch_size)
@@ -47,3 +51,13 @@ def test_no_weights_is_an_error():
     trie = TitleTrie.from_token_sequences([[5], [6]], eos_token_id=2, item_ids=[0, 1])
     with pytest.raises(ValueError, match="prior_weights` is empty"):
         recommend_at_weights(MODEL, None, [[1, 3]], trie, 1, [], item_log_prior=np.zeros((1, 2)))
+
+
+def test_lookaheads_are_one_or_one_per_weight_and_named_when_unknown():
+    trie = TitleTrie.from_token_sequences([[5], [6]], eos_token_id=2, item_ids=[0, 1])
+    with pytest.raises(ValueError, match="gives 1 lookaheads for 2 weights"):
+        recommend_at_weights(MODEL, None, [[1, 3]], trie, 1, [1.0, 4.0], item_log_prior=np.zeros((1, 2)),
+                             prior_lookahead=["max"])
+    with pytest.raises(ValueError, match=r"one of \('sum', 'max'\), but is 'best'"):
+        recommend_at_weights(MODEL, None, [[1, 3]], trie, 1, [1.0], item_log_prior=np.zeros((1, 2)),
+                             prior_lookahead="best")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from conftest import make_tiny_llama
 from constrained_rec import TitleTrie
 from constrained_rec.evaluation import evaluate as ev
+from constrained_rec.evaluation import recommenders
 from constrained_rec.evaluation.evaluate import (
     DECODERS,
     EvalConfig,
@@ -98,6 +100,67 @@ def test_constrained_recommender_returns_scored_catalog_items(model, tokenizer, 
         assert record["scores"] == sorted(record["scores"], reverse=True)
         for title, score in zip(record["titles"], record["scores"]):  # length_penalty 0: total log-probability
             assert score == pytest.approx(total_log_prob(model, tokenizer, sample.prompt, title), abs=1e-3)
+
+
+def _fused_records(model, tokenizer, trie, decoder, weight, lookahead):
+    """Records of LM + prior (a random prior, ``w = weight``) on 3 samples, and each sample's brute-force fused
+    score of every allowed title: log p_LM(title) + w log M(title), M the prior mass of the title's allowed items
+    over the user's allowed items."""
+    rng = np.random.default_rng(5)
+    samples = make_samples(3)
+    build_order = trie.item_ids_in_build_order().tolist()
+    log_prior = np.log(rng.dirichlet(np.full(len(build_order), 0.3), size=len(samples)))
+    prior = (lambda batch: log_prior[[s.index for s in batch]]) if weight else None
+    config = EvalConfig(ks=(1, 3), num_beams=4, decoder=decoder)
+    records = ConstrainedRecommender(model, tokenizer, trie, config, prior=prior, prior_weight=weight,
+                                     prior_lookahead=lookahead)(samples)["constrained"]
+    fused = []
+    for sample in samples:
+        allowed = {i: math.exp(log_prior[sample.index, build_order.index(i)]) for i in CATALOG if i not in sample.exclude}
+        fused.append({title: total_log_prob(model, tokenizer, sample.prompt, title) + weight * math.log(
+                          sum(m for i, m in allowed.items() if CATALOG[i] == title) / sum(allowed.values()))
+                      for title in {CATALOG[i] for i in allowed}})
+    return records, fused
+
+
+@pytest.mark.parametrize("weight, lookahead", [(0.0, None), (4.0, None), (4.0, "sum")])
+def test_the_exact_decoder_is_the_brute_force_top_k_under_the_fused_score(model, tokenizer, trie, weight, lookahead):
+    """Issue 21 item 4: --decoder exact returns the top-K of every catalog title by fused score, proven, under either
+    bound (None: its default, max)."""
+    records, fused = _fused_records(model, tokenizer, trie, "exact", weight, lookahead)
+    for record, scores_of in zip(records, fused):
+        best = sorted(scores_of, key=scores_of.get, reverse=True)[:3]
+        got = list(dict.fromkeys(record["titles"]))  # a title of two items fills two of the K = 3 items
+        assert got == best[: len(got)] and len(record["item_ids"]) == 3
+        assert record["budget_exhausted"] is False and record["proven"] == 3
+        scores = {title: score for title, score in zip(record["titles"], record["scores"])}
+        assert [scores[t] for t in got] == pytest.approx([scores_of[t] for t in got], abs=1e-3)
+
+
+@pytest.mark.parametrize("decoder", ["beam", "generate"])
+def test_every_decoder_scores_titles_by_the_fused_score_under_the_max_lookahead(model, tokenizer, trie, decoder):
+    """Issue 21 item 4: under prior_lookahead="max" a decoder's scores are still the titles' full fused scores (the
+    per-prompt constant the lookahead leaves out of the search is added back, generate() included)."""
+    records, fused = _fused_records(model, tokenizer, trie, decoder, 4.0, "max")
+    for record, scores_of in zip(records, fused):
+        assert len(record["titles"]) == 3
+        assert record["scores"] == pytest.approx([scores_of[t] for t in record["titles"]], abs=1e-3)
+
+
+def test_an_exhausted_exact_search_is_recorded_and_counted(model, tokenizer, trie, monkeypatch):
+    """Issue 21 item 4: a user whose top-K exact search cannot prove within its node budget says so in its record
+    (budget_exhausted, proven), a warning names the user, and metrics.json counts such users."""
+    monkeypatch.setattr(recommenders, "EXACT_NODE_BUDGET", 1)
+    config = EvalConfig(ks=(1, 3), num_beams=4, decoder="exact")
+    with pytest.warns(UserWarning, match=r"constrained: exact search's node budget \(1 prefixes\) left the top-3 of "
+                                         r"2 user\(s\) unproven: user 100 \(0 proven, \d items\), user 101"):
+        records = ConstrainedRecommender(model, tokenizer, trie, config)(make_samples(2))["constrained"]
+    assert all(r["budget_exhausted"] is True and r["proven"] < 3 for r in records)
+    rows = [{"method": "m", "seconds": 1.0, **r} for r in records]
+    assert method_metrics(rows, config, catalog_size=8, popularity={i: 50.0 for i in CATALOG})["m"]["budget_exhausted"] == 2
+    beam = ConstrainedRecommender(model, tokenizer, trie, EvalConfig(ks=(1, 3), num_beams=4))(make_samples(2))
+    rows = [{"method": "m", "seconds": 1.0, **r} for r in beam["constrained"]]
+    assert "budget_exhausted" not in method_metrics(rows, config, catalog_size=8, popularity={i: 50.0 for i in CATALOG})["m"]
 
 
 def test_duplicate_titles_expand_to_all_their_items(model, tokenizer):

@@ -106,7 +106,7 @@ def test_the_report_says_when_lm_plus_prior_falls_back_and_shows_the_sweep_with_
     chosen = {**assistant, "prior_weight": 4.0, "falls_back": False,
               "prior_weight_sweep": {**sweep, "chosen": 4.0, "fallback": False}}
     text = "\n".join(assistant_markdown(chosen))
-    assert "w = 4.000." in text and "falls back" not in text and "chosen: w = 4.00" in text
+    assert "w = 4.000, prior lookahead sum (" in text and "falls back" not in text and "chosen: w = 4.00" in text
 
 
 def test_the_docstring_examples_run():

@@ -27,7 +27,7 @@ RUN_BEFORE = {
     '--constrained': (False, None, 'store_true', 0),
     '--data-dir': (None, None, 'store', None),
     '--dataset': ('ml-100k', None, 'store', None),
-    '--decoder': ('beam', ['beam', 'generate'], 'store', None),
+    '--decoder': ('beam', ['beam', 'generate', 'exact'], 'store', None),  # exact: added with --prior-lookahead
     '--device': ('auto', None, 'store', None),
     '--epochs': (None, None, 'store', None),
     '--eval-batch-size': (None, None, 'store', None),
@@ -107,7 +107,7 @@ def flags(parser: argparse.ArgumentParser) -> dict:
 def test_run_py_keeps_every_flag_default_and_choice_and_adds_the_training_options():
     now = flags(run_script.build_parser())
     assert {flag: now[flag] for flag in RUN_BEFORE} == RUN_BEFORE
-    added = {"--" + name.replace("_", "-") for name in TRAINING_OPTIONS} | {"--config"}
+    added = {"--" + name.replace("_", "-") for name in TRAINING_OPTIONS} | {"--config", "--prior-lookahead"}
     assert set(now) - set(RUN_BEFORE) == added
 
 
@@ -224,7 +224,7 @@ def test_a_config_file_round_trips(tmp_path):
     ("epochs: two\n", "epochs: expected an integer >= 1, got 'two'"),
     ("lora_r: 1.5\n", "lora_r must be int, got 1.5 (float)"),
     ("quick: yes please\n", "quick must be bool"),
-    ("decoder: greedy\n", "decoder must be one of ['beam', 'generate'], got 'greedy'"),
+    ("decoder: greedy\n", "decoder must be one of ['beam', 'generate', 'exact'], got 'greedy'"),
     ("lora_target_modules: q_proj\n", "lora_target_modules must be a non-empty list of names, got 'q_proj'"),
     ("- a\n- b\n", "expected a mapping of keys to values, got a list"),
 ])

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from conftest import REPO_ROOT, make_tiny_llama
 from constrained_rec.experiment.pipeline import run
 from constrained_rec.experiment.run_checks import resolve_device
-from constrained_rec.experiment.run_config import RUN_IDENTITY, RunConfig, check_run_identity, parse_ks
+from constrained_rec.experiment.run_config import RUN_IDENTITY, RunConfig, check_run_identity, parse_ks, run_identity
 
 SINGLE = SimpleNamespace(is_main_process=True, num_processes=1, process_index=0, wait_for_everyone=lambda: None)
 
@@ -32,7 +32,18 @@ SINGLE = SimpleNamespace(is_main_process=True, num_processes=1, process_index=0,
     (dict(k=(1, 20), num_beams=10), r"--num-beams 10 is smaller than the largest K = 20"),
     (dict(learning_rate=0.0), r"learning_rate \(--learning-rate\) must be a finite number > 0, got 0.0"),
     (dict(length_penalty=float("nan")), r"length_penalty \(--length-penalty\) must be a finite number, got nan"),
-    (dict(decoder="sample"), r"decoder \(--decoder\) must be one of \['beam', 'generate'\], got 'sample'"),
+    (dict(decoder="sample"), r"decoder \(--decoder\) must be one of \['beam', 'generate', 'exact'\], got 'sample'"),
+    # --prior-lookahead and --decoder exact
+    (dict(prior_lookahead="best"), r"prior_lookahead \(--prior-lookahead\) must be one of \['sum', 'max', 'auto'\], "
+                                   r"got 'best'"),
+    (dict(prior_lookahead="max", assistant="none"), r"--prior-lookahead max applies to the collaborative prior, but "
+                                                    r"--assistant none"),
+    (dict(prior_lookahead="auto", prior_weight=4), r"--prior-lookahead auto is chosen by the validation sweep, which "
+                                                   r"--prior-weight 4 skips"),
+    (dict(prior_lookahead="auto", decoder="exact"), r"--prior-lookahead auto has nothing to choose with --decoder exact"),
+    (dict(prior_lookahead="max", length_penalty=1.0), r"--prior-lookahead max .* --length-penalty 1.0 would turn"),
+    (dict(decoder="exact", length_penalty=0.5), r"--decoder exact ranks titles by total log-probability, but "
+                                                r"--length-penalty 0.5"),
     (dict(device="gpu0"), r"--device 'gpu0' is not a device; accepted: auto, cpu, cuda, cuda:N"),
     (dict(quick="yes"), r"quick must be True or False, got 'yes'"),
     (dict(model=""), r"model must be a non-empty string or None, got ''"),
@@ -281,6 +292,21 @@ def test_resuming_with_another_assistant_or_weight_is_refused(tmp_path):
         check_run_identity(tmp_path, RunConfig(model="m", assistant="sasrec", prior_weight=0.5), SINGLE)
 
 
+def test_resuming_with_another_prior_lookahead_or_decoder_is_refused(tmp_path):
+    """Issue 21 item 4: the lookahead (where not the default "sum") is part of run.json."""
+    check_run_identity(tmp_path, RunConfig(model="m", prior_lookahead="auto"), SINGLE)
+    (tmp_path / "adapter").mkdir()
+    check_run_identity(tmp_path, RunConfig(model="m", prior_lookahead="auto"), SINGLE)  # the same run
+    with pytest.raises(ValueError, match=r"prior_lookahead: 'auto' -> 'max'"):
+        check_run_identity(tmp_path, RunConfig(model="m", prior_lookahead="max"), SINGLE)
+    with pytest.raises(ValueError, match=r"prior_lookahead: 'auto' -> None"):  # the default, sum: not recorded
+        check_run_identity(tmp_path, RunConfig(model="m"), SINGLE)
+    assert "prior_lookahead" not in run_identity(RunConfig(model="m", prior_lookahead="sum"))  # old folders resume
+    exact = run_identity(RunConfig(model="m", decoder="exact"))  # exact search's default bound
+    assert exact["prior_lookahead"] == "max" and exact["decoder"] == "exact"
+    assert RunConfig(prior_lookahead="max").command_line() == "python experiments/run.py --prior-lookahead max"
+
+
 class FixedAssistant:
     """An assistant whose log-probabilities are a fixed table per history length (columns: sorted item ids)."""
 
@@ -460,6 +486,58 @@ def test_auto_weight_sweep_uses_validation_users_only(ml100k, tmp_path, monkeypa
     empty.splits["validation"] = empty.splits["validation"].select([])
     with pytest.raises(ValueError, match=r"this split has none .*pass a number instead, e.g. --prior-weight 1"):
         sweep_prior_weight(setup.assistant, None, tokenizer, trie, empty, True, seed=0)
+
+
+def test_auto_lookahead_picks_the_arm_with_the_better_validation_ndcg(ml100k, tmp_path, monkeypatch):
+    """Issue 21 item 4: with --prior-lookahead auto the sweep decodes every weight under both lookaheads in one call
+    (one prefill per prompt), keeps the (weight, lookahead) with the best validation NDCG@10, records both in the
+    sweep, and the step hands the chosen lookahead to LM + prior; the report shows every arm."""
+    from types import SimpleNamespace
+
+    import constrained_rec.decoding.recommend
+    from constrained_rec.experiment.assistant_step import fit_assistant_step, prior_weight_step
+    from constrained_rec.experiment.catalog import catalog_trie
+    from constrained_rec.experiment.report import assistant_markdown
+    from constrained_rec.model import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    trie = catalog_trie(ml100k, tokenizer)
+    loaded = _fake_loaded(ml100k, test_rows=False)
+    setup = fit_assistant_step("popularity", _fake_loaded(ml100k), tmp_path, seed=0, state=SINGLE)
+    targets = dict(zip(loaded.splits["validation"]["prompt"], loaded.splits["validation"]["target_item_id"]))
+    calls = []
+
+    def fake_recommend_at_weights(model, tokenizer, prompts, trie, k, prior_weights, *, prior_lookahead, **options):
+        calls.append((list(prior_weights), list(prior_lookahead)))
+        # w = 16 finds every target under "max" and half of them under "sum"; the others find nothing
+        hits = {(16.0, "max"): prompts, (16.0, "sum"): prompts[::2]}
+        return [SimpleNamespace(recommendations=[
+            [SimpleNamespace(item_ids=[targets[p] if p in hits.get((w, a), []) else -1])] for p in prompts])
+            for w, a in zip(prior_weights, prior_lookahead)]
+
+    monkeypatch.setattr(constrained_rec.decoding.recommend, "recommend_at_weights", fake_recommend_at_weights)
+    chosen = prior_weight_step(setup, "auto", None, tokenizer, trie, loaded, tmp_path, True, 0, SINGLE, users=5,
+                               lookahead="auto")
+    assert calls == [([1.0, 1.0, 4.0, 4.0, 16.0, 16.0], ["sum", "max"] * 3)]  # every arm in one call
+    sweep = chosen.sweep
+    assert (chosen.prior_weight, chosen.prior_lookahead, chosen.fallback) == (16.0, "max", False)
+    assert sweep["chosen"] == 16.0 and sweep["chosen_lookahead"] == "max"
+    assert sweep["grid"] == [1.0, 1.0, 4.0, 4.0, 16.0, 16.0] and sweep["lookahead"] == ["sum", "max"] * 3
+    assert sweep["validation_ndcg@10"][5] == 1.0 and 0.0 < sweep["validation_ndcg@10"][4] < 1.0
+    report = "\n".join(assistant_markdown({"name": "popularity", "method": "constrained+popularity",
+                                            "prior_weight": 16.0, "prior_lookahead": "max", "prior_weight_sweep": sweep}))
+    assert "w = 16.000, prior lookahead max" in report and "chosen: w = 16.00, max." in report
+    assert "| w = 16.00, sum | 0.6" in report and "| w = 16.00, max | 1.0000 | [1.0000, 1.0000] |" in report
+    calls.clear()  # a given lookahead decodes under it alone; the sweep's arms are the weights, as before
+    (tmp_path / "max" / "assistant").mkdir(parents=True)
+    again = prior_weight_step(setup, "auto", None, tokenizer, trie, loaded, tmp_path / "max", True, 0, SINGLE, users=5,
+                              lookahead="max")
+    assert calls == [([1.0, 4.0, 16.0], ["max"] * 3)] and again.prior_lookahead == "max"
+    assert again.sweep["lookahead"] == ["max"] * 3 and again.sweep["chosen"] == 16.0
+    fixed = prior_weight_step(setup, 2.0, None, tokenizer, trie, loaded, tmp_path, True, 0, lookahead="max")
+    assert (fixed.prior_weight, fixed.prior_lookahead) == (2.0, "max")
+    with pytest.raises(ValueError, match=r"prior lookahead 'auto' is chosen by the weight sweep, which prior_weight=2.0"):
+        prior_weight_step(setup, 2.0, None, tokenizer, trie, loaded, tmp_path, True, 0, lookahead="auto")
 
 
 @pytest.mark.parametrize("options, names", [

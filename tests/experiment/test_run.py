@@ -124,6 +124,45 @@ def test_resuming_with_another_assistant_is_refused(run, tiny_model_dir, assiste
                  output_dir=str(folder))
 
 
+@pytest.mark.parametrize("decoder, lookahead", [("beam", "max"), ("exact", "sum")])
+def test_the_prior_lookahead_reaches_every_search_of_lm_plus_prior(run, tiny_model_dir, tmp_path, monkeypatch, decoder,
+                                                                  lookahead):
+    """Issue 21 item 4: --prior-lookahead reaches recommend() wherever the run decodes LM + prior (the method and the
+    search-error check's beam search), the LM alone keeps its decoder's default, and metrics.json, report.md and
+    run.json record it; --decoder exact decodes every constrained method by exact search and counts its unproven
+    users."""
+    import constrained_rec.decoding.recommend as decode
+
+    monkeypatch.setattr(recommenders, "EXACT_NODE_BUDGET", 100)  # a random model's top-K is costly to prove
+    calls, original = [], decode.recommend
+
+    def spy(*args, **options):
+        calls.append((options.get("mode", "beam"), options.get("item_log_prior") is not None,
+                       options.get("prior_lookahead")))
+        return original(*args, **options)
+
+    monkeypatch.setattr(decode, "recommend", spy)
+    monkeypatch.setenv("CONSTRAINED_REC_CACHE", str(tmp_path / "cache"))
+    results = run.main(constrained=True, model=str(tiny_model_dir), **{**SMALL, "assistant": "popularity",
+                       "train_samples": 0, "eval_users": 4}, prior_weight=4.0, prior_lookahead=lookahead,
+                       decoder=decoder, user_signal=False, output_dir=str(tmp_path / "out"))
+    with_prior = {(mode, look) for mode, prior, look in calls if prior}
+    assert with_prior == {(decoder, lookahead), ("exact", None)} if decoder == "beam" else {("exact", lookahead)}
+    assert {(mode, look) for mode, prior, look in calls if not prior} == {(decoder, None)}  # the LM alone
+    assert results["assistant"]["prior_lookahead"] == lookahead == results["assistant"]["prior_lookahead_option"]
+    assert results["assistant"]["search_error"]["prior_lookahead"] == lookahead
+    assert json.loads((tmp_path / "out" / "run.json").read_text()).get("prior_lookahead") == (
+        None if lookahead == "sum" else lookahead)
+    assert f"prior lookahead {lookahead}" in (tmp_path / "out" / "report.md").read_text()
+    for method in ("constrained", "constrained+popularity"):
+        figures = results["methods"][method]
+        assert ("budget_exhausted" in figures) == (decoder == "exact")
+        if decoder == "exact":  # the count is the records' own
+            records = [r for r in read_predictions(tmp_path / "out") if r["method"] == method]
+            assert figures["budget_exhausted"] == sum(r["budget_exhausted"] for r in records)
+            assert all(r["proven"] == 3 for r in records if not r["budget_exhausted"])
+
+
 def test_metrics_recomputed_from_predictions_match_metrics_json(full_run):
     folder, results = full_run
     records = read_predictions(folder)

@@ -139,10 +139,10 @@ def test_generate_with_soft_prompts_reads_inputs_embeds_with_the_same_prompt_len
     texts = [f"{INSTRUCTION} i3 i4 next :", "i5 next :"]
     table = model.get_input_embeddings().weight.detach()
     soft = [SoftPrompt(ids, [2], table[[ids[2]]].clone()) for ids in (prompt_token_ids(tokenizer, t) for t in texts)]
-    for decoder in ("generate", "beam"):
-        by_text, _ = recommend_constrained(model, tokenizer, texts, trie, 3, 3, exclude=[{1}, set()], decoder=decoder)
-        by_soft, invalid = recommend_constrained(model, tokenizer, soft, trie, 3, 3, exclude=[{1}, set()],
-                                                 decoder=decoder)
+    for decoder in ("generate", "beam", "exact"):
+        by_text, _, _ = recommend_constrained(model, tokenizer, texts, trie, 3, 3, exclude=[{1}, set()], decoder=decoder)
+        by_soft, invalid, _ = recommend_constrained(model, tokenizer, soft, trie, 3, 3, exclude=[{1}, set()],
+                                                    decoder=decoder)
         assert invalid == [0, 0]
         assert [[r.item_ids for r in p] for p in by_text] == [[r.item_ids for r in p] for p in by_soft]
         np.testing.assert_allclose([r.score for p in by_text for r in p], [r.score for p in by_soft for r in p],
