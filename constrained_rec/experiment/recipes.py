@@ -8,7 +8,7 @@ validation loss on ``eval_samples`` validation users), then run the user-signal 
 (a seeded derangement) and the generic prompt, and the paired differences with 95% bootstrap intervals. The
 objective is an own - other AUC interval above zero.
 
-``experiments/recipe_search.py`` is the command line (argparse -> :class:`SearchSettings` ->
+``experiments/recipe_search.py`` is the command line (:class:`SearchSettings`' fields are its flags ->
 :func:`run_search`); the results and their reading are in ``experiments/RECIPES.md``.
 
 Two recipe options are data transforms kept here until they become split options (see RECIPES.md):
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from constrained_rec.experiment.run_config import DEFAULT_MODEL
+from constrained_rec.options import option
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
@@ -111,14 +112,14 @@ class SearchSettings:
         output_dir: adapters go to ``output_dir/NAME``.
     """
 
-    users: int = 100
-    candidates: int = 10
-    eval_samples: int = 100
-    train_samples: int | None = None
-    model: str = DEFAULT_MODEL
-    seed: int = 0
-    threads: int = 1
-    output_dir: str = "runs/recipes"
+    users: int = option(100, "test users of the control")
+    candidates: int = option(10, "N, other candidates per user")
+    eval_samples: int = option(100, "validation users for the loss")
+    train_samples: int | None = option(None, "override the recipe's training windows")
+    model: str = option(DEFAULT_MODEL, "embedded name or local model folder")
+    seed: int = option(0, "seeds the split, the training, the dropout and the control")
+    threads: int = option(1, "torch CPU threads")
+    output_dir: str = option("runs/recipes", "adapters go to OUTPUT_DIR/NAME")
 
     def __post_init__(self):
         for name, least in (("users", 2), ("candidates", 1), ("eval_samples", 1), ("threads", 1)):
