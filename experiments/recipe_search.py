@@ -10,7 +10,8 @@ users (own / another user's / generic prompt, AUC differences with 95% bootstrap
 :mod:`constrained_rec.experiment.recipes` for the recipes and the measurement, and experiments/RECIPES.md for the results.
 
 Writes ``RESULTS/NAME.json`` (recipe, command, training summary, control) and ``RESULTS/table.md`` (every
-recipe with a JSON in ``RESULTS``, with its exact command); adapters go to ``--output-dir/NAME``.
+recipe with a JSON in ``RESULTS``, with its exact command); adapters go to ``--output-dir/NAME``, whose ``run.json``
+records the recipe's options: a rerun there with other options (``--users``, ``--seed``, ...) is refused.
 
 Every flag is a field of :class:`SearchCommand` or :class:`~constrained_rec.experiment.recipes.SearchSettings`
 (default and help text live there); the search itself is :func:`constrained_rec.experiment.recipes.run_search`.

@@ -23,6 +23,9 @@ The steps, as RecBole's ``run_recbole`` takes its own, in a straight line:
 
 Each derived value (the split positions, the model name, the assistant's prior) is computed once and kept on the
 :class:`Run`.
+
+The entry points that stop after the adapter (``experiments/train.py``, the recipe search) take steps 1 to 4 through
+:func:`run_training` with a :class:`TrainingPolicy`; every entry point opens its folder through :func:`run_folder`.
 """
 
 from __future__ import annotations
@@ -200,8 +203,8 @@ class TrainingPolicy:
 def run_training(config: RunConfig, policy: TrainingPolicy):
     """The steps of :func:`run_experiment` up to the adapter, for the entry points that do not evaluate: the
     output folder (its lock and ``run.json``, :func:`run_folder`), the base model, the data (its files recorded in
-    ``run.json``), the catalog trie, the assistant's tokens and the adapter; then ``policy.finish(run)``, returned.
-    """
+    ``run.json``; after the model, whose tokenizer a prompt template may need), the catalog trie, the assistant's
+    tokens and the adapter; then ``policy.finish(run)``, returned."""
     from constrained_rec.experiment.catalog import catalog_trie
     from constrained_rec.experiment.run_folder import check_data_files
     from constrained_rec.experiment.steps import load_base_model
