@@ -212,12 +212,12 @@ def recipe_policy(recipe: Recipe, settings: SearchSettings) -> TrainingPolicy:
 
     identity = {"template": recipe.template, "strip_year": recipe.strip_year, "history_dropout": recipe.history_dropout,
                 "validation_samples": settings.eval_samples, "eval_users": settings.users}
-    return TrainingPolicy(data=lambda run: _recipe_data(recipe, run), adapter=adapter,
+    return TrainingPolicy(data=lambda run: _recipe_data(recipe, settings, run), adapter=adapter,
                           assistant=lambda run: _collab_tokens(recipe, run), finish=lambda run: recipe_result(recipe, settings, run),
                           identity=identity)
 
 
-def _recipe_data(recipe: Recipe, run) -> LoadedData:
+def _recipe_data(recipe: Recipe, settings: SearchSettings, run) -> LoadedData:
     """ml-100k as the recipe sees it, with its splits; the training split thinned if it asks."""
     from constrained_rec.data import SplitConfig, load_interactions, make_splits
 
@@ -226,9 +226,8 @@ def _recipe_data(recipe: Recipe, run) -> LoadedData:
         data = strip_years(data)
     # eval_samples draws validation and test users from their own seeded streams: the same test users for
     # every recipe and every train_samples.
-    identity = run.policy.identity
     split_config = SplitConfig(train_samples=run.config.size.train_samples,
-                               eval_samples=max(identity["eval_users"], identity["validation_samples"]),
+                               eval_samples=max(settings.users, settings.eval_samples),
                                max_history=recipe.max_history, template=recipe.template, seed=run.config.seed)
     splits = make_splits(data, split_config, tokenizer=run.tokenizer)
     if recipe.history_dropout:
