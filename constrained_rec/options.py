@@ -101,8 +101,9 @@ def _arguments(spec: dataclasses.Field) -> dict:
         kwargs["default"] = None
     else:
         kwargs["default"] = list(spec.default) if isinstance(spec.default, tuple) else spec.default
-    if meta["action"]:
-        return {**kwargs, "action": meta["action"]}
+    if meta["action"]:  # with its choices and metavar where given (an "append" flag of names)
+        given = {key: meta[key] for key in ("choices", "metavar") if meta[key] is not None}
+        return {**kwargs, **given, "action": meta["action"]}
     if annotation == "bool":
         return {**kwargs, "action": argparse.BooleanOptionalAction if spec.default else "store_true"}
     if meta["parse"] is not None:
@@ -148,14 +149,17 @@ class OptionParser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):
         unset = object()
         options = [action for action in self._actions if action.dest not in ("help", "config")]
-        prefilled = argparse.Namespace(**{action.dest: unset for action in options})
+        # an "append" flag adds to the namespace's value: it starts at its default (a list), not given while it is that
+        appended = {action.dest: action.default for action in options if isinstance(action, argparse._AppendAction)}
+        prefilled = argparse.Namespace(**{action.dest: appended.get(action.dest, unset) for action in options})
         if namespace is not None:
             vars(prefilled).update(vars(namespace))
         parsed, rest = super().parse_known_args(args, prefilled)
         path = vars(parsed).pop("config", None)
         from_file = self._read_config(path, options) if path is not None else {}
         for action in options:
-            if getattr(parsed, action.dest) is unset:
+            value = getattr(parsed, action.dest)
+            if value is unset or (action.dest in appended and value is appended[action.dest]):
                 setattr(parsed, action.dest, from_file.get(action.dest, action.default))
         missing = [action for action in options if action.dest in self.required_options
                    and getattr(parsed, action.dest) is None]

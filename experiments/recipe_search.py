@@ -10,36 +10,39 @@ users (own / another user's / generic prompt, AUC differences with 95% bootstrap
 :mod:`constrained_rec.experiment.recipes` for the recipes and the measurement, and experiments/RECIPES.md for the results.
 
 Writes ``RESULTS/NAME.json`` (recipe, command, training summary, control) and ``RESULTS/table.md`` (every
-recipe with a JSON in ``RESULTS``, with its exact command); adapters go to ``--output-dir/NAME``.
+recipe with a JSON in ``RESULTS``, with its exact command); adapters go to ``--output-dir/NAME``, whose ``run.json``
+records the recipe's options: a rerun there with other options (``--users``, ``--seed``, ...) is refused.
 
-Everything below is argparse; the search itself is :func:`constrained_rec.experiment.recipes.run_search`.
+Every flag is a field of :class:`SearchCommand` or :class:`~constrained_rec.experiment.recipes.SearchSettings`
+(default and help text live there); the search itself is :func:`constrained_rec.experiment.recipes.run_search`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
+from dataclasses import dataclass
 
 from constrained_rec.experiment.recipes import RECIPES, SearchSettings, run_search
+from constrained_rec.options import OptionParser, add_options, option, option_fields
 
 
-def build_parser() -> argparse.ArgumentParser:
-    defaults = SearchSettings()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", action="append", default=[], choices=list(RECIPES), metavar="NAME",
-                        help=f"one of {list(RECIPES)}; repeatable")
-    parser.add_argument("--list", action="store_true", help="print the recipes and exit")
-    parser.add_argument("--table-only", action="store_true", help="rebuild RESULTS/table.md from the JSONs")
-    parser.add_argument("--train-samples", type=int, default=None, help="override the recipe's training windows")
-    parser.add_argument("--users", type=int, default=defaults.users, help="test users of the control")
-    parser.add_argument("--candidates", type=int, default=defaults.candidates, help="N, other candidates per user")
-    parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples, help="validation users for the loss")
-    parser.add_argument("--model", default=defaults.model, help="embedded name or local model folder")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--threads", type=int, default=defaults.threads)
-    parser.add_argument("--output-dir", default=defaults.output_dir, help="adapters go to OUTPUT_DIR/NAME")
-    parser.add_argument("--results", default="/work/notes/recipes", help="NAME.json and table.md go here")
+@dataclass
+class SearchCommand:
+    """The options of this script beside :class:`SearchSettings`' (what to run and where the results go)."""
+
+    recipe: tuple[str, ...] = option((), f"one of {list(RECIPES)}; repeatable", action="append",
+                                     choices=list(RECIPES), metavar="NAME")
+    list: bool = option(False, "print the recipes and exit")
+    table_only: bool = option(False, "rebuild RESULTS/table.md from the JSONs")
+    results: str = option("/work/notes/recipes", "NAME.json and table.md go here")
+
+
+def build_parser() -> OptionParser:
+    """The flags of :class:`SearchCommand` and :class:`SearchSettings` (defaults and help live on their fields)."""
+    parser = OptionParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(parser, SearchCommand)
+    add_options(parser, SearchSettings)
     return parser
 
 
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = SearchSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SearchSettings)})
+        settings = SearchSettings(**{spec.name: getattr(args, spec.name) for spec in option_fields(SearchSettings)})
     except ValueError as error:
         parser.error(str(error))
     if args.list:

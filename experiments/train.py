@@ -6,7 +6,8 @@
 
 ``--train-samples all`` trains on every sliding window (``0``, its old spelling, is refused naming it).
 ``--config FILE.yaml`` sets any option by name (``lora_r: 16``); flags given on the command line win.
-Killed and started again with the same arguments, it continues from the last checkpoint. The output
+Killed and started again with the same arguments, it continues from the last checkpoint; started on the folder
+with other options it is refused, naming them (``run.json``; ``--no-resume`` starts over with the new ones). The output
 folder holds the adapter for :func:`constrained_rec.model.load_adapter`, and the fingerprint of the
 catalog trie it was trained for.
 """

@@ -8,7 +8,7 @@ validation loss on ``eval_samples`` validation users), then run the user-signal 
 (a seeded derangement) and the generic prompt, and the paired differences with 95% bootstrap intervals. The
 objective is an own - other AUC interval above zero.
 
-``experiments/recipe_search.py`` is the command line (argparse -> :class:`SearchSettings` ->
+``experiments/recipe_search.py`` is the command line (:class:`SearchSettings`' fields are its flags ->
 :func:`run_search`); the results and their reading are in ``experiments/RECIPES.md``.
 
 Two recipe options are data transforms kept here until they become split options (see RECIPES.md):
@@ -44,7 +44,10 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from constrained_rec.experiment.run_config import DEFAULT_MODEL
+from constrained_rec.experiment.run_config import DEFAULT_MODEL, RunConfig
+from constrained_rec.experiment.skeleton import TrainingPolicy, run_training
+from constrained_rec.experiment.steps import Adapter, LoadedData
+from constrained_rec.options import option
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
@@ -111,14 +114,14 @@ class SearchSettings:
         output_dir: adapters go to ``output_dir/NAME``.
     """
 
-    users: int = 100
-    candidates: int = 10
-    eval_samples: int = 100
-    train_samples: int | None = None
-    model: str = DEFAULT_MODEL
-    seed: int = 0
-    threads: int = 1
-    output_dir: str = "runs/recipes"
+    users: int = option(100, "test users of the control")
+    candidates: int = option(10, "N, other candidates per user")
+    eval_samples: int = option(100, "validation users for the loss")
+    train_samples: int | None = option(None, "override the recipe's training windows")
+    model: str = option(DEFAULT_MODEL, "embedded name or local model folder")
+    seed: int = option(0, "seeds the split, the training, the dropout and the control")
+    threads: int = option(1, "torch CPU threads")
+    output_dir: str = option("runs/recipes", "adapters go to OUTPUT_DIR/NAME")
 
     def __post_init__(self):
         for name, least in (("users", 2), ("candidates", 1), ("eval_samples", 1), ("threads", 1)):
@@ -179,72 +182,98 @@ def recipe_command(recipe: Recipe, settings: SearchSettings) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _recipe_data(recipe: Recipe, settings: SearchSettings, train_samples: int, tokenizer):
-    """``(data, trie, splits)`` of ml-100k as the recipe sees it; the training split thinned if it asks."""
+def recipe_config(recipe: Recipe, settings: SearchSettings) -> RunConfig:
+    """The recipe as the main job's options (its identity in ``run.json``, and its training options:
+    ``recipe_config(...).train_config(fingerprint)`` is the recipe's :class:`~constrained_rec.training.train.TrainConfig`,
+    a warm-up of a tenth of an epoch, no checkpoint before the end); the adapter goes to ``output_dir/NAME``."""
+    return RunConfig(model=settings.model, max_history=recipe.max_history,
+                     train_samples=settings.train_samples or recipe.train_samples, epochs=recipe.epochs,
+                     learning_rate=recipe.learning_rate, lora_r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
+                     lora_target_modules=recipe.lora_target_modules, history_loss_weight=recipe.history_loss_weight,
+                     collab_tokens=recipe.collab_tokens, assistant="none" if recipe.collab_tokens == "none" else "sasrec",
+                     signal_candidates=settings.candidates, seed=settings.seed, checkpoint_every=10 ** 6,
+                     output_dir=str(Path(settings.output_dir) / recipe.name), command=recipe_command(recipe, settings))
+
+
+def recipe_policy(recipe: Recipe, settings: SearchSettings) -> TrainingPolicy:
+    """The recipe's steps for :func:`~constrained_rec.experiment.skeleton.run_training`: its data (ml-100k, the
+    titles without years and the training histories thinned where it asks), SASRec's collaborative tokens where
+    it asks, the adapter trained (resumed from its checkpoint), then the user-signal control (:func:`recipe_result`).
+    The recipe's own options beside the ``RunConfig``'s are recorded in ``run.json``."""
+    from constrained_rec.training.train import train
+
+    def adapter(run) -> Adapter:
+        validation = run.loaded.splits["validation"].select(range(settings.eval_samples))
+        tick, cpu_tick = time.perf_counter(), time.process_time()
+        result = train(run.model, run.tokenizer, run.loaded.splits["train"], run.config.train_config(run.trie.fingerprint()),
+                       eval_dataset=validation, output_dir=run.output_dir, resume=True, collab=run.assisted)
+        run.timings.update(train_s=time.perf_counter() - tick, train_cpu=time.process_time() - cpu_tick)
+        return Adapter(result.model, run.output_dir, {"validation_samples": len(validation)}, run.assisted, result)
+
+    identity = {"template": recipe.template, "strip_year": recipe.strip_year, "history_dropout": recipe.history_dropout,
+                "validation_samples": settings.eval_samples, "eval_users": settings.users}
+    return TrainingPolicy(data=lambda run: _recipe_data(recipe, settings, run), adapter=adapter,
+                          assistant=lambda run: _collab_tokens(recipe, run), finish=lambda run: recipe_result(recipe, settings, run),
+                          identity=identity)
+
+
+def _recipe_data(recipe: Recipe, settings: SearchSettings, run) -> LoadedData:
+    """ml-100k as the recipe sees it, with its splits; the training split thinned if it asks."""
     from constrained_rec.data import SplitConfig, load_interactions, make_splits
-    from constrained_rec.experiment.catalog import catalog_trie
 
     data = load_interactions("ml-100k")
     if recipe.strip_year:
         data = strip_years(data)
     # eval_samples draws validation and test users from their own seeded streams: the same test users for
     # every recipe and every train_samples.
-    split_config = SplitConfig(train_samples=train_samples, eval_samples=max(settings.users, settings.eval_samples),
-                               max_history=recipe.max_history, template=recipe.template, seed=settings.seed)
-    splits = make_splits(data, split_config, tokenizer=tokenizer)
+    split_config = SplitConfig(train_samples=run.config.size.train_samples,
+                               eval_samples=max(settings.users, settings.eval_samples),
+                               max_history=recipe.max_history, template=recipe.template, seed=run.config.seed)
+    splits = make_splits(data, split_config, tokenizer=run.tokenizer)
     if recipe.history_dropout:
-        splits["train"] = drop_history_items(splits["train"], recipe.history_dropout, settings.seed,
-                                             data.item_noun, recipe.template, tokenizer)
-    return data, catalog_trie(data, tokenizer), splits
+        splits["train"] = drop_history_items(splits["train"], recipe.history_dropout, run.config.seed,
+                                             data.item_noun, recipe.template, run.tokenizer)
+    return LoadedData(data, split_config, splits)
 
 
 def run_recipe(recipe: Recipe, settings: SearchSettings) -> dict:
-    """Train the recipe's adapter and measure the user-signal control; the JSON-ready result."""
+    """Train the recipe's adapter and measure the user-signal control (the run skeleton's steps up to the
+    adapter, :func:`~constrained_rec.experiment.skeleton.run_training`, with :func:`recipe_policy`); the JSON-ready
+    result. A folder is resumed only with the same options (``run.json``)."""
+    return run_training(recipe_config(recipe, settings), recipe_policy(recipe, settings))
+
+
+def recipe_result(recipe: Recipe, settings: SearchSettings, run) -> dict:
+    """The user-signal control on the recipe's test users (history excluded), and the JSON-ready result."""
     from constrained_rec.evaluation.evaluate import consumed_items, samples_from_split
     from constrained_rec.evaluation.user_signal import user_signal
     from constrained_rec.experiment.report import signal_verdict
-    from constrained_rec.model import load_model
-    from constrained_rec.training.train import TrainConfig, train
 
-    started = time.perf_counter()
-    train_samples = settings.train_samples or recipe.train_samples
-    model, tokenizer = load_model(settings.model)
-    data, trie, splits = _recipe_data(recipe, settings, train_samples, tokenizer)
-    validation = splits["validation"].select(range(settings.eval_samples))
-    tick = time.perf_counter()
-    tokens = _collab_tokens(recipe, data, settings, train_samples, model)
-    assistant_s = time.perf_counter() - tick
-    config = TrainConfig(lora_r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
-                         lora_target_modules=recipe.lora_target_modules, learning_rate=recipe.learning_rate,
-                         epochs=recipe.epochs, seed=settings.seed, catalog_fingerprint=trie.fingerprint(),
-                         history_loss_weight=recipe.history_loss_weight,
-                         warmup_steps=min(20, max(1, train_samples // 8 // 10)), checkpoint_every=10 ** 6)
-    tick, cpu_tick = time.perf_counter(), time.process_time()
-    result = train(model, tokenizer, splits["train"], config, eval_dataset=validation,
-                   output_dir=Path(settings.output_dir) / recipe.name, resume=True, collab=tokens)
-    train_s, train_cpu = time.perf_counter() - tick, time.process_time() - cpu_tick
-    first_eval = next((r["eval_loss"] for r in result.log if "eval_loss" in r), None)
-
-    test = splits["test"].select(range(settings.users))
+    data, tokens, trained = run.loaded.data, run.assisted, run.adapter.trained
+    test = run.loaded.splits["test"].select(range(settings.users))
     samples = samples_from_split(test, consumed_items(data.interactions, test))
-    samples = samples if tokens is None else tokens.soft_samples(tokenizer, samples, test)
+    samples = samples if tokens is None else tokens.soft_samples(run.tokenizer, samples, test)
     tick, cpu_tick = time.perf_counter(), time.process_time()
-    signal = user_signal(result.model.eval(), tokenizer, samples, trie, num_candidates=settings.candidates,
+    signal = user_signal(run.adapter.model.eval(), run.tokenizer, samples, run.trie, num_candidates=settings.candidates,
                          seed=settings.seed, item_noun=data.item_noun, template=recipe.template)
     signal_s, signal_cpu = time.perf_counter() - tick, time.process_time() - cpu_tick
+    first_eval = next((r["eval_loss"] for r in trained.log if "eval_loss" in r), None)
+    timings = run.timings
     return {
-        "recipe": dataclasses.asdict(recipe), "command": recipe_command(recipe, settings), "model": settings.model,
-        "train_samples": train_samples, "steps": result.global_step, "train_loss": result.train_loss,
-        "validation_loss": result.best_eval_loss, "first_validation_loss": first_eval,
-        "validation_samples": len(validation), "verdict": signal_verdict(signal), "signal": signal,
-        "seconds": {"assistant": assistant_s, "train": train_s, "signal": signal_s, "total": time.perf_counter() - started,
-                    "train_cpu": train_cpu, "signal_cpu": signal_cpu, "total_cpu": time.process_time()},
+        "recipe": dataclasses.asdict(recipe), "command": run.config.command, "model": settings.model,
+        "train_samples": run.config.size.train_samples, "steps": trained.global_step, "train_loss": trained.train_loss,
+        "validation_loss": trained.best_eval_loss, "first_validation_loss": first_eval,
+        "validation_samples": run.adapter.train_summary["validation_samples"], "verdict": signal_verdict(signal),
+        "signal": signal,
+        "seconds": {"assistant": timings["assistant_s"], "train": timings["train_s"], "signal": signal_s,
+                    "total": time.perf_counter() - run.started, "train_cpu": timings["train_cpu"],
+                    "signal_cpu": signal_cpu, "total_cpu": time.process_time()},
         "threads": torch.get_num_threads(),
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
 
-def _collab_tokens(recipe: Recipe, data, settings: SearchSettings, train_samples: int, model):
+def _collab_tokens(recipe: Recipe, run):
     """The recipe's collaborative tokens: ``None``, or those of SASRec fit (seeded) on the recipe's split."""
     if recipe.collab_tokens == "none":
         return None
@@ -254,9 +283,11 @@ def _collab_tokens(recipe: Recipe, data, settings: SearchSettings, train_samples
     from constrained_rec.data import SplitConfig
     from constrained_rec.training.collab_tokens import CollabTokens
 
-    split_config = SplitConfig(train_samples=train_samples, max_history=recipe.max_history, seed=settings.seed)
-    assistant = fit_assistant("sasrec", data, split_config, seed=settings.seed, log=lambda line: print(line, flush=True))
-    return CollabTokens.from_assistant(assistant, model, seed=settings.seed)
+    seed = run.config.seed
+    split_config = SplitConfig(train_samples=run.config.size.train_samples, max_history=recipe.max_history, seed=seed)
+    assistant = fit_assistant("sasrec", run.loaded.data, split_config, seed=seed,
+                              log=lambda line: print(line, flush=True))
+    return CollabTokens.from_assistant(assistant, run.model, seed=seed)
 
 
 # -------------------------------------------------------------------------------------------------- the table

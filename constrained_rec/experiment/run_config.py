@@ -437,19 +437,22 @@ def _training_identity(config: RunConfig) -> dict:
 
 
 def check_run_identity(output_dir: Path, config: RunConfig, state, extra: dict | None = None,
-                       name: str | None = None, predictions: str = "") -> None:
+                       name: str | None = None, predictions: str = "", results: tuple[str, ...] | None = None) -> None:
     """Refuse to resume a folder written by a run with other options, naming them (old -> new).
 
     The main process writes ``run.json`` (:func:`run_identity` of ``config``, ``name`` and ``extra``) on the first
     run; the others wait for it. A folder with results (the adapter, the assistant, or the predictions'
     ``evaluation.json`` in its ``predictions`` subfolder) but no ``run.json`` was written by an older version
-    whose options are unknown: also refused.
+    whose options are unknown: also refused. ``results`` names those files where the folder holds others (the
+    adapter's own files, ``train_config.json`` and its checkpoint, where the folder is the adapter: train.py, a
+    recipe); ``()``: nothing in the folder binds its options (a stale ``run.json`` is replaced).
     """
     from constrained_rec.evaluation.predictions import check_identity
     from constrained_rec.experiment.run_folder import DATA_FILES_KEY
 
     path = output_dir / RUN_IDENTITY
-    results = ("adapter", "assistant", str(Path(predictions) / "evaluation.json"))
+    if results is None:
+        results = ("adapter", "assistant", str(Path(predictions) / "evaluation.json"))
     earlier = [result for result in results if (output_dir / result).exists()]
     if earlier and not path.is_file():
         raise ValueError(f"{output_dir} holds results ({', '.join(earlier)}) of a run whose options were not "

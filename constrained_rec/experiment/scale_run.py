@@ -23,6 +23,7 @@ candidates) take one to two minutes; loading the embedded model the first time (
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -43,6 +44,7 @@ from constrained_rec.experiment.run_config import (
 )
 from constrained_rec.experiment.skeleton import Policy, run_experiment
 from constrained_rec.experiment.steps import Adapter
+from constrained_rec.options import option
 from constrained_rec.validation import check_int, check_number, is_int
 
 # The sizes whose default depends on ``tiny``: the GPU run, and the CPU smoke size where every step runs in a
@@ -55,9 +57,16 @@ TINY = {"epochs": 1, "batch_size": 8, "train_budget_s": 0.0, "train_samples": 16
         "assistant": "popularity"}
 
 
+def sized(name: str, what: str = "") -> str:
+    """Help text ending in the option's default and its ``tiny`` default."""
+    show = {k: ",".join(map(str, v)) if isinstance(v, tuple) else (what or "all") if v is None else v
+            for k, v in (("scale", SCALE[name]), ("tiny", TINY[name]))}
+    return f"[default {show['scale']}, --tiny {show['tiny']}]"
+
+
 @dataclass
 class ScaleRunConfig:
-    """Every option of ``experiments/gpu_run.py`` (same names as its flags, same defaults).
+    """Every option of ``experiments/gpu_run.py``: each field with a flag carries its default and help text.
 
     ``None`` in a field of :data:`SCALE` means "the default for this size": ``SCALE``'s value, or ``TINY``'s
     with ``tiny=True`` (16 windows, 1 epoch at batch 8, no training budget, 2 users, K = 1,5, N = 3, the
@@ -69,24 +78,29 @@ class ScaleRunConfig:
     in ``metrics.json`` (by default the Python call that gives this config).
     """
 
-    output_dir: str
-    model: str = DEFAULT_MODEL
-    epochs: int | None = None
-    batch_size: int | None = None
-    learning_rate: float = 1e-3
-    train_budget_s: float | None = None
-    train_samples: int | None = None
-    eval_users: int | None = None
-    validation_samples: int | None = None
-    k: tuple[int, ...] | str | None = None
-    eval_batch_size: int | None = None
-    signal_candidates: int | None = None
-    assistant: str | None = None
-    prior_weight: float | str = 1.0
-    bf16: bool | None = None
-    device: str = "auto"
-    seed: int = 0
-    tiny: bool = False
+    output_dir: str = option(help="receives metrics.json, report.md, the plots and the adapter")
+    model: str = option(DEFAULT_MODEL, "embedded name, local folder or cached HF id")
+    epochs: int | None = option(None, f"training epochs {sized('epochs')}")
+    batch_size: int | None = option(None, f"training samples per step {sized('batch_size')}")
+    learning_rate: float = option(1e-3, "peak learning rate")
+    train_budget_s: float | None = option(None, "wall-clock cap of training, enforced through a calibrated "
+                                          f"max_steps; 0: no cap {sized('train_budget_s')}")
+    train_samples: int | None = option(None, f"draw this many windows {sized('train_samples')}")
+    eval_users: int | None = option(None, f"seeded test users {sized('eval_users', 'all 943')}")
+    validation_samples: int | None = option(None, sized("validation_samples"))
+    k: tuple[int, ...] | str | None = option(None, f"cut-offs K {sized('k')}", parse=parse_ks)
+    eval_batch_size: int | None = option(None, f"prompts decoded together {sized('eval_batch_size')}")
+    signal_candidates: int | None = option(None, f"N of the user-signal control {sized('signal_candidates')}")
+    assistant: str | None = option(None, f"collaborative assistant, or none {sized('assistant')}",
+                                   choices=ASSISTANT_CHOICES)
+    prior_weight: float | str = option(1.0, "weight of the assistant as decoding prior (>= 0), or auto: chosen on "
+                                       "validation users", parse=parse_prior_weight)
+    bf16: bool | None = option(None, "bf16 autocast for training and evaluation [default: on CUDA]",
+                               action=argparse.BooleanOptionalAction)
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    seed: int = option(0, "seeds the split, the training and the controls")
+    tiny: bool = option(False, "CPU smoke size for every option not given: 16 windows, 1 epoch, no budget, 2 users, "
+                        "K=1,5, N=3, popularity assistant")
     command: str | None = None
 
     def __post_init__(self):

@@ -23,6 +23,9 @@ The steps, as RecBole's ``run_recbole`` takes its own, in a straight line:
 
 Each derived value (the split positions, the model name, the assistant's prior) is computed once and kept on the
 :class:`Run`.
+
+The entry points that stop after the adapter (``experiments/train.py``, the recipe search) take steps 1 to 4 through
+:func:`run_training` with a :class:`TrainingPolicy`; every entry point opens its folder through :func:`run_folder`.
 """
 
 from __future__ import annotations
@@ -129,16 +132,14 @@ def run_experiment(config: RunConfig, policy: Policy):
     """
     from constrained_rec.evaluation.evaluate import evaluate
     from constrained_rec.experiment.results import build_results
-    from constrained_rec.experiment.run_folder import folder_lock
     from constrained_rec.experiment.steps import prediction_identity
     from constrained_rec.hf import process_state
 
     started, state = time.perf_counter(), process_state()
     device = resolve_device(config.device, state)  # before anything is loaded
     output_dir = output_folder(config, state)
-    with folder_lock(output_dir, state, config.command_line()):  # one run per folder; a second is refused
-        name = model_name(config)
-        check_run_identity(output_dir, config, state, policy.identity, name, policy.predictions)
+    name = model_name(config)
+    with run_folder(output_dir, config, state, policy.identity, name, predictions=policy.predictions):
         run = Run(config, policy, state, device, output_dir, name, started)
         _load(run)
         run.assisted = _fit_assistant(run)
@@ -158,6 +159,71 @@ def run_experiment(config: RunConfig, policy: Policy):
         results = build_results(run)
         _report(run, results)
         return results
+
+
+@contextmanager
+def run_folder(output_dir: Path, config: RunConfig, state, identity: dict, name: str, predictions: str = "",
+               results: tuple[str, ...] | None = None):
+    """Step 1 of every entry point: one run per folder (its lock, a second run is refused) and the folder's options
+    (``run.json``, :func:`~constrained_rec.experiment.run_config.check_run_identity`: written the first time, a
+    resume with other options refused)."""
+    from constrained_rec.experiment.run_folder import folder_lock
+
+    with folder_lock(output_dir, state, config.command_line()):
+        check_run_identity(output_dir, config, state, identity, name, predictions, results)
+        yield
+
+
+# the files of a folder that is itself the adapter (train.py, a recipe): they bind its options
+ADAPTER_RESULTS = ("train_config.json", "checkpoint", "checkpoint.old")
+
+
+@dataclass(frozen=True)
+class TrainingPolicy:
+    """What an entry point that stops after the adapter (train.py, the recipe search) supplies to
+    :func:`run_training`.
+
+    Args:
+        data: ``data(run) -> LoadedData``: the data and its splits (the tokenizer is loaded: a template may need it).
+        adapter: ``adapter(run) -> Adapter``: the trained adapter, in the output folder.
+        finish: ``finish(run)``: the entry point's result, made from the run (the recipe search's control).
+        assistant: ``assistant(run)``: the collaborative tokens the adapter trains with, or ``None``.
+        identity: options beyond the ``RunConfig``'s that change the adapter, recorded in ``run.json``.
+        results: the files of the output folder that bind its options (:data:`ADAPTER_RESULTS`; ``()``: none).
+    """
+
+    data: Callable
+    adapter: Callable
+    finish: Callable = lambda run: run.adapter
+    assistant: Callable = lambda run: None
+    identity: dict = field(default_factory=dict)
+    results: tuple[str, ...] = ADAPTER_RESULTS
+
+
+def run_training(config: RunConfig, policy: TrainingPolicy):
+    """The steps of :func:`run_experiment` up to the adapter, for the entry points that do not evaluate: the
+    output folder (its lock and ``run.json``, :func:`run_folder`), the base model, the data (its files recorded in
+    ``run.json``; after the model, whose tokenizer a prompt template may need), the catalog trie, the assistant's
+    tokens and the adapter; then ``policy.finish(run)``, returned."""
+    from constrained_rec.experiment.catalog import catalog_trie
+    from constrained_rec.experiment.run_folder import check_data_files
+    from constrained_rec.experiment.steps import load_base_model
+    from constrained_rec.hf import process_state
+
+    started, state, output_dir = time.perf_counter(), process_state(), Path(config.output_dir)
+    name = model_name(config)
+    with run_folder(output_dir, config, state, policy.identity, name, results=policy.results):
+        run = Run(config, policy, state, None, output_dir, name, started)
+        with timed(run, "model_load_s"):
+            run.model, run.tokenizer = load_base_model(name)
+        with timed(run, "data_s"):
+            run.loaded = policy.data(run)
+            check_data_files(output_dir, RUN_IDENTITY, run.loaded.data, state)
+        run.trie = catalog_trie(run.loaded.data, run.tokenizer)
+        with timed(run, "assistant_s"):
+            run.assisted = policy.assistant(run)
+        run.adapter = policy.adapter(run)
+        return policy.finish(run)
 
 
 def _load(run: Run) -> None:

@@ -117,6 +117,7 @@ class Adapter:
     folder: Path | None  # None: the base model, zero-shot
     train_summary: dict | None
     collab: object = None  # its CollabTokens with --collab-tokens items (constrained_rec.experiment.collab_run)
+    trained: object = None  # the TrainResult where the run trained it (train.py, a recipe)
 
 
 def prepare_adapter(config: RunConfig, name: str, model, tokenizer, trie, loaded: LoadedData, output_dir: Path,

@@ -7,9 +7,14 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from constrained_rec.experiment.run_config import DATA_FILE_OPTIONS, DEFAULT_MODEL
-from constrained_rec.options import check_least, option
+from constrained_rec.experiment.run_config import DATA_FILE_OPTIONS, DEFAULT_MODEL, TRAINING_OPTIONS, RunConfig
+from constrained_rec.experiment.skeleton import ADAPTER_RESULTS, TrainingPolicy, run_training
+from constrained_rec.experiment.steps import Adapter, LoadedData
+from constrained_rec.options import OPTION, check_least, option
 from constrained_rec.validation import check_int, is_int
+
+# the training options of RunConfig beside TRAINING_OPTIONS
+RUN_TRAINING = ("epochs", "batch_size", "learning_rate", "history_loss_weight", "seed")
 
 
 def train_windows(value) -> int | None:
@@ -62,29 +67,59 @@ class TrainJob:
         self.train_samples = train_windows(self.train_samples)
         check_least(self, ("eval_samples",))
 
+    def run_config(self) -> RunConfig:
+        """The job as the main job's options (the data set, model and training): its identity in ``run.json``,
+        with :meth:`identity`."""
+        train = self.train
+        return RunConfig(dataset=self.data, model=self.model, assistant="none", train_samples=self.train_samples,
+                         **{k: v for k, v in self.data_options.items() if v is not None},
+                         **{name: getattr(train, name) for name in (*RUN_TRAINING, *TRAINING_OPTIONS)},
+                         output_dir=str(self.output_dir),
+                         command=f"train_job(data={self.data!r}, output_dir={str(self.output_dir)!r})")
+
+    def identity(self) -> dict:
+        """What ``run.json`` records beside :meth:`run_config`'s identity: the windows (``None``: all), validation
+        samples and template, and the training settings without a flag where they differ from their defaults."""
+        from constrained_rec.training.config import TrainConfig
+
+        defaults, unrecorded = TrainConfig(), {"catalog_fingerprint", "log_every", "checkpoint_every"}
+        other = {spec.name: getattr(self.train, spec.name) for spec in dataclasses.fields(TrainConfig)
+                 if spec.name not in unrecorded and OPTION not in spec.metadata
+                 and getattr(self.train, spec.name) != getattr(defaults, spec.name)}
+        return {"train_samples": self.train_samples, "validation_samples": self.eval_samples,
+                "template": self.template, **other}
+
 
 def train_job(job: TrainJob):
     """Train an adapter for the catalog trie of ``job.data`` (:func:`constrained_rec.experiment.catalog.catalog_trie`, the
-    trie :func:`constrained_rec.experiment.pipeline.run` checks it against); returns :class:`constrained_rec.training.train.TrainResult`."""
-    from constrained_rec.experiment.run_folder import folder_lock
-    from constrained_rec.hf import process_state
+    trie :func:`constrained_rec.experiment.pipeline.run` checks it against) through the run skeleton's steps up to
+    the adapter (:func:`~constrained_rec.experiment.skeleton.run_training`: the folder's lock and ``run.json``, the
+    model, the data, the trie, the adapter); returns :class:`constrained_rec.training.train.TrainResult`.
 
-    command = f"train_job(data={job.data!r}, output_dir={str(job.output_dir)!r})"
-    with folder_lock(job.output_dir, process_state(), command):  # one training per folder
-        return _train_in_folder(job)
+    A folder holding an adapter or a checkpoint is resumed only with the same options (``run.json``); with
+    ``resume=False`` its earlier options do not bind (the training starts over and records the new ones)."""
+    return run_training(job.run_config(), train_policy(job))
 
 
-def _train_in_folder(job: TrainJob):
-    from constrained_rec.data import SplitConfig, load_interactions, make_splits
-    from constrained_rec.experiment.catalog import catalog_trie
-    from constrained_rec.model import load_model
+def train_policy(job: TrainJob) -> TrainingPolicy:
+    """train.py's steps: its data set and splits (``train_samples`` windows, ``eval_samples`` validation samples,
+    its template), the adapter trained in ``output_dir`` (resumed from a checkpoint unless ``resume`` is off)."""
     from constrained_rec.training.train import train
 
-    model, tokenizer = load_model(job.model)
-    data = load_interactions(job.data, **{k: v for k, v in job.data_options.items() if v is not None})
-    split = SplitConfig(train_samples=job.train_samples, eval_samples=job.eval_samples, seed=job.train.seed,
-                        template=job.template)
-    splits = make_splits(data, split, tokenizer=tokenizer)
-    config = dataclasses.replace(job.train, catalog_fingerprint=catalog_trie(data, tokenizer).fingerprint())
-    return train(model, tokenizer, splits["train"], config, eval_dataset=splits["validation"],
-                 output_dir=job.output_dir, resume=job.resume)
+    def data(run) -> LoadedData:
+        from constrained_rec.data import SplitConfig, load_interactions, make_splits
+
+        interactions = load_interactions(job.data, **{k: v for k, v in job.data_options.items() if v is not None})
+        split = SplitConfig(train_samples=job.train_samples, eval_samples=job.eval_samples, seed=job.train.seed,
+                            template=job.template)
+        return LoadedData(interactions, split, make_splits(interactions, split, tokenizer=run.tokenizer))
+
+    def adapter(run) -> Adapter:
+        config = dataclasses.replace(job.train, catalog_fingerprint=run.trie.fingerprint())
+        splits = run.loaded.splits
+        result = train(run.model, run.tokenizer, splits["train"], config, eval_dataset=splits["validation"],
+                       output_dir=job.output_dir, resume=job.resume)
+        return Adapter(result.model, run.output_dir, None, trained=result)
+
+    return TrainingPolicy(data=data, adapter=adapter, finish=lambda run: run.adapter.trained,
+                          identity=job.identity(), results=ADAPTER_RESULTS if job.resume else ())

@@ -1,4 +1,5 @@
-"""The command lines of experiments/run.py and experiments/train.py, generated from RunConfig, TrainConfig and TrainJob:
+"""The command lines of experiments/run.py, train.py, gpu_run.py and recipe_search.py, generated from RunConfig,
+TrainConfig, TrainJob, ScaleRunConfig and SearchSettings:
 the flags, defaults and choices they had before (taken from the hand-written parsers they replace), run.py's training
 options, ``--config FILE.yaml`` (round trip, unknown and mistyped keys, flags given win) and train.py's
 ``--train-samples all``."""
@@ -10,9 +11,12 @@ import dataclasses
 
 import pytest
 
+from constrained_rec.experiment.recipes import RECIPES
 from constrained_rec.experiment.run_config import TRAINING_OPTIONS, RunConfig, run_identity
 from constrained_rec.experiment.train_job import TrainJob, train_windows
 from constrained_rec.training.config import TrainConfig
+from experiments import gpu_run as gpu_run_script
+from experiments import recipe_search as recipe_script
 from experiments import run as run_script
 from experiments import train as train_script
 
@@ -94,7 +98,41 @@ TRAIN_BEFORE = {
     '--user-column': (None, None, 'store', None),
     '--warmup-steps': (20, None, 'store', None),
 }
-KINDS = {argparse._StoreAction: "store", argparse._StoreTrueAction: "store_true",
+GPU_RUN_BEFORE = {
+    '--assistant': (None, ['none', 'popularity', 'ease', 'sasrec'], 'store', None),
+    '--batch-size': (None, None, 'store', None),
+    '--bf16/--no-bf16': (None, None, 'bool', 0),
+    '--device': ('auto', None, 'store', None),
+    '--epochs': (None, None, 'store', None),
+    '--eval-batch-size': (None, None, 'store', None),
+    '--eval-users': (None, None, 'store', None),
+    '--k': (None, None, 'store', None),
+    '--learning-rate': (0.001, None, 'store', None),
+    '--model': ('smollm2-135m', None, 'store', None),
+    '--output-dir': (None, None, 'store', None),
+    '--prior-weight': (1.0, None, 'store', None),
+    '--seed': (0, None, 'store', None),
+    '--signal-candidates': (None, None, 'store', None),
+    '--tiny': (False, None, 'store_true', 0),
+    '--train-budget-s': (None, None, 'store', None),
+    '--train-samples': (None, None, 'store', None),
+    '--validation-samples': (None, None, 'store', None),
+}
+RECIPE_SEARCH_BEFORE = {
+    '--recipe': ([], list(RECIPES), 'append', None),
+    '--list': (False, None, 'store_true', 0),
+    '--table-only': (False, None, 'store_true', 0),
+    '--train-samples': (None, None, 'store', None),
+    '--users': (100, None, 'store', None),
+    '--candidates': (10, None, 'store', None),
+    '--eval-samples': (100, None, 'store', None),
+    '--model': ('smollm2-135m', None, 'store', None),
+    '--seed': (0, None, 'store', None),
+    '--threads': (1, None, 'store', None),
+    '--output-dir': ('runs/recipes', None, 'store', None),
+    '--results': ('/work/notes/recipes', None, 'store', None),
+}
+KINDS = {argparse._StoreAction: "store", argparse._StoreTrueAction: "store_true", argparse._AppendAction: "append",
          argparse.BooleanOptionalAction: "bool", argparse._StoreFalseAction: "store_false"}
 
 
@@ -109,6 +147,27 @@ def test_run_py_keeps_every_flag_default_and_choice_and_adds_the_training_option
     assert {flag: now[flag] for flag in RUN_BEFORE} == RUN_BEFORE
     added = {"--" + name.replace("_", "-") for name in TRAINING_OPTIONS} | {"--config", "--prior-lookahead"}
     assert set(now) - set(RUN_BEFORE) == added
+
+
+@pytest.mark.parametrize("script, before", [(gpu_run_script, GPU_RUN_BEFORE), (recipe_script, RECIPE_SEARCH_BEFORE)])
+def test_gpu_run_and_recipe_search_keep_every_flag_default_and_choice(script, before):
+    assert flags(script.build_parser()) == before
+
+
+def test_gpu_run_and_recipe_search_parse_as_before(capsys):
+    gpu = vars(gpu_run_script.build_parser().parse_args(["--output-dir", "o", "--k", "1,5", "--bf16", "--epochs", "2",
+                                                         "--prior-weight", "auto", "--learning-rate", "2e-3"]))
+    assert (gpu["k"], gpu["bf16"], gpu["epochs"], gpu["prior_weight"], gpu["learning_rate"]) == ((1, 5), True, 2,
+                                                                                                "auto", 2e-3)
+    for argv, message in ((["--k", "0"], "--k takes comma-separated positive integers"), ([], "--output-dir")):
+        with pytest.raises(SystemExit):
+            gpu_run_script.build_parser().parse_args(argv)
+        assert message in capsys.readouterr().err
+    search = vars(recipe_script.build_parser().parse_args(["--recipe", "qv-r8-lr1e-3", "--recipe", "all-r16-e3",
+                                                           "--train-samples", "8", "--table-only"]))
+    assert (search["recipe"], search["train_samples"], search["table_only"]) == (["qv-r8-lr1e-3", "all-r16-e3"], 8,
+                                                                                 True)
+    assert recipe_script.build_parser().parse_args([]).recipe == []
 
 
 def test_run_py_training_options_have_train_py_names_and_defaults():

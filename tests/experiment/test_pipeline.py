@@ -241,6 +241,18 @@ def test_an_adapter_from_experiments_train_passes_the_run_check(tmp_path, tokeni
     assert result.global_step == 1
     trie = catalog_trie(load_interactions("ml-100k"), tokenizer)
     assert check_adapter(tmp_path / "adapter", str(model_dir), trie)["catalog_fingerprint"] == trie.fingerprint()
+    assert json.loads((tmp_path / "adapter" / "run.json").read_text())["train_samples"] == 8
+    for changes, named in (({"train": TrainConfig(max_steps=1, batch_size=4, lora_r=4)}, "lora_r"),
+                           ({"eval_samples": 5}, "validation_samples"), ({"template": "chat"}, "template"),
+                           ({"train": TrainConfig(max_steps=1, batch_size=4, weight_decay=0.1)}, "weight_decay")):
+        options = {"output_dir": str(tmp_path / "adapter"), "model": str(model_dir), "train_samples": 8,
+                   "eval_samples": 4, "train": TrainConfig(max_steps=1, batch_size=4), **changes}
+        with pytest.raises(ValueError, match=f"{named}.*pass another --output-dir"):  # resuming with other options
+            train_job(TrainJob(**options))
+    again = train_job(TrainJob(output_dir=str(tmp_path / "adapter"), model=str(model_dir), train_samples=8,
+                               eval_samples=4, train=TrainConfig(max_steps=1, batch_size=4, lora_r=4), resume=False))
+    assert again.global_step == 1  # --no-resume: the folder's earlier options do not bind
+    assert json.loads((tmp_path / "adapter" / "run.json").read_text())["lora_r"] == 4
     with pytest.raises(ValueError, match="TrainJob.train must be a TrainConfig"):
         TrainJob(output_dir="x", train={"epochs": 1})
 

@@ -93,6 +93,33 @@ def test_one_recipe_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert table_markdown([result]) == table
     printed = capsys.readouterr().out
     assert printed.startswith("all-r16-hdrop: val loss ") and table in printed
+    folder = tmp_path / "runs" / "all-r16-hdrop"  # the adapter, and run.json beside it
+    identity = json.loads((folder / "run.json").read_text())
+    assert (identity["history_dropout"], identity["lora_r"], identity["eval_users"]) == (0.3, 16, 3)
+    given = {"--users": "3", "--candidates": "2", "--eval-samples": "3", "--train-samples": "8",
+             "--model": str(tmp_path / "tiny"), "--output-dir": str(tmp_path / "runs"), "--results": str(results)}
+    for flag, value, named in (("--users", "4", "eval_users"), ("--eval-samples", "4", "validation_samples"),
+                               ("--train-samples", "9", "train_samples")):
+        argv = [word for pair in {**given, flag: value}.items() for word in pair]
+        with pytest.raises(ValueError, match=f"{named}.*pass another --output-dir"):  # resuming with other options
+            main(["--recipe", "all-r16-hdrop", *argv])
+
+
+@pytest.mark.parametrize("name", ["qv-r8-lr1e-3", "all-r16-hloss1-e3", "all-r16-items"])
+def test_a_recipe_trains_as_it_did_before_the_run_skeleton(name):
+    """recipe_config(...).train_config is the TrainConfig run_recipe built by hand before it ran through the skeleton."""
+    from constrained_rec.experiment.recipes import recipe_config
+    from constrained_rec.training.train import TrainConfig
+
+    recipe, settings = RECIPES[name], SearchSettings(seed=3, train_samples=640)
+    before = TrainConfig(lora_r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
+                         lora_target_modules=recipe.lora_target_modules, learning_rate=recipe.learning_rate,
+                         epochs=recipe.epochs, seed=3, catalog_fingerprint="f",
+                         history_loss_weight=recipe.history_loss_weight,
+                         warmup_steps=min(20, max(1, 640 // 8 // 10)), checkpoint_every=10 ** 6)
+    config = recipe_config(recipe, settings)
+    assert config.train_config("f") == before
+    assert config.output_dir.endswith(f"recipes/{name}") and config.command == recipe_command(recipe, settings)
 
 
 def test_the_parser_refuses_unknown_recipes_and_idle_runs():
