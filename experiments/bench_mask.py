@@ -25,6 +25,7 @@ import gc
 import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -114,13 +115,11 @@ def measured_build(seqs) -> tuple[TitleTrie, float, int]:
 def bench_size(num_seqs: int, repeats: int, with_baseline: bool) -> list[dict]:
     seqs = synthetic_catalog(num_seqs)
     trie, build_s, peak = measured_build(seqs)
-    size_mib = sum(getattr(trie, n).nbytes for n in ("seq_tokens", "seq_offsets", "seq_item_offsets",
-                                                      "item_ids_by_position", "child_offsets", "node_tokens",
-                                                      "node_seq_lo", "node_seq_hi")) / 2**20
-    print(f"\n{num_seqs:,} sequences: built in {build_s:.2f} s, peak build memory {peak / 2**20:.0f} MiB, "
-          f"arrays {size_mib:.0f} MiB, {trie.num_nodes:,} branching nodes")
     with tempfile.TemporaryDirectory() as folder:
         trie.save(folder)
+        size_mib = sum(path.stat().st_size for path in Path(folder).glob("*.npy")) / 2**20
+        print(f"\n{num_seqs:,} sequences: built in {build_s:.2f} s, peak build memory {peak / 2**20:.0f} MiB, "
+              f"arrays {size_mib:.0f} MiB, {trie.num_nodes:,} branching nodes")
         start = time.perf_counter()
         loaded = TitleTrie.load(folder)
         opened = time.perf_counter()
