@@ -16,21 +16,27 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from bench_mask import BEAMS, EOS, PROMPTS, VOCAB, synthetic_catalog
 
 from constrained_rec import TitleTrie
 from constrained_rec.decoding.constraints import ItemConstraints
 from constrained_rec.kernels import trie_walk
 
 
-def load_kernel(path: str):
-    spec = importlib.util.spec_from_file_location("baseline_trie_walk", path)
+def load_module(name: str, path: str | Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# bench_mask.py's catalogs and shapes (a script beside this one, not a package: loaded by path).
+_BENCH_MASK = load_module("bench_mask", Path(__file__).with_name("bench_mask.py"))
+BEAMS, EOS, PROMPTS, VOCAB = _BENCH_MASK.BEAMS, _BENCH_MASK.EOS, _BENCH_MASK.PROMPTS, _BENCH_MASK.VOCAB
+synthetic_catalog = _BENCH_MASK.synthetic_catalog
 
 
 def bench_size(size: int, depths: list[int], repeats: int, rounds: int, kernels: dict) -> None:
@@ -96,7 +102,7 @@ def main() -> None:
     parser.add_argument("--baseline", default=None, help="another checkout's kernels/trie_walk.py, timed first")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    kernels = ({"baseline": load_kernel(args.baseline)} if args.baseline else {}) | {"ours": trie_walk}
+    kernels = ({"baseline": load_module("baseline_trie_walk", args.baseline)} if args.baseline else {}) | {"ours": trie_walk}
     for size in (int(s) for s in args.sizes.split(",")):
         bench_size(size, [int(d) for d in args.depths.split(",")], args.repeats, args.rounds, kernels)
 
