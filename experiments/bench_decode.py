@@ -164,6 +164,10 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: the 2 shared cores of the dev machine thrash with more)")
     parser.add_argument("--skip-dict-trie", action="store_true", help="skip the nested-dict-trie baseline")
+    parser.add_argument("--skip-generate", action="store_true",
+                        help="skip generate() (both processors, with and without the prior): the reference of the "
+                             "'same top-k' and speed-up columns becomes `recommend beam, no jump`, which returns "
+                             "generate()'s lists")
     parser.add_argument("--prior-weight", type=float, default=1.0, help="weight of the popularity prior rows (0: none)")
     parser.add_argument("--prior-search", action="store_true", help="beam (sum/max) and exact under an assistant prior")
     parser.add_argument("--assistant", default="ease", choices=("popularity", "ease", "sasrec"))
@@ -206,9 +210,10 @@ def main(argv=None) -> None:
     batch = args.batch_size
     floors = {name: prefill_floor(model, tokenizer, prompts, trie, batch, share)
               for name, share in (("shared head once, as decoding runs it", True), ("every prompt whole", False))}
-    timed("generate+TitleTrieProcessor", len(prompts),
-          lambda: run_generate(model, tokenizer, prompts, trie, args.beams, args.k, batch, "trie"))
-    if not args.skip_dict_trie:
+    if not args.skip_generate:
+        timed("generate+TitleTrieProcessor", len(prompts),
+              lambda: run_generate(model, tokenizer, prompts, trie, args.beams, args.k, batch, "trie"))
+    if not args.skip_dict_trie and not args.skip_generate:
         dict_trie = nested_dict_trie([s[:-1] for s in trie.sequences()], trie.eos_token_id)
         timed("generate+PrefixConstrained", len(prompts),
               lambda: run_generate(model, tokenizer, prompts, trie, args.beams, args.k, batch, "dict", dict_trie))
@@ -234,7 +239,7 @@ def main(argv=None) -> None:
 
     on_exact_users = f" (first {exact['users']} users)" if exact is not None else ""
     print(f"\n| method | users | users/s (wall) | users/s (CPU time) | speed-up (CPU time) | forwards/user | "
-          f"same top-{args.k} as generate+TitleTrieProcessor | mean log-prob of top-{args.k}{on_exact_users} | "
+          f"same top-{args.k} as {base['name']} | mean log-prob of top-{args.k}{on_exact_users} | "
           f"overlap with exact top-{args.k} |")
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
@@ -273,8 +278,9 @@ def prior_rows(args, model, tokenizer, prompts, trie, prior, rows, timed, floors
     unfused = {row["name"]: row for row in rows}
     first = len(rows)
     weight, batch = args.prior_weight, args.batch_size
-    timed("generate+TitleTrieProcessor", len(prompts), lambda: run_generate(
-        model, tokenizer, prompts, trie, args.beams, args.k, batch, "trie", prior=prior, prior_weight=weight))
+    if not args.skip_generate:
+        timed("generate+TitleTrieProcessor", len(prompts), lambda: run_generate(
+            model, tokenizer, prompts, trie, args.beams, args.k, batch, "trie", prior=prior, prior_weight=weight))
     for name, jump in (("recommend beam, no jump", False), ("recommend beam, jump", True)):
         timed(name, len(prompts), lambda: recommend(model, tokenizer, prompts, trie, args.k, num_beams=args.beams,
                                                     jump=jump, batch_size=batch, item_log_prior=prior,
@@ -288,7 +294,7 @@ def prior_rows(args, model, tokenizer, prompts, trie, prior, rows, timed, floors
     exact = fused[-1] if exact_users else None
     print(f"\nLM + prior (popularity, weight {weight}):\n")
     print(f"| method + prior | users | users/s (wall) | users/s (CPU time) | CPU time / without prior | forwards/user | "
-          f"same top-{args.k} as generate+TitleTrieProcessor+prior | overlap with exact top-{args.k} |")
+          f"same top-{args.k} as {fused[0]['name']}+prior | overlap with exact top-{args.k} |")
     print("|---|---|---|---|---|---|---|---|")
     for row in fused:
         users, lists = row["users"], row["lists"]

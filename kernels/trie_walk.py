@@ -148,42 +148,48 @@ def prior_increment(constraints, prompt, parent, child):
 
 
 # ---------------------------------------------------------------------- masking
-# A node with more children than this is masked through a dense allowed-token array, built once per
-# (node, prompt) and shared by every row there (all rows sit at the root on the first step).
+# A node with more children than this is masked through a dense allowed-token array, shared by every row at
+# the node (all rows sit at the root on the first step): its children are marked once per node, and each prompt
+# only clears the children it excludes (and, with a prior, writes its increments).
 WIDE_NODE = 64
 
 
 @cached_njit(nogil=True)
-def _dense_allowed(allowed, increment, node, trie, constraints, prompt, with_prior):
-    """Marks the allowed children of `node` in `allowed` (and their prior increments); returns how many.
+def _exclude_children(allowed, flipped, node, trie, constraints, prompt):
+    """Clears in `allowed` (set for every child of `node`) the children whose items `prompt` excludes, and
+    records their tokens in `flipped`; returns how many it cleared.
 
-    Exclusion costs one step per child that holds an excluded item, not one per child: the prompt's
-    excluded positions are scanned within the node's item range, jumping from child to child.
+    One step per child that holds an excluded item, not one per child: the prompt's excluded positions are
+    scanned within the node's item range, jumping from child to child.
     """
     a = trie.child_offsets[node]
     b = trie.child_offsets[node + 1]
     item_offsets = trie.seq_item_offsets
-    allowed[:] = False
-    for c in range(a, b):
-        allowed[trie.node_tokens[c]] = True
-    kept = b - a
     excluded = constraints.excluded[constraints.excluded_offsets[prompt] : constraints.excluded_offsets[prompt + 1]]
     k = np.searchsorted(excluded, item_offsets[trie.node_seq_lo[node]])
     end = np.searchsorted(excluded, item_offsets[trie.node_seq_hi[node]])
+    cleared = 0
     while k < end:
         seq = np.searchsorted(item_offsets, excluded[k], side="right") - 1
         c = a + np.searchsorted(trie.node_seq_lo[a:b], seq, side="right") - 1
         child_hi = item_offsets[trie.node_seq_hi[c]]
         if not range_allowed(constraints, prompt, item_offsets[trie.node_seq_lo[c]], child_hi):
             allowed[trie.node_tokens[c]] = False
-            kept -= 1
+            flipped[cleared] = trie.node_tokens[c]
+            cleared += 1
         k = np.searchsorted(excluded, child_hi)
-    if with_prior and kept > 0:
-        for c in range(a, b):
-            tok = trie.node_tokens[c]
-            if allowed[tok]:
-                increment[tok] = prior_increment(constraints, prompt, node, c)
-    return kept
+    return cleared
+
+
+@cached_njit(nogil=True)
+def _dense_increments(increment, node, trie, constraints, prompt):
+    """``increment[token]`` for every child of `node`: prior_increment's formula, inlined so that the loop
+    reads the node values as one array (children nothing is allowed under get -inf or nan; they are masked)."""
+    values = constraints.prior_node_log[prompt]
+    weight = constraints.prior_weight
+    parent = values[node]
+    for c in range(trie.child_offsets[node], trie.child_offsets[node + 1]):
+        increment[trie.node_tokens[c]] = weight * min(values[c] - parent, 0.0)
 
 
 @cached_njit(nogil=True)
@@ -231,19 +237,26 @@ def _walk_rows(generated, trie, num_prompts, rows_per_prompt, status_out, depth_
     return group_key
 
 
-# Without a prior, a row at a wide node whose children are fewer than vocab / SPARSE_FILL_RATIO is filled with
-# -inf and its allowed scores put back (a write-only pass), not selected column by column (a read-modify-write
-# that costs as much as a copy, and more than the fill wherever few columns survive).
+# A row at a wide node whose children are fewer than vocab / SPARSE_FILL_RATIO is filled with -inf and its
+# allowed scores put back (a write-only pass), not selected column by column (a read-modify-write that costs
+# as much as a copy, and more than the fill wherever few columns survive). Without a prior, a row at a node
+# that allows all but fewer than vocab / SPARSE_FILL_RATIO columns gets -inf written at those columns only.
 SPARSE_FILL_RATIO = 8
 
 
 @cached_njit(nogil=True)
-def _keep_only(row, tokens, allowed, neg_inf, saved):
-    """Sets `row` to `neg_inf` except at the `tokens` that are `allowed` (their scores are kept)."""
+def _keep_only(row, tokens, allowed, increment, neg_inf, limit, with_prior, saved):
+    """Sets `row` to `neg_inf` except at the `tokens` that are `allowed`, whose scores are kept (plus their
+    increments, with a prior). Returns whether a finite score fell below -`limit` once its increment was added."""
     kept = 0
+    overflow = False
     for tok in tokens:
         if allowed[tok]:
-            saved[kept] = row[tok]
+            if with_prior:
+                saved[kept] = row[tok] + increment[tok]
+                overflow = overflow or (row[tok] != neg_inf and saved[kept] < -limit)
+            else:
+                saved[kept] = row[tok]
             kept += 1
     row[:] = neg_inf
     kept = 0
@@ -251,15 +264,45 @@ def _keep_only(row, tokens, allowed, neg_inf, saved):
         if allowed[tok]:
             row[tok] = saved[kept]
             kept += 1
+    return overflow
 
 
 @cached_njit(nogil=True)
-def _overflows(row, tokens, allowed, increment, neg_inf, limit):
-    """Whether a finite score of an allowed token in `tokens` falls below -`limit` once its increment is added."""
-    for tok in tokens:
-        if allowed[tok] and row[tok] != neg_inf and row[tok] + increment[tok] < -limit:
-            return True
-    return False
+def _add_dense(row, allowed, increment, neg_inf, limit):
+    """Adds the increments to the `allowed` columns of `row` and masks the others, in one branch-free pass
+    (so that it vectorises). Returns whether a finite score fell below -`limit` once its increment was added."""
+    overflows = 0
+    for v in range(len(row)):
+        before = row[v]
+        after = before + increment[v]
+        row[v] = after if allowed[v] else neg_inf
+        # A product of 0/1 ints rather than a chain of bools: LLVM vectorises this reduction.
+        overflows += np.int32(allowed[v]) * np.int32(before != neg_inf) * np.int32(after < -limit)
+    return overflows > 0
+
+
+@cached_njit(nogil=True)
+def _mask_row(row, children, allowed, increment, banned_columns, complement, neg_inf, limit, with_prior, sparse, saved):
+    """Masks one row at a wide node (see SPARSE_FILL_RATIO); returns its status (IN_TRIE when all went well).
+    With `complement`, `banned_columns` are every column the row may not keep."""
+    if sparse:
+        overflow = _keep_only(row, children, allowed, increment, neg_inf, limit, with_prior, saved)
+    elif with_prior:
+        overflow = _add_dense(row, allowed, increment, neg_inf, limit)
+    elif complement:
+        overflow = False
+        for v in banned_columns:
+            row[v] = neg_inf
+    else:
+        overflow = False
+        for v in range(len(row)):
+            row[v] = row[v] if allowed[v] else neg_inf
+    if overflow:
+        return PRIOR_OVERFLOW
+    for tok in children:
+        if allowed[tok] and row[tok] != neg_inf:
+            return IN_TRIE
+    return ALL_BANNED
 
 
 @cached_njit(nogil=True)
@@ -272,6 +315,10 @@ def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt
     allowed = np.empty(vocab, dtype=np.bool_)
     increment = np.zeros(vocab if with_prior else 0, dtype=scores.dtype)  # rounded to the scores' dtype
     saved = np.empty(0, dtype=scores.dtype)
+    flipped = np.empty(_max_excluded(constraints), dtype=np.int64)
+    cleared = 0
+    allowed_node = -1  # the node whose children `allowed` holds, less the `cleared` tokens of `flipped`
+    banned_columns = np.empty(0, dtype=np.int64)  # the node's non-children, where a complement fill applies
     i = 0
     while i < num_rows:
         key = group_key[order[i]]
@@ -279,40 +326,47 @@ def _mask_wide_rows(scores, group_key, nodes, trie, constraints, rows_per_prompt
         while j < num_rows and group_key[order[j]] == key:
             j += 1
         if key >= 0:
-            first = order[i]
-            prompt = min(first // rows_per_prompt, num_prompts - 1)
-            kept = _dense_allowed(allowed, increment, nodes[first], trie, constraints, prompt, with_prior)
-            a = trie.child_offsets[nodes[first]]
-            b = trie.child_offsets[nodes[first] + 1]
-            sparse = (b - a) * SPARSE_FILL_RATIO < vocab
-            if sparse and len(saved) < b - a:
-                saved = np.empty(b - a, dtype=scores.dtype)
+            node = nodes[order[i]]
+            prompt = min(order[i] // rows_per_prompt, num_prompts - 1)
+            children = trie.node_tokens[trie.child_offsets[node] : trie.child_offsets[node + 1]]
+            sparse = len(children) * SPARSE_FILL_RATIO < vocab
+            complement = not with_prior and (vocab - len(children)) * SPARSE_FILL_RATIO < vocab
+            # Groups of one node are consecutive (the key is node-major): its children are marked once, and
+            # each prompt only flips the children it excludes.
+            if node != allowed_node:
+                allowed[:] = False
+                allowed[children] = True
+                allowed_node = node
+                banned_columns = np.flatnonzero(~allowed) if complement else np.empty(0, dtype=np.int64)
+            else:
+                allowed[flipped[:cleared]] = True
+            cleared = _exclude_children(allowed, flipped, node, trie, constraints, prompt)
+            kept = len(children) - cleared
+            if with_prior and kept > 0:
+                _dense_increments(increment, node, trie, constraints, prompt)
+            if sparse and len(saved) < len(children):
+                saved = np.empty(len(children), dtype=scores.dtype)
+            banned = np.concatenate((banned_columns, flipped[:cleared])) if complement else banned_columns
             for g in range(i, j):
                 r = order[g]
                 if kept == 0:
                     status_out[r] = NOTHING_ALLOWED
                     continue
-                row = scores[r]
-                children = trie.node_tokens[trie.child_offsets[nodes[first]] : trie.child_offsets[nodes[first] + 1]]
-                if with_prior and _overflows(row, children, allowed, increment, neg_inf, limit):
-                    status_out[r] = PRIOR_OVERFLOW
-                    continue
-                if with_prior:
-                    for v in range(vocab):  # branch-free, so that it vectorises
-                        row[v] = row[v] + increment[v] if allowed[v] else neg_inf
-                elif sparse:
-                    _keep_only(row, trie.node_tokens[a:b], allowed, neg_inf, saved)
-                else:
-                    for v in range(vocab):
-                        row[v] = row[v] if allowed[v] else neg_inf
-                banned = True
-                for tok in children:
-                    if row[tok] != neg_inf:
-                        banned = False
-                        break
-                if banned:
-                    status_out[r] = ALL_BANNED
+                status = _mask_row(scores[r], children, allowed, increment, banned, complement, neg_inf, limit,
+                                   with_prior, sparse, saved)
+                if status != IN_TRIE:
+                    status_out[r] = status
         i = j
+
+
+@cached_njit(nogil=True)
+def _max_excluded(constraints):
+    """The most positions any prompt excludes."""
+    offsets = constraints.excluded_offsets
+    most = 0
+    for p in range(len(offsets) - 1):
+        most = max(most, offsets[p + 1] - offsets[p])
+    return most
 
 
 @cached_njit(nogil=True)
@@ -332,8 +386,9 @@ def mask_scores(scores, generated, trie, constraints, rows_per_prompt, pad, neg_
         pad: the id finished rows may emit besides EOS; -1 if none.
         status_out, depth_out: (rows,) int64 outputs, a walk outcome and ``WalkState.depth`` per row.
 
-    Rows whose status ends up OFF_TRIE, NOTHING_ALLOWED or PRIOR_OVERFLOW are left untouched; running rows whose
-    allowed scores all were -inf already become ALL_BANNED (masked). The caller raises for all four.
+    Rows whose status ends up OFF_TRIE or NOTHING_ALLOWED are left untouched; running rows whose allowed scores
+    all were -inf already become ALL_BANNED (masked), and a PRIOR_OVERFLOW row may be masked or not. The caller
+    raises for all four.
     """
     num_rows = generated.shape[0]
     vocab = scores.shape[1]

@@ -283,15 +283,18 @@ def _pack(rows: np.ndarray, lengths: list[int]) -> tuple[np.ndarray, list[list[i
 
 def _log_probs(logits: torch.Tensor, starts: np.ndarray, fed: list[list[int]], scored: list[list[int] | None]) -> list:
     """Per segment, the log-probabilities `TokenTree.score` returns, from the packed logits: a scored token's
-    logit less its position's log-sum-exp, so no full log-softmax is written for positions that score one token."""
-    log_norm = torch.logsumexp(logits.float(), dim=-1)
+    logit less its position's log-sum-exp. The log-sum-exp is taken per segment over the positions that score
+    a token only (never the padding, nor a prefix's earlier positions), a few rows at a time: the same values
+    as one call over every position, without its temporaries the size of all the logits."""
     out = []
     for i, (b, at) in enumerate(starts.tolist()):
         end = at + len(fed[i])
+        first = end - (1 if scored[i] is None else len(scored[i]))
+        rows = logits[b, first:end].float()
+        log_norm = torch.logsumexp(rows, dim=-1)
         if scored[i] is None:
-            out.append(logits[b, end - 1].float() - log_norm[b, end - 1])
+            out.append(rows[0] - log_norm[0])
         else:
-            cols = torch.arange(end - len(scored[i]), end, device=logits.device)
             wanted = torch.tensor(scored[i], device=logits.device)
-            out.append((logits[b, cols, wanted].float() - log_norm[b, cols]).cpu().numpy())
+            out.append((rows[torch.arange(len(wanted), device=logits.device), wanted] - log_norm).cpu().numpy())
     return out

@@ -224,6 +224,55 @@ def test_wide_nodes_with_few_children_for_the_vocabulary_keep_exactly_their_allo
             assert (out[r][~torch.isfinite(out[r])] == float("-inf")).all()
 
 
+@pytest.mark.parametrize("vocab", [160, 600, 4096])  # few non-children, neither few, few children
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_every_fill_of_a_wide_node_masks_exactly(vocab, with_prior):
+    """The root of this catalog is wide (about 147 children), and the rows of four prompts with their own exclusions
+    sit there together: at vocab 160 only the non-children are written -inf (no prior), at 4096 the row is filled
+    and its allowed scores put back, at 600 it is selected (or, with a prior, rewritten in one pass). Without a
+    prior the allowed tokens are brute force's and their scores untouched; with one the Numba kernel equals the
+    torch kernel bit for bit (both add the float32-rounded increment in float32)."""
+    rng = np.random.default_rng(2)
+    seqs = [rng.integers(3, 150, size=rng.integers(1, 6)).tolist() for _ in range(600)]
+    item_ids = list(range(600))
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=item_ids)
+    exclude = [set(rng.choice(600, size=150, replace=False).tolist()) for _ in range(4)]
+    prior = {"item_log_prior": rng.normal(size=(4, 600)) * 3} if with_prior else {}
+    scores = torch.randn(12, vocab)
+    scores[::5, 3:6] = float("-inf")  # tokens another processor banned
+    ids = torch.zeros(12, 0, dtype=torch.long)
+    outs = [TitleTrieProcessor(trie, 0, exclude=exclude, pad_token_id=PAD, backend=backend, **prior)(ids, scores.clone())
+            for backend in BACKENDS]
+    assert torch.equal(outs[0], outs[1])
+    for r in range(12):
+        allowed = allowed_next(seqs, EOS, [], item_ids, exclude[r // 3])
+        assert len(allowed) > 64  # a wide node
+        kept = torch.isfinite(outs[0][r]).nonzero().flatten().tolist()
+        assert set(kept) == set(allowed) - ({3, 4, 5} if r % 5 == 0 else set())
+        assert (outs[0][r][~torch.isfinite(outs[0][r])] == float("-inf")).all()
+        if not with_prior:
+            assert torch.equal(outs[0][r, allowed], scores[r, allowed])
+
+
+@pytest.mark.parametrize("vocab", [600, 4096])  # the dense pass and the sparse put-back
+def test_a_fused_score_that_leaves_float32_at_a_wide_node_is_an_error(vocab):
+    """Row 1 only: the overflow is found by either fill of a wide node (row 0 stays fine)."""
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(3, 150, size=rng.integers(1, 6)).tolist() for _ in range(600)]
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS)
+    first = seqs[0][0]
+    prior = np.where([s[0] == first for s in seqs], -30.0, 0.0)[None]  # the child at `first`: about -30 nats
+    scores = torch.zeros(2, vocab)
+    scores[1, first] = -3e38  # -3e38 plus 5e36 * -30 is beyond float32
+    for weight, fails in ((1.0, False), (5e36, True)):
+        proc = TitleTrieProcessor(trie, 0, item_log_prior=prior, prior_weight=weight, backend="numba")
+        if fails:
+            with pytest.raises(ValueError, match=r"row 1: .* falls below the range of the scores"):
+                proc(torch.zeros(2, 0, dtype=torch.long), scores.clone())
+        else:
+            assert torch.isfinite(proc(torch.zeros(2, 0, dtype=torch.long), scores.clone())[1, first])
+
+
 # ---------------------------------------------------------------- hardening (issue 10)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
