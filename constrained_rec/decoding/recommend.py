@@ -72,7 +72,7 @@ from constrained_rec.decoding.steps import Hypothesis
 from constrained_rec.hf import check_positions
 from constrained_rec.trie.tokenization import SoftPrompt, eos_token_id, prompt_token_ids
 from constrained_rec.trie.trie import TitleTrie
-from constrained_rec.validation import check_int
+from constrained_rec.validation import check_int, check_number
 
 MODES = ("beam", "exact")
 __all__ = ["recommend", "recommend_at_weights", "Recommendation", "DecodeStats", "DecodeResult", "MODES",
@@ -359,8 +359,7 @@ def _check_options(model, trie, k, num_beams, mode, length_penalty, batch_size, 
         raise ValueError(f"`mode` has to be one of {MODES}, but is {mode!r}")
     if mode == "beam" and num_beams < k:
         raise ValueError(f"beam search returns at most `num_beams` titles: num_beams={num_beams} < k={k}")
-    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or not np.isfinite(length_penalty):
-        raise ValueError(f"`length_penalty` has to be a finite number, but is {length_penalty!r}")
+    check_number(length_penalty, "`length_penalty`")
     if mode == "exact" and length_penalty != 0.0:
         raise ValueError(
             f"exact mode ranks titles by total log-probability and needs length_penalty=0.0, got {length_penalty!r}; "

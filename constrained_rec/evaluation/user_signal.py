@@ -64,9 +64,7 @@ def derangement(num_users: int, seed: int = 0) -> np.ndarray:
 
     ```
     """
-    if isinstance(num_users, bool) or not isinstance(num_users, (int, np.integer)) or num_users < 2:
-        raise ValueError(f"a derangement pairs every user with another one and needs at least 2 users, "
-                         f"got num_users={num_users!r}")
+    check_int(num_users, "num_users", least=2, numpy=True, note=" (a derangement pairs every user with another one and needs at least 2 users)")
     rng = np.random.default_rng([int(seed), 1])
     while True:  # about e tries on average, at most a few dozen with overwhelming probability
         permutation = rng.permutation(int(num_users))

@@ -333,6 +333,8 @@ def test_titles_and_string_prompts_with_a_tokenizer(smollm2_tokenizer):
         ({"prompts": [[1, -2]]}, "prompt 0 has to be a string or a non-empty list of token ids"),
         ({"prompts": ["text"]}, "prompt 0 is a string, which needs a tokenizer"),
         ({"batch_size": 0}, "`batch_size` must be an integer >= 1"),
+        ({"length_penalty": float("nan")}, "`length_penalty` must be a finite number, got nan"),
+        ({"length_penalty": True}, "`length_penalty` must be a finite number, got True"),
     ],
 )
 def test_bad_arguments_are_clear_errors(model, kwargs, message):

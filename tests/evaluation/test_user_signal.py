@@ -81,6 +81,14 @@ def test_derangement_has_no_fixed_point_and_is_seeded():
             assert sorted(pairs.tolist()) == list(range(n))
             assert not (pairs == np.arange(n)).any()
     assert derangement(50, 4).tolist() == derangement(50, 4).tolist()
+
+
+@pytest.mark.parametrize("num_users", [1, 0, True, 2.0])
+def test_derangement_needs_two_users_as_an_integer(num_users):
+    with pytest.raises(ValueError, match=rf"num_users must be an integer >= 2 \(a derangement pairs every user with "
+                                         rf"another one and needs at least 2 users\), got {num_users!r}"):
+        derangement(num_users)
+    assert derangement(np.int64(2)).tolist() == [1, 0]  # numpy integers count
     assert derangement(50, 4).tolist() != derangement(50, 5).tolist()
     for bad in (1, 0, -3, 2.5, True):
         with pytest.raises(ValueError, match=repr(bad)):
