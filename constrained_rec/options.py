@@ -195,8 +195,17 @@ class OptionParser(argparse.ArgumentParser):
 
     def _config_value(self, action: argparse.Action, value, path: str):
         """A value of the file, as the flag reads it: text through the flag's own type, lists of words for a
-        multi-word flag, other values checked against the field's type."""
+        multi-word flag, a name or a list of names for a repeatable one, other values checked against the field's
+        type."""
         where = f"{path}: {action.dest}"
+        if isinstance(action, argparse._AppendAction):  # a repeatable flag: one name or a list of names
+            names = [value] if isinstance(value, str) else value
+            if not (isinstance(names, list) and names and all(isinstance(name, str) for name in names)):
+                raise ValueError(f"{where} must be a name or a non-empty list of names, got {value!r}")
+            unknown = [name for name in names if action.choices is not None and name not in action.choices]
+            if unknown:
+                raise ValueError(f"{where}: {unknown[0]!r} is not one of {list(action.choices)}")
+            return names
         if isinstance(value, str) and callable(action.type):
             try:
                 value = action.type(value)  # as the flag reads it: "1e-3", "tab", "all", "1,5,10"
