@@ -185,12 +185,12 @@ class OptionParser(argparse.ArgumentParser):
     def _dealias(self, values: dict, path: str) -> dict:
         """The file's keys with each alias (``data``) replaced by its option's name (``dataset``); an error where
         a file gives both."""
-        named = {}
+        named, keys = {}, {}
         for key, value in values.items():
             name = self.key_aliases.get(key, key)
             if name in named:
-                raise ValueError(f"{path}: {key} and {name} set the same option ({name}); give one")
-            named[name] = value
+                raise ValueError(f"{path}: {keys[name]} and {key} set the same option ({name}); give one")
+            named[name], keys[name] = value, key
         return named
 
     def _config_value(self, action: argparse.Action, value, path: str):

@@ -83,12 +83,16 @@ def parse_train_samples(value) -> int | str:
     window, as in train.py); a ``ValueError`` naming anything else."""
     if value == "all":
         return "all"
+    number = value
     if isinstance(value, str):
         try:
-            value = int(value)
+            number = int(value)
         except ValueError:
             pass
-    return check_int(value, "--train-samples (training windows; 0: zero-shot, all: every one)", least=0)
+    if not (is_int(number) and number >= 0):
+        raise ValueError(f"--train-samples takes a number of training windows >= 0 (0: zero-shot) or all (every "
+                         f"window), got {value!r}")
+    return number
 
 
 def separator(text: str) -> str:

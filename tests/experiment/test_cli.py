@@ -160,7 +160,7 @@ def test_run_py_takes_every_flag_of_train_py_but_no_resume():
 
 @pytest.mark.parametrize("script, before", [(gpu_run_script, GPU_RUN_BEFORE), (recipe_script, RECIPE_SEARCH_BEFORE)])
 def test_gpu_run_and_recipe_search_keep_every_flag_default_and_choice(script, before):
-    assert flags(script.build_parser()) == before
+    assert flags(script.build_parser()) == {**before, "--config": (None, None, "store", None)}
 
 
 def test_gpu_run_and_recipe_search_parse_as_before(capsys):
