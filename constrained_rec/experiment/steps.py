@@ -7,6 +7,7 @@ and :func:`prediction_identity` (what makes two evaluations the same).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 
 from constrained_rec.data import GROUPLENS_FOLDERS, draw_samples
 from constrained_rec.experiment.run_checks import check_splits
-from constrained_rec.experiment.run_config import DATA_FILE_OPTIONS, RunConfig
+from constrained_rec.experiment.run_config import DATA_FILE_OPTIONS, RUN_IDENTITY, RunConfig
 
 logger = logging.getLogger("constrained_rec.experiment.steps")
 
@@ -148,12 +149,28 @@ def prepare_adapter(config: RunConfig, name: str, model, tokenizer, trie, loaded
         return Adapter(model, None, None)
     if config.adapter or (folder / "train_config.json").is_file():  # given, or finished by an interrupted run
         summary = check_adapter(folder, name, trie)
+        check_adapter_template(config, folder)
         model, _ = load_adapter(folder, base_model=model)
         return Adapter(model, folder, summary, adapter_tokens(folder, collab))
     tick = time.perf_counter()
     model = train_adapter(config, model, tokenizer, trie, loaded, folder, collab)
     timings["train_s"] = time.perf_counter() - tick
     return Adapter(model, folder, check_adapter(folder, name, trie), collab)
+
+
+def check_adapter_template(config: RunConfig, folder: Path) -> None:
+    """An adapter is evaluated with the prompt template it was trained with, where ``run.json`` records it: in the
+    adapter's folder (train.py, a recipe) or, for run.py's ``OUTPUT_DIR/adapter``, in the folder above (no
+    ``template`` there: alpaca). An error names both templates otherwise."""
+    candidates = [folder / RUN_IDENTITY] + ([folder.parent / RUN_IDENTITY] if folder.name == "adapter" else [])
+    for path in candidates:
+        if path.is_file():
+            trained = json.loads(path.read_text()).get("template", "alpaca")
+            if trained != config.template:
+                raise ValueError(f"the adapter {folder} was trained on prompts of the {trained!r} template ({path}), "
+                                 f"but this run renders them with --template {config.template}; pass --template "
+                                 f"{trained}")
+            return
 
 
 def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, folder: Path, collab=None):

@@ -112,6 +112,27 @@ def test_resuming_with_another_template_is_refused(tmp_path):
         check_run_identity(tmp_path, parse_run(["--quick", "--template", "chat"]), SINGLE, name="m")
 
 
+def test_an_adapter_is_evaluated_with_the_template_it_was_trained_with(tmp_path):
+    import json
+
+    from constrained_rec.experiment.steps import check_adapter_template
+
+    trained = tmp_path / "train-py"  # train.py's folder is the adapter and holds its run.json
+    trained.mkdir()
+    (trained / "run.json").write_text(json.dumps({"template": "chat", "lora_r": 8}))
+    check_adapter_template(parse_run(["--template", "chat"]), trained)
+    with pytest.raises(ValueError, match=r"trained on prompts of the 'chat' template .* --template alpaca; pass "
+                                         r"--template chat"):
+        check_adapter_template(parse_run([]), trained)
+    run_folder = tmp_path / "run-py"  # run.py's adapter/ under the folder of its run.json (alpaca: no template key)
+    (run_folder / "adapter").mkdir(parents=True)
+    (run_folder / "run.json").write_text(json.dumps({"lora_r": 8}))
+    check_adapter_template(parse_run([]), run_folder / "adapter")
+    with pytest.raises(ValueError, match="'alpaca' template"):
+        check_adapter_template(parse_run(["--template", "chat"]), run_folder / "adapter")
+    check_adapter_template(parse_run(["--template", "chat"]), tmp_path)  # nothing recorded: nothing to check
+
+
 # ------------------------------------------------------------------------------- --template reaches the prompts
 @pytest.fixture(scope="module")
 def tokenizer():
