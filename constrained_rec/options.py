@@ -127,7 +127,7 @@ def add_options(parser: argparse.ArgumentParser, cls, names: Iterable[str] | Non
     """Add the flags of ``cls``'s option fields (all, or ``names``) to ``parser`` (or to its argument ``group``)."""
     target = group if group is not None else parser
     for spec in option_fields(cls, names):
-        aliases = spec.metadata[OPTION].get("aliases", ())
+        aliases = spec.metadata[OPTION]["aliases"]
         target.add_argument(flag_of(spec), *aliases, **_arguments(spec))
         if isinstance(parser, OptionParser):
             parser.annotations[spec.name] = str(spec.type)
