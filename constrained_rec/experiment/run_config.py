@@ -90,8 +90,8 @@ def parse_train_samples(value) -> int | str:
         except ValueError:
             pass
     if not (is_int(number) and number >= 0):
-        raise ValueError(f"--train-samples takes a number of training windows >= 0 (0: zero-shot) or all (every "
-                         f"window), got {value!r}")
+        raise ValueError(f"RunConfig.train_samples (--train-samples) must be an integer >= 0 (0: zero-shot) or all "
+                         f"(every training window), got {value!r}")
     return number
 
 

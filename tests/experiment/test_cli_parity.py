@@ -85,10 +85,10 @@ def test_train_samples_all_means_every_window_as_in_train_py(capsys):
     for bad in ("some", "-1"):
         with pytest.raises(SystemExit):
             parse_run(["--train-samples", bad])
-        assert ("--train-samples takes a number of training windows >= 0 (0: zero-shot) or all (every window), "
-                f"got '{bad}'") in capsys.readouterr().err
+        assert ("argument --train-samples: RunConfig.train_samples (--train-samples) must be an integer >= 0 (0: "
+                f"zero-shot) or all (every training window), got '{bad}'") in capsys.readouterr().err
     for bad in ("every", -2, 1.5, True):
-        with pytest.raises(ValueError, match=f"or all \\(every window\\), got {bad!r}"):
+        with pytest.raises(ValueError, match=f"or all \\(every training window\\), got {bad!r}"):
             RunConfig(train_samples=bad)
 
 
