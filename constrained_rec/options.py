@@ -30,14 +30,16 @@ OPTION = "option"  # the key of a field's metadata that makes it a flag
 
 
 def option(default=dataclasses.MISSING, help: str = "", *, flag: str | None = None, parse=None, choices=None,
-           least: int | None = None, action: str | None = None, metavar: str | None = None):
+           least: int | None = None, action: str | None = None, metavar: str | None = None,
+           aliases: tuple[str, ...] = ()):
     """A dataclass field that is also a command-line option (see the module docstring).
 
     ``default`` ``MISSING`` makes the flag required; a list or tuple default is stored as a tuple. ``flag``
     overrides the spelling, ``action="store_false"`` makes a ``--no-x`` flag of a field that defaults to ``True``.
+    ``aliases`` are other spellings of the flag (``("--data",)``); ``--config`` accepts them as keys too (``data``).
     """
     metadata = {OPTION: {"help": help, "flag": flag, "parse": parse, "choices": choices, "least": least,
-                         "action": action, "metavar": metavar}}
+                         "action": action, "metavar": metavar, "aliases": tuple(aliases)}}
     if isinstance(default, (list, tuple)):
         return dataclasses.field(default=tuple(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -125,9 +127,11 @@ def add_options(parser: argparse.ArgumentParser, cls, names: Iterable[str] | Non
     """Add the flags of ``cls``'s option fields (all, or ``names``) to ``parser`` (or to its argument ``group``)."""
     target = group if group is not None else parser
     for spec in option_fields(cls, names):
-        target.add_argument(flag_of(spec), **_arguments(spec))
+        aliases = spec.metadata[OPTION]["aliases"]
+        target.add_argument(flag_of(spec), *aliases, **_arguments(spec))
         if isinstance(parser, OptionParser):
             parser.annotations[spec.name] = str(spec.type)
+            parser.key_aliases.update({alias[2:].replace("-", "_"): spec.name for alias in aliases})
             if spec.default is dataclasses.MISSING:
                 parser.required_options.append(spec.name)
 
@@ -140,6 +144,7 @@ class OptionParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.annotations: dict[str, str] = {}
         self.required_options: list[str] = []
+        self.key_aliases: dict[str, str] = {}  # --config key of a flag's alias -> the option's name
 
     def add_config_option(self) -> None:
         self.add_argument("--config", metavar="FILE.yaml", default=None,
@@ -171,16 +176,36 @@ class OptionParser(argparse.ArgumentParser):
         """The options of the YAML file ``path``, each checked as its flag would be; errors exit naming the key."""
         by_name = {action.dest: action for action in options}
         try:
-            values = read_yaml_mapping(path)
+            values = self._dealias(read_yaml_mapping(path), path)
             check_keys(values, by_name, path)
             return {key: self._config_value(by_name[key], value, path) for key, value in values.items()}
         except (OSError, ValueError) as error:
             self.error(str(error))
 
+    def _dealias(self, values: dict, path: str) -> dict:
+        """The file's keys with each alias (``data``) replaced by its option's name (``dataset``); an error where
+        a file gives both."""
+        named, keys = {}, {}
+        for key, value in values.items():
+            name = self.key_aliases.get(key, key)
+            if name in named:
+                raise ValueError(f"{path}: {keys[name]} and {key} set the same option ({name}); give one")
+            named[name], keys[name] = value, key
+        return named
+
     def _config_value(self, action: argparse.Action, value, path: str):
         """A value of the file, as the flag reads it: text through the flag's own type, lists of words for a
-        multi-word flag, other values checked against the field's type."""
+        multi-word flag, a name or a list of names for a repeatable one, other values checked against the field's
+        type."""
         where = f"{path}: {action.dest}"
+        if isinstance(action, argparse._AppendAction):  # a repeatable flag: one name or a list of names
+            names = [value] if isinstance(value, str) else value
+            if not (isinstance(names, list) and names and all(isinstance(name, str) for name in names)):
+                raise ValueError(f"{where} must be a name or a non-empty list of names, got {value!r}")
+            unknown = [name for name in names if action.choices is not None and name not in action.choices]
+            if unknown:
+                raise ValueError(f"{where}: {unknown[0]!r} is not one of {list(action.choices)}")
+            return names
         if isinstance(value, str) and callable(action.type):
             try:
                 value = action.type(value)  # as the flag reads it: "1e-3", "tab", "all", "1,5,10"

@@ -9,7 +9,8 @@ with uniform and with assistant-proposed candidates. ``metrics.json``, ``report.
 ``user_signal.png`` land in ``--output-dir``. Sizing: see :mod:`constrained_rec.experiment.scale_run`.
 
 Every flag is a field of :class:`~constrained_rec.experiment.scale_run.ScaleRunConfig` (default and help text
-live there); the run itself is :func:`constrained_rec.experiment.scale_run.run_at_scale`.
+live there); ``--config FILE.yaml`` sets any of them by name (``epochs: 2``), flags given on the command line win.
+The run itself is :func:`constrained_rec.experiment.scale_run.run_at_scale`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from constrained_rec.options import OptionParser, add_options
 
 
 def build_parser() -> OptionParser:
-    """The flags of :class:`ScaleRunConfig`'s fields (defaults and help live there)."""
+    """The flags of :class:`ScaleRunConfig`'s fields (defaults and help live there) and ``--config``."""
     parser = OptionParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_config_option()
     add_options(parser, ScaleRunConfig)
     return parser
 

@@ -14,7 +14,9 @@ recipe with a JSON in ``RESULTS``, with its exact command); adapters go to ``--o
 records the recipe's options: a rerun there with other options (``--users``, ``--seed``, ...) is refused.
 
 Every flag is a field of :class:`SearchCommand` or :class:`~constrained_rec.experiment.recipes.SearchSettings`
-(default and help text live there); the search itself is :func:`constrained_rec.experiment.recipes.run_search`.
+(default and help text live there); ``--config FILE.yaml`` sets any of them by name (``recipe: [qv-r8-lr1e-3]``,
+``users: 50``), flags given on the command line win. The search itself is
+:func:`constrained_rec.experiment.recipes.run_search`.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ class SearchCommand:
 
 
 def build_parser() -> OptionParser:
-    """The flags of :class:`SearchCommand` and :class:`SearchSettings` (defaults and help live on their fields)."""
+    """The flags of :class:`SearchCommand` and :class:`SearchSettings` (defaults and help live on their fields) and
+    ``--config``."""
     parser = OptionParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_config_option()
     add_options(parser, SearchCommand)
     add_options(parser, SearchSettings)
     return parser

@@ -27,6 +27,10 @@ main one merges them into one report). A folder is resumed only by a run with th
 
 Every flag is a field of :class:`~constrained_rec.experiment.run_config.RunConfig` (default and help text live
 there); ``--config FILE.yaml`` sets any of them by name (``lora_r: 16``), flags given on the command line win.
+run.py takes every option of ``experiments/train.py`` with the same meaning: ``--data`` (and the key ``data``) is
+``--dataset``, ``--train-samples all`` every training window, ``--eval-samples`` the validation samples of the
+loss; but ``--no-resume``: a run folder holds more than the adapter (the assistant, the prior's sweep, the
+predictions), so starting over is a new ``--output-dir``.
 The job itself is :func:`constrained_rec.experiment.pipeline.run`.
 """
 
@@ -40,7 +44,7 @@ from constrained_rec.experiment.pipeline import run
 from constrained_rec.experiment.run_config import DATA_OPTIONS, TRAINING_OPTIONS, RunConfig, assistant_options
 from constrained_rec.options import OptionParser, add_options, option_fields
 
-TRAINING = ("model", "train_samples", "epochs", "batch_size", "learning_rate", "history_loss_weight",
+TRAINING = ("model", "train_samples", "eval_samples", "epochs", "batch_size", "learning_rate", "history_loss_weight",
             *TRAINING_OPTIONS, "adapter")
 
 
@@ -52,7 +56,8 @@ def build_parser() -> OptionParser:
     groups = {
         "data set": ("--dataset is a GroupLens name, a folder in a supported layout (GroupLens, RecBole, Amazon "
                      "2018, D3/MiniOneRec with its own train/valid/test CSVs), an Amazon reviews file, or an "
-                     "interactions CSV/TSV with --items", DATA_OPTIONS),
+                     "interactions CSV/TSV with --items; --template renders the prompts of training and evaluation",
+                     (*DATA_OPTIONS, "template")),
         "model and training": ("the LoRA adapter trained on the training split (experiments/train.py takes the same "
                                "training options), or --adapter DIR, or zero-shot with --train-samples 0", TRAINING),
         "collaborative prior and controls": (

@@ -13,7 +13,7 @@ from constrained_rec.collaborative.registry import ASSISTANTS
 from constrained_rec.evaluation.evaluate import DECODERS
 from constrained_rec.experiment.search_options import PRIOR_LOOKAHEAD_CHOICES, check_search_options, lookahead
 from constrained_rec.options import check_least, flag_of, option, option_fields, option_of
-from constrained_rec.prompts import ITEM_NOUNS
+from constrained_rec.prompts import ITEM_NOUNS, TEMPLATES
 from constrained_rec.training.config import TrainConfig
 from constrained_rec.validation import check_int, check_number, is_int
 
@@ -29,7 +29,7 @@ DEFAULT_KS = (1, 5, 10, 20)
 class RunSize:
     """How much a run trains and evaluates."""
 
-    train_samples: int
+    train_samples: int | str  # "all": every training window
     epochs: int
     eval_users: int
     validation_samples: int
@@ -78,6 +78,23 @@ def parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
+def parse_train_samples(value) -> int | str:
+    """``--train-samples`` of run.py: an integer >= 0 (0 trains nothing: zero-shot) or ``"all"`` (every training
+    window, as in train.py); a ``ValueError`` naming anything else."""
+    if value == "all":
+        return "all"
+    number = value
+    if isinstance(value, str):
+        try:
+            number = int(value)
+        except ValueError:
+            pass
+    if not (is_int(number) and number >= 0):
+        raise ValueError(f"RunConfig.train_samples (--train-samples) must be an integer >= 0 (0: zero-shot) or all "
+                         f"(every training window), got {value!r}")
+    return number
+
+
 def separator(text: str) -> str:
     """``--sep``: the text itself, with ``\\t`` or ``tab`` meaning a tab (what a shell passes most easily)."""
     if not text:
@@ -98,7 +115,7 @@ TRAINING_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules
                     "gradient_accumulation_steps", "lr_schedule", "warmup_steps", "max_steps", "eval_every",
                     "early_stopping_patience", "checkpoint_every")
 # the int options and their least values are on the fields (option(least=...)); seed has its own message
-_INT_OPTIONS = ("max_history", "train_samples", "epochs", "batch_size", "eval_users", "num_beams", "eval_batch_size",
+_INT_OPTIONS = ("max_history", "eval_samples", "epochs", "batch_size", "eval_users", "num_beams", "eval_batch_size",
                 "threads", "search_error_users", "signal_candidates")
 
 
@@ -125,7 +142,8 @@ class RunConfig:
     constrained: bool = option(False, "decode with the title trie; without it, the BIGRec baseline (free decoding "
                                       "+ grounding)")
     dataset: str = option("ml-100k", "data set name (ml-100k, ml-latest-small, ml-1m, ...) or path (see 'data set' "
-                                     "below and constrained_rec.data)")
+                                     "below and constrained_rec.data); --data is train.py's spelling",
+                          aliases=("--data",))
     data_dir: str | None = option(None, "folder of GroupLens data sets (default $CONSTRAINED_REC_DATA)")
     # The data set's files, columns and split (see DATA_OPTIONS and constrained_rec.data.load_interactions).
     items: str | None = option(None, "items file (item id, title) of an interactions CSV/TSV, or the metadata file "
@@ -143,11 +161,18 @@ class RunConfig:
     max_history: int = option(10, "at most this many previous items in a prompt (BIGRec's and D3's 10)", least=1)
     item_noun: str | None = option(None, "the prompt's noun for the items [default the data set's: movies for "
                                          "MovieLens, products for Amazon, items otherwise]", choices=sorted(ITEM_NOUNS))
+    template: str = option("alpaca", "the prompts' template: alpaca (BIGRec's) or chat (the model's own chat "
+                                     "template, from its tokenizer)", choices=TEMPLATES)
     model: str | None = option(None, "smollm2-135m (embedded), a local model folder, or a Hugging Face id in the "
                                      "local cache [default: the base model of --adapter, else smollm2-135m]")
-    train_samples: int | None = option(None, f"training samples drawn (seeded); 0 evaluates the base model "
-                                             f"zero-shot [default {DEFAULTS.train_samples}, --quick "
-                                             f"{QUICK.train_samples}]", least=0)
+    train_samples: int | str | None = option(None, f"training windows drawn (seeded); all keeps every window, 0 "
+                                                   f"evaluates the base model zero-shot [default "
+                                                   f"{DEFAULTS.train_samples}, --quick {QUICK.train_samples}]",
+                                             parse=parse_train_samples, metavar="N|all")
+    eval_samples: int | None = option(None, f"validation samples for the training loss: the first of the run's "
+                                            f"validation users (as many as --eval-users) [default "
+                                            f"{DEFAULTS.validation_samples}, --quick {QUICK.validation_samples}]",
+                                      least=1)
     epochs: int | None = option(None, f"training epochs [default {DEFAULTS.epochs}]", least=1)
     batch_size: int = option_of(TrainConfig, "batch_size", help="training batch size")
     learning_rate: float = option_of(TrainConfig, "learning_rate", default=1e-3, help=(
@@ -251,6 +276,8 @@ class RunConfig:
     def _check_training(self) -> None:
         """The training options: checked as :class:`TrainConfig` checks them; a run that trains nothing
         (``--adapter``, ``--train-samples 0``) refuses any of them given."""
+        if self.train_samples is not None:
+            self.train_samples = parse_train_samples(self.train_samples)
         self.lora_target_modules = tuple(self.lora_target_modules)
         check_number(self.history_loss_weight, "RunConfig.history_loss_weight (--history-loss-weight)", least=0)
         self.train_config()  # TrainConfig's own checks, naming the flags
@@ -258,20 +285,23 @@ class RunConfig:
             return
         reason = f"--adapter {self.adapter}" if self.adapter is not None else "--train-samples 0"
         defaults = {spec.name: spec.default for spec in fields(self)}
-        for name in ("history_loss_weight", *TRAINING_OPTIONS):
+        for name in ("history_loss_weight", "eval_samples", *TRAINING_OPTIONS):
             value = getattr(self, name)
             if value != defaults[name]:
                 shown = " ".join(value) if isinstance(value, tuple) else value
                 raise ValueError(f"--{name.replace('_', '-')} {shown} is a training option, but {reason} trains "
                                  "nothing")
 
-    def train_config(self, catalog_fingerprint: str | None = None) -> TrainConfig:
+    def train_config(self, catalog_fingerprint: str | None = None, windows: int | None = None) -> TrainConfig:
         """The :class:`TrainConfig` this run trains with: its training options; the warm-up a tenth of an epoch's
-        steps (1 to 20) unless ``--warmup-steps`` is given."""
+        steps (1 to 20) unless ``--warmup-steps`` is given. An epoch is ``windows`` training samples where given
+        (the training split's), else ``--train-samples`` (``all``, before the data is loaded: 0)."""
         size = self.size
         warmup = self.warmup_steps
         if warmup is None:
-            warmup = min(20, max(1, size.train_samples // self.batch_size // 10))
+            if windows is None:
+                windows = 0 if size.train_samples == "all" else size.train_samples
+            warmup = min(20, max(1, windows // self.batch_size // 10))
         return TrainConfig(epochs=size.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
                            history_loss_weight=self.history_loss_weight, seed=self.seed,
                            catalog_fingerprint=catalog_fingerprint, warmup_steps=warmup,
@@ -348,7 +378,7 @@ class RunConfig:
             train_samples=base.train_samples if self.train_samples is None else self.train_samples,
             epochs=base.epochs if self.epochs is None else self.epochs,
             eval_users=base.eval_users if self.eval_users is None else self.eval_users,
-            validation_samples=base.validation_samples,
+            validation_samples=base.validation_samples if self.eval_samples is None else self.eval_samples,
         )
 
     @property
@@ -418,6 +448,7 @@ def run_identity(config: RunConfig, name: str | None = None, extra: dict | None 
         # only when set, so that folders written before the option existed still resume
         **({"history_loss_weight": config.history_loss_weight} if config.history_loss_weight else {}),
         **({"collab_tokens": config.collab_tokens} if config.collab_tokens != "none" else {}),
+        **({"template": config.template} if config.template != "alpaca" else {}),
         **_training_identity(config),
         **({"prior_lookahead": lookahead(config)} if lookahead(config) != "sum" else {}),
         "eval_users": None if config.all_users else size.eval_users, "ks": list(config.ks),

@@ -228,25 +228,29 @@ def run_training(config: RunConfig, policy: TrainingPolicy):
 
 def _load(run: Run) -> None:
     """Threads, evaluation settings and seed; the data (its files and the control's candidates checked), the
-    base model and the catalog trie (K and the prompts' positions checked against them)."""
+    base model and the catalog trie (K and the prompts' positions checked against them). With ``--template chat``
+    the model comes before the data: its tokenizer renders the prompts."""
     import torch
     from transformers import set_seed
 
     from constrained_rec.decoding.recommend import check_prompt_positions
     from constrained_rec.experiment.catalog import catalog_trie
     from constrained_rec.experiment.run_folder import check_data_files
-    from constrained_rec.experiment.steps import eval_config, load_base_model, load_data
+    from constrained_rec.experiment.steps import eval_config, load_data
 
     config = run.config
     torch.set_num_threads(run.policy.threads(config, run.device))
     run.evaluation = eval_config(config, run.device)
     set_seed(config.seed)
+    chat = config.template == "chat"  # its prompts are rendered by the model's tokenizer: the model first
+    if chat:
+        _load_model(run)
     with timed(run, "data_s"):
-        run.loaded = load_data(config)
+        run.loaded = load_data(config, run.tokenizer)
         check_data_files(run.output_dir, RUN_IDENTITY, run.loaded.data, run.state)  # before the folder is reused
         check_signal_candidates(config, run.loaded.data, run.loaded.splits["test"])
-    with timed(run, "model_load_s"):
-        run.model, run.tokenizer = load_base_model(run.model_name)
+    if not chat:
+        _load_model(run)
     run.trie = catalog_trie(run.loaded.data, run.tokenizer)
     if run.evaluation.max_k > len(run.trie):
         raise ValueError(f"K = {run.evaluation.max_k} is larger than the catalog of {run.loaded.data.name}: "
@@ -254,6 +258,14 @@ def _load(run: Run) -> None:
     prompts = [p for split in run.loaded.splits.values() for p in split["prompt"]]
     check_prompt_positions(run.model, run.tokenizer, prompts, run.trie,
                            "the run's prompts")  # before training and evaluation, not in their middle
+
+
+def _load_model(run: Run) -> None:
+    """The base model and its tokenizer (:func:`~constrained_rec.experiment.steps.load_base_model`)."""
+    from constrained_rec.experiment.steps import load_base_model
+
+    with timed(run, "model_load_s"):
+        run.model, run.tokenizer = load_base_model(run.model_name)
 
 
 def _fit_assistant(run: Run):

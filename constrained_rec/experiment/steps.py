@@ -7,6 +7,7 @@ and :func:`prediction_identity` (what makes two evaluations the same).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 
 from constrained_rec.data import GROUPLENS_FOLDERS, draw_samples
 from constrained_rec.experiment.run_checks import check_splits
-from constrained_rec.experiment.run_config import DATA_FILE_OPTIONS, RunConfig
+from constrained_rec.experiment.run_config import DATA_FILE_OPTIONS, RUN_IDENTITY, RunConfig
 
 logger = logging.getLogger("constrained_rec.experiment.steps")
 
@@ -40,10 +41,11 @@ class LoadedData:
         return self.positions
 
 
-def load_data(config: RunConfig) -> LoadedData:
+def load_data(config: RunConfig, tokenizer=None) -> LoadedData:
     """The data set (``--dataset`` with ``--items`` and the column options) and its samples under ``--split``
-    with ``--max-history`` and the prompt's noun: ``train_samples`` training samples and ``eval_users`` test
-    samples, seeded, at most as many as the test split holds (all with ``--all-users``).
+    with ``--max-history``, the prompt's noun and ``--template`` (``chat`` renders with ``tokenizer``'s chat
+    template): ``train_samples`` training samples (every window with ``all``) and ``eval_users`` test samples, seeded,
+    at most as many as the test split holds (all with ``--all-users``); as many validation samples.
 
     ``split_config`` comes back resolved (its ``protocol`` and ``item_noun`` made concrete). A split the run needs
     without samples (test; train and validation for training; validation for EASE, SASRec or ``--prior-weight
@@ -55,8 +57,8 @@ def load_data(config: RunConfig) -> LoadedData:
     size = config.size
     data = load_interactions(config.dataset, data_dir=config.data_dir, **_data_file_options(config))
     split_config = SplitConfig(max_history=config.max_history, protocol=config.split, item_noun=config.item_noun,
-                               seed=config.seed).resolve(data)
-    train_samples = size.train_samples or None
+                               template=config.template, seed=config.seed).resolve(data)
+    train_samples = None if size.train_samples == "all" else size.train_samples or None
     positions = split_positions(data, split_config)
     available = {split: len(rows) for split, rows in positions.items()}
     check_splits(config, data, split_config, available)  # a missing or empty CSV is named before the model loads
@@ -68,13 +70,26 @@ def load_data(config: RunConfig) -> LoadedData:
                        data.name, eval_samples, split_config.protocol, size.eval_users)
     if eval_samples is None or eval_samples <= available["validation"]:
         split_config = dataclasses.replace(split_config, train_samples=train_samples, eval_samples=eval_samples)
-        return LoadedData(data, split_config, make_splits(data, split_config, positions=positions), positions)
+        splits = make_splits(data, split_config, tokenizer=tokenizer, positions=positions)
+        return LoadedData(data, split_config, _check_eval_samples(config, splits), positions)
     # Fewer validation samples than test samples asked for (a given split without valid/, or a short one):
     # keep all validation samples and draw the test samples alone.
     split_config = dataclasses.replace(split_config, train_samples=train_samples, eval_samples=None)
-    splits = make_splits(data, split_config, positions=positions)
+    splits = make_splits(data, split_config, tokenizer=tokenizer, positions=positions)
     splits["test"] = splits["test"].select(draw_samples(np.arange(available["test"]), eval_samples, config.seed, "test").tolist())
-    return LoadedData(data, dataclasses.replace(split_config, eval_samples=eval_samples), splits, positions)
+    return LoadedData(data, dataclasses.replace(split_config, eval_samples=eval_samples),
+                      _check_eval_samples(config, splits), positions)
+
+
+def _check_eval_samples(config: RunConfig, splits):
+    """``splits``, once ``--eval-samples`` (given) is at most the validation samples drawn; else an error naming
+    both and what to pass (without it, the loss takes up to its default from what there is)."""
+    drawn = len(splits["validation"])
+    if config.eval_samples is not None and config.eval_samples > drawn:
+        raise ValueError(f"--eval-samples {config.eval_samples} asks for more validation samples than the run draws "
+                         f"({drawn}: as many as the test users, --eval-users, at most the validation split's); pass "
+                         f"--eval-samples {drawn} or less, or more --eval-users (--all-users)")
+    return splits
 
 
 def _data_file_options(config: RunConfig) -> dict:
@@ -134,12 +149,28 @@ def prepare_adapter(config: RunConfig, name: str, model, tokenizer, trie, loaded
         return Adapter(model, None, None)
     if config.adapter or (folder / "train_config.json").is_file():  # given, or finished by an interrupted run
         summary = check_adapter(folder, name, trie)
+        check_adapter_template(config, folder)
         model, _ = load_adapter(folder, base_model=model)
         return Adapter(model, folder, summary, adapter_tokens(folder, collab))
     tick = time.perf_counter()
     model = train_adapter(config, model, tokenizer, trie, loaded, folder, collab)
     timings["train_s"] = time.perf_counter() - tick
     return Adapter(model, folder, check_adapter(folder, name, trie), collab)
+
+
+def check_adapter_template(config: RunConfig, folder: Path) -> None:
+    """An adapter is evaluated with the prompt template it was trained with, where ``run.json`` records it: in the
+    adapter's folder (train.py, a recipe) or, for run.py's ``OUTPUT_DIR/adapter``, in the folder above (no
+    ``template`` there: alpaca). An error names both templates otherwise."""
+    candidates = [folder / RUN_IDENTITY] + ([folder.parent / RUN_IDENTITY] if folder.name == "adapter" else [])
+    for path in candidates:
+        if path.is_file():
+            trained = json.loads(path.read_text()).get("template", "alpaca")
+            if trained != config.template:
+                raise ValueError(f"the adapter {folder} was trained on prompts of the {trained!r} template ({path}), "
+                                 f"but this run renders them with --template {config.template}; pass --template "
+                                 f"{trained}")
+            return
 
 
 def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData, folder: Path, collab=None):
@@ -150,7 +181,7 @@ def train_adapter(config: RunConfig, model, tokenizer, trie, loaded: LoadedData,
     size = config.size
     validation = loaded.splits["validation"]
     validation = validation.select(range(min(size.validation_samples, len(validation))))
-    train_config = config.train_config(catalog_fingerprint=trie.fingerprint())
+    train_config = config.train_config(catalog_fingerprint=trie.fingerprint(), windows=len(loaded.splits["train"]))
     return train(model, tokenizer, loaded.splits["train"], train_config, eval_dataset=validation,
                  output_dir=folder, collab=collab).model
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from constrained_rec.experiment.run_config import DATA_FILE_OPTIONS, DEFAULT_MODEL, TRAINING_OPTIONS, RunConfig
 from constrained_rec.experiment.skeleton import ADAPTER_RESULTS, TrainingPolicy, run_training
 from constrained_rec.experiment.steps import Adapter, LoadedData
-from constrained_rec.options import OPTION, check_least, option
+from constrained_rec.options import OPTION, check_least, option, option_of
 from constrained_rec.validation import check_int, is_int
 
 # the training options of RunConfig beside TRAINING_OPTIONS
@@ -48,8 +48,9 @@ class TrainJob:
     data_options: dict = dataclasses.field(default_factory=dict)
     train_samples: int | None = option(1024, "training windows drawn (seeded); all keeps every sliding window",
                                        parse=train_windows, metavar="N|all")
-    eval_samples: int = option(200, "validation samples for the loss", least=1)
-    template: str = option("alpaca", "the prompt template")
+    eval_samples: int = option_of(RunConfig, "eval_samples", default=200,
+                                  help="validation samples for the loss (drawn, seeded)")
+    template: str = option_of(RunConfig, "template")
     train: object = None  # TrainConfig
     resume: bool = option(True, "ignore a checkpoint in --output-dir", flag="--no-resume", action="store_false")
 
@@ -72,6 +73,7 @@ class TrainJob:
         with :meth:`identity`."""
         train = self.train
         return RunConfig(dataset=self.data, model=self.model, assistant="none", train_samples=self.train_samples,
+                         template=self.template,
                          **{k: v for k, v in self.data_options.items() if v is not None},
                          **{name: getattr(train, name) for name in (*RUN_TRAINING, *TRAINING_OPTIONS)},
                          output_dir=str(self.output_dir),

@@ -144,14 +144,23 @@ def flags(parser: argparse.ArgumentParser) -> dict:
 
 def test_run_py_keeps_every_flag_default_and_choice_and_adds_the_training_options():
     now = flags(run_script.build_parser())
+    now["--dataset"] = now.pop("--dataset/--data")  # and train.py's spelling
     assert {flag: now[flag] for flag in RUN_BEFORE} == RUN_BEFORE
-    added = {"--" + name.replace("_", "-") for name in TRAINING_OPTIONS} | {"--config", "--prior-lookahead"}
+    added = {"--" + name.replace("_", "-") for name in TRAINING_OPTIONS} | {"--config", "--prior-lookahead",
+                                                                          "--template", "--eval-samples"}
     assert set(now) - set(RUN_BEFORE) == added
+
+
+def test_run_py_takes_every_flag_of_train_py_but_no_resume():
+    def spellings(parser):
+        return {spelling for action in parser._actions for spelling in action.option_strings}
+
+    assert spellings(train_script.build_parser()) - spellings(run_script.build_parser()) == {"--no-resume"}
 
 
 @pytest.mark.parametrize("script, before", [(gpu_run_script, GPU_RUN_BEFORE), (recipe_script, RECIPE_SEARCH_BEFORE)])
 def test_gpu_run_and_recipe_search_keep_every_flag_default_and_choice(script, before):
-    assert flags(script.build_parser()) == before
+    assert flags(script.build_parser()) == {**before, "--config": (None, None, "store", None)}
 
 
 def test_gpu_run_and_recipe_search_parse_as_before(capsys):
@@ -182,7 +191,8 @@ def test_run_py_training_options_have_train_py_names_and_defaults():
 
 def test_train_py_keeps_every_flag_default_and_choice():
     now = flags(train_script.build_parser())
-    expected = {**TRAIN_BEFORE, "--no-resume": (True, None, "store_false", 0)}  # now dest resume: same meaning
+    expected = {**TRAIN_BEFORE, "--no-resume": (True, None, "store_false", 0),  # now dest resume: same meaning
+                "--template": ("alpaca", ["alpaca", "chat"], "store", None)}  # a wrong name refused at the flag
     assert {flag: now[flag] for flag in TRAIN_BEFORE} == expected
     assert set(now) - set(TRAIN_BEFORE) == {"--config"}
     options = vars(train_script.build_parser().parse_args(["--output-dir", "x", "--no-resume"]))

@@ -25,7 +25,8 @@ SINGLE = SimpleNamespace(is_main_process=True, num_processes=1, process_index=0,
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(train_samples=-1), r"train_samples \(--train-samples\) must be an integer >= 0, got -1"),
+    (dict(train_samples=-1), r"train_samples \(--train-samples\) must be an integer >= 0 \(0: zero-shot\) or all "
+                             r"\(every training window\), got -1"),
     (dict(epochs=0), r"epochs \(--epochs\) must be an integer >= 1, got 0"),
     (dict(eval_users=2.5), r"eval_users \(--eval-users\) must be an integer >= 1, got 2.5"),
     (dict(k=(0, 5)), r"k \(--k\) must be positive integers"),
