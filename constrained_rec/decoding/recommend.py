@@ -12,7 +12,8 @@ users' own calls. Three things make it faster than `generate(num_beams=B)` with 
   its prompt's row beside its sibling beams' tokens (a token tree), and a 4D attention mask lets it see
   only its prompt and its own ancestors, at the positions it would have alone; so no step copies,
   reorders or grows the prompt's keys and values once per beam, as step-by-step beam search does. Jumps
-  and exact mode feed their tokens the same way, packed into as few batch rows as pay.
+  feed their tokens the same way, packed into as few batch rows as pay; exact mode keeps what it feeds
+  in the same layout (below).
 * **Only live beams.** `generate()` keeps B rows per prompt even when fewer continuations exist (the
   rest are fillers scored -1e9 that are computed and thrown away); here a step forwards only the beams
   that are still running, and a prompt whose search is over leaves the batch.
