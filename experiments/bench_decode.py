@@ -25,7 +25,8 @@ the first `--users` test users of ``experiments/run.py``'s seeded sample (ml-100
 excluded), the embedded model (or ``--adapter DIR``) fused with an assistant fitted on the training split
 (``--assistant``, default ease) at each ``--prior-weights``: NDCG@10, users/s and forwards of beam search with
 ``prior_lookahead="sum"`` and ``"max"``, and of exact search under each bound (on the first `--exact-users`),
-with the prefixes exact search scored per user and how many users it proved.
+with the prefixes (trie nodes) exact search expanded per user (mean, median and max: ``DecodeStats.expanded``)
+and how many users it proved.
 
 The prefill floor: the same prompts' prefill alone, batched as ``recommend`` batches them (`--batch-size`),
 timed as decoding runs it (the head the prompts share prefilled once, ``constrained_rec.decoding.runner.PromptBatch``)
@@ -140,6 +141,11 @@ def prefill_floor(model, tokenizer, prompts, trie, batch_size: int, share_prefix
                 PromptBatch(ids[start : start + batch_size], runner, share_prefix=share_prefix)
         best = {"cpu": min(best["cpu"], time.process_time() - cpu), "wall": min(best["wall"], time.perf_counter() - wall)}
     return {**best, "tokens": stats.forward_tokens, "users": len(ids)}
+
+
+def nodes_expanded(stats: DecodeStats) -> str:
+    """Exact search's prefixes (trie nodes) expanded per user: mean, median (max)."""
+    return f"{np.mean(stats.expanded):.0f}, {np.median(stats.expanded):.0f} (max {max(stats.expanded)})"
 
 
 def floor_lines(floors: dict) -> str:
@@ -260,8 +266,8 @@ def main(argv=None) -> None:
     if exact is not None:
         stats = exact["result"].stats
         print(f"\nexact: {sum(stats.budget_exhausted)} of {exact_users} users hit node_budget={args.node_budget}; "
-              f"prefixes scored per user: {np.mean(stats.expanded):.0f} (max {max(stats.expanded)}) of "
-              f"{trie.num_nodes + len(trie)} trie nodes and titles")
+              f"nodes expanded per user: {nodes_expanded(stats)} of {trie.num_nodes + len(trie)} trie nodes and "
+              "titles")
     no_jump, with_jump = (next(r["lists"] for r in rows if r["name"] == n)
                           for n in ("recommend beam, no jump", "recommend beam, jump"))
     changed = sum(a != b for a, b in zip(no_jump, with_jump))
@@ -335,7 +341,7 @@ def prior_search(args) -> None:
     print(f"{len(samples)} users (run.py's seeded sample, first {args.users}), {args.assistant} prior, "
           f"{'adapter ' + args.adapter if args.adapter else 'zero-shot'}; {trie}")
     print(f"\n| w | method | users | users/s (wall) | users/s (CPU time) | forwards/user | NDCG@{args.k} | "
-          f"prefixes scored/user (exact) | proven | overlap with exact(max) top-{args.k} |")
+          f"nodes expanded/user (exact): mean, median (max) | proven | overlap with exact(max) top-{args.k} |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     methods = (("beam, sum", "beam", "sum", len(samples)), ("beam, max", "beam", "max", len(samples)),
                ("exact, max bound", "exact", "max", args.exact_users), ("exact, sum bound", "exact", "sum",
@@ -357,7 +363,7 @@ def prior_search(args) -> None:
             ranks = [target_rank([i for r in recs for i in r.item_ids], s.target_item_id)
                      for s, recs in zip(picked, result.recommendations)]
             stats = result.stats
-            expanded = f"{np.mean(stats.expanded):.0f} (max {max(stats.expanded)})" if mode == "exact" else "-"
+            expanded = nodes_expanded(stats) if mode == "exact" else "-"
             proven = f"{sum(p >= args.k for p in stats.proven)}/{users}" if mode == "exact" else "-"
             reference = found.get("exact, max bound")
             overlap = "-" if reference is None else (

@@ -12,7 +12,8 @@ users' own calls. Three things make it faster than `generate(num_beams=B)` with 
   its prompt's row beside its sibling beams' tokens (a token tree), and a 4D attention mask lets it see
   only its prompt and its own ancestors, at the positions it would have alone; so no step copies,
   reorders or grows the prompt's keys and values once per beam, as step-by-step beam search does. Jumps
-  and exact mode feed their tokens the same way, packed into as few batch rows as pay.
+  feed their tokens the same way, packed into as few batch rows as pay; exact mode keeps what it feeds
+  in the same layout (below).
 * **Only live beams.** `generate()` keeps B rows per prompt even when fewer continuations exist (the
   rest are fillers scored -1e9 that are computed and thrown away); here a step forwards only the beams
   that are still running, and a prompt whose search is over leaves the batch.
@@ -45,7 +46,12 @@ along a path, so a complete title that reaches the top of the queue beats everyt
 prior a prefix is bounded by ``w * log max_{titles t under it} M(t)`` (``prior_lookahead="max"``, exact mode's
 default), which is tighter than the mass under it wherever many titles share a prefix. It is bounded by ``node_budget``, the most trie
 prefixes the model may score per prompt; a prompt that hits it is reported in
-:attr:`DecodeStats.budget_exhausted` (and a warning), its proven titles first.
+:attr:`DecodeStats.budget_exhausted` (and a warning), its proven titles first. Every token it feeds stays in the
+KV cache, so expanding a prefix feeds its last token only, after its ancestors' kept tokens (one token per
+prefix, not its depth). It jumps tails (``jump``) on an accelerator only by default: on a CPU, where a forward
+costs about its tokens, expanding a tail token by token stops where its bound falls below the k-th title, and
+the jump's whole suffixes (and the padding they force on the other rows of a forward) cost more than the
+forwards they save (measured in the README).
 """
 
 from __future__ import annotations
@@ -113,15 +119,19 @@ class DecodeStats:
 
     ``model_forwards`` counts calls of the model (prefills included), ``forward_tokens`` the tokens they
     fed (rows x positions, padding excluded). ``jumped`` counts suffixes scored in one forward. Per prompt:
-    ``expanded`` is how many trie prefixes exact search scored, ``budget_exhausted`` whether ``node_budget``
+    ``expanded`` is how many trie prefixes (nodes) exact search expanded, i.e. scored for their children (or, a
+    jumped tail, to its end), ``search_forwards`` in how many of the search's forwards (the prefill excluded) its
+    prefixes took part, ``search_tokens`` how many tokens they fed, ``budget_exhausted`` whether ``node_budget``
     stopped it, and ``proven`` how many of its returned titles are proven to be the true top ones (all of
-    them unless the budget stopped it; 0 in beam mode, which proves nothing).
+    them unless the budget stopped it); beam mode counts 0 of each, and proves nothing.
     """
 
     model_forwards: int = 0
     forward_tokens: int = 0
     jumped: int = 0
     expanded: list[int] = field(default_factory=list)
+    search_forwards: list[int] = field(default_factory=list)
+    search_tokens: list[int] = field(default_factory=list)
     budget_exhausted: list[bool] = field(default_factory=list)
     proven: list[int] = field(default_factory=list)
 
@@ -143,7 +153,7 @@ def recommend(
     *,
     num_beams: int | None = None,
     mode: str = "beam",
-    jump: bool = True,
+    jump: bool | None = None,
     length_penalty: float = 0.0,
     exclude: Sequence[Collection[int]] | None = None,
     batch_size: int = 8,
@@ -175,9 +185,9 @@ def recommend(
             forward scores (more means fewer forwards but possibly wasted work).
         mode (`str`, *optional*, defaults to `"beam"`):
             `"beam"` (transformers' beam search, see the module docstring) or `"exact"` (the true top-`k`).
-        jump (`bool`, *optional*, defaults to `True`):
-            Score a prefix's unique remaining suffix in one forward. Exact mode gives the same result either way;
-            beam mode may differ from `jump=False` (module docstring).
+        jump (`bool`, *optional*, defaults to `True` in beam mode; in exact mode, `True` on an accelerator only):
+            Score a prefix's unique remaining suffix in one forward. Exact mode gives the same result either way
+            (up to float rounding); beam mode may differ from `jump=False` (module docstring).
         length_penalty (`float`, *optional*, defaults to 0.0):
             Beam mode ranks finished titles by `log_prob / length ** length_penalty`, as transformers does.
             Exact mode ranks by `log_prob` and needs 0.0.
@@ -254,10 +264,12 @@ def recommend(
             batch = list(range(start, min(start + batch_size, len(prompt_ids))))
             prompt = PromptBatch([prompt_ids[p] for p in batch], runner, soft=[soft[p] for p in batch])
             if mode == "beam":
-                found = beam_search(runner, trie, prompt, constraints, batch, num_beams, jump, float(length_penalty))
+                found = beam_search(runner, trie, prompt, constraints, batch, num_beams, jump is not False,
+                                    float(length_penalty))
                 _no_exact_stats(stats, len(batch))
             else:
-                found = exact_search(runner, trie, prompt, constraints, batch, k, num_beams, jump, node_budget)
+                exact_jump = runner.forward_cost > CPU_FORWARD_COST_TOKENS if jump is None else bool(jump)
+                found = exact_search(runner, trie, prompt, constraints, batch, k, num_beams, exact_jump, node_budget)
             for p, hypotheses in zip(batch, found):
                 recommendations.append([_recommendation(trie, constraints, p, h) for h in hypotheses[:k]])
     available = _warn_fewer_titles(constraints, len(prompt_ids), k)
@@ -314,6 +326,8 @@ def recommend_at_weights(model, tokenizer, prompts: Sequence[str | Sequence[int]
 def _no_exact_stats(stats: DecodeStats, num_prompts: int) -> None:
     """Beam search expands no prefixes of exact search's, exhausts no budget and proves nothing."""
     stats.expanded += [0] * num_prompts
+    stats.search_forwards += [0] * num_prompts
+    stats.search_tokens += [0] * num_prompts
     stats.budget_exhausted += [False] * num_prompts
     stats.proven += [0] * num_prompts
 

@@ -277,7 +277,8 @@ def method_metrics(records: Sequence[dict], config: EvalConfig, catalog_size: in
     (mean popularity percentile of the top-C items, ``None`` when nothing was recommended), where ``C`` is 10 or the
     largest K when that is smaller (a run with ``--k 1`` recommends one item: ``coverage@1``); ``seconds`` and
     ``users_per_s`` of the recommender (per process under sharding). A method decoded by exact search (records
-    with ``budget_exhausted``) also has ``budget_exhausted``: the users whose top-K its node budget left unproven.
+    with ``budget_exhausted``) also has ``budget_exhausted``: the users whose top-K its node budget left unproven,
+    and, where its records count them, ``nodes_expanded`` and ``search_forwards`` per user (``{mean, median, max}``).
     """
     by_method: dict[str, list[dict]] = {}
     for record in records:
@@ -303,7 +304,17 @@ def method_metrics(records: Sequence[dict], config: EvalConfig, catalog_size: in
         }
         if any("budget_exhausted" in r for r in rows):
             figures[method]["budget_exhausted"] = sum(bool(r.get("budget_exhausted")) for r in rows)
+        figures[method].update(_search_cost(rows))
     return figures
+
+
+def _search_cost(rows: Sequence[dict]) -> dict:
+    """Exact search's work per user, from records that count it (all of one method's or none: records written
+    before the counts existed carry none): ``nodes_expanded`` and ``search_forwards``, each ``{mean, median, max}``."""
+    if not rows or not all("nodes_expanded" in r for r in rows):
+        return {}
+    return {name: {"mean": float(np.mean(values)), "median": float(np.median(values)), "max": int(np.max(values))}
+            for name in ("nodes_expanded", "search_forwards") for values in [[int(r[name]) for r in rows]]}
 
 
 def _title_metrics(rows: Sequence[dict], config: EvalConfig) -> dict[str, dict]:

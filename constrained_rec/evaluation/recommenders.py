@@ -34,7 +34,8 @@ from constrained_rec.trie.tokenization import SoftPrompt, eos_token_id, prompt_t
 from constrained_rec.trie.trie import TitleTrie
 
 # The "exact" decoder: the most trie prefixes exact search scores per user before it gives up (the search-error
-# check's budget too); a user it stops says so in its prediction record (budget_exhausted, proven).
+# check's budget too); a user it stops says so in its prediction record (budget_exhausted, proven), and every
+# record says how many prefixes it expanded (nodes_expanded).
 EXACT_NODE_BUDGET = 2000
 
 @dataclass
@@ -175,11 +176,16 @@ def recommend_exact(model, tokenizer, prompts, trie, k, num_beams, length_penalt
     prior, bounded by the ``"max"`` lookahead unless ``prior_lookahead`` says ``"sum"``), ``num_beams`` prefixes
     scored per forward, at most :data:`EXACT_NODE_BUDGET` per prompt. A prompt that reaches the budget keeps the
     titles found so far, its proven ones first; its extras say so: ``budget_exhausted`` and ``proven`` (how many of
-    its leading titles are proven the true top ones)."""
+    its leading titles are proven the true top ones). They also say what its search cost: ``nodes_expanded`` (trie
+    prefixes expanded), ``search_forwards`` (forwards its prefixes took part in, the prefill excluded) and
+    ``search_tokens`` (tokens they fed), :class:`constrained_rec.decoding.recommend.DecodeStats`' per-prompt counts."""
     rankings, invalid, stats = _recommend("exact", model, tokenizer, prompts, trie, k, num_beams, length_penalty,
                                           exclude, item_log_prior, prior_weight, prior_lookahead)
-    return rankings, invalid, [{"budget_exhausted": bool(exhausted), "proven": int(proven)}
-                               for exhausted, proven in zip(stats.budget_exhausted, stats.proven)]
+    return rankings, invalid, [
+        {"budget_exhausted": bool(exhausted), "proven": int(proven), "nodes_expanded": int(nodes),
+         "search_forwards": int(forwards), "search_tokens": int(tokens)}
+        for exhausted, proven, nodes, forwards, tokens in zip(stats.budget_exhausted, stats.proven, stats.expanded,
+                                                              stats.search_forwards, stats.search_tokens)]
 
 
 def _recommend(mode, model, tokenizer, prompts, trie, k, num_beams, length_penalty, exclude, item_log_prior,
@@ -274,7 +280,8 @@ class ConstrainedRecommender:
     trie's build order, e.g. :class:`constrained_rec.experiment.assistant_prior.AssistantPrior`) and ``prior_weight`` it is
     LM + prior: the search ranks titles by ``log p_LM(title) + prior_weight * log M(title)`` (D3's assistant), partial
     titles looking ahead by ``prior_lookahead`` (``None``: the decoder's default, see :func:`recommend_constrained`).
-    Records of exact search carry ``budget_exhausted`` and ``proven`` (:func:`recommend_exact`).
+    Records of exact search carry ``budget_exhausted``, ``proven`` and its cost, ``nodes_expanded``,
+    ``search_forwards`` and ``search_tokens`` (:func:`recommend_exact`).
     """
 
     def __init__(self, model, tokenizer, trie: TitleTrie, config: EvalConfig, use_adapter: bool = True,

@@ -117,6 +117,12 @@ def markdown_report(results: Mapping) -> str:
         if "budget_exhausted" in figures:  # exact search (--decoder exact)
             lines.append(f"| users whose top-K exact search's node budget left unproven | "
                          f"{figures['budget_exhausted']} of {figures['users']} | |")
+        for key, what in (("nodes_expanded", "prefixes (nodes) exact search expanded per user"),
+                          ("search_forwards", "forwards of exact search per user")):
+            if key in figures:
+                cost = figures[key]
+                lines.append(f"| {what}: mean, median (max) | {_number(cost['mean'], 1)}, {_number(cost['median'], 1)} "
+                             f"({cost['max']}) | |")
     if results.get("assistant"):
         lines += ["", *assistant_markdown(results["assistant"])]
     if results.get("user_signal"):

@@ -509,6 +509,77 @@ def test_exact_mode_with_prior_equals_brute_force(seqs, seed, weight, jump, look
             assert titles[tuple(r.token_ids)][1] == pytest.approx(r.prior_log_mass, rel=1e-12, abs=1e-12)
 
 
+
+def brute_force_prefix_bounds(model, trie, seqs, items, prior, weight, lookahead):
+    """Per prompt, {prefix: its fused bound} for every proper prefix (no EOS) of a title of positive mass:
+    log p_LM(prefix) + w log of the mass of its best title ("max") or of all its titles ("sum"), by teacher forcing."""
+    fused = brute_force_fused(model, trie, seqs, items, prior, weight) if weight else [
+        {t: (lp, 0.0, lp) for t, lp in totals.items()} for totals in brute_force_log_probs(model, trie)]
+    out = []
+    for p, titles in enumerate(fused):
+        width = max(len(t) for t in titles)
+        ids = torch.tensor([PROMPTS[p] + list(t) + [PAD] * (width - len(t)) for t in titles])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(ids).logits.double(), dim=-1)
+        bounds = {}
+        for row, title in enumerate(titles):
+            steps = log_probs[row, torch.arange(len(PROMPTS[p]) - 1, len(PROMPTS[p]) - 1 + len(title)),
+                              torch.tensor(title)].cumsum(0)
+            for depth in range(1, len(title)):
+                bounds.setdefault(title[:depth], (float(steps[depth - 1]), []))[1].append(titles[title][1])
+        merge = max if lookahead == "max" else np.logaddexp.reduce
+        out.append({h: lp + weight * merge(masses) for h, (lp, masses) in bounds.items()})
+    return out, fused
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seqs=st.lists(st.lists(st.integers(3, 8), min_size=1, max_size=5), min_size=4, max_size=25),
+    seed=st.integers(0, 100),
+    weight=st.sampled_from([0.0, 1.0, 3.0]),
+    lookahead=st.sampled_from(["sum", "max"]),
+)
+def test_exact_search_counts_the_prefixes_it_expands(seqs, seed, weight, lookahead):
+    """One prefix per forward, no jump: best-first search expands exactly the prefixes whose bound beats the k-th
+    title's fused score (brute force: every prefix's bound by teacher forcing), one forward each."""
+    items = list(range(len(seqs)))
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS)
+    prior = random_log_prior(len(items), seed, zero_mass=1)
+    bounds, fused = brute_force_prefix_bounds(PEAKED, trie, seqs, items, prior, weight, lookahead)
+    k = min(3, min(len(t) for t in fused))
+    result = recommend(PEAKED, None, PROMPTS, trie, k, mode="exact", jump=False, num_beams=1, node_budget=10_000,
+                       item_log_prior=prior if weight else None, prior_weight=weight, prior_lookahead=lookahead)
+    stats = result.stats
+    assert stats.proven == [k] * len(PROMPTS)
+    for p, (prefixes, titles) in enumerate(zip(bounds, fused)):
+        kth = sorted((f for _, _, f in titles.values()), reverse=True)[k - 1]
+        surely = sum(b > kth + 1e-4 for b in prefixes.values())  # float32 sums in the search: a margin for rounding
+        at_most = sum(b > kth - 1e-4 for b in prefixes.values())
+        assert surely <= stats.expanded[p] <= at_most, (p, surely, stats.expanded[p], at_most)
+    assert stats.search_forwards == stats.expanded
+    assert stats.model_forwards == 1 + max(stats.expanded)  # the prefill, then a forward per prefix of the slowest
+
+
+@pytest.mark.parametrize("jump", [None, False, True])
+def test_exact_search_counts_forwards_and_tokens_per_prompt(jump):
+    """Several prefixes per forward: each forward counts once for every prompt with a prefix in it, and a prompt's
+    tokens are those its prefixes fed: one per prefix (its last; its ancestors' tokens are in the cache), and a
+    jumped tail's whole suffix. By default (on a CPU) exact search does not jump; beam search counts none."""
+    seqs, items = make_catalog(2, num_titles=30)
+    trie = TitleTrie.from_token_sequences(seqs, eos_token_id=EOS, item_ids=items)
+    result = recommend(PEAKED, None, PROMPTS, trie, 5, mode="exact", num_beams=4, jump=jump)
+    stats = result.stats
+    assert all(-(-n // 4) <= f <= n for n, f in zip(stats.expanded, stats.search_forwards))
+    assert stats.model_forwards == 1 + max(stats.search_forwards)
+    assert stats.forward_tokens == sum(len(p) for p in PROMPTS) + sum(stats.search_tokens)
+    assert (stats.jumped > 0) == bool(jump)
+    if not jump:
+        assert stats.search_tokens == stats.expanded
+    else:
+        assert sum(stats.search_tokens) > sum(stats.expanded)
+    beam = recommend(PEAKED, None, PROMPTS, trie, 5, num_beams=5).stats
+    assert beam.expanded == beam.search_forwards == beam.search_tokens == [0] * len(PROMPTS)
+
 def test_exact_mode_under_a_peaked_prior_is_exact(model):
     """Issue 21's probe: masses 1e-20 to 1e-30 after a mass of 1 in trie order were floored to one value by the
     prefix sums, and exact search "proved" a top-4 in the LM's order, 20 nats off."""

@@ -133,6 +133,7 @@ def test_the_exact_decoder_is_the_brute_force_top_k_under_the_fused_score(model,
         got = list(dict.fromkeys(record["titles"]))  # a title of two items fills two of the K = 3 items
         assert got == best[: len(got)] and len(record["item_ids"]) == 3
         assert record["budget_exhausted"] is False and record["proven"] == 3
+        assert 0 < record["search_forwards"] <= record["nodes_expanded"] == record["search_tokens"]  # a token each
         scores = {title: score for title, score in zip(record["titles"], record["scores"])}
         assert [scores[t] for t in got] == pytest.approx([scores_of[t] for t in got], abs=1e-3)
 
@@ -156,11 +157,15 @@ def test_an_exhausted_exact_search_is_recorded_and_counted(model, tokenizer, tri
                                          r"2 user\(s\) unproven: user 100 \(0 proven, \d items\), user 101"):
         records = ConstrainedRecommender(model, tokenizer, trie, config)(make_samples(2))["constrained"]
     assert all(r["budget_exhausted"] is True and r["proven"] < 3 for r in records)
+    assert all(r["nodes_expanded"] == 1 and r["search_forwards"] == 1 and r["search_tokens"] == 1 for r in records)
     rows = [{"method": "m", "seconds": 1.0, **r} for r in records]
-    assert method_metrics(rows, config, catalog_size=8, popularity={i: 50.0 for i in CATALOG})["m"]["budget_exhausted"] == 2
+    figures = method_metrics(rows, config, catalog_size=8, popularity={i: 50.0 for i in CATALOG})["m"]
+    assert figures["budget_exhausted"] == 2
+    assert figures["nodes_expanded"] == figures["search_forwards"] == {"mean": 1.0, "median": 1.0, "max": 1}
     beam = ConstrainedRecommender(model, tokenizer, trie, EvalConfig(ks=(1, 3), num_beams=4))(make_samples(2))
     rows = [{"method": "m", "seconds": 1.0, **r} for r in beam["constrained"]]
-    assert "budget_exhausted" not in method_metrics(rows, config, catalog_size=8, popularity={i: 50.0 for i in CATALOG})["m"]
+    figures = method_metrics(rows, config, catalog_size=8, popularity={i: 50.0 for i in CATALOG})["m"]
+    assert "budget_exhausted" not in figures and "nodes_expanded" not in figures
 
 
 def test_duplicate_titles_expand_to_all_their_items(model, tokenizer):

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, make_tiny_llama
@@ -161,6 +162,12 @@ def test_the_prior_lookahead_reaches_every_search_of_lm_plus_prior(run, tiny_mod
             records = [r for r in read_predictions(tmp_path / "out") if r["method"] == method]
             assert figures["budget_exhausted"] == sum(r["budget_exhausted"] for r in records)
             assert all(r["proven"] == 3 for r in records if not r["budget_exhausted"])
+            nodes = [r["nodes_expanded"] for r in records]
+            assert figures["nodes_expanded"] == {"mean": np.mean(nodes), "median": np.median(nodes), "max": max(nodes)}
+            assert (f"| prefixes (nodes) exact search expanded per user: mean, median (max) | {np.mean(nodes):.1f}, "
+                    f"{np.median(nodes):.1f} ({max(nodes)}) |") in (tmp_path / "out" / "report.md").read_text()
+        else:
+            assert "nodes_expanded" not in figures
 
 
 def test_metrics_recomputed_from_predictions_match_metrics_json(full_run):
