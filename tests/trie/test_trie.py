@@ -119,8 +119,9 @@ def test_titles_index_round_trip(tmp_path):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.text(st.sampled_from("ab\x00\x01\x02") | st.characters(), min_size=1, max_size=6)
-                .filter(str.strip), min_size=1, max_size=8))  # tokenization refuses blank titles
+# Lone surrogates (category Cs) are refused by design: a test of its own checks that message.
+@given(st.lists(st.text(st.sampled_from("ab\x00\x01\x02") | st.characters(exclude_categories=["Cs"]), min_size=1,
+                        max_size=6).filter(str.strip), min_size=1, max_size=8))  # tokenization refuses blank titles
 def test_any_title_text_round_trips(tmp_path_factory, titles):
     """NUL (where marisa-trie keys end) and the escape character itself come back exactly."""
     trie = TitleTrie.from_titles(titles, CharTokenizer())
