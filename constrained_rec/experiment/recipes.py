@@ -175,7 +175,7 @@ def recipe_command(recipe: Recipe, settings: SearchSettings) -> str:
     """The command line that reruns ``recipe`` with ``settings`` (options at their defaults left out)."""
     defaults = SearchSettings()
     parts = ["python", SCRIPT, "--recipe", recipe.name]
-    for name in ("users", "candidates", "eval_samples", "threads", "train_samples", "model"):
+    for name in ("users", "candidates", "eval_samples", "seed", "threads", "train_samples", "model"):
         value = getattr(settings, name)
         if value != getattr(defaults, name):
             parts += [f"--{name.replace('_', '-')}", str(value)]

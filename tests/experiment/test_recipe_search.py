@@ -68,6 +68,8 @@ def test_the_command_names_only_options_off_their_defaults():
     assert recipe_command(recipe, SearchSettings()) == "python experiments/recipe_search.py --recipe all-r16-lr1e-3"
     assert recipe_command(recipe, SearchSettings(users=50, train_samples=8, model="a b")).endswith(
         "--recipe all-r16-lr1e-3 --users 50 --train-samples 8 --model 'a b'")
+    # --seed moves the split, the training and the control: a command without it would rerun seed 0.
+    assert recipe_command(recipe, SearchSettings(seed=1)).endswith("--recipe all-r16-lr1e-3 --seed 1")
 
 
 def _run_on_a_tiny_model(tmp_path, recipe: str) -> dict:
