@@ -74,7 +74,8 @@ def _select(cands: _Beams, finished, num_beams: int, eos: int, jump: bool, step:
 
 def _still_running(cands: _Beams, running: np.ndarray, finished, num_beams, step, length_penalty) -> np.ndarray:
     """transformers' stopping heuristic (early_stopping=False): a prompt stops once its best running beam,
-    penalised at its current length, can no longer beat its worst of `num_beams` finished titles."""
+    penalised at its current length, can no longer beat its worst of `num_beams` finished titles. Returns
+    which of `running` run on (a mask); more finished titles only stop more prompts."""
     live = np.ones(len(running), dtype=bool)
     for p in np.unique(cands.prompt):
         finished[p] = sorted(finished[p], key=lambda h: -h.score)[:num_beams]
@@ -83,12 +84,19 @@ def _still_running(cands: _Beams, running: np.ndarray, finished, num_beams, step
             best = penalised(cands.score[running[own]].max(keepdims=True), step + 1, length_penalty)[0]
             if not best > finished[p][-1].score:
                 live &= ~own
-    return running[live]
+    return live
 
 
 def beam_search(runner: ModelRunner, trie: TitleTrie, prompt: PromptBatch, constraints: ItemConstraints,
-                batch: list[int], num_beams: int, jump: bool, length_penalty: float) -> list[list[Hypothesis]]:
-    """Beam search for every prompt of the batch at once; see the ``constrained_rec.decoding.recommend`` docstring for the rules."""
+                batch: list[int], num_beams: int, jump: bool, length_penalty: float,
+                ride: bool = True) -> list[list[Hypothesis]]:
+    """Beam search for every prompt of the batch at once; see the ``constrained_rec.decoding.recommend`` docstring for the rules.
+
+    A step's jumped suffixes ride in the forward of its running beams' next tokens (`ride`; else each step's
+    jumps take a forward of their own first, the same results up to float rounding). That forward feeds every
+    beam of a prompt the titles finished so far cannot stop; a prompt the jumped titles then stop drops its
+    beams' logits.
+    """
     eos = trie.eos_token_id
     num_prompts = len(batch)
     finished: list[list[Hypothesis]] = [[] for _ in range(num_prompts)]
@@ -102,18 +110,31 @@ def beam_search(runner: ModelRunner, trie: TitleTrie, prompt: PromptBatch, const
         cands = _expand(beams, trie, constraints, batch, torch.log_softmax(logits.float(), dim=-1), step)
         running, jumps = _select(cands, finished, num_beams, eos, jump, step, length_penalty)
         jumps = _worth_jumping(trie, finished, num_beams, jumps, cands, length_penalty)
-        if jumps:
-            for c, hypothesis in zip(jumps, _jump(runner, trie, tree, paths, step, jumps, cands, beams, length_penalty)):
-                finished[cands.prompt[c]].append(hypothesis)
-        running = _still_running(cands, running, finished, num_beams, step, length_penalty)
+        riding = _jump_segments(trie, paths, jumps, cands, beams) if jumps else None
+        runner.stats.jumped += len(jumps)
+        running = running[_still_running(cands, running, finished, num_beams, step, length_penalty)]
+        if riding is not None and not (ride and len(running)):
+            _finish(finished, jumps, cands, beams, riding[3], tree.score(runner, *riding), length_penalty)
+            riding = None
+            running = running[_still_running(cands, running, finished, num_beams, step, length_penalty)]
         if len(running) == 0:
             break
         parents = cands.parent[running]
+        prompts = cands.prompt[running] if riding is None else np.concatenate([cands.prompt[running], riding[0]])
+        tree.keep_prompts(np.unique(prompts))
+        logits, positions, ridden = tree.step(runner, cands.prompt[running], paths[parents], cands.token[running],
+                                              riding)
+        if riding is not None:
+            _finish(finished, jumps, cands, beams, riding[3], ridden, length_penalty)
+            live = _still_running(cands, running, finished, num_beams, step, length_penalty)
+            running, parents, positions = running[live], parents[live], positions[live]
+            logits = logits[torch.from_numpy(live).to(logits.device)]
+            if len(running) == 0:
+                break
         beams = _Beams(cands.prompt[running], cands.score[running], cands.log_prob[running],
                        [beams.tokens[cands.parent[c]] + (int(cands.token[c]),) for c in running],
                        cands.cursor.at(running))
         tree.keep_prompts(np.unique(beams.prompt))
-        logits, positions = tree.step(runner, beams.prompt, paths[parents], cands.token[running])
         paths = np.concatenate([paths[parents], positions[:, None]], axis=1)
         step += 1
     return finished
@@ -137,19 +158,21 @@ def _worth_jumping(trie: TitleTrie, finished, num_beams: int, jumps: list, cands
     return worth
 
 
-def _jump(runner, trie, tree: TokenTree, paths, step, jumps, cands: _Beams, beams: _Beams,
-          length_penalty) -> list[Hypothesis]:
-    """Finishes the beams `jumps`, whose prefixes have one completion each, by scoring it in one forward."""
+def _jump_segments(trie, paths, jumps, cands: _Beams, beams: _Beams):
+    """What scores the beams `jumps`, whose prefixes have one completion each, in one forward: per jump its
+    prompt, ancestors, fed tokens and scored suffix, as `TokenTree.score` takes them."""
     suffixes = [trie.completion(cands.cursor.at(c)) for c in jumps]
     fed = [[int(cands.token[c])] + suffix[:-1] for c, suffix in zip(jumps, suffixes)]
     parents = cands.parent[jumps]
-    log_probs = tree.score(runner, beams.prompt[parents].tolist(), paths[parents], fed, suffixes)
-    runner.stats.jumped += len(jumps)
-    out = []
+    return beams.prompt[parents], paths[parents], fed, suffixes
+
+
+def _finish(finished, jumps, cands: _Beams, beams: _Beams, suffixes, log_probs, length_penalty) -> None:
+    """Adds the jumped beams' titles (`suffixes`: their rest, EOS included) to their prompts' finished ones, from
+    the suffixes' log-probabilities."""
     for c, suffix, suffix_log_probs in zip(jumps, suffixes, log_probs):
         fused = accumulate(cands.score[c], suffix_log_probs)
         tokens = beams.tokens[cands.parent[c]] + (int(cands.token[c]),) + tuple(suffix)
         score = penalised(np.array([fused]), len(tokens), length_penalty)[0]
-        out.append(Hypothesis(score, accumulate(cands.log_prob[c], suffix_log_probs), fused, int(cands.cursor.seq_lo[c]),
-                              tokens))
-    return out
+        finished[cands.prompt[c]].append(Hypothesis(score, accumulate(cands.log_prob[c], suffix_log_probs), fused,
+                                                    int(cands.cursor.seq_lo[c]), tokens))

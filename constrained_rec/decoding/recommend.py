@@ -18,8 +18,9 @@ users' own calls. Three things make it faster than `generate(num_beams=B)` with 
   rest are fillers scored -1e9 that are computed and thrown away); here a step forwards only the beams
   that are still running, and a prompt whose search is over leaves the batch.
 * **Unique-suffix jump** (``jump=True``). Once a beam's prefix has a single completion in the trie (a
-  *tail* of :class:`~constrained_rec.trie.trie.TitleTrie`), its whole remaining suffix is scored in one
-  teacher-forced forward instead of one step per token. The score of a title is the same either way (up
+  *tail* of :class:`~constrained_rec.trie.trie.TitleTrie`), its whole remaining suffix is scored
+  teacher-forced at once instead of one step per token, and in beam mode it rides in the forward that feeds
+  the running beams' next tokens (no forward of its own). The score of a title is the same either way (up
   to float rounding of a different batch shape).
 
 Beam mode (``mode="beam"``) with ``jump=False`` is transformers' beam search (5.x, ``early_stopping=False``)

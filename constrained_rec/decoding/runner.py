@@ -183,19 +183,39 @@ class TokenTree:
     def prompt_device(self):
         return self.prompt.last_logits.device
 
-    def step(self, runner: ModelRunner, prompts: np.ndarray, ancestors: np.ndarray, tokens: np.ndarray):
-        """Feeds one token per beam (beams grouped by prompt, every prompt of the tree present) and keeps them.
+    def step(self, runner: ModelRunner, prompts: np.ndarray, ancestors: np.ndarray, tokens: np.ndarray, riding=None):
+        """Feeds one token per beam (beams grouped by prompt; every prompt of the tree has beams or riding
+        segments) and keeps them.
 
-        Returns the beams' next-token logits (beams, vocab) and the cache positions their tokens took.
+        `riding` (optional): segments `(prompts, ancestors, fed, scored)` to score in the same forward, as
+        `score` takes them (their ancestors as many as the beams'). They go beside their prompt's beams or into
+        copies of its cache row, whichever pads less (`_pack`); no later token sees them.
+
+        Returns the beams' next-token logits (beams, vocab), the cache positions their tokens took, and the
+        riding segments' log-probabilities as `score` returns them (an empty list without).
         """
         rows = np.searchsorted(self.row_prompt, prompts)
         slot = np.arange(len(rows)) - np.searchsorted(rows, rows)  # the beam's place among its prompt's beams
-        bins = [np.flatnonzero(rows == r) for r in range(len(self.row_prompt))]
-        logits, starts = self._forward(runner, self.cache, np.arange(len(bins)), bins, [[t] for t in tokens.tolist()],
-                                       prompts, ancestors)
+        num_rows = len(self.row_prompt)
+        bins = [np.flatnonzero(rows == r).tolist() for r in range(num_rows)]
+        fed, bin_rows, cache = [[t] for t in tokens.tolist()], np.arange(num_rows), self.cache
+        if riding is not None:
+            ride_prompts, ride_ancestors, ride_fed, _ = riding
+            bin_rows, ride_bins = _pack(np.searchsorted(self.row_prompt, ride_prompts), [len(f) for f in ride_fed],
+                                        kept=np.bincount(rows, minlength=num_rows))
+            bins = [(bins[b] if b < num_rows else []) + [len(fed) + i for i in ride] for b, ride in enumerate(ride_bins)]
+            fed, prompts = fed + ride_fed, np.concatenate([prompts, ride_prompts])
+            ancestors = np.concatenate([ancestors, ride_ancestors])
+            if len(bin_rows) > num_rows:
+                cache = select_rows(self.cache, torch.from_numpy(bin_rows).to(self.prompt_device))
+        logits, starts = self._forward(runner, cache, bin_rows, bins, fed, prompts, ancestors)
+        if cache is not self.cache:
+            cache.reorder_cache(torch.arange(num_rows, device=self.prompt_device))  # the copies' rows leave
+            self.cache = cache
         positions = self.width + slot
         self.width += logits.shape[1]
-        return logits[rows, slot], positions
+        ridden = [] if riding is None else _log_probs(logits, starts[len(rows) :], riding[2], riding[3])
+        return logits[rows, slot], positions, ridden
 
     def score(self, runner: ModelRunner, prompts: list[int], ancestors: np.ndarray, fed: list[list[int]],
               scored: list[list[int] | None]) -> list:
@@ -248,34 +268,41 @@ class TokenTree:
         return runner.trie.eos_token_id
 
 
-def _pack(rows: np.ndarray, lengths: list[int]) -> tuple[np.ndarray, list[list[int]]]:
+def _pack(rows: np.ndarray, lengths: list[int], kept=None) -> tuple[np.ndarray, list[list[int]]]:
     """Packs segments (cache row, length) into batch rows of one cache row each, padded to the fullest.
 
     Per cache row, longest first into the first batch row with room (first-fit decreasing) under a capacity;
     of a few capacities (multiples of the longest segment, fractions of a cache row's tokens) the one with the
     fewest padded tokens wins, each batch row counting `BATCH_ROW_COST_TOKENS` more for its copy of the cache.
+    `kept` (tokens per cache row, one entry per cache row): batch row `r` extends cache row `r` in place and
+    already holds `kept[r]` tokens; segments fill it before new batch rows (which then copy every kept row
+    too: the forward's cache is a copy of them all).
     """
+    kept = np.zeros(0, dtype=np.int64) if kept is None else np.asarray(kept, dtype=np.int64)
     by_row: dict[int, list[int]] = {}
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         by_row.setdefault(int(rows[i]), []).append(i)
-    longest = max(lengths)
-    totals = [sum(lengths[i] for i in segments) for segments in by_row.values()]
+    longest = max(list(lengths) + kept.tolist())
+    totals = [sum(lengths[i] for i in segments) + (int(kept[row]) if row < len(kept) else 0)
+              for row, segments in by_row.items()]
     capacities = {longest * m for m in range(1, 9)} | {-(-t // k) for t in totals for k in range(1, 5)}
     best = None
     for capacity in sorted(c for c in capacities if c >= longest):
-        bins, fills, bin_rows = [], [], []
+        bins, fills, bin_rows = [[] for _ in kept], kept.tolist(), list(range(len(kept)))
         for row in sorted(by_row):
-            first = len(bins)
+            own = [row] if row < len(kept) else []
             for i in by_row[row]:
-                b = next((b for b in range(first, len(bins)) if fills[b] + lengths[i] <= capacity), None)
+                b = next((b for b in own if fills[b] + lengths[i] <= capacity), None)
                 if b is None:
                     bins.append([])
                     fills.append(0)
                     bin_rows.append(row)
                     b = len(bins) - 1
+                    own.append(b)
                 bins[b].append(i)
                 fills[b] += lengths[i]
-        cost = len(bins) * (max(fills) + BATCH_ROW_COST_TOKENS)
+        copies = len(bins) if len(bins) > len(kept) else 0
+        cost = len(bins) * max(fills) + (copies + len(kept)) * BATCH_ROW_COST_TOKENS
         if best is None or cost < best[0]:
             best = (cost, np.array(bin_rows, dtype=np.int64), bins)
     return best[1], best[2]
