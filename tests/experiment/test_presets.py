@@ -3,19 +3,14 @@ import dataclasses
 from pathlib import Path
 
 from constrained_rec.experiment.recipes import RECIPES, SearchSettings, recipe_config
+from constrained_rec.experiment.run_config import RunConfig
+from experiments import run as run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run_config(argv):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_script", ROOT / "experiments" / "run.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    from constrained_rec.experiment.run_config import RunConfig
-
-    return RunConfig(**vars(script.build_parser().parse_args(argv)))
+    return RunConfig(**vars(run_script.build_parser().parse_args(argv)))
 
 
 def _training(config):
