@@ -21,9 +21,9 @@ import time
 
 import torch
 
+from constrained_rec.experiment.recipes import ALL_LINEAR
 from constrained_rec.model import load_model
 
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SHAPES = {"prefill 8 x 138": (8, 138), "riding 22 x 31": (22, 31)}
 
 
@@ -39,8 +39,7 @@ def cpu_seconds(fn, repeats: int) -> float:
 
 def flops_per_token(model) -> float:
     """2 x the weights one token multiplies through: every linear layer's, the lm_head's (tied or not) once."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    weights = sum(m.weight.numel() for m in lm.modules() if isinstance(m, torch.nn.Linear))
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     return 2.0 * weights
 
 
@@ -50,7 +49,7 @@ def variants(model):
     from peft import LoraConfig, get_peft_model
 
     yield "no adapter", model
-    for name, targets, rank in (("LoRA q,v r=8", ["q_proj", "v_proj"], 8), ("LoRA all linear r=16", ALL_LINEAR, 16)):
+    for name, targets, rank in (("LoRA q,v r=8", ["q_proj", "v_proj"], 8), ("LoRA all linear r=16", list(ALL_LINEAR), 16)):
         torch.manual_seed(0)
         config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False)
         adapted = get_peft_model(copy.deepcopy(model), config).eval()
